@@ -68,9 +68,18 @@ class _StepClock:
 
 
 @contextmanager
-def _hessian_hooks(
-    model: nn.Module, layers: list[str], clock: _StepClock, precision: str, timer: list[float]
+def collect_hessians(
+    model: nn.Module,
+    layers: list[str],
+    set_weight: Callable[[], float],
+    precision: str = "fp32",
+    timer: list[float] | None = None,
 ) -> Iterator[dict[str, HessianAccumulator]]:
+    """Hook the inputs of ``layers``; every call adds ``2·α·XᵀX`` with ``α = set_weight()``.
+
+    Yields the accumulators; the hooks are removed on exit. ``timer[0]`` (if given)
+    accumulates the seconds spent inside the hooks.
+    """
     accumulators: dict[str, HessianAccumulator] = {}
     with ExitStack() as stack:
         for path in layers:
@@ -80,8 +89,9 @@ def _hessian_hooks(
 
             def hook(module: nn.Module, args: tuple, acc: HessianAccumulator = acc) -> None:
                 start = time.perf_counter()
-                acc.add(args[0], clock.alpha)
-                timer[0] += time.perf_counter() - start
+                acc.add(args[0], set_weight())
+                if timer is not None:
+                    timer[0] += time.perf_counter() - start
 
             stack.callback(linear.register_forward_pre_hook(hook).remove)
         yield accumulators
@@ -250,7 +260,7 @@ def prune(
             package_bytes = sum(hessian_bytes(model, unit) for unit in package)
             hook_time = [0.0]
             t0 = time.perf_counter()
-            with _hessian_hooks(model, layers, clock, cfg.hessian_precision, hook_time) as accumulators:
+            with collect_hessians(model, layers, lambda: clock.alpha, cfg.hessian_precision, hook_time) as accumulators:
                 if isinstance(calibrate, PipelineCalibration):
                     traj_task = bar.add_task(f"  package {index + 1} trajectories", total=len(calibrate.batches)) if bar else None
                     calibrate(model, clock.set_step, on_batch=(lambda: bar.advance(traj_task)) if bar else None)

@@ -1,0 +1,227 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import obsdiff_hub as oh
+from obsdiff_hub import tiny
+from obsdiff_hub.adapters import LinearSite, adapter_for
+from obsdiff_hub.engine import collect_hessians
+from obsdiff_hub.hessian import timestep_weights
+from obsdiff_hub.solvers import obs_prune
+from obsdiff_hub.surgery import structure_of
+
+FAMILIES = list(tiny.TINY_DENOISERS)
+STEPS = 3
+
+
+def calibration_for(model, batches=2, seed=0):
+    return tiny.toy_calibration([tiny.example_inputs(model, 2, seed + i) for i in range(batches)], STEPS)
+
+
+def targeted_layers(model):
+    adapter = adapter_for(model)
+    return [p for u in adapter.units(model, None, structured=False) for s in u.sites for p in s.layers]
+
+
+def prune_denoiser(family, **config):
+    torch.manual_seed(0)
+    model = tiny.TINY_DENOISERS[family]().eval()
+    dense = copy.deepcopy(model)
+    result = oh.prune(model, dict(steps=STEPS, packages=2, **config), calibration=calibration_for(model), progress=False)
+    return dense, result
+
+
+def assert_runs_finite(model):
+    out = tiny.run_denoiser(model, tiny.example_inputs(model, 1, seed=99), 500.0)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unstructured_50_exact_per_layer(family):
+    dense, result = prune_denoiser(family, granularity="unstructured", sparsity=0.5)
+    model = result.model
+    for path in targeted_layers(model):
+        W = model.get_submodule(path).weight
+        rows, cols = W.shape
+        expected = sum(round(0.5 * rows * min(128, cols - i)) for i in range(0, cols, 128))
+        assert int((W == 0).sum()) == expected, path
+    assert len(result.report.layers) == len(targeted_layers(model))
+    assert_runs_finite(model)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_2_of_4_every_group(family):
+    dense, result = prune_denoiser(family, granularity="n:m", n=2, m=4)
+    for path in targeted_layers(result.model):
+        W = result.model.get_submodule(path).weight
+        assert ((W == 0).view(W.shape[0], -1, 4).sum(-1) == 2).all(), path
+    assert_runs_finite(result.model)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_structured_30_removes_round_count_ratio(family):
+    dense, result = prune_denoiser(family, granularity="structured", sparsity=0.3)
+    adapter = adapter_for(dense)
+    before, after = structure_of(dense, adapter), result.structure()
+    assert before.keys() == after.keys()
+    for key, count in before.items():
+        assert after[key] == count - min(round(0.3 * count), count - 1), key
+    removed = sum(before[k] - after[k] for k in before)
+    assert removed > 0
+    assert result.report.params_after < result.report.params_before
+    assert result.report.params_after == sum(p.numel() for p in result.model.parameters())
+    assert_runs_finite(result.model)
+
+
+def test_timestep_weights_reach_the_hessian():
+    model = tiny.tiny_sd3_transformer().eval()
+    path = "transformer_blocks.1.attn.to_out.0"
+    inputs = tiny.example_inputs(model, 2)
+    weights = timestep_weights("log_decrease", STEPS)
+    seen: list[tuple[int, torch.Tensor]] = []
+    step = [0]
+    model.get_submodule(path).register_forward_pre_hook(lambda m, a: seen.append((step[0], a[0].reshape(-1, a[0].shape[-1]).double())))
+
+    def set_step(i):
+        step[0] = i
+
+    with collect_hessians(model, [path], lambda: float(weights[step[0]])) as accs:
+        tiny.toy_calibration([inputs], STEPS)(model, set_step)
+    manual = sum(2 * weights[i] * x.T @ x for i, x in seen) / sum(weights[i] * x.shape[0] for i, x in seen)
+    assert len(seen) == STEPS
+    torch.testing.assert_close(accs[path].hessian().double(), manual, rtol=1e-5, atol=1e-7)
+
+
+def _hessians_on(model, layers, calibrate):
+    weights = timestep_weights("log_decrease", STEPS)
+    step = [0]
+    with collect_hessians(model, layers, lambda: float(weights[step[0]])) as accs:
+        with torch.inference_mode():
+            calibrate(model, lambda i: step.__setitem__(0, i))
+    return {p: a.hessian() for p, a in accs.items()}
+
+
+def test_single_package_equals_obs_on_dense_hessians_for_custom_denoiser():
+    """The callable path on a user's subclass: every layer = obs_prune(W, H from the dense network)."""
+
+    class MyFineTunedUNet(type(tiny.tiny_sd21_unet())):
+        pass
+
+    torch.manual_seed(0)
+    model = MyFineTunedUNet(**tiny.tiny_sd21_unet().config).eval()
+    dense = copy.deepcopy(model)
+    calibrate = calibration_for(model)
+    sites = [s for u in adapter_for(model).units(model, None, False) for s in u.sites]
+    hessians = _hessians_on(dense, [s.hessian_layer for s in sites], calibrate)
+    oh.prune(model, dict(steps=STEPS, packages=1, sparsity=0.5, blocksize=32), calibration=calibrate, progress=False)
+    for site in sites:
+        for path in site.layers:
+            expected, _ = obs_prune(dense.get_submodule(path).weight, hessians[site.hessian_layer], 0.5, blocksize=32)
+            torch.testing.assert_close(model.get_submodule(path).weight, expected, rtol=0, atol=1e-6)
+
+
+def test_second_package_calibrates_on_pruned_first_package():
+    torch.manual_seed(0)
+    model = tiny.tiny_sd3_transformer().eval()
+    dense = copy.deepcopy(model)
+    calibrate = calibration_for(model)
+    adapter = adapter_for(model)
+    units = adapter.units(model, None, False)
+    first, second = units[: len(units) // 2], units[len(units) // 2 :]
+    oh.prune(model, dict(steps=STEPS, packages=2, sparsity=0.5), calibration=calibrate, progress=False)
+
+    # Manual: package 1's final weights in place, package 2 dense, then calibrate.
+    manual = copy.deepcopy(dense)
+    for u in first:
+        for s in u.sites:
+            for p in s.layers:
+                manual.get_submodule(p).weight.data.copy_(model.get_submodule(p).weight.data)
+    sites = [s for u in second for s in u.sites]
+    h_sequential = _hessians_on(manual, [s.hessian_layer for s in sites], calibrate)
+    h_dense = _hessians_on(dense, [s.hessian_layer for s in sites], calibrate)
+    for site in sites:
+        for p in site.layers:
+            got = model.get_submodule(p).weight
+            expected, _ = obs_prune(dense.get_submodule(p).weight, h_sequential[site.hessian_layer], 0.5)
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    # and the dense-activation alternative really differs somewhere (the test can fail)
+    differs = any(
+        not torch.allclose(model.get_submodule(p).weight, obs_prune(dense.get_submodule(p).weight, h_dense[s.hessian_layer], 0.5)[0], atol=1e-6)
+        for s in sites
+        for p in s.layers
+    )
+    assert differs
+
+
+def _count_calls(module: nn.Module) -> list[int]:
+    calls = [0]
+    module.register_forward_hook(lambda m, a, o: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("name", ["sdxl", "sd3", "flux"])
+def test_pipeline_encodes_prompts_once_and_never_decodes(name):
+    pipe = tiny.TINY_PIPELINES[name]()
+    encoders = [getattr(pipe, n) for n in ("text_encoder", "text_encoder_2", "text_encoder_3") if getattr(pipe, n, None) is not None]
+    counts = [_count_calls(e) for e in encoders]
+    decodes = [0]
+    original_decode = pipe.vae.decode
+    pipe.vae.decode = lambda *a, **k: (decodes.__setitem__(0, decodes[0] + 1), original_decode(*a, **k))[1]
+    cal = dict(num_prompts=4, batch_size=2, steps=2, height=32, width=32, guidance_scale=4.0)
+    one_pass = oh.calibration.PipelineCalibration(tiny.TINY_PIPELINES[name](), oh.CalibrationConfig(**cal), torch.device("cpu"))
+    reference_counts = [_count_calls(getattr(one_pass.pipeline, n)) for n in ("text_encoder", "text_encoder_2", "text_encoder_3") if getattr(one_pass.pipeline, n, None) is not None]
+    one_pass.encode()
+    result = oh.prune(pipe, dict(packages=3, sparsity=0.5), calibration=cal, progress=False)
+    assert len(result.report.packages) == 3
+    assert [c[0] for c in counts] == [c[0] for c in reference_counts]
+    assert all(c[0] > 0 for c in counts)
+    assert decodes[0] == 0
+    assert result.report.stages["prompt_encoding_s"] > 0
+
+
+def test_memory_budget_planner_packs_units():
+    model = tiny.tiny_sd3_transformer()
+    cal = calibration_for(model, batches=1)
+    budget_bytes = 4 * (32 * 32 * 2 + 32 * 32)  # fits roughly one unit of qkv+add_qkv+attn2-free block
+    result = oh.prune(model, dict(steps=STEPS, packages=None, memory_budget_gb=budget_bytes / 1024**3, sparsity=0.5), calibration=cal, progress=False)
+    assert len(result.report.packages) > 1
+    for record in result.report.packages:
+        assert record.hessian_bytes <= budget_bytes or record.units == 1
+
+
+def test_unknown_architecture_lists_supported():
+    with pytest.raises(ValueError, match="UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel"):
+        oh.prune(nn.Linear(4, 4), dict(steps=1), calibration=lambda m, s: None, progress=False)
+
+
+@pytest.mark.parametrize(
+    "config,match",
+    [
+        (dict(granularity="n:m", n=4, m=4), "0 < n < m"),
+        (dict(method="l1"), "structured baseline"),
+        (dict(granularity="structured", method="wanda"), "structured pruning supports"),
+        (dict(sparsity=1.2), "less than 1"),
+        (dict(typo=1), "Extra inputs"),
+        (dict(blocks="1-36"), "start:stop"),
+    ],
+)
+def test_config_errors(config, match):
+    with pytest.raises(ValueError, match=match):
+        oh.PruneConfig.model_validate(config)
+
+
+def test_bare_denoiser_without_callable_and_callable_without_steps():
+    model = tiny.tiny_sd3_transformer()
+    with pytest.raises(ValueError, match="calibration callable"):
+        oh.prune(model, {}, progress=False)
+    with pytest.raises(ValueError, match="needs `steps`"):
+        oh.prune(model, {}, calibration=calibration_for(model), progress=False)
+
+
+def test_block_range_limits_targets():
+    dense, result = prune_denoiser("sd3", granularity="structured", sparsity=0.3, blocks="1:3")
+    blocks = {r.block for r in result.report.structure}
+    assert blocks == {1, 2}
+    assert result.model.transformer_blocks[0].attn.heads == 4 and result.model.transformer_blocks[3].attn.heads == 4
