@@ -2,7 +2,31 @@
 
 __version__ = "0.1.0"
 
-from .config import CalibrationConfig, PruneConfig
-from .engine import PruneResult, prune
+from .checkpoint import CheckpointError, install_load_diagnostics, provenance, read_metadata, save_pruned  # noqa: E402
+from .config import CalibrationConfig, PruneConfig  # noqa: E402
+from .engine import PruneResult, prune  # noqa: E402
+from .legacy import UnsafePickleError, convert_legacy  # noqa: E402
+from .models import OBSDiffFluxTransformer, OBSDiffSD3Transformer, OBSDiffUNet  # noqa: E402
+from .plan import PlanResult, plan  # noqa: E402
 
-__all__ = ["CalibrationConfig", "PruneConfig", "PruneResult", "__version__", "prune"]
+# One-line errors when a pruned checkpoint fails to load (failure path only; see checkpoint.py).
+install_load_diagnostics()
+
+__all__ = [
+    "CalibrationConfig",
+    "CheckpointError",
+    "OBSDiffFluxTransformer",
+    "OBSDiffSD3Transformer",
+    "OBSDiffUNet",
+    "PlanResult",
+    "PruneConfig",
+    "PruneResult",
+    "UnsafePickleError",
+    "__version__",
+    "convert_legacy",
+    "plan",
+    "provenance",
+    "prune",
+    "read_metadata",
+    "save_pruned",
+]

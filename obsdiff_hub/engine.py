@@ -150,9 +150,8 @@ class _Solver:
             offset = outs[0].in_features - width
             neuron_ids = list(range(len(groups), len(groups) + width))
             groups += solvers.column_groups(width, 1, offset)
-        # Keep at least one head and one neuron so every block still computes something.
-        remove_heads = min(round(len(head_ids) * ratio), len(head_ids) - 1) if head_ids else 0
-        remove_neurons = min(round(len(neuron_ids) * ratio), len(neuron_ids) - 1) if neuron_ids else 0
+        remove_heads = surgery.removal_count(len(head_ids), ratio) if head_ids else 0
+        remove_neurons = surgery.removal_count(len(neuron_ids), ratio) if neuron_ids else 0
 
         if cfg.method == "obs-diff":
             group_solvers = [

@@ -79,6 +79,11 @@ def keep_neurons(model: nn.Module, coupling: NeuronCoupling, keep: torch.Tensor)
         owner.mlp_hidden_dim = len(keep)
 
 
+def removal_count(count: int, ratio: float) -> int:
+    """Heads or neurons to remove from ``count`` at ``ratio``: ``round(count·ratio)``, keeping at least one."""
+    return min(round(count * ratio), count - 1)
+
+
 def current_heads(model: nn.Module, coupling: HeadCoupling) -> int:
     return model.get_submodule(coupling.attention).heads
 

@@ -1,0 +1,165 @@
+"""Offline planning: parameters and FLOPs before and after pruning, from a config alone.
+
+Models are built under ``FakeTensorMode``: shapes without storage, so planning SD3.5-Large
+or Flux takes seconds and no memory. FLOPs are ``torch.utils.flop_counter``'s count for
+one denoiser forward at batch 1 (one sampling step without CFG; a multiply-add is 2 FLOPs).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from .adapters import HeadCoupling, adapter_for
+from .surgery import apply_structure, current_heads, current_width, removal_count
+
+MODEL_CLASSES = {c.__name__: c for c in (UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel)}
+PRUNED_NAMES = {"OBSDiffUNet": "UNet2DConditionModel", "OBSDiffSD3Transformer": "SD3Transformer2DModel", "OBSDiffFluxTransformer": "FluxTransformer2DModel"}
+TOKENS = 77  # text length used for FLOPs (CLIP's; T5-based models see more, which adds little)
+
+
+@dataclass
+class PlanResult:
+    params_before: int
+    params_after: int
+    flops_before: float | None
+    flops_after: float | None
+    heads_removed: int
+    neurons_removed: int
+    resolution: int | None
+    convention: str = "torch.utils.flop_counter, one denoiser forward, batch 1, multiply-add = 2 FLOPs"
+
+    @property
+    def flop_reduction(self) -> float | None:
+        if not self.flops_before or self.flops_after is None:
+            return None
+        return 1 - self.flops_after / self.flops_before
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "flop_reduction": self.flop_reduction}
+
+
+def builtin_config(name: str) -> dict[str, Any]:
+    """A shipped public model config (``recipes/configs/NAME.json``), for offline planning."""
+    from .recipes import data_dir
+
+    path = data_dir("recipes") / "configs" / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"no shipped model config {name!r}")
+    return json.loads(path.read_text())
+
+
+def _build(config: dict[str, Any]) -> torch.nn.Module:
+    name = config.get("_class_name", "")
+    base = MODEL_CLASSES.get(PRUNED_NAMES.get(name, name))
+    if base is None:
+        raise ValueError(f"cannot plan for model class {name!r}; supported: {', '.join(MODEL_CLASSES)}")
+    return base.from_config({k: v for k, v in config.items() if not k.startswith("_") and not k.startswith("obsdiff_")})
+
+
+def planned_structure(
+    model: torch.nn.Module, ratio: float, blocks: list[int] | None = None, block_sparsity: dict[int, float] | None = None
+) -> dict[str, int]:
+    """Heads/widths after removing ``round(count·ratio)`` per coupling in the chosen blocks."""
+    adapter = adapter_for(model)
+    record: dict[str, int] = {}
+    for unit in adapter.units(model, blocks, structured=True):
+        r = (block_sparsity or {}).get(unit.block, ratio)
+        for site in unit.sites:
+            for c in (site.heads, site.neurons):
+                if c is None:
+                    continue
+                if isinstance(c, HeadCoupling):
+                    n = current_heads(model, c)
+                    record[c.attention] = n - removal_count(n, r)
+                else:
+                    n = current_width(model, c)
+                    record[c.owner] = n - removal_count(n, r)
+    return record
+
+
+def _example_inputs(model: torch.nn.Module, resolution: int) -> dict[str, Any]:
+    cfg = model.config
+    if isinstance(model, UNet2DConditionModel):
+        side = resolution // 8
+        inputs: dict[str, Any] = {
+            "sample": torch.empty(1, cfg.in_channels, side, side),
+            "timestep": torch.tensor([500.0]),
+            "encoder_hidden_states": torch.empty(1, TOKENS, cfg.cross_attention_dim),
+        }
+        if cfg.addition_embed_type == "text_time":
+            text = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+            inputs["added_cond_kwargs"] = {"text_embeds": torch.empty(1, text), "time_ids": torch.empty(1, 6)}
+        return inputs
+    if isinstance(model, SD3Transformer2DModel):
+        side = resolution // 8
+        return {
+            "hidden_states": torch.empty(1, cfg.in_channels, side, side),
+            "timestep": torch.tensor([500.0]),
+            "encoder_hidden_states": torch.empty(1, TOKENS, cfg.joint_attention_dim),
+            "pooled_projections": torch.empty(1, cfg.pooled_projection_dim),
+        }
+    side = resolution // 16  # Flux packs 2×2 latent patches into one token
+    extra = {"guidance": torch.tensor([3.5])} if cfg.guidance_embeds else {}
+    return {
+        "hidden_states": torch.empty(1, side * side, cfg.in_channels),
+        "timestep": torch.tensor([0.5]),
+        "encoder_hidden_states": torch.empty(1, TOKENS, cfg.joint_attention_dim),
+        "pooled_projections": torch.empty(1, cfg.pooled_projection_dim),
+        "img_ids": torch.zeros(side * side, 3),
+        "txt_ids": torch.zeros(TOKENS, 3),
+        **extra,
+    }
+
+
+def _flops(model: torch.nn.Module, resolution: int) -> float:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(**_example_inputs(model, resolution))
+    return float(counter.get_total_flops())
+
+
+def plan(
+    config: dict[str, Any] | str | Path,
+    *,
+    sparsity: float,
+    granularity: str = "structured",
+    blocks: list[int] | None = None,
+    block_sparsity: dict[int, float] | None = None,
+    resolution: int | None = 1024,
+) -> PlanResult:
+    """Parameters and FLOPs before/after for a model config (dict, config.json path, or shipped name).
+
+    Structured plans physically shrink a fake model; unstructured and N:M plans report
+    the same shapes (dense kernels) with the pruned weights still counted as parameters.
+    """
+    if isinstance(config, Path) or (isinstance(config, str) and config.endswith(".json")):
+        config = json.loads(Path(config).read_text())
+    elif isinstance(config, str):
+        config = builtin_config(config)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = _build(config).eval()
+        params_before = sum(p.numel() for p in model.parameters())
+        flops_before = _flops(model, resolution) if resolution else None
+        heads = neurons = 0
+        if granularity == "structured":
+            adapter = adapter_for(model)
+            structure = planned_structure(model, sparsity, blocks, block_sparsity)
+            couplings = {c.attention if isinstance(c, HeadCoupling) else c.owner: c for c in adapter.couplings(model)}
+            for key, after in structure.items():
+                c = couplings[key]
+                before = current_heads(model, c) if isinstance(c, HeadCoupling) else current_width(model, c)
+                if isinstance(c, HeadCoupling):
+                    heads += before - after
+                else:
+                    neurons += before - after
+            apply_structure(model, adapter, structure)
+        params_after = sum(p.numel() for p in model.parameters())
+        flops_after = (_flops(model, resolution) if granularity == "structured" else flops_before) if resolution else None
+    return PlanResult(params_before, params_after, flops_before, flops_after, heads, neurons, resolution)

@@ -1,0 +1,218 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline, SD3Transformer2DModel, StableDiffusionXLPipeline, UNet2DConditionModel
+
+import obsdiff_hub as oh
+from obsdiff_hub import tiny
+from obsdiff_hub.checkpoint import CheckpointError
+from obsdiff_hub.models import pruned_class_for
+
+STEPS = 2
+RECORD = oh.provenance(recipe="tiny-test", recipe_version=1, method="obs-diff", granularity="structured", sparsity=0.3)
+
+
+def pruned_denoiser(family, granularity="structured", **extra):
+    torch.manual_seed(0)
+    model = tiny.TINY_DENOISERS[family]().eval()
+    cal = tiny.toy_calibration([tiny.example_inputs(model, 2)], STEPS)
+    oh.prune(model, dict(steps=STEPS, granularity=granularity, sparsity=0.3, **extra), calibration=cal, progress=False)
+    return model
+
+
+def outputs(model, dtype=torch.float32):
+    inputs = tiny.example_inputs(model, 1, seed=7)
+    with torch.no_grad():
+        return tiny.run_denoiser(model, inputs, 400.0)
+
+
+@pytest.fixture(scope="module", params=list(tiny.TINY_DENOISERS))
+def saved(request, tmp_path_factory):
+    model = pruned_denoiser(request.param)
+    out = oh.save_pruned(model, tmp_path_factory.mktemp(request.param) / "ckpt", record=RECORD)
+    return model, out
+
+
+def test_round_trip_bit_exact_default_and_device_map(saved):
+    model, out = saved
+    cls = type(model)
+    assert cls.__name__.startswith("OBSDiff")
+    expected = outputs(model)
+    for kwargs in ({}, {"device_map": "cpu"}, {"low_cpu_mem_usage": False}):
+        loaded = cls.from_pretrained(out, **kwargs).eval()
+        assert type(loaded) is cls
+        assert torch.equal(outputs(loaded), expected), kwargs
+        assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_round_trip_fp16_variant_and_shards(saved, tmp_path):
+    model, _ = saved
+    cls = type(model)
+    fp16_dir = oh.save_pruned(model, tmp_path / "fp16", record=RECORD, variant="fp16", torch_dtype=torch.float16)
+    assert (fp16_dir / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    loaded = cls.from_pretrained(fp16_dir, variant="fp16", torch_dtype=torch.float16)
+    for name, p in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], p.to(torch.float16) if p.is_floating_point() else p), name
+    sharded = oh.save_pruned(model, tmp_path / "shards", record=RECORD, max_shard_size="100KB")
+    shards = sorted(p.name for p in sharded.glob("*.safetensors"))
+    assert len(shards) > 1 and (sharded / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    assert torch.equal(outputs(cls.from_pretrained(sharded).eval()), outputs(model))
+    for shard in shards:
+        meta = oh.read_metadata(sharded / shard)
+        assert meta["recipe"] == "tiny-test" and meta["obsdiff_hub_version"] == oh.__version__
+
+
+def test_config_records_structure_and_provenance(saved):
+    model, out = saved
+    config = json.loads((out / "config.json").read_text())
+    assert config["_class_name"] == type(model).__name__
+    assert config["obsdiff_provenance"] == RECORD
+    assert config["obsdiff_structure"] == model.config["obsdiff_structure"]
+    assert any(v < 4 for k, v in config["obsdiff_structure"].items() if "attn" in k)
+
+
+def test_plain_class_gets_one_line_pointer_to_obsdiff_class(saved):
+    model, out = saved
+    base = next(c for c in pruned_class_for(model).__mro__[1:] if c.__module__.startswith("diffusers"))
+    with pytest.raises(CheckpointError, match=rf"load it with obsdiff_hub\.{type(model).__name__}\.from_pretrained"):
+        base.from_pretrained(out)
+
+
+def test_unstructured_loads_with_plain_diffusers_class(tmp_path):
+    model = pruned_denoiser("sd3", granularity="unstructured")
+    out = oh.save_pruned(model, tmp_path / "u", record=RECORD)
+    assert type(model) is SD3Transformer2DModel
+    loaded = SD3Transformer2DModel.from_pretrained(out).eval()
+    assert torch.equal(outputs(loaded), outputs(model))
+    assert json.loads((out / "config.json").read_text())["obsdiff_provenance"]["method"] == "obs-diff"
+
+
+def test_pipeline_reloads_with_diffusion_pipeline_and_as_component(tmp_path):
+    pipe = tiny.tiny_sdxl_pipeline()
+    base_dir = tmp_path / "base"
+    pipe.save_pretrained(base_dir)
+    cal = dict(num_prompts=2, batch_size=2, steps=2, height=32, width=32)
+    oh.prune(pipe, dict(granularity="structured", sparsity=0.3, packages=1), calibration=cal, progress=False)
+    out = oh.save_pruned(pipe, tmp_path / "pruned", record=RECORD)
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["unet"] == ["obsdiff_hub.models", "OBSDiffUNet"]
+
+    def latents(p):
+        return p("a red circle", num_inference_steps=2, height=32, width=32, output_type="latent", generator=torch.Generator().manual_seed(0)).images
+
+    expected = latents(pipe)
+    reloaded = DiffusionPipeline.from_pretrained(out)
+    assert type(reloaded.unet) is oh.OBSDiffUNet
+    assert torch.equal(latents(reloaded), expected)
+    swapped = StableDiffusionXLPipeline.from_pretrained(base_dir, unet=oh.OBSDiffUNet.from_pretrained(out, subfolder="unet"))
+    assert torch.equal(latents(swapped), expected)
+
+
+def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
+    model = pruned_denoiser("flux")
+    from obsdiff_hub import checkpoint
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_file", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        oh.save_pruned(model, tmp_path / "out", record=RECORD)
+    assert os.listdir(tmp_path) == []
+
+
+def test_existing_output_is_refused(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(CheckpointError, match="already exists"):
+        oh.save_pruned(pruned_denoiser("sd3"), tmp_path / "out")
+
+
+@pytest.fixture()
+def structured_dir(tmp_path):
+    model = pruned_denoiser("sdxl")
+    out = oh.save_pruned(model, tmp_path / "ckpt", record=RECORD, max_shard_size="200KB")
+    return type(model), out
+
+
+def test_truncated_file_names_the_file(structured_dir):
+    cls, out = structured_dir
+    shard = sorted(out.glob("*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=rf"{shard.name}: truncated or corrupted"):
+        cls.from_pretrained(out)
+
+
+def test_missing_shard_names_the_shard(structured_dir):
+    cls, out = structured_dir
+    shard = sorted(out.glob("*.safetensors"))[-1]
+    shard.unlink()
+    with pytest.raises(CheckpointError, match=rf"{shard.name}: shard listed in .* is missing"):
+        cls.from_pretrained(out)
+
+
+def test_config_disagreeing_with_weights_names_module(structured_dir):
+    cls, out = structured_dir
+    config = json.loads((out / "config.json").read_text())
+    key = next(k for k in config["obsdiff_structure"] if k.endswith("attn1"))
+    config["obsdiff_structure"][key] = 4  # the dense count, but the file holds the pruned rows
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=rf"module {key}\.to_\w+: config builds"):
+        cls.from_pretrained(out)
+
+
+@pytest.mark.parametrize(
+    "name,blocks,expected",
+    [
+        ("sdxl-base-1.0.unet", None, {0.1: 2.35, 0.15: 2.24, 0.2: 2.13, 0.25: 2.02, 0.3: 1.91}),
+        ("sd35-large.transformer", list(range(1, 37)), {0.15: 7.28, 0.2: 7.02, 0.25: 6.76, 0.3: 6.54}),
+        ("sd3-medium.transformer", list(range(1, 23)), {0.1: 1.91, 0.15: 1.83, 0.2: 1.78, 0.25: 1.72}),
+    ],
+)
+def test_plan_reproduces_published_parameter_counts(name, blocks, expected):
+    dense = {"sdxl-base-1.0.unet": 2.57, "sd35-large.transformer": 8.06, "sd3-medium.transformer": 2.03}[name]
+    for ratio, billions in expected.items():
+        result = oh.plan(name, sparsity=ratio, blocks=blocks, resolution=None)
+        assert round(result.params_before / 1e9, 2) == dense
+        assert round(result.params_after / 1e9, 2) == billions, ratio
+
+
+def test_plan_flops_shrink_with_structure():
+    result = oh.plan("sd3-medium.transformer", sparsity=0.2, blocks=list(range(1, 23)), resolution=512)
+    assert 0.1 < result.flop_reduction < 0.3
+    assert result.heads_removed == 22 * round(24 * 0.2) and result.neurons_removed > 0
+
+
+def _pickled_module(tmp_path: Path, model) -> Path:
+    path = tmp_path / "legacy.pth"
+    model.__class__ = next(c for c in type(model).__mro__ if c.__module__.startswith("diffusers"))
+    torch.save(model, path)  # what the reference project publishes
+    return path
+
+
+def test_convert_legacy_pickle_equal_outputs(tmp_path):
+    model = pruned_denoiser("sd3")
+    expected = outputs(model)
+    converted = oh.convert_legacy(_pickled_module(tmp_path, model), tmp_path / "converted")
+    assert type(converted) is oh.OBSDiffSD3Transformer
+    assert torch.equal(outputs(converted), expected)
+    assert torch.equal(outputs(oh.OBSDiffSD3Transformer.from_pretrained(tmp_path / "converted").eval()), expected)
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_convert_legacy_refuses_malicious_pickle(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"weights": torch.ones(2), "payload": _Exploit(marker)}, path)
+    with pytest.raises(oh.UnsafePickleError, match=r"(posix|os)\.system"):
+        oh.convert_legacy(path)
+    assert not marker.exists()
