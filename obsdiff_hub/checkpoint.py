@@ -141,12 +141,14 @@ def save_pruned(
     torch_dtype: torch.dtype | None = None,
     max_shard_size: int | str = "10GB",
     overwrite: bool = False,
+    extra_files: dict[str, str | bytes] | None = None,
 ) -> Path:
     """Save a pruned pipeline (full diffusers layout) or denoiser (component layout), atomically.
 
     ``record`` is the provenance (see :func:`provenance`), written to config.json and to
     every safetensors header. ``torch_dtype``/``variant`` give e.g. fp16 files named
-    ``*.fp16.safetensors``.
+    ``*.fp16.safetensors``. ``extra_files`` (name → content: recipe, report, card) are
+    written into the same directory before it is renamed into place.
     """
     from .calibration import denoiser_of
 
@@ -162,6 +164,10 @@ def save_pruned(
         else:
             with _provenance_on_save(model, record, torch_dtype):
                 target.save_pretrained(tmp, safe_serialization=True, variant=variant, max_shard_size=max_shard_size)
+        for name, content in (extra_files or {}).items():
+            path = tmp / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
     return Path(directory)
 
 

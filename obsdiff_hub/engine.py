@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -31,6 +31,15 @@ _UNSTRUCTURED: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
     "wanda": baselines.wanda_prune,
     "dsnot": baselines.dsnot_prune,
 }
+
+
+class PackageState(Protocol):
+    """Where a run resumes: packages already applied to the model, and a callback after each one."""
+
+    completed: int
+    previous_report: PruneReport | None
+
+    def package_done(self, index: int, model: nn.Module, report: PruneReport) -> None: ...
 
 
 @dataclass
@@ -205,6 +214,7 @@ def prune(
     calibration: Calibration | CalibrationConfig | dict[str, Any] | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    state: PackageState | None = None,
 ) -> PruneResult:
     """Prune a diffusers pipeline or a bare denoiser with OBS-Diff (or a baseline), in place.
 
@@ -214,6 +224,8 @@ def prune(
     complete trajectories and calls ``set_step(i)`` before step ``i`` (then ``steps``
     must be set in ``config``). ``device``: where calibration and solves run (default:
     the model's device). The model keeps its dtype; Hessians and solves are fp32.
+    ``state``: resume after ``state.completed`` packages (already applied to the model)
+    and get a callback after each package, e.g. to persist progress (see ``resume.py``).
     """
     cfg = PruneConfig.coerce(config)
     pipeline = None if isinstance(target, nn.Module) else target
@@ -238,14 +250,14 @@ def prune(
 
     units = adapter.units(model, cfg.block_ids(len(adapter.blocks(model))), cfg.granularity == "structured")
     packages = split_packages(model, units, cfg.packages, cfg.memory_budget_gb)
-    report = PruneReport(
+    report = (state.previous_report if state is not None else None) or PruneReport(
         family=adapter.family,
         model_class=type(model).__name__,
         config=cfg.model_dump(),
         params_before=count_parameters(model),
     )
+    first = state.completed if state is not None else 0
     reset_peak_memory(run_device)
-    started = time.perf_counter()
     if isinstance(calibrate, PipelineCalibration):
         t0 = time.perf_counter()
         calibrate.encode()
@@ -253,8 +265,10 @@ def prune(
     solver = _Solver(model, cfg, report)
     bar = _progress(progress)
     with bar if bar is not None else nullcontext():
-        package_task = bar.add_task("packages", total=len(packages)) if bar else None
+        package_task = bar.add_task("packages", total=len(packages), completed=first) if bar else None
         for index, package in enumerate(packages):
+            if index < first:
+                continue
             layers = [p for unit in package for p in hessian_layers(unit)]
             package_bytes = sum(hessian_bytes(model, unit) for unit in package)
             hook_time = [0.0]
@@ -286,12 +300,14 @@ def prune(
                     solve_s=time.perf_counter() - t0,
                 )
             )
+            if state is not None:
+                state.package_done(index, model, report)
             if bar:
                 bar.advance(package_task)
     report.stages["trajectories_s"] = sum(p.calibration_s - p.hessian_s for p in report.packages)
     report.stages["hessian_accumulation_s"] = sum(p.hessian_s for p in report.packages)
     report.stages["solve_s"] = sum(p.solve_s for p in report.packages)
-    report.stages["total_s"] = time.perf_counter() - started + report.stages.get("prompt_encoding_s", 0.0)
+    report.stages["total_s"] = sum(p.calibration_s + p.solve_s for p in report.packages) + report.stages.get("prompt_encoding_s", 0.0)
     report.params_after = count_parameters(model)
     report.peak_memory_bytes = peak_memory_bytes(run_device)
     return PruneResult(model=model, report=report, pipeline=pipeline, adapter=adapter)

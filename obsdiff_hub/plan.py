@@ -18,6 +18,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .adapters import HeadCoupling, adapter_for
+from .config import PruneConfig
 from .surgery import apply_structure, current_heads, current_width, removal_count
 
 MODEL_CLASSES = {c.__name__: c for c in (UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel)}
@@ -130,7 +131,7 @@ def plan(
     *,
     sparsity: float,
     granularity: str = "structured",
-    blocks: list[int] | None = None,
+    blocks: list[int] | str | None = None,
     block_sparsity: dict[int, float] | None = None,
     resolution: int | None = 1024,
 ) -> PlanResult:
@@ -148,6 +149,8 @@ def plan(
         params_before = sum(p.numel() for p in model.parameters())
         flops_before = _flops(model, resolution) if resolution else None
         heads = neurons = 0
+        if isinstance(blocks, str):  # "start:stop", resolved against this model's block count
+            blocks = PruneConfig(blocks=blocks).block_ids(len(adapter_for(model).blocks(model)))
         if granularity == "structured":
             adapter = adapter_for(model)
             structure = planned_structure(model, sparsity, blocks, block_sparsity)

@@ -61,6 +61,14 @@ class PruneReport:
     def mean_relative_error(self) -> float:
         return sum(r.relative_error for r in self.layers) / max(len(self.layers), 1)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruneReport:
+        fields = {k: v for k, v in data.items() if k not in ("mean_sparsity", "mean_relative_error")}
+        fields["layers"] = [LayerRecord(**{**r, "shape": tuple(r["shape"])}) for r in fields.get("layers", [])]
+        fields["structure"] = [StructureRecord(**r) for r in fields.get("structure", [])]
+        fields["packages"] = [PackageRecord(**r) for r in fields.get("packages", [])]
+        return cls(**fields)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["mean_sparsity"] = self.mean_sparsity
