@@ -17,7 +17,6 @@ recipes_app = typer.Typer(help="List and show the versioned pruning recipes.", n
 app.add_typer(recipes_app, name="recipes")
 
 console = Console()
-errors = Console(stderr=True)
 _state = {"debug": False}
 
 
@@ -45,13 +44,13 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except KeyboardInterrupt:
-            errors.print("[red]interrupted[/red]: progress is saved after each package; rerun with --resume")
+            typer.echo("interrupted: progress is saved after each package; rerun with --resume", err=True)
             raise typer.Exit(130)
         except (ValueError, OSError, ImportError) as error:
             if _state["debug"]:
                 raise
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            errors.print(f"error: {message}", highlight=False, markup=False)
+            typer.echo(f"error: {message}", err=True)  # one line, never wrapped
             raise typer.Exit(2)
 
     return wrapper

@@ -1,0 +1,198 @@
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from diffusers import DiffusionPipeline
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import obsdiff_hub as oh
+from cli.main import app
+from obsdiff_hub import resume
+from obsdiff_hub.recipes import load_recipe, recipe_names
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["tiny-sdxl-structured-30", "tiny-sd3-unstructured-50", "tiny-flux-2of4"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def denoiser_weights(directory: Path) -> dict[str, torch.Tensor]:
+    folder = directory / ("unet" if (directory / "unet").is_dir() else "transformer")
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_recipe_end_to_end_loads_with_from_pretrained(name, tmp_path):
+    result = invoke("prune", "--recipe", name, "--out", tmp_path / "out", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "parameters" in result.output
+    out = tmp_path / "out"
+    assert {"recipe.yaml", "report.json", "README.md", "model_index.json"} <= {p.name for p in out.iterdir()}
+    assert not (tmp_path / "out.partial").exists()
+    recipe = load_recipe(name)
+    assert yaml.safe_load((out / "recipe.yaml").read_text()) == recipe.model_dump(mode="json")
+    report = json.loads((out / "report.json").read_text())
+    assert report["provenance"]["recipe_sha256"] == recipe.sha256
+    pipe = DiffusionPipeline.from_pretrained(out)
+    denoiser = getattr(pipe, recipe.base_model.component)
+    for layer in report["layers"]:
+        W = denoiser.get_submodule(layer["name"]).weight
+        if recipe.prune.granularity == "n:m":
+            assert ((W == 0).view(W.shape[0], -1, 4).sum(-1) == 2).all()
+        elif recipe.prune.granularity == "unstructured":
+            assert abs(float((W == 0).float().mean()) - 0.5) < 0.01
+    if recipe.prune.granularity == "structured":
+        assert type(denoiser).__name__ == "OBSDiffUNet"
+        assert sum(p.numel() for p in denoiser.parameters()) == report["params_after"] < report["params_before"]
+    images = pipe("a red circle", num_inference_steps=2, height=32, width=32, output_type="latent").images
+    assert torch.isfinite(images).all()
+
+
+def test_resume_after_interruption_equals_straight_run(tmp_path, monkeypatch):
+    straight = invoke("prune", "--recipe", "tiny-sdxl-structured-30", "--out", tmp_path / "straight", "--quiet")
+    assert straight.exit_code == 0, straight.output
+
+    original = resume.DiskState.package_done
+
+    def crash_after_first(self, index, model, report):
+        original(self, index, model, report)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(resume.DiskState, "package_done", crash_after_first)
+    crashed = invoke("prune", "--recipe", "tiny-sdxl-structured-30", "--out", tmp_path / "resumed", "--quiet")
+    assert crashed.exit_code == 130 and "--resume" in crashed.output
+    assert not (tmp_path / "resumed").exists()
+    assert json.loads((tmp_path / "resumed.partial" / "progress.json").read_text())["completed"] == 1
+    monkeypatch.setattr(resume.DiskState, "package_done", original)
+
+    resumed = invoke("prune", "--recipe", "tiny-sdxl-structured-30", "--out", tmp_path / "resumed", "--quiet", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    a, b = denoiser_weights(tmp_path / "straight"), denoiser_weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    report = json.loads((tmp_path / "resumed" / "report.json").read_text())
+    assert len(report["packages"]) == 2
+
+
+def test_plan_sdxl_30_prints_published_count():
+    result = invoke("plan", "--recipe", "sdxl-30")
+    assert result.exit_code == 0, result.output
+    assert "2.57 B" in result.output and "1.91 B" in result.output
+
+
+def test_every_zoo_recipe_validates_and_has_a_stable_identity():
+    names = recipe_names()
+    for expected in ["sdxl-10", "sdxl-30", "sd35-large-15", "sd35-large-30", "sd3-medium-10", "sd3-medium-25",
+                     "sd3-medium-unstructured-50", "sd3-medium-unstructured-60", "sd35-large-2of4",
+                     "sd21-base-unstructured-40", "sd21-base-unstructured-50", "flux-dev-unstructured-70"]:
+        assert expected in names
+    for name in names:
+        recipe = load_recipe(name)
+        assert recipe.sha256 == load_recipe(name).sha256
+        assert recipe.schema_version == 1 and recipe.version >= 1
+    assert load_recipe("sd35-large-30").prune_config().block_ids(38) == list(range(1, 37))
+    assert load_recipe("sd35-large-2of4").prune_config().block_ids(38) == list(range(3, 26))
+
+
+def test_recipes_list_and_show():
+    listed = invoke("recipes", "list")
+    assert listed.exit_code == 0 and "sdxl-30" in listed.output
+    shown = invoke("recipes", "show", "sdxl-30")
+    assert shown.exit_code == 0 and load_recipe("sdxl-30").sha256 in shown.output
+
+
+def write_recipe(tmp_path, **changes):
+    data = yaml.safe_load((ROOT / "recipes" / "tiny-sd3-unstructured-50.yaml").read_text())
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"prune.granularity": "blocky"}, r"prune\.granularity: .*'unstructured', 'n:m' or 'structured'"),
+        ({"prune.sparsity": 1.5}, r"prune\.sparsity: .*less than 1"),
+        ({"prune.granularity": "n:m", "prune.n": 4, "prune.m": 2}, r"0 < n < m"),
+        ({"prune.extra_knob": 3}, r"prune\.extra_knob: Extra inputs"),
+        ({"schema_version": 9}, r"schema_version 9 is not supported"),
+    ],
+)
+def test_bad_recipe_fields_exit_2_with_one_line(tmp_path, changes, message):
+    result = invoke("prune", "--recipe", write_recipe(tmp_path, **changes), "--out", tmp_path / "o")
+    assert result.exit_code == 2
+    assert re.search(message, result.output), result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_python_tags_are_refused(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("schema_version: !!python/object/apply:os.system ['true']\n")
+    result = invoke("recipes", "show", path)
+    assert result.exit_code == 2 and "not valid YAML" in result.output
+
+
+def test_unknown_recipe_suggests_names():
+    result = invoke("prune", "--recipe", "sdxl-3")
+    assert result.exit_code == 2
+    assert "unknown recipe 'sdxl-3'" in result.output and "sdxl-30" in result.output
+
+
+def test_recipe_for_another_family(tmp_path):
+    model = oh.tiny.save_tiny_pipeline("flux", tmp_path / "flux")
+    result = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--model", model, "--out", tmp_path / "o")
+    assert result.exit_code == 2
+    assert "is for mmdit models" in result.output and "FluxTransformer2DModel" in result.output
+
+
+def test_unreadable_prompt_file_and_existing_output(tmp_path):
+    result = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--prompts", tmp_path / "nope.txt", "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "cannot read prompt file" in result.output
+    (tmp_path / "exists").mkdir()
+    result = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--out", tmp_path / "exists")
+    assert result.exit_code == 2 and "already exists" in result.output and "--overwrite" in result.output
+
+
+def test_prompt_files_all_formats(tmp_path):
+    from obsdiff_hub.prompts import read_prompt_file
+
+    (tmp_path / "p.txt").write_text("a cat\n\n a dog \n")
+    (tmp_path / "p.jsonl").write_text('{"caption": "a cat"}\n{"caption": "a dog"}\n')
+    (tmp_path / "p.csv").write_text("id,text\n1,a cat\n2,a dog\n")
+    (tmp_path / "p.tsv").write_text("prompt\tx\na cat\t1\na dog\t2\n")
+    for name in ("p.txt", "p.jsonl", "p.csv", "p.tsv"):
+        assert read_prompt_file(tmp_path / name) == ["a cat", "a dog"], name
+
+
+def test_subprocess_version_and_prune(tmp_path):
+    exe = Path(sys.executable).parent / "obsdiff-hub"
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.strip() == f"obsdiff-hub {oh.__version__}"
+    done = subprocess.run([exe, "prune", "--recipe", "tiny-flux-2of4", "--out", tmp_path / "f", "--quiet"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert DiffusionPipeline.from_pretrained(tmp_path / "f").transformer.config["obsdiff_provenance"]["recipe"] == "tiny-flux-2of4"
+    bad = subprocess.run([exe, "prune", "--recipe", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown recipe")
+
+
+def test_inspect_reports_structure_and_provenance(tmp_path):
+    assert invoke("prune", "--recipe", "tiny-sdxl-structured-30", "--out", tmp_path / "o", "--quiet").exit_code == 0
+    result = invoke("inspect", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    assert "tiny-sdxl-structured-30" in result.output and "attn1" in result.output and "OBSDiffUNet" in result.output
