@@ -230,6 +230,56 @@ def convert_legacy(
     console.print(f"converted {path} → {out} ({type(model).__name__})")
 
 
+@app.command()
+@reports_errors
+def push(
+    directory: Path = typer.Argument(..., help="Output directory of `obsdiff-hub prune`."),
+    repo_id: str = typer.Option(..., "--repo-id", help="NAMESPACE/NAME on the Hub."),
+    private: bool = typer.Option(False, help="Create the repo private."),
+    branch: Optional[str] = typer.Option(None, help="Push to this branch (created if needed)."),
+    tag: Optional[str] = typer.Option(None, help="Tag for the commit (default: RECIPE-vVERSION)."),
+    commit_message: Optional[str] = typer.Option(None, help="Commit message."),
+    token: Optional[str] = typer.Option(None, help="Hub token (default: HF_TOKEN or `hf auth login`). Never printed."),
+    endpoint: Optional[str] = typer.Option(None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)."),
+) -> None:
+    """Publish a pruned checkpoint: card, recipe, report, manifest and weights in one tagged commit."""
+    from obsdiff_hub.hub import push as push_dir
+
+    result = push_dir(directory, repo_id, private=private, branch=branch, tag=tag, commit_message=commit_message, token=token, endpoint=endpoint)
+    console.print(f"pushed {directory} to {repo_id} at {result['commit'][:12]} (tag {result['tag']})", highlight=False)
+
+
+@app.command()
+@reports_errors
+def pull(
+    repo_id: str = typer.Argument(..., help="NAMESPACE/NAME on the Hub."),
+    revision: Optional[str] = typer.Option(None, help="Branch, tag or commit sha."),
+    local_dir: Optional[Path] = typer.Option(None, help="Download here instead of the Hub cache."),
+    token: Optional[str] = typer.Option(None, help="Hub token (default: HF_TOKEN or the login cache)."),
+    endpoint: Optional[str] = typer.Option(None, help="Hub endpoint (default: HF_ENDPOINT)."),
+    verify: bool = typer.Option(True, help="Check every weight file against the push-time sha256 manifest."),
+) -> None:
+    """Download a published checkpoint and verify it."""
+    from obsdiff_hub.hub import pull as pull_repo
+
+    path = pull_repo(repo_id, revision=revision, local_dir=local_dir, token=token, endpoint=endpoint, verify=verify)
+    console.print(f"{repo_id} → {path}" + (" (verified)" if verify else ""), highlight=False)
+
+
+@app.command()
+@reports_errors
+def card(
+    directory: Path = typer.Argument(..., help="Output directory of `obsdiff-hub prune`."),
+    repo_id: Optional[str] = typer.Option(None, "--repo-id", help="Repo id used in the usage snippets."),
+) -> None:
+    """Render the model card locally (writes DIR/README.md) for review before pushing."""
+    from obsdiff_hub.hub import render_card_for
+
+    content = render_card_for(directory, repo_id)
+    (directory / "README.md").write_text(content, encoding="utf-8")
+    console.print(f"wrote {directory / 'README.md'}")
+
+
 def main() -> None:
     # transformers warns at import about optional vision backends this tool never uses.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -6,11 +6,13 @@ from .checkpoint import CheckpointError, install_load_diagnostics, provenance, r
 from .config import CalibrationConfig, PruneConfig  # noqa: E402
 from .engine import PruneResult, prune  # noqa: E402
 from .legacy import UnsafePickleError, convert_legacy  # noqa: E402
-from .models import OBSDiffFluxTransformer, OBSDiffSD3Transformer, OBSDiffUNet  # noqa: E402
+from .models import OBSDiffFluxTransformer, OBSDiffSD3Transformer, OBSDiffUNet, register_with_diffusers  # noqa: E402
 from .plan import PlanResult, plan  # noqa: E402
 
-# One-line errors when a pruned checkpoint fails to load (failure path only; see checkpoint.py).
+# One-line errors when a pruned checkpoint fails to load (failure path only; see checkpoint.py),
+# and DiffusionPipeline support for components declared as obsdiff_hub.models.
 install_load_diagnostics()
+register_with_diffusers()
 
 __all__ = [
     "CalibrationConfig",

@@ -256,11 +256,34 @@ def _local_folder(path: str, kwargs: dict[str, Any]) -> Path | None:
         return None
 
 
+def _verify_before_load(source: str, kwargs: dict[str, Any]) -> None:
+    """``verify=True``: check the repo's obsdiff manifest (downloading the snapshot if needed)."""
+    from .hub import verify_manifest
+
+    if os.path.isdir(source):
+        root = Path(source)
+    else:
+        from huggingface_hub import snapshot_download
+
+        root = Path(
+            snapshot_download(
+                source,
+                revision=kwargs.get("revision"),
+                cache_dir=kwargs.get("cache_dir"),
+                token=kwargs.get("token"),
+                local_files_only=kwargs.get("local_files_only", False),
+            )
+        )
+    verify_manifest(root, kwargs.get("subfolder"))
+
+
 def _explained(load: Any) -> Any:
-    """Wrap ``from_pretrained`` so a failure is re-raised as one actionable line when diagnosable."""
+    """Wrap ``from_pretrained``: optional manifest check (``verify=True``), one-line load errors."""
 
     @functools.wraps(load)
     def from_pretrained(cls: type[ModelMixin], pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.pop("verify", False):
+            _verify_before_load(str(pretrained_model_name_or_path), kwargs)
         try:
             return load.__func__(cls, pretrained_model_name_or_path, *args, **kwargs)
         except Exception as error:

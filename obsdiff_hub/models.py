@@ -79,6 +79,19 @@ PRUNED_CLASSES: dict[type[ModelMixin], type[ModelMixin]] = {
 }
 
 
+def register_with_diffusers() -> None:
+    """Let ``DiffusionPipeline.from_pretrained`` load components declared as ``obsdiff_hub.models``.
+
+    For Hub repos diffusers 0.42 accepts only libraries in its ``LOADABLE_CLASSES`` registry
+    (otherwise it looks for a remote ``.py`` file, i.e. remote code); registering this
+    module there, with ``ModelMixin``'s save/load methods, is the same extension point
+    diffusers uses for ``onnxruntime.training``. No remote code is ever involved.
+    """
+    from diffusers.pipelines import pipeline_loading_utils
+
+    pipeline_loading_utils.LOADABLE_CLASSES.setdefault(__name__, {"ModelMixin": ["save_pretrained", "from_pretrained"]})
+
+
 def pruned_class_for(model: ModelMixin) -> type[ModelMixin]:
     """The obsdiff class for a model's diffusers base class."""
     for base, pruned in PRUNED_CLASSES.items():

@@ -1,4 +1,84 @@
+"""Shared fixtures. Hub settings are fixed here, before anything imports huggingface_hub:
+reads go to olah (a real Hub-compatible server started below on 127.0.0.1), the cache
+lives in a temp dir, and uploads use the documented LFS protocol (Xet needs a CAS
+service no offline server provides)."""
+
+import os
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
+
+_HUB_ROOT = Path(tempfile.mkdtemp(prefix="obsdiff-hub-tests-"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+OLAH_PORT = _free_port()
+OLAH_ENDPOINT = f"http://127.0.0.1:{OLAH_PORT}"
+os.environ.update(
+    HF_ENDPOINT=OLAH_ENDPOINT,
+    HF_HOME=str(_HUB_ROOT / "hf-home"),
+    HF_HUB_DISABLE_XET="1",
+    HF_HUB_DISABLE_TELEMETRY="1",
+    HF_HUB_ETAG_TIMEOUT="30",
+)
+os.environ.pop("HF_TOKEN", None)
+os.environ.pop("HF_HUB_OFFLINE", None)
+
+
+class Hub:
+    """olah for reads, the write double for uploads, both over one mirrors/ tree."""
+
+    def __init__(self, root: Path, double, token: str) -> None:
+        self.root = root
+        self.read_endpoint = OLAH_ENDPOINT
+        self.write_endpoint = double.endpoint
+        self.double = double
+        self.token = token
+
+
+@pytest.fixture(scope="session")
+def hub():
+    import httpx
+
+    from hub_double import HubWriteDouble
+
+    mirrors = _HUB_ROOT / "mirrors"
+    (mirrors / "models").mkdir(parents=True)
+    config = _HUB_ROOT / "olah.toml"
+    config.write_text(
+        "[basic]\n"
+        f'host = "127.0.0.1"\nport = {OLAH_PORT}\n'
+        f'mirror-netloc = "127.0.0.1:{OLAH_PORT}"\nmirror-lfs-netloc = "127.0.0.1:{OLAH_PORT}"\n'
+        f'repos-path = "{_HUB_ROOT / "olah-repos"}"\nmirrors-path = ["{mirrors}"]\n'
+        "[accessibility]\noffline = true\n"
+    )
+    log = open(_HUB_ROOT / "olah.log", "w")
+    olah = subprocess.Popen([str(Path(sys.executable).parent / "olah-cli"), "-c", str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=_HUB_ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{OLAH_ENDPOINT}/api/models/_/_/refs", timeout=1)
+                break
+            except httpx.TransportError:
+                if olah.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"olah did not start; see {_HUB_ROOT / 'olah.log'}")
+                time.sleep(0.2)
+        with HubWriteDouble(mirrors, token="hf_test_" + os.urandom(8).hex()) as double:
+            yield Hub(_HUB_ROOT, double, double.token)
+    finally:
+        olah.terminate()
+        olah.wait(timeout=10)
+        log.close()

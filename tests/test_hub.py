@@ -1,0 +1,139 @@
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+from huggingface_hub import ModelCard, snapshot_download
+from typer.testing import CliRunner
+
+import obsdiff_hub as oh
+from cli.main import app
+from obsdiff_hub.cards import validate_card
+from obsdiff_hub.hub import ManifestError, pull, push
+
+runner = CliRunner()
+RECIPE = "tiny-sdxl-structured-30"
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pruned") / "ckpt"
+    result = invoke("prune", "--recipe", RECIPE, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def pushed(hub, checkpoint):
+    result = invoke("push", checkpoint, "--repo-id", "zoo/tiny-sdxl", "--token", hub.token, "--endpoint", hub.write_endpoint)
+    assert result.exit_code == 0, result.output
+    assert hub.token not in result.output
+    return "zoo/tiny-sdxl"
+
+
+def latents(pipe):
+    return pipe("a red circle", num_inference_steps=2, height=32, width=32, output_type="latent", generator=torch.Generator().manual_seed(0)).images
+
+
+def test_push_pull_from_pretrained_equals_local(hub, checkpoint, pushed):
+    local = latents(DiffusionPipeline.from_pretrained(checkpoint))
+    path = pull(pushed, revision="main")
+    for name in ("model_index.json", "recipe.yaml", "report.json", "README.md", "obsdiff-manifest.json"):
+        assert (path / name).is_file(), name
+    remote = DiffusionPipeline.from_pretrained(pushed)  # through olah, default HF_ENDPOINT
+    assert type(remote.unet) is oh.OBSDiffUNet
+    assert torch.equal(latents(remote), local)
+    unet = oh.OBSDiffUNet.from_pretrained(pushed, subfolder="unet", verify=True)
+    assert sum(p.numel() for p in unet.parameters()) == sum(p.numel() for p in remote.unet.parameters())
+    manifest = json.loads((path / "obsdiff-manifest.json").read_text())
+    assert any(name.startswith("unet/") for name in manifest["files"])
+
+
+def test_tag_branch_and_sha_resolve(hub, checkpoint, pushed, tmp_path):
+    result = invoke("push", checkpoint, "--repo-id", pushed, "--branch", "dev", "--tag", "dev-build-1",
+                    "--token", hub.token, "--endpoint", hub.write_endpoint)
+    assert result.exit_code == 0, result.output
+    repo = hub.double.repo(pushed)
+    main_sha, dev_sha = repo.resolve("refs/heads/main"), repo.resolve("refs/heads/dev")
+    assert repo.resolve(f"refs/tags/{RECIPE}-v1") == main_sha
+    assert repo.resolve("refs/tags/dev-build-1") == dev_sha != main_sha
+    for revision, sha in ((f"{RECIPE}-v1", main_sha), ("dev", dev_sha), ("dev-build-1", dev_sha), (main_sha, main_sha)):
+        path = pull(pushed, revision=revision, local_dir=tmp_path / revision)
+        assert (path / "unet" / "config.json").is_file()
+        snapshot = Path(snapshot_download(pushed, revision=revision))
+        assert snapshot.name == sha
+
+
+def test_card_round_trips_through_model_card_load(pushed):
+    card = ModelCard.load(pushed)
+    assert card.data.library_name == "diffusers"
+    assert card.data.pipeline_tag == "text-to-image"
+    assert {"obs-diff", "pruned", "structured", "unet"} <= set(card.data.tags)
+    assert f'DiffusionPipeline.from_pretrained("{pushed}"' in card.text
+    assert oh.recipes.load_recipe(RECIPE).sha256 in card.text
+    validate_card(card.content)
+
+
+def test_tampered_weight_fails_verification(hub, checkpoint, pushed, tmp_path):
+    repo = hub.double.repo(pushed)
+    name = "unet/diffusion_pytorch_model.safetensors"
+    original = (checkpoint / name).read_bytes()
+    tampered = original[:-64] + bytes(64)
+    repo.git("update-ref", "refs/heads/tampered", repo.resolve("refs/heads/main"))
+    repo.commit("tampered", {name: tampered}, "silently change weights")
+    with pytest.raises(ManifestError, match=rf"{name}: sha256 does not match"):
+        pull(pushed, revision="tampered", local_dir=tmp_path / "t")
+    assert not (tmp_path / "t" / name).exists()
+    with pytest.raises(ManifestError):
+        oh.OBSDiffUNet.from_pretrained(pushed, subfolder="unet", revision="tampered", verify=True)
+    result = invoke("pull", pushed, "--revision", "tampered", "--local-dir", tmp_path / "cli")
+    assert result.exit_code == 2 and "sha256 does not match" in result.output
+
+
+def test_no_token_anywhere(hub, checkpoint, pushed):
+    files = [p for p in checkpoint.rglob("*") if p.is_file()]
+    files += [p for p in hub.root.rglob("*") if p.is_file() and ".git/objects" not in str(p)]
+    for path in files:
+        assert hub.token.encode() not in path.read_bytes(), path
+    all_blobs = subprocess.run(["git", "grep", "-I", "-l", hub.token, *subprocess.run(["git", "rev-list", "--all"], cwd=hub.double.repo(pushed).path, capture_output=True, text=True).stdout.split()],
+                               cwd=hub.double.repo(pushed).path, capture_output=True, text=True)
+    assert all_blobs.stdout == ""
+
+
+def test_wrong_token_is_rejected_and_not_echoed(hub, checkpoint):
+    result = invoke("push", checkpoint, "--repo-id", "zoo/other", "--token", "hf_wrong_secret_123", "--endpoint", hub.write_endpoint)
+    assert result.exit_code == 2
+    assert "401" in result.output or "Invalid credentials" in result.output
+    assert "hf_wrong_secret_123" not in result.output
+    assert not hub.double.repo("zoo/other").path.exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["push", "{ckpt}", "--repo-id", "not a repo!!"], "invalid repo id"),
+        (["push", "{missing}", "--repo-id", "zoo/x"], "does not exist"),
+        (["push", "{plain}", "--repo-id", "zoo/x"], "is not a pruned checkpoint"),
+        (["pull", "bad//id"], "invalid repo id"),
+    ],
+)
+def test_push_pull_input_errors(hub, checkpoint, tmp_path, args, message):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "config.json").write_text("{}")
+    filled = [a.format(ckpt=checkpoint, missing=tmp_path / "missing", plain=tmp_path / "plain") for a in args]
+    result = invoke(*filled, "--endpoint", hub.write_endpoint)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_card_command_renders_locally(checkpoint):
+    result = invoke("card", checkpoint, "--repo-id", "zoo/preview")
+    assert result.exit_code == 0, result.output
+    meta = validate_card((checkpoint / "README.md").read_text())
+    assert meta["library_name"] == "diffusers" and "obs-diff" in meta["tags"]
