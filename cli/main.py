@@ -114,6 +114,14 @@ def prune(
         table.add_row(stage.removesuffix("_s").replace("_", " "), f"{seconds:.2f} s")
     table.add_row("peak memory", _human(report.peak_memory_bytes, "B"))
     console.print(table)
+    if result.metrics:
+        scores = Table(title="quality (reloaded from disk, same seeds as dense)")
+        for column in ("metric", "dense", "pruned"):
+            scores.add_column(column)
+        for m in result.metrics:
+            scores.add_row(m["name"], m["dense"], m["pruned"])
+        console.print(scores)
+        console.print(f"dense (top) vs pruned (bottom) grid: {target / 'samples.png'}")
 
 
 @recipes_app.command("list")

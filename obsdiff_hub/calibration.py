@@ -26,9 +26,14 @@ class Calibration(Protocol):
     def __call__(self, model: nn.Module, set_step: SetStep) -> None: ...
 
 
-def builtin_prompts() -> list[str]:
-    """The project's own caption set (Conceptual Captions style, 240 captions)."""
-    text = resources.files("obsdiff_hub").joinpath("data/calibration_prompts.txt").read_text(encoding="utf-8")
+BUILTIN_PROMPT_SETS = {"captions": "calibration_prompts.txt", "shapes": "shapes_prompts.txt"}
+
+
+def builtin_prompts(name: str = "captions") -> list[str]:
+    """A shipped prompt set: ``captions`` (Conceptual Captions style, 240) or ``shapes`` (the embedded model's 150)."""
+    if name not in BUILTIN_PROMPT_SETS:
+        raise ValueError(f"unknown built-in prompt set {name!r}; choose {', '.join(BUILTIN_PROMPT_SETS)}")
+    text = resources.files("obsdiff_hub").joinpath("data", BUILTIN_PROMPT_SETS[name]).read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

@@ -65,9 +65,13 @@ def load_prompts(
     count: int = 100,
     revision: str | None = None,
 ) -> list[str]:
-    """``count`` prompts (cycled if the source has fewer) from the chosen source."""
+    """``count`` prompts (cycled if the source has fewer) from the chosen source.
+
+    ``builtin``: ``path`` names the shipped set (``captions``, ``shapes``); ``file``: a local
+    file; ``hub-dataset``: ``path`` inside the dataset repo ``repo_id``.
+    """
     if source == "builtin":
-        prompts = builtin_prompts()
+        prompts = builtin_prompts(path or "captions")
     elif source == "file":
         prompts = read_prompt_file(path or "", column)
     elif source == "hub-dataset":

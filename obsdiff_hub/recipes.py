@@ -52,7 +52,7 @@ class BaseModelSpec(_Strict):
 
 class PromptSource(_Strict):
     source: Literal["builtin", "file", "hub-dataset"] = "builtin"
-    path: str | None = Field(None, description="file path, or the file inside the Hub dataset repo")
+    path: str | None = Field(None, description="built-in set name, file path, or the file inside the Hub dataset repo")
     repo_id: str | None = Field(None, description="Hub dataset repo id (source: hub-dataset)")
     column: str | None = Field(None, description="column for csv/tsv/jsonl files")
     count: int = Field(100, ge=1)

@@ -36,6 +36,7 @@ class RunOutput:
     directory: Path
     result: PruneResult
     plan: dict[str, Any] | None
+    metrics: list[dict[str, str]] | None = None
 
 
 def load_base_pipeline(
@@ -174,4 +175,34 @@ def run_recipe(
         extra_files={"recipe.yaml": recipe.to_yaml(), "report.json": json.dumps(report, indent=2), "README.md": card.content},
     )
     state.clear()
-    return RunOutput(out, result, plan_info)
+    metrics = evaluate_shapes(out) if recipe.base_model.repo_id == "builtin:tiny-shapes" else None
+    return RunOutput(out, result, plan_info, metrics)
+
+
+def evaluate_shapes(out: Path) -> list[dict[str, str]]:
+    """Score the saved (reloaded) pruned shapes model against the dense one, same seeds.
+
+    Writes ``samples.png`` (dense top row, pruned bottom row) and adds the metrics to
+    ``report.json`` and the card.
+    """
+    from diffusers import DiffusionPipeline
+
+    from .hub import render_card_for
+    from .sampling import image_grid
+    from .shapes.pipeline import evaluate, load_shapes_pipeline, to_pil
+
+    dense_scores, dense_images = evaluate(load_shapes_pipeline())
+    pruned_scores, pruned_images = evaluate(DiffusionPipeline.from_pretrained(out), reference=dense_images)
+    grid = image_grid([to_pil(dense_images[:10]), to_pil(pruned_images[:10])])
+    grid.resize((grid.width * 4, grid.height * 4), resample=0).save(out / "samples.png")
+    settings = "30 fixed captions, seeds 0-29, 20 Euler steps, guidance 4, scorer: shipped attribute classifier"
+    metrics = [
+        {"name": "caption accuracy (all 4 attributes)", "dense": f"{dense_scores['all']:.3f}", "pruned": f"{pruned_scores['all']:.3f}", "settings": settings},
+        {"name": "caption accuracy (mean of attributes)", "dense": f"{dense_scores['mean']:.3f}", "pruned": f"{pruned_scores['mean']:.3f}", "settings": settings},
+        {"name": "PSNR vs dense images (dB)", "dense": "inf", "pruned": f"{pruned_scores['psnr_vs_dense']:.2f}", "settings": settings},
+    ]
+    report = json.loads((out / "report.json").read_text())
+    report["metrics"] = metrics
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "README.md").write_text(render_card_for(out), encoding="utf-8")
+    return metrics
