@@ -278,20 +278,27 @@ def _verify_before_load(source: str, kwargs: dict[str, Any]) -> None:
 
 
 def _explained(load: Any) -> Any:
-    """Wrap ``from_pretrained``: optional manifest check (``verify=True``), one-line load errors."""
+    """Wrap ``from_pretrained``: ``verify=True`` (manifest check), ``sparse_kernels=True`` (2:4
+    kernels on CUDA), and one-line errors when a load fails."""
 
     @functools.wraps(load)
     def from_pretrained(cls: type[ModelMixin], pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
         if kwargs.pop("verify", False):
             _verify_before_load(str(pretrained_model_name_or_path), kwargs)
+        sparse_kernels = kwargs.pop("sparse_kernels", False)
         try:
-            return load.__func__(cls, pretrained_model_name_or_path, *args, **kwargs)
+            model = load.__func__(cls, pretrained_model_name_or_path, *args, **kwargs)
         except Exception as error:
             folder = _local_folder(str(pretrained_model_name_or_path), kwargs)
             reason = diagnose(folder, cls) if folder is not None and folder.is_dir() else None
             if reason is None:
                 raise
             raise CheckpointError(reason) from error
+        if sparse_kernels:
+            from .sparse import enable_sparse_kernels
+
+            enable_sparse_kernels(model)
+        return model
 
     return classmethod(from_pretrained)
 

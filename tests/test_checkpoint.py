@@ -216,3 +216,14 @@ def test_convert_legacy_refuses_malicious_pickle(tmp_path):
     with pytest.raises(oh.UnsafePickleError, match=r"(posix|os)\.system"):
         oh.convert_legacy(path)
     assert not marker.exists()
+
+
+def test_sparse_kernels_detects_pattern_and_refuses_cpu(tmp_path):
+    from obsdiff_hub.sparse import is_2_of_4
+
+    model = pruned_denoiser("sd3", granularity="n:m", n=2, m=4)
+    assert is_2_of_4(model.transformer_blocks[1].ff.net[2].weight)
+    assert not is_2_of_4(model.proj_out.weight)  # not a targeted layer: dense
+    out = oh.save_pruned(model, tmp_path / "nm", record=RECORD)
+    with pytest.raises(ValueError, match="needs the model on a CUDA GPU"):
+        SD3Transformer2DModel.from_pretrained(out, sparse_kernels=True)
