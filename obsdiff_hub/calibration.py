@@ -76,7 +76,7 @@ class PipelineCalibration:
         return has_negative and self.config.guidance_scale > 1.0
 
     def encode(self) -> None:
-        """Encode every batch once, then move the text encoders off the accelerator."""
+        """Encode every batch once, then move the text encoders (and the unused VAE) off the accelerator."""
         if self._embeddings is not None:
             return
         params = inspect.signature(self.pipeline.encode_prompt).parameters
@@ -93,6 +93,8 @@ class PipelineCalibration:
                 self._embeddings.append(self._as_call_kwargs(out))
         if self.device.type != "cpu":
             self._move_text_encoders(torch.device("cpu"))
+            if isinstance(getattr(self.pipeline, "vae", None), nn.Module):
+                self.pipeline.vae.to("cpu")  # trajectories stop at the latents
 
     def _as_call_kwargs(self, out: tuple) -> dict[str, torch.Tensor]:
         if "do_classifier_free_guidance" not in inspect.signature(self.pipeline.encode_prompt).parameters:

@@ -47,6 +47,8 @@ def render_card(
         pipeline_tag="text-to-image",
         license=base.license,
         tags=TAGS + [recipe.prune.granularity.replace(":", "-"), base.family],
+        model_name=recipe.name if metrics else None,
+        eval_results=_eval_results(recipe, metrics) if metrics else None,
     )
     heads = sum(r.before - r.after for r in report.structure if r.kind == "heads")
     neurons = sum(r.before - r.after for r in report.structure if r.kind == "neurons")
@@ -122,6 +124,25 @@ def render_card(
     card = ModelCard.from_template(data, template_path=str(data_dir("model_cards") / CARD_TEMPLATE), **fields)
     validate_card(card.content)
     return card
+
+
+def _eval_results(recipe: Recipe, metrics: list[dict[str, str]]) -> list[Any]:
+    """``model-index`` entries for the pruned model's measured metrics (the Hub renders them)."""
+    from huggingface_hub import EvalResult
+
+    return [
+        EvalResult(
+            task_type="text-to-image",
+            dataset_type=recipe.calibration.prompts.path or "prompts",
+            dataset_name=f"{recipe.name} evaluation prompts",
+            metric_type=m["name"].split(" (")[0].lower().replace(" ", "_"),
+            metric_name=m["name"],
+            metric_value=float(m["pruned"]),
+            metric_config=m["settings"],
+        )
+        for m in metrics
+        if m["pruned"].replace(".", "", 1).isdigit()
+    ]
 
 
 def validate_card(content: str) -> dict[str, Any]:

@@ -31,6 +31,9 @@ class StructureRecord:
 
 @dataclass
 class PackageRecord:
+    """Per module package. ``hessian_s`` is wall time inside the accumulation hooks; on CUDA,
+    where kernels run asynchronously, it undercounts and ``calibration_s`` holds the rest."""
+
     index: int
     units: int
     layers: int

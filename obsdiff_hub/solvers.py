@@ -184,15 +184,18 @@ class GroupOBS:
         groups = [g.to(W.device) for g in groups]
         return cls(W=W, Hinv=Hinv, groups=groups, saliency=saliency)
 
-    def saliencies(self, candidates: Sequence[int]) -> torch.Tensor:
+    def saliencies(self, candidates: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """OBS cost of removing each candidate group alone, given the groups already removed.
+
+        ``candidates``: group indices, or their stacked column indices ``[G, g]`` (faster
+        when called repeatedly).
 
         Single columns: ``Σ_rows w_q² / (2 Hinv_qq)``. Groups, ``reference`` (paper Eq. 7
         as implemented by its authors): ``½ Σ_k Σ_rows w_k² / C_kk²`` with ``C`` the
         Cholesky factor of ``Hinv_SS`` (conditional variances). ``exact``:
         ``½ Σ_rows w_Sᵀ (Hinv_SS)⁻¹ w_S``, the true cost of removing the set at once.
         """
-        idx = torch.stack([self.groups[c] for c in candidates])  # [G, g]
+        idx = candidates if isinstance(candidates, torch.Tensor) else torch.stack([self.groups[c] for c in candidates])
         w = self.W[:, idx].permute(1, 0, 2)  # [G, rows, g]
         block = self.Hinv[idx.unsqueeze(-1), idx.unsqueeze(-2)]  # [G, g, g]
         if idx.shape[1] == 1:
@@ -241,14 +244,18 @@ def obs_prune_groups(
     remaining = list(candidates)
     if not 0 <= num_remove <= len(remaining):
         raise ValueError(f"cannot remove {num_remove} of {len(remaining)} groups")
+    if num_remove == 0:
+        return []
+    columns = torch.stack([solvers[0].groups[c] for c in remaining])  # stacked once, rows dropped as we go
     removed: list[int] = []
     for _ in range(num_remove):
         if len(solvers) == 1:
-            pick = int(torch.argmin(solvers[0].saliencies(remaining)))
+            pick = int(torch.argmin(solvers[0].saliencies(columns)))
         else:
-            fused = sum(1.0 / (rrf_k + _rank_ascending(s.saliencies(remaining))) for s in solvers)
+            fused = sum(1.0 / (rrf_k + _rank_ascending(s.saliencies(columns))) for s in solvers)
             pick = int(torch.argmax(fused))
         group = remaining.pop(pick)
+        columns = torch.cat([columns[:pick], columns[pick + 1 :]])
         for solver in solvers:
             solver.remove(group)
         removed.append(group)

@@ -53,23 +53,34 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
+def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's BPE: repeatedly merge the adjacent pair with the lowest rank."""
+    while len(pieces) > 1:
+        pairs = [(ranks.get(p, len(ranks)), i) for i, p in enumerate(zip(pieces, pieces[1:]))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        pieces = pieces[:i] + [pieces[i] + pieces[i + 1]] + pieces[i + 2 :]
+    return pieces
+
+
 def clip_vocab(words: tuple[str, ...] = TOKENIZER_WORDS) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A byte-level BPE vocabulary: every byte, plus merges that make each of ``words`` one token."""
+    """A byte-level BPE vocabulary: every byte, plus merges that make each of ``words`` one token.
+
+    Merges are added by simulating BPE: while a word still splits, the merge of its first
+    two pieces is appended with the lowest priority, so it cannot undo earlier words.
+    """
     tokens = ["<|startoftext|>", "<|endoftext|>"]
     for ch in _bytes_to_unicode().values():
         tokens += [ch, ch + "</w>"]
-    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
     for word in words:
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        current = pieces[0]
-        for piece in pieces[1:]:
-            merge = (current, piece)
-            current += piece
-            if merge not in merges:
-                merges.append(merge)
-            if current not in tokens:
-                tokens.append(current)
-    return {t: i for i, t in enumerate(dict.fromkeys(tokens))}, merges
+        pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+        while len(pieces) > 1:
+            ranks[(pieces[0], pieces[1])] = len(ranks)
+            tokens.append(pieces[0] + pieces[1])
+            pieces = _bpe(pieces, ranks)
+    return {t: i for i, t in enumerate(dict.fromkeys(tokens))}, list(ranks)
 
 
 def make_clip_tokenizer(max_length: int = 77) -> CLIPTokenizer:
@@ -84,15 +95,16 @@ def make_t5_tokenizer(max_length: int = 128) -> T5Tokenizer:
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
 
 
-def _clip_config(hidden: int, projection: int, vocab_size: int) -> CLIPTextConfig:
+def clip_text_config(hidden: int, projection: int, vocab_size: int, heads: int = 2, max_length: int = 77) -> CLIPTextConfig:
+    """A two-layer CLIP text encoder config for the project's own tokenizer (bos 0, eos/pad 1)."""
     return CLIPTextConfig(
         hidden_size=hidden,
         intermediate_size=2 * hidden,
-        num_attention_heads=2,
+        num_attention_heads=heads,
         num_hidden_layers=2,
         projection_dim=projection,
         vocab_size=vocab_size,
-        max_position_embeddings=77,
+        max_position_embeddings=max_length,
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,
@@ -222,8 +234,8 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     vocab = len(tokenizer)
     return StableDiffusionXLPipeline(
         vae=_vae(4, flow=False),
-        text_encoder=CLIPTextModel(_clip_config(32, 32, vocab)),
-        text_encoder_2=CLIPTextModelWithProjection(_clip_config(32, 32, vocab)),
+        text_encoder=CLIPTextModel(clip_text_config(32, 32, vocab)),
+        text_encoder_2=CLIPTextModelWithProjection(clip_text_config(32, 32, vocab)),
         tokenizer=tokenizer,
         tokenizer_2=make_clip_tokenizer(),
         unet=tiny_sdxl_unet(cross_attention_dim=64, text_embeds_dim=32),
@@ -238,9 +250,9 @@ def tiny_sd3_pipeline(variant: str = "sd3", seed: int = 0) -> StableDiffusion3Pi
         transformer=tiny_sd3_transformer(variant, joint_attention_dim=64),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=_vae(4, flow=True),
-        text_encoder=CLIPTextModelWithProjection(_clip_config(32, 32, len(clip_tok))),
+        text_encoder=CLIPTextModelWithProjection(clip_text_config(32, 32, len(clip_tok))),
         tokenizer=clip_tok,
-        text_encoder_2=CLIPTextModelWithProjection(_clip_config(32, 32, len(clip_tok))),
+        text_encoder_2=CLIPTextModelWithProjection(clip_text_config(32, 32, len(clip_tok))),
         tokenizer_2=make_clip_tokenizer(),
         text_encoder_3=_t5_encoder(64, len(t5_tok)),
         tokenizer_3=t5_tok,
@@ -253,7 +265,7 @@ def tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
     return FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=_vae(4, flow=True),
-        text_encoder=CLIPTextModel(_clip_config(32, 32, len(clip_tok))),
+        text_encoder=CLIPTextModel(clip_text_config(32, 32, len(clip_tok))),
         tokenizer=clip_tok,
         text_encoder_2=_t5_encoder(32, len(t5_tok)),
         tokenizer_2=t5_tok,

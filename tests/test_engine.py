@@ -225,3 +225,11 @@ def test_block_range_limits_targets():
     blocks = {r.block for r in result.report.structure}
     assert blocks == {1, 2}
     assert result.model.transformer_blocks[0].attn.heads == 4 and result.model.transformer_blocks[3].attn.heads == 4
+
+
+def test_project_tokenizer_makes_every_listed_word_one_token():
+    tokenizer = tiny.make_clip_tokenizer()
+    for word in tiny.TOKENIZER_WORDS:
+        assert len(tokenizer(word).input_ids) == 3, word  # <|startoftext|> word <|endoftext|>
+    ids = tokenizer("a blue triangle").input_ids
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "a blue triangle"

@@ -137,3 +137,16 @@ def test_card_command_renders_locally(checkpoint):
     assert result.exit_code == 0, result.output
     meta = validate_card((checkpoint / "README.md").read_text())
     assert meta["library_name"] == "diffusers" and "obs-diff" in meta["tags"]
+
+
+def test_prompts_from_a_hub_dataset_through_olah(hub):
+    from hub_double import GitRepo
+
+    from obsdiff_hub.prompts import load_prompts
+
+    repo = GitRepo(hub.root / "mirrors" / "datasets" / "zoo" / "captions")
+    repo.path.mkdir(parents=True)
+    repo.git("init", "-q", "-b", "main")
+    repo.commit("main", {"data/prompts.csv": b"id,caption\n1,a red barn in snow\n2,two dogs on a beach\n"}, "captions")
+    prompts = load_prompts("hub-dataset", repo_id="zoo/captions", path="data/prompts.csv", column="caption", count=3, revision="main")
+    assert prompts == ["a red barn in snow", "two dogs on a beach", "a red barn in snow"]

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextModel
 
-from ..tiny import clip_vocab
+from ..tiny import clip_text_config, clip_vocab
 from .dataset import ATTRIBUTES, COLORS, POSITIONS, SHAPES, SIZES, sample_batch
 from .scorer import ShapeClassifier, caption_accuracy
 
@@ -48,12 +48,7 @@ def make_models(vocab_size: int) -> tuple[AutoencoderKL, CLIPTextModel, UNet2DCo
         norm_num_groups=16,
         sample_size=32,
     )
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1, projection_dim=64,
-        )
-    )
+    text = CLIPTextModel(clip_text_config(64, 64, vocab_size, heads=4, max_length=16))
     unet = UNet2DConditionModel(
         sample_size=16,
         in_channels=4,
@@ -101,7 +96,7 @@ def train_classifier(steps: int, seed: int, log) -> ShapeClassifier:
         loss.backward()
         optimizer.step()
     images, _, labels = sample_batch(512, seed + 11)
-    log(f"classifier held-out accuracy {caption_accuracy(model.eval(), images, labels)}")
+    log(f"classifier held-out accuracy {caption_accuracy(model.eval(), images, labels, tuple(ATTRIBUTES))}")
     return model
 
 
