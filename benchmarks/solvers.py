@@ -86,12 +86,14 @@ def main() -> None:
         rows_out.append(dict(model=model, layer="attn to_out.0", shape=[d, d], solver=f"obs_prune_columns {heads} heads of {hd}", seconds=seconds, floor_s=flops / rate))
         W, H = problem(d, f, device)
         neurons = round(0.3 * f)
-        measured = neurons if (f <= 5120 or device.type == "cuda") else 200
-        seconds = timed(lambda: obs_prune_columns(W, H, measured), device)
-        flops_per = 2 * f * f + 4 * d * f
-        note = "" if measured == neurons else f" (timed {measured} removals, scaled ×{neurons / measured:.1f})"
-        rows_out.append(dict(model=model, layer="ffn out (net.2)", shape=[d, f], solver=f"obs_prune_columns {neurons} neurons{note}",
-                             seconds=seconds * neurons / measured, floor_s=(2 * f**3 / 3 * 2 + neurons * flops_per) / rate))
+        floor = (2 * f**3 / 3 * 2 + neurons * (2 * f * f + 4 * d * f)) / rate
+        for batch in (32, 1):
+            # batch 1 on a CPU takes minutes per layer: time 200 removals and scale
+            measured = neurons if (batch > 1 or device.type == "cuda") else 200
+            seconds = timed(lambda: obs_prune_columns(W, H, measured, batch=batch), device)
+            note = "" if measured == neurons else f", timed {measured} removals ×{neurons / measured:.1f}"
+            rows_out.append(dict(model=model, layer="ffn out (net.2)", shape=[d, f], solver=f"obs_prune_columns {neurons} neurons (batch {batch}{note})",
+                                 seconds=seconds * neurons / measured, floor_s=floor))
     print("| model | layer | shape | solver | time (s) | FLOP floor (s) | ratio |")
     print("|---|---|---|---|---|---|---|")
     for r in rows_out:

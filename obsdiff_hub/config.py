@@ -36,6 +36,7 @@ class PruneConfig(_Strict):
     blocksize: int = Field(128, ge=1)
     rrf_k: int = Field(60, ge=0)
     head_saliency: Literal["reference", "exact"] = "reference"
+    neuron_batch: int = Field(32, ge=1, description="FFN neurons removed per OBS round (heads: always 1)")
     hessian_precision: AccumulationPrecision = "fp32"
 
     @field_validator("block_sparsity")

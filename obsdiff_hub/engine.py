@@ -168,7 +168,7 @@ class _Solver:
                 for o, p in zip(outs, site.out_layers)
             ]
             gone_heads = solvers.obs_prune_groups(group_solvers, head_ids, remove_heads, cfg.rrf_k)
-            gone_neurons = solvers.obs_prune_groups(group_solvers, neuron_ids, remove_neurons, cfg.rrf_k)
+            gone_neurons = solvers.obs_prune_groups(group_solvers, neuron_ids, remove_neurons, cfg.rrf_k, cfg.neuron_batch)
             for o, s in zip(outs, group_solvers):
                 o.weight.data.copy_(s.W.to(o.weight.dtype))
         else:  # l1: smallest Σ|w| over all output projections, no compensation

@@ -96,6 +96,7 @@ class PruneSpec(_Strict):
     blocksize: int = Field(128, ge=1)
     rrf_k: int = Field(60, ge=0)
     head_saliency: Literal["reference", "exact"] = "reference"
+    neuron_batch: int = Field(32, ge=1)
     weighting: WeightingSpec = WeightingSpec()
 
 

@@ -101,10 +101,13 @@ def lstsq_optimum(W, X, H, keep, percdamp):
     return out
 
 
-@pytest.mark.parametrize("group_size,num_remove,saliency", [(1, 20, "reference"), (8, 3, "reference"), (8, 3, "exact")])
-def test_structured_equals_least_squares_optimum(group_size, num_remove, saliency):
+@pytest.mark.parametrize(
+    "group_size,num_remove,saliency,batch",
+    [(1, 20, "reference", 1), (1, 20, "reference", 8), (8, 3, "reference", 1), (8, 3, "exact", 1), (8, 3, "reference", 2)],
+)
+def test_structured_equals_least_squares_optimum(group_size, num_remove, saliency, batch):
     W, X, H = make_problem(10, 64, 400, seed=6)
-    got, removed = obs_prune_columns(W, H, num_remove, group_size, percdamp=0.01, saliency=saliency)
+    got, removed = obs_prune_columns(W, H, num_remove, group_size, percdamp=0.01, saliency=saliency, batch=batch)
     assert len(set(removed.tolist())) == num_remove
     cols = torch.cat([torch.arange(g * group_size, (g + 1) * group_size) for g in removed.tolist()])
     keep = torch.ones(64, dtype=torch.bool)
