@@ -107,7 +107,7 @@ class PipelineCalibration:
         for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
             encoder = getattr(self.pipeline, name, None)
             if isinstance(encoder, nn.Module):
-                encoder.to(device)
+                encoder.to(device).eval()
 
     def __call__(self, model: nn.Module, set_step: SetStep, on_batch: Callable[[], None] | None = None) -> None:
         self.encode()

@@ -236,6 +236,7 @@ def prune(
         pipeline.to(run_device)
     else:
         model.to(run_device)
+    model.eval()  # calibration is inference: no dropout in the trajectories
 
     if callable(calibration) and not isinstance(calibration, (CalibrationConfig, dict)):
         if cfg.steps is None:

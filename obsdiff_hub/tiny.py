@@ -232,7 +232,7 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     torch.manual_seed(seed)
     tokenizer = make_clip_tokenizer()
     vocab = len(tokenizer)
-    return StableDiffusionXLPipeline(
+    return _inference_mode(StableDiffusionXLPipeline(
         vae=_vae(4, flow=False),
         text_encoder=CLIPTextModel(clip_text_config(32, 32, vocab)),
         text_encoder_2=CLIPTextModelWithProjection(clip_text_config(32, 32, vocab)),
@@ -240,13 +240,13 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         tokenizer_2=make_clip_tokenizer(),
         unet=tiny_sdxl_unet(cross_attention_dim=64, text_embeds_dim=32),
         scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1),
-    )
+    ))
 
 
 def tiny_sd3_pipeline(variant: str = "sd3", seed: int = 0) -> StableDiffusion3Pipeline:
     torch.manual_seed(seed)
     clip_tok, t5_tok = make_clip_tokenizer(), make_t5_tokenizer()
-    return StableDiffusion3Pipeline(
+    return _inference_mode(StableDiffusion3Pipeline(
         transformer=tiny_sd3_transformer(variant, joint_attention_dim=64),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=_vae(4, flow=True),
@@ -256,13 +256,13 @@ def tiny_sd3_pipeline(variant: str = "sd3", seed: int = 0) -> StableDiffusion3Pi
         tokenizer_2=make_clip_tokenizer(),
         text_encoder_3=_t5_encoder(64, len(t5_tok)),
         tokenizer_3=t5_tok,
-    )
+    ))
 
 
 def tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
     torch.manual_seed(seed)
     clip_tok, t5_tok = make_clip_tokenizer(), make_t5_tokenizer()
-    return FluxPipeline(
+    return _inference_mode(FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=_vae(4, flow=True),
         text_encoder=CLIPTextModel(clip_text_config(32, 32, len(clip_tok))),
@@ -270,7 +270,7 @@ def tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
         text_encoder_2=_t5_encoder(32, len(t5_tok)),
         tokenizer_2=t5_tok,
         transformer=tiny_flux_transformer(joint_attention_dim=32),
-    )
+    ))
 
 
 TINY_DENOISERS = {
@@ -350,6 +350,14 @@ def toy_calibration(batches: list[dict], steps: int):
                 run_denoiser(model, inputs, t)
 
     return calibrate
+
+
+def _inference_mode(pipeline):
+    """Built from configs, modules start in training mode (T5's dropout is 0.1); loaders use eval."""
+    for component in pipeline.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    return pipeline
 
 
 def save_tiny_pipeline(name: str, directory: str | Path | None = None, seed: int = 0) -> Path:
