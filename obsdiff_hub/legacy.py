@@ -101,7 +101,7 @@ def convert_legacy(path: str | os.PathLike, output_dir: str | os.PathLike | None
     legacy = restricted_load(path)
     if not isinstance(legacy, BASES):
         raise ValueError(f"{path} holds a {type(legacy).__name__}; expected one of {', '.join(b.__name__ for b in BASES)}")
-    config = {k: v for k, v in legacy.config.items() if not k.startswith("obsdiff_")}
+    config = {k: v for k, v in legacy.config.items() if not k.startswith(("obsdiff_", "_obsdiff_"))}
     base = next(b for b in BASES if isinstance(legacy, b))
     with init_empty_weights():
         skeleton = base.from_config(config)

@@ -22,11 +22,13 @@ from .adapters import adapter_for
 from .surgery import apply_structure
 
 STRUCTURE_KEY = "obsdiff_structure"
-PROVENANCE_KEY = "obsdiff_provenance"
+# Leading underscore: diffusers keeps private config keys through save/load without passing
+# them to __init__, so plain classes load unstructured checkpoints without warnings.
+PROVENANCE_KEY = "_obsdiff_provenance"
 
 
 def _pruned_init(base: type[ModelMixin]) -> Callable[..., None]:
-    """An ``__init__`` with the base class's signature plus the two obsdiff config entries.
+    """An ``__init__`` with the base class's signature plus ``obsdiff_structure``.
 
     diffusers reads the accepted config keys from ``inspect.signature(cls.__init__)``; a
     bare ``**kwargs`` would silently build a default-sized model instead.
@@ -36,21 +38,17 @@ def _pruned_init(base: type[ModelMixin]) -> Callable[..., None]:
         self: ModelMixin,
         *args: Any,
         obsdiff_structure: dict[str, int] | None = None,
-        obsdiff_provenance: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         base.__init__(self, *args, **kwargs)
-        self.register_to_config(obsdiff_structure=obsdiff_structure or {}, obsdiff_provenance=obsdiff_provenance or {})
+        self.register_to_config(obsdiff_structure=obsdiff_structure or {})
         if obsdiff_structure:
             apply_structure(self, adapter_for(self), {k: int(v) for k, v in obsdiff_structure.items()})
 
     base_parameters = list(inspect.signature(base.__init__).parameters.values())
-    extra = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=dict | None)
-        for name in (STRUCTURE_KEY, PROVENANCE_KEY)
-    ]
-    __init__.__signature__ = inspect.Signature(base_parameters + extra)  # type: ignore[attr-defined]
-    __init__.__doc__ = f"{base.__name__}'s arguments, plus the pruned shapes and provenance (see module docstring)."
+    extra = inspect.Parameter(STRUCTURE_KEY, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=dict | None)
+    __init__.__signature__ = inspect.Signature(base_parameters + [extra])  # type: ignore[attr-defined]
+    __init__.__doc__ = f"{base.__name__}'s arguments, plus the pruned shapes (see module docstring)."
     return __init__
 
 

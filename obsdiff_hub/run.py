@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from .engine import PruneResult, prune
 from .prompts import load_prompts, read_prompt_file
 from .recipes import Recipe
 from .resume import DiskState, default_dtype
+from .shapes.pipeline import quiet_truncation_warnings
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -145,7 +147,9 @@ def run_recipe(
     else:
         state.clear()
 
-    result = prune(pipeline, config, calibration=calibration, device=run_device, progress=progress, state=state)
+    shapes = recipe.base_model.repo_id == "builtin:tiny-shapes"
+    with quiet_truncation_warnings() if shapes else nullcontext():
+        result = prune(pipeline, config, calibration=calibration, device=run_device, progress=progress, state=state)
 
     plan_info = None
     if config.granularity == "structured" and recipe.base_model.config:
@@ -175,7 +179,7 @@ def run_recipe(
         extra_files={"recipe.yaml": recipe.to_yaml(), "report.json": json.dumps(report, indent=2), "README.md": card.content},
     )
     state.clear()
-    metrics = evaluate_shapes(out) if recipe.base_model.repo_id == "builtin:tiny-shapes" else None
+    metrics = evaluate_shapes(out) if shapes else None
     return RunOutput(out, result, plan_info, metrics)
 
 

@@ -69,7 +69,7 @@ def test_config_records_structure_and_provenance(saved):
     model, out = saved
     config = json.loads((out / "config.json").read_text())
     assert config["_class_name"] == type(model).__name__
-    assert config["obsdiff_provenance"] == RECORD
+    assert config["_obsdiff_provenance"] == RECORD
     assert config["obsdiff_structure"] == model.config["obsdiff_structure"]
     assert any(v < 4 for k, v in config["obsdiff_structure"].items() if "attn" in k)
 
@@ -87,7 +87,7 @@ def test_unstructured_loads_with_plain_diffusers_class(tmp_path):
     assert type(model) is SD3Transformer2DModel
     loaded = SD3Transformer2DModel.from_pretrained(out).eval()
     assert torch.equal(outputs(loaded), outputs(model))
-    assert json.loads((out / "config.json").read_text())["obsdiff_provenance"]["method"] == "obs-diff"
+    assert loaded.config["_obsdiff_provenance"]["method"] == "obs-diff"
 
 
 def test_pipeline_reloads_with_diffusion_pipeline_and_as_component(tmp_path):

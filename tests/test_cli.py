@@ -186,7 +186,7 @@ def test_subprocess_version_and_prune(tmp_path):
     assert version.stdout.strip() == f"obsdiff-hub {oh.__version__}"
     done = subprocess.run([exe, "prune", "--recipe", "tiny-flux-2of4", "--out", tmp_path / "f", "--quiet"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert DiffusionPipeline.from_pretrained(tmp_path / "f").transformer.config["obsdiff_provenance"]["recipe"] == "tiny-flux-2of4"
+    assert DiffusionPipeline.from_pretrained(tmp_path / "f").transformer.config["_obsdiff_provenance"]["recipe"] == "tiny-flux-2of4"
     bad = subprocess.run([exe, "prune", "--recipe", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown recipe")
 

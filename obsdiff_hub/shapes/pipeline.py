@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file
@@ -12,6 +13,25 @@ from .dataset import ATTRIBUTES, Scene, evaluation_scenes
 from .scorer import ShapeClassifier, caption_accuracy
 
 WEIGHTS = Path(__file__).parent / "weights"
+
+
+@contextmanager
+def quiet_truncation_warnings() -> Iterator[None]:
+    """Silence diffusers' 'input was truncated' notice while running the shapes model.
+
+    Its tokenizer (shipped with the weights) splits two words into several tokens, so a few
+    captions exceed its 16 positions; the model was trained with exactly that truncation.
+    The notice would otherwise print every padded batch.
+    """
+    from diffusers.utils import logging
+
+    logger = logging.get_logger("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def load_shapes_pipeline(torch_dtype: torch.dtype = torch.float32) -> Any:
@@ -34,7 +54,7 @@ def generate(pipeline: Any, scenes: list[Scene], *, seed: int = 0, steps: int = 
     """Images in [-1, 1], one per scene; scene i uses seed + i (same noise for dense and pruned)."""
     pipeline.set_progress_bar_config(disable=True)
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(scenes))]
-    with torch.no_grad():
+    with torch.no_grad(), quiet_truncation_warnings():
         images = pipeline(
             [s.caption for s in scenes], num_inference_steps=steps, guidance_scale=guidance,
             height=32, width=32, generator=generators, output_type="pt",
