@@ -45,13 +45,13 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except KeyboardInterrupt:
             typer.echo("interrupted: progress is saved after each package; rerun with --resume", err=True)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
         except (ValueError, OSError, ImportError) as error:
             if _state["debug"]:
                 raise
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             typer.echo(f"error: {message}", err=True)  # one line, never wrapped
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
 
     return wrapper
 

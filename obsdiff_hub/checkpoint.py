@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from diffusers import FluxTransformer2DModel, ModelMixin, SD3Transformer2DModel, UNet2DConditionModel
+from diffusers import (
+    FluxTransformer2DModel,
+    ModelMixin,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+)
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file

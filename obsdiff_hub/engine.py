@@ -15,16 +15,38 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from torch import nn
 
 from . import baselines, solvers, surgery
-from .adapters import ArchitectureAdapter, BlockUnit, HeadCoupling, LinearSite, NeuronCoupling, StructuredSite, adapter_for
+from .adapters import (
+    ArchitectureAdapter,
+    BlockUnit,
+    HeadCoupling,
+    LinearSite,
+    NeuronCoupling,
+    StructuredSite,
+    adapter_for,
+)
 from .calibration import Calibration, PipelineCalibration, denoiser_of
 from .config import CalibrationConfig, PruneConfig
 from .hessian import HessianAccumulator, timestep_weights
 from .packages import hessian_bytes, hessian_layers, split_packages
-from .report import LayerRecord, PackageRecord, PruneReport, StructureRecord, count_parameters, peak_memory_bytes, reset_peak_memory
+from .report import (
+    LayerRecord,
+    PackageRecord,
+    PruneReport,
+    StructureRecord,
+    count_parameters,
+    peak_memory_bytes,
+    reset_peak_memory,
+)
 
 _UNSTRUCTURED: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
     "magnitude": baselines.magnitude_prune,

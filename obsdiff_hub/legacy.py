@@ -21,7 +21,12 @@ from typing import Any
 
 import torch
 from accelerate import init_empty_weights
-from diffusers import FluxTransformer2DModel, ModelMixin, SD3Transformer2DModel, UNet2DConditionModel
+from diffusers import (
+    FluxTransformer2DModel,
+    ModelMixin,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+)
 
 from .adapters import HeadCoupling, adapter_for
 from .models import STRUCTURE_KEY, pruned_class_for

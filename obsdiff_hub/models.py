@@ -16,7 +16,12 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from diffusers import FluxTransformer2DModel, ModelMixin, SD3Transformer2DModel, UNet2DConditionModel
+from diffusers import (
+    FluxTransformer2DModel,
+    ModelMixin,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+)
 
 from .adapters import adapter_for
 from .surgery import apply_structure

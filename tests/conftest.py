@@ -51,7 +51,6 @@ class Hub:
 @pytest.fixture(scope="session")
 def hub():
     import httpx
-
     from hub_double import HubWriteDouble
 
     mirrors = _HUB_ROOT / "mirrors"
@@ -74,7 +73,7 @@ def hub():
                 break
             except httpx.TransportError:
                 if olah.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"olah did not start; see {_HUB_ROOT / 'olah.log'}")
+                    raise RuntimeError(f"olah did not start; see {_HUB_ROOT / 'olah.log'}") from None
                 time.sleep(0.2)
         with HubWriteDouble(mirrors, token="hf_test_" + os.urandom(8).hex()) as double:
             yield Hub(_HUB_ROOT, double, double.token)

@@ -1,8 +1,13 @@
 import pytest
 import torch
-
 from layer_problems import make_problem, recon_error
-from obsdiff_hub.baselines import dsnot_prune, l1_prune_columns, magnitude_prune, wanda_prune
+
+from obsdiff_hub.baselines import (
+    dsnot_prune,
+    l1_prune_columns,
+    magnitude_prune,
+    wanda_prune,
+)
 from obsdiff_hub.solvers import obs_prune
 
 

@@ -4,7 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DiffusionPipeline, SD3Transformer2DModel, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import (
+    DiffusionPipeline,
+    SD3Transformer2DModel,
+    StableDiffusionXLPipeline,
+)
 
 import obsdiff_hub as oh
 from obsdiff_hub import tiny

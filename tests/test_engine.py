@@ -6,7 +6,7 @@ from torch import nn
 
 import obsdiff_hub as oh
 from obsdiff_hub import tiny
-from obsdiff_hub.adapters import LinearSite, adapter_for
+from obsdiff_hub.adapters import adapter_for
 from obsdiff_hub.engine import collect_hessians
 from obsdiff_hub.hessian import timestep_weights
 from obsdiff_hub.solvers import obs_prune

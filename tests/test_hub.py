@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import obsdiff_hub as oh
 from cli.main import app
 from obsdiff_hub.cards import validate_card
-from obsdiff_hub.hub import ManifestError, pull, push
+from obsdiff_hub.hub import ManifestError, pull
 
 runner = CliRunner()
 RECIPE = "tiny-sdxl-structured-30"

@@ -8,7 +8,12 @@ from PIL import Image
 import obsdiff_hub as oh
 from obsdiff_hub.calibration import builtin_prompts
 from obsdiff_hub.shapes.dataset import all_scenes, sample_batch
-from obsdiff_hub.shapes.pipeline import WEIGHTS, evaluate, load_scorer, load_shapes_pipeline
+from obsdiff_hub.shapes.pipeline import (
+    WEIGHTS,
+    evaluate,
+    load_scorer,
+    load_shapes_pipeline,
+)
 from obsdiff_hub.shapes.scorer import caption_accuracy
 
 # Measured 2026-11-22 (x86_64 CPU, torch 2.13.0, 60 evaluation scenes, see BENCHMARKS.md):

@@ -1,8 +1,13 @@
 import pytest
 import torch
-
 from layer_problems import make_problem, recon_error
-from obsdiff_hub.solvers import obs_prune, obs_prune_columns, obs_prune_joint_heads, upper_cholesky_of_inverse
+
+from obsdiff_hub.solvers import (
+    obs_prune,
+    obs_prune_columns,
+    obs_prune_joint_heads,
+    upper_cholesky_of_inverse,
+)
 
 
 def damped(H: torch.Tensor, percdamp: float) -> torch.Tensor:

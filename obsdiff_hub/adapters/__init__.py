@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import ArchitectureAdapter, BasicUnit, BlockUnit, HeadCoupling, LinearSite, NeuronCoupling, Site, StructuredSite
+from .base import (
+    ArchitectureAdapter,
+    BasicUnit,
+    BlockUnit,
+    HeadCoupling,
+    LinearSite,
+    NeuronCoupling,
+    Site,
+    StructuredSite,
+)
 from .flux import FluxAdapter
 from .mmdit import MMDiTAdapter
 from .unet import UNetAdapter

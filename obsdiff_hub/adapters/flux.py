@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import ArchitectureAdapter, BasicUnit, HeadCoupling, LinearSite, NeuronCoupling, StructuredSite
+from .base import (
+    ArchitectureAdapter,
+    BasicUnit,
+    HeadCoupling,
+    LinearSite,
+    NeuronCoupling,
+    StructuredSite,
+)
 from .mmdit import QKV, joint_block_units
 
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import ArchitectureAdapter, BasicUnit, LinearSite, StructuredSite, feed_forward_coupling, feed_forward_sites, has, head_coupling
+from .base import (
+    ArchitectureAdapter,
+    BasicUnit,
+    LinearSite,
+    StructuredSite,
+    feed_forward_coupling,
+    feed_forward_sites,
+    has,
+    head_coupling,
+)
 
 _QKV = ("to_q", "to_k", "to_v")
 
