@@ -8,6 +8,8 @@ from typing import Any
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
+from .adapters import ADAPTERS
+from .models import PRUNED_CLASSES, base_class_for
 from .recipes import Recipe, data_dir
 from .report import PruneReport
 
@@ -15,7 +17,6 @@ CARD_TEMPLATE = "obsdiff.md"
 # The Hub's base_model_relation values are adapter, merge, quantized, finetune; none means
 # "pruned", so none is set and the relation is stated by the tags instead.
 TAGS = ["obs-diff", "pruned", "text-to-image", "diffusers"]
-PRUNED_CLASS = {"unet": "OBSDiffUNet", "mmdit": "OBSDiffSD3Transformer", "flux": "OBSDiffFluxTransformer"}
 
 
 class CardError(ValueError):
@@ -39,7 +40,8 @@ def render_card(
     """Render and validate the card for one pruned checkpoint."""
     base = recipe.base_model
     structured = recipe.prune.granularity == "structured"
-    pruned_cls = PRUNED_CLASS[base.family] if structured else {"unet": "UNet2DConditionModel", "mmdit": "SD3Transformer2DModel", "flux": "FluxTransformer2DModel"}[base.family]
+    base_name = next(a.model_class_name for a in ADAPTERS if a.family == base.family)
+    pruned_cls = PRUNED_CLASSES[base_class_for(base_name)].__name__ if structured else base_name
     repo = repo_id or f"<namespace>/{recipe.name}"
     data = ModelCardData(
         base_model=None if base.repo_id.startswith("builtin:") else base.repo_id,

@@ -19,10 +19,7 @@ from typing import Any, Iterator
 
 import torch
 from diffusers import (
-    FluxTransformer2DModel,
     ModelMixin,
-    SD3Transformer2DModel,
-    UNet2DConditionModel,
 )
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors import SafetensorError, safe_open
@@ -30,7 +27,13 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .adapters import adapter_for
-from .models import PROVENANCE_KEY, STRUCTURE_KEY, pruned_class_for
+from .models import (
+    BASE_CLASSES,
+    PROVENANCE_KEY,
+    STRUCTURE_KEY,
+    base_class_for,
+    pruned_class_for,
+)
 from .surgery import structure_of
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -74,7 +77,7 @@ def mark_pruned(model: ModelMixin, record: dict[str, str]) -> ModelMixin:
 def _dense_structure(model: ModelMixin) -> dict[str, int]:
     from accelerate import init_empty_weights
 
-    base = next(c for c in (UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel) if isinstance(model, c))
+    base = base_class_for(model)
     config = {k: v for k, v in model.config.items() if k not in (STRUCTURE_KEY, PROVENANCE_KEY)}
     with init_empty_weights():
         skeleton = base.from_config(config)
@@ -313,7 +316,7 @@ def install_load_diagnostics() -> None:
 
     Only the failure path changes: a checkpoint that loads is untouched. Idempotent.
     """
-    for cls in (UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel):
+    for cls in BASE_CLASSES:
         if not getattr(cls.from_pretrained, "_obsdiff_wrapped", False):
             cls.from_pretrained = _explained(cls.from_pretrained)
             cls.from_pretrained.__func__._obsdiff_wrapped = True  # type: ignore[attr-defined]

@@ -12,8 +12,7 @@ from safetensors import safe_open
 
 from .adapters import adapter_for
 from .checkpoint import read_metadata
-from .models import PROVENANCE_KEY, STRUCTURE_KEY
-from .plan import MODEL_CLASSES, PRUNED_NAMES
+from .models import PROVENANCE_KEY, STRUCTURE_KEY, base_class_for
 from .surgery import structure_of
 
 
@@ -43,9 +42,7 @@ def inspect_checkpoint(source: str, revision: str | None = None) -> dict[str, An
     folder = denoiser_folder(resolve_folder(source, revision))
     config = json.loads((folder / "config.json").read_text())
     name = config.get("_class_name", "")
-    base = MODEL_CLASSES.get(PRUNED_NAMES.get(name, name))
-    if base is None:
-        raise ValueError(f"{folder}: {name!r} is not a model class obsdiff-hub knows")
+    base = base_class_for(name)
     with init_empty_weights():
         skeleton = base.from_config({k: v for k, v in config.items() if not k.startswith(("_", "obsdiff_"))})
     adapter = adapter_for(skeleton)

@@ -22,17 +22,12 @@ from typing import Any
 import torch
 from accelerate import init_empty_weights
 from diffusers import (
-    FluxTransformer2DModel,
     ModelMixin,
-    SD3Transformer2DModel,
-    UNet2DConditionModel,
 )
 
 from .adapters import HeadCoupling, adapter_for
-from .models import STRUCTURE_KEY, pruned_class_for
+from .models import BASE_CLASSES, STRUCTURE_KEY, base_class_for, pruned_class_for
 from .surgery import structure_of
-
-BASES = (UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel)
 
 
 class UnsafePickleError(ValueError):
@@ -104,10 +99,10 @@ def convert_legacy(path: str | os.PathLike, output_dir: str | os.PathLike | None
     from .checkpoint import provenance, save_pruned
 
     legacy = restricted_load(path)
-    if not isinstance(legacy, BASES):
-        raise ValueError(f"{path} holds a {type(legacy).__name__}; expected one of {', '.join(b.__name__ for b in BASES)}")
+    if not isinstance(legacy, BASE_CLASSES):
+        raise ValueError(f"{path} holds a {type(legacy).__name__}; expected one of {', '.join(b.__name__ for b in BASE_CLASSES)}")
     config = {k: v for k, v in legacy.config.items() if not k.startswith(("obsdiff_", "_obsdiff_"))}
-    base = next(b for b in BASES if isinstance(legacy, b))
+    base = base_class_for(legacy)
     with init_empty_weights():
         skeleton = base.from_config(config)
     adapter = adapter_for(skeleton)

@@ -95,12 +95,31 @@ def register_with_diffusers() -> None:
     pipeline_loading_utils.LOADABLE_CLASSES.setdefault(__name__, {"ModelMixin": ["save_pretrained", "from_pretrained"]})
 
 
+BASE_CLASSES: tuple[type[ModelMixin], ...] = tuple(PRUNED_CLASSES)
+
+
+def base_class_for(model_or_name: ModelMixin | str) -> type[ModelMixin]:
+    """The diffusers base class of a model instance, or of a base or OBSDiff class name."""
+    for base, pruned in PRUNED_CLASSES.items():
+        if isinstance(model_or_name, str) and model_or_name in (base.__name__, pruned.__name__):
+            return base
+        if not isinstance(model_or_name, str) and isinstance(model_or_name, base):
+            return base
+    name = model_or_name if isinstance(model_or_name, str) else type(model_or_name).__name__
+    raise ValueError(f"unsupported model class {name!r}; supported: {', '.join(b.__name__ for b in BASE_CLASSES)}")
+
+
 def pruned_class_for(model: ModelMixin) -> type[ModelMixin]:
     """The obsdiff class for a model's diffusers base class."""
-    for base, pruned in PRUNED_CLASSES.items():
-        if isinstance(model, base):
-            return pruned
-    raise ValueError(f"no pruned-shape class for {type(model).__name__}")
+    return PRUNED_CLASSES[base_class_for(model)]
 
 
-__all__ = ["ModelMixin", "OBSDiffFluxTransformer", "OBSDiffSD3Transformer", "OBSDiffUNet", "pruned_class_for"]
+__all__ = [
+    "BASE_CLASSES",
+    "ModelMixin",
+    "OBSDiffFluxTransformer",
+    "OBSDiffSD3Transformer",
+    "OBSDiffUNet",
+    "base_class_for",
+    "pruned_class_for",
+]

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from diffusers import (
-    FluxTransformer2DModel,
     SD3Transformer2DModel,
     UNet2DConditionModel,
 )
@@ -23,10 +22,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .adapters import HeadCoupling, adapter_for
 from .config import PruneConfig
+from .models import base_class_for
 from .surgery import apply_structure, current_heads, current_width, removal_count
 
-MODEL_CLASSES = {c.__name__: c for c in (UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel)}
-PRUNED_NAMES = {"OBSDiffUNet": "UNet2DConditionModel", "OBSDiffSD3Transformer": "SD3Transformer2DModel", "OBSDiffFluxTransformer": "FluxTransformer2DModel"}
 TOKENS = 77  # text length used for FLOPs (CLIP's; T5-based models see more, which adds little)
 
 
@@ -62,10 +60,7 @@ def builtin_config(name: str) -> dict[str, Any]:
 
 
 def _build(config: dict[str, Any]) -> torch.nn.Module:
-    name = config.get("_class_name", "")
-    base = MODEL_CLASSES.get(PRUNED_NAMES.get(name, name))
-    if base is None:
-        raise ValueError(f"cannot plan for model class {name!r}; supported: {', '.join(MODEL_CLASSES)}")
+    base = base_class_for(config.get("_class_name", ""))
     return base.from_config({k: v for k, v in config.items() if not k.startswith("_") and not k.startswith("obsdiff_")})
 
 

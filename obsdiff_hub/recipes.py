@@ -21,7 +21,6 @@ from .config import CalibrationConfig, Granularity, Method, PruneConfig
 from .hessian import WeightingStrategy
 
 SCHEMA_VERSION = 1
-FAMILIES = {"unet": "UNet2DConditionModel", "mmdit": "SD3Transformer2DModel", "flux": "FluxTransformer2DModel"}
 
 
 class RecipeError(ValueError):

@@ -12,6 +12,8 @@ from typing import Union
 
 from torch import nn
 
+QKV = ("to_q", "to_k", "to_v")
+
 
 @dataclass(frozen=True)
 class LinearSite:
@@ -76,8 +78,10 @@ class ArchitectureAdapter(ABC):
     family: str
     model_class_name: str
 
-    @abstractmethod
-    def matches(self, model: nn.Module) -> bool: ...
+    def matches(self, model: nn.Module) -> bool:
+        import diffusers
+
+        return isinstance(model, getattr(diffusers, self.model_class_name))
 
     @abstractmethod
     def blocks(self, model: nn.Module) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import (
+    QKV,
     ArchitectureAdapter,
     BasicUnit,
     HeadCoupling,
@@ -12,17 +13,12 @@ from .base import (
     NeuronCoupling,
     StructuredSite,
 )
-from .mmdit import QKV, joint_block_units
+from .mmdit import joint_block_units
 
 
 class FluxAdapter(ArchitectureAdapter):
     family = "flux"
     model_class_name = "FluxTransformer2DModel"
-
-    def matches(self, model: nn.Module) -> bool:
-        from diffusers import FluxTransformer2DModel
-
-        return isinstance(model, FluxTransformer2DModel)
 
     def blocks(self, model: nn.Module) -> list[str]:
         double = [f"transformer_blocks.{i}" for i in range(len(model.transformer_blocks))]

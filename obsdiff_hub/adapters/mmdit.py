@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import (
+    QKV,
     ArchitectureAdapter,
     BasicUnit,
     LinearSite,
@@ -15,7 +16,6 @@ from .base import (
     head_coupling,
 )
 
-QKV = ("to_q", "to_k", "to_v")
 ADDED_QKV = ("add_q_proj", "add_k_proj", "add_v_proj")
 
 
@@ -55,11 +55,6 @@ def joint_block_units(model: nn.Module, path: str, structured: bool) -> list[Bas
 class MMDiTAdapter(ArchitectureAdapter):
     family = "mmdit"
     model_class_name = "SD3Transformer2DModel"
-
-    def matches(self, model: nn.Module) -> bool:
-        from diffusers import SD3Transformer2DModel
-
-        return isinstance(model, SD3Transformer2DModel)
 
     def blocks(self, model: nn.Module) -> list[str]:
         return [f"transformer_blocks.{i}" for i in range(len(model.transformer_blocks))]

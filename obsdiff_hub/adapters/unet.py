@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import (
+    QKV,
     ArchitectureAdapter,
     BasicUnit,
     LinearSite,
@@ -15,17 +16,10 @@ from .base import (
     head_coupling,
 )
 
-_QKV = ("to_q", "to_k", "to_v")
-
 
 class UNetAdapter(ArchitectureAdapter):
     family = "unet"
     model_class_name = "UNet2DConditionModel"
-
-    def matches(self, model: nn.Module) -> bool:
-        from diffusers import UNet2DConditionModel
-
-        return isinstance(model, UNet2DConditionModel)
 
     def blocks(self, model: nn.Module) -> list[str]:
         from diffusers.models.attention import BasicTransformerBlock
@@ -41,7 +35,7 @@ class UNetAdapter(ArchitectureAdapter):
         if structured:
             units: list[BasicUnit] = []
             for name in attns:
-                heads = head_coupling(model, f"{path}.{name}", _QKV, ("to_out.0",))
+                heads = head_coupling(model, f"{path}.{name}", QKV, ("to_out.0",))
                 units.append([StructuredSite(heads.out_layers, heads=heads)])
             neurons = feed_forward_coupling(model, f"{path}.ff")
             units.append([StructuredSite((neurons.out_layer,), neurons=neurons)])
@@ -53,7 +47,7 @@ class UNetAdapter(ArchitectureAdapter):
             if attn.is_cross_attention:  # q reads the image tokens, k/v the text embeddings
                 units.append([LinearSite((f"{a}.to_q",)), LinearSite((f"{a}.to_k", f"{a}.to_v"))])
             else:
-                units.append([LinearSite(tuple(f"{a}.{n}" for n in _QKV if has(attn, n)))])
+                units.append([LinearSite(tuple(f"{a}.{n}" for n in QKV if has(attn, n)))])
             units.append([LinearSite((f"{a}.to_out.0",))])
         ff_in, ff_out = feed_forward_sites([f"{path}.ff"])
         return units + [ff_in, ff_out]
