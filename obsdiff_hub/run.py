@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from . import tiny
 from .adapters import adapter_for
 from .calibration import denoiser_of
 from .checkpoint import CheckpointError, provenance, save_pruned
@@ -24,6 +23,7 @@ from .engine import PruneResult, prune
 from .prompts import load_prompts, read_prompt_file
 from .recipes import Recipe
 from .resume import DiskState, default_dtype
+from .sampling import load_pipeline
 from .shapes.pipeline import quiet_truncation_warnings
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -46,23 +46,7 @@ def load_base_pipeline(
 ) -> Any:
     """The recipe's base pipeline (or ``model``: a Hub repo id or local dir), checked against its family."""
     source = model or recipe.base_model.repo_id
-    if source.startswith("builtin:"):
-        name = source.removeprefix("builtin:")
-        if name == "tiny-shapes":
-            from .shapes.pipeline import load_shapes_pipeline
-
-            pipeline = load_shapes_pipeline()
-        else:
-            key = name.removeprefix("tiny-")
-            if key not in tiny.TINY_PIPELINES:
-                raise ModelMismatchError(f"unknown built-in model {source!r}; built-ins: tiny-shapes, {', '.join('tiny-' + k for k in tiny.TINY_PIPELINES)}")
-            pipeline = tiny.TINY_PIPELINES[key]()
-        if torch_dtype != torch.float32:
-            pipeline.to(dtype=torch_dtype)
-    else:
-        from diffusers import DiffusionPipeline
-
-        pipeline = DiffusionPipeline.from_pretrained(source, revision=revision or recipe.base_model.revision, torch_dtype=torch_dtype)
+    pipeline = load_pipeline(source, revision=revision or recipe.base_model.revision, torch_dtype=torch_dtype)
     found = adapter_for(denoiser_of(pipeline)).family
     if found != recipe.base_model.family:
         raise ModelMismatchError(

@@ -8,21 +8,37 @@ import torch
 from PIL import Image
 
 
-def load_pipeline(source: Any, device: str | None = None) -> Any:
-    """A pipeline object as is, or ``DiffusionPipeline.from_pretrained`` of a directory or repo id."""
+def load_pipeline(
+    source: Any, *, revision: str | None = None, torch_dtype: torch.dtype = torch.float32, device: str | None = None
+) -> Any:
+    """A pipeline object as is; ``builtin:NAME`` (tiny-shapes, tiny-sdxl, ...) built here; else
+    ``DiffusionPipeline.from_pretrained`` of a directory or Hub repo id."""
     if not isinstance(source, str):
-        return source
-    from diffusers import DiffusionPipeline
+        pipeline = source
+    elif source.startswith("builtin:"):
+        pipeline = _builtin_pipeline(source.removeprefix("builtin:"))
+        if torch_dtype != torch.float32:
+            pipeline.to(dtype=torch_dtype)
+    else:
+        from diffusers import DiffusionPipeline
 
-    from . import models  # noqa: F401 - makes the OBSDiff classes resolvable from model_index.json
+        from . import models  # noqa: F401 - makes the OBSDiff classes resolvable from model_index.json
 
-    if source.startswith("builtin:tiny-shapes"):
+        pipeline = DiffusionPipeline.from_pretrained(source, revision=revision, torch_dtype=torch_dtype)
+    return pipeline.to(device) if device else pipeline
+
+
+def _builtin_pipeline(name: str) -> Any:
+    from . import tiny
+
+    if name == "tiny-shapes":
         from .shapes.pipeline import load_shapes_pipeline
 
-        pipeline = load_shapes_pipeline()
-    else:
-        pipeline = DiffusionPipeline.from_pretrained(source)
-    return pipeline.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return load_shapes_pipeline()
+    key = name.removeprefix("tiny-")
+    if key not in tiny.TINY_PIPELINES:
+        raise ValueError(f"unknown built-in model 'builtin:{name}'; built-ins: tiny-shapes, {', '.join('tiny-' + k for k in tiny.TINY_PIPELINES)}")
+    return tiny.TINY_PIPELINES[key]()
 
 
 def generate_images(
@@ -36,7 +52,7 @@ def generate_images(
     device: str | None = None,
 ) -> list[Image.Image]:
     """One image per prompt; image i uses ``torch.Generator().manual_seed(seed + i)`` on the CPU."""
-    pipeline = load_pipeline(source, device)
+    pipeline = load_pipeline(source, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipeline.set_progress_bar_config(disable=True)
     images = []
     for i, prompt in enumerate(prompts):

@@ -222,3 +222,13 @@ def test_convert_legacy_command(tmp_path):
     assert result.exit_code == 0, result.output
     loaded = oh.tiny.SD3Transformer2DModel.from_pretrained(tmp_path / "converted")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_generate_from_a_builtin_model(tmp_path):
+    from PIL import Image
+
+    result = invoke("generate", "--model", "builtin:tiny-sd3", "--prompt", "a red circle", "--steps", "2", "--resolution", "32", "--out", tmp_path / "g.png")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "g.png").size == (32, 32)
+    bad = invoke("generate", "--model", "builtin:tiny-nope", "--prompt", "x", "--out", tmp_path / "b.png")
+    assert bad.exit_code == 2 and "unknown built-in model 'builtin:tiny-nope'" in bad.output
