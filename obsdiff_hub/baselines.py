@@ -6,6 +6,8 @@ returns ``(W_pruned, mask)``; none of them updates the kept weights.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from .solvers import check_sparsity, column_groups, prepare_layer
@@ -111,6 +113,17 @@ def dsnot_prune(
     return _apply(W, mask), mask
 
 
+def smallest_l1_groups(W: torch.Tensor, groups: Sequence[torch.Tensor], candidates: Sequence[int], num_remove: int) -> list[int]:
+    """The ``num_remove`` candidate groups (equal sizes) whose columns have the smallest ``Σ|w|``."""
+    if not 0 <= num_remove <= len(candidates):
+        raise ValueError(f"cannot remove {num_remove} of {len(candidates)} groups")
+    if num_remove == 0:
+        return []
+    columns = torch.stack([groups[c] for c in candidates]).to(W.device)  # [G, g]
+    norms = W.detach().abs().float()[:, columns].sum((0, 2))
+    return [candidates[i] for i in torch.argsort(norms, stable=True)[:num_remove].tolist()]
+
+
 def l1_prune_columns(
     W: torch.Tensor, H: torch.Tensor | None = None, num_remove: int = 0, group_size: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,11 +131,9 @@ def l1_prune_columns(
 
     Returns ``(W_pruned, removed)`` like :func:`obsdiff_hub.solvers.obs_prune_columns`.
     """
-    groups = torch.stack(column_groups(W.shape[1], group_size)).to(W.device)
-    if not 0 <= num_remove <= len(groups):
-        raise ValueError(f"cannot remove {num_remove} of {len(groups)} groups")
-    norms = W.detach().abs().float()[:, groups].sum((0, 2))
-    removed = torch.argsort(norms, stable=True)[:num_remove]
+    groups = column_groups(W.shape[1], group_size)
+    removed = smallest_l1_groups(W, groups, range(len(groups)), num_remove)
     out = W.clone()
-    out[:, groups[removed].flatten()] = 0
-    return out, removed.cpu()
+    if removed:
+        out[:, torch.cat([groups[g] for g in removed]).to(W.device)] = 0
+    return out, torch.tensor(removed, dtype=torch.long)

@@ -194,10 +194,9 @@ class _Solver:
             for o, s in zip(outs, group_solvers):
                 o.weight.data.copy_(s.W.to(o.weight.dtype))
         else:  # l1: smallest Σ|w| over all output projections, no compensation
-            stacked = torch.cat([o.weight.data.abs().float() for o in outs])
-            norms = torch.stack([stacked[:, g.to(stacked.device)].sum() for g in groups])
-            gone_heads = sorted(head_ids, key=lambda g: float(norms[g]))[:remove_heads]
-            gone_neurons = sorted(neuron_ids, key=lambda g: float(norms[g]))[:remove_neurons]
+            stacked = torch.cat([o.weight.data for o in outs])
+            gone_heads = baselines.smallest_l1_groups(stacked, groups, head_ids, remove_heads)
+            gone_neurons = baselines.smallest_l1_groups(stacked, groups, neuron_ids, remove_neurons)
             for o in outs:
                 for g in gone_heads + gone_neurons:
                     o.weight.data[:, groups[g].to(o.weight.device)] = 0

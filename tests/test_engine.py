@@ -233,3 +233,15 @@ def test_project_tokenizer_makes_every_listed_word_one_token():
         assert len(tokenizer(word).input_ids) == 3, word  # <|startoftext|> word <|endoftext|>
     ids = tokenizer("a blue triangle").input_ids
     assert tokenizer.decode(ids, skip_special_tokens=True) == "a blue triangle"
+
+
+def test_l1_structured_removes_smallest_joint_heads_without_compensation():
+    dense, result = prune_denoiser("sd3", method="l1", granularity="structured", sparsity=0.3)
+    attn = "transformer_blocks.1.attn"
+    outs = [dense.get_submodule(f"{attn}.{n}").weight for n in ("to_out.0", "to_add_out")]
+    norms = torch.cat(outs).abs().reshape(-1, 4, 8).sum((0, 2))  # per head over both streams
+    gone = int(torch.argmin(norms))
+    kept = torch.cat([torch.arange(h * 8, h * 8 + 8) for h in range(4) if h != gone])
+    for name, W in zip(("to_out.0", "to_add_out"), outs):
+        assert torch.equal(result.model.get_submodule(f"{attn}.{name}").weight, W[:, kept])
+    assert torch.equal(result.model.get_submodule(f"{attn}.to_q").weight, dense.get_submodule(f"{attn}.to_q").weight[kept])
