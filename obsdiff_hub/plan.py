@@ -13,15 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import (
-    SD3Transformer2DModel,
-    UNet2DConditionModel,
-)
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .adapters import HeadCoupling, adapter_for
 from .config import PruneConfig
+from .inputs import example_inputs, run_denoiser
 from .models import base_class_for
 from .surgery import apply_structure, current_heads, current_width, removal_count
 
@@ -85,43 +82,9 @@ def planned_structure(
     return record
 
 
-def _example_inputs(model: torch.nn.Module, resolution: int) -> dict[str, Any]:
-    cfg = model.config
-    if isinstance(model, UNet2DConditionModel):
-        side = resolution // 8
-        inputs: dict[str, Any] = {
-            "sample": torch.empty(1, cfg.in_channels, side, side),
-            "timestep": torch.tensor([500.0]),
-            "encoder_hidden_states": torch.empty(1, TOKENS, cfg.cross_attention_dim),
-        }
-        if cfg.addition_embed_type == "text_time":
-            text = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-            inputs["added_cond_kwargs"] = {"text_embeds": torch.empty(1, text), "time_ids": torch.empty(1, 6)}
-        return inputs
-    if isinstance(model, SD3Transformer2DModel):
-        side = resolution // 8
-        return {
-            "hidden_states": torch.empty(1, cfg.in_channels, side, side),
-            "timestep": torch.tensor([500.0]),
-            "encoder_hidden_states": torch.empty(1, TOKENS, cfg.joint_attention_dim),
-            "pooled_projections": torch.empty(1, cfg.pooled_projection_dim),
-        }
-    side = resolution // 16  # Flux packs 2×2 latent patches into one token
-    extra = {"guidance": torch.tensor([3.5])} if cfg.guidance_embeds else {}
-    return {
-        "hidden_states": torch.empty(1, side * side, cfg.in_channels),
-        "timestep": torch.tensor([0.5]),
-        "encoder_hidden_states": torch.empty(1, TOKENS, cfg.joint_attention_dim),
-        "pooled_projections": torch.empty(1, cfg.pooled_projection_dim),
-        "img_ids": torch.zeros(side * side, 3),
-        "txt_ids": torch.zeros(TOKENS, 3),
-        **extra,
-    }
-
-
 def _flops(model: torch.nn.Module, resolution: int) -> float:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(**_example_inputs(model, resolution))
+        run_denoiser(model, example_inputs(model, batch=1, latent_size=resolution // 8, tokens=TOKENS), 500.0)
     return float(counter.get_total_flops())
 
 

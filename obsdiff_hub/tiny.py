@@ -34,6 +34,8 @@ from transformers import (
     T5Tokenizer,
 )
 
+from .inputs import example_inputs, run_denoiser  # noqa: F401 - re-exported for tests and demos
+
 TOKENIZER_WORDS = (
     "a an the of on in with and photo painting small large big tiny red green blue yellow white black orange purple "
     "circle square triangle cat dog house tree car city mountain river sky left right top bottom center next to"
@@ -288,52 +290,6 @@ TINY_PIPELINES = {
     "sd35-large": lambda seed=0: tiny_sd3_pipeline("sd35-large", seed),
     "flux": tiny_flux_pipeline,
 }
-
-
-def example_inputs(model: torch.nn.Module, batch: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random forward inputs for a tiny denoiser of any supported family (timestep excluded)."""
-    g = torch.Generator().manual_seed(seed)
-    cfg = model.config
-    dtype = next(model.parameters()).dtype
-
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g).to(dtype)
-
-    if isinstance(model, UNet2DConditionModel):
-        inputs = {
-            "sample": randn(batch, cfg.in_channels, cfg.sample_size, cfg.sample_size),
-            "encoder_hidden_states": randn(batch, 7, cfg.cross_attention_dim),
-        }
-        if cfg.addition_embed_type == "text_time":
-            text_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-            inputs["added_cond_kwargs"] = {"text_embeds": randn(batch, text_dim), "time_ids": randn(batch, 6)}
-        return inputs
-    if isinstance(model, SD3Transformer2DModel):
-        return {
-            "hidden_states": randn(batch, cfg.in_channels, cfg.sample_size, cfg.sample_size),
-            "encoder_hidden_states": randn(batch, 7, cfg.joint_attention_dim),
-            "pooled_projections": randn(batch, cfg.pooled_projection_dim),
-        }
-    if isinstance(model, FluxTransformer2DModel):
-        side = 4
-        ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(float(side)), torch.arange(float(side)), indexing="ij"), -1)
-        return {
-            "hidden_states": randn(batch, side * side, cfg.in_channels),
-            "encoder_hidden_states": randn(batch, 7, cfg.joint_attention_dim),
-            "pooled_projections": randn(batch, cfg.pooled_projection_dim),
-            "img_ids": ids.reshape(-1, 3).to(dtype),
-            "txt_ids": torch.zeros(7, 3, dtype=dtype),
-        }
-    raise ValueError(f"no example inputs for {type(model).__name__}")
-
-
-def run_denoiser(model: torch.nn.Module, inputs: dict, timestep: float) -> torch.Tensor:
-    """One forward pass with the family's timestep argument name; returns the prediction."""
-    batch = inputs["encoder_hidden_states"].shape[0]
-    t = torch.full((batch,), timestep)
-    if isinstance(model, FluxTransformer2DModel):
-        t = t / 1000  # Flux takes timesteps in [0, 1]
-    return model(**inputs, timestep=t, return_dict=False)[0]
 
 
 def toy_calibration(batches: list[dict], steps: int):
