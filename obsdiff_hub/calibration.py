@@ -37,13 +37,16 @@ def builtin_prompts(name: str = "captions") -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def denoiser_of(pipeline: Any) -> nn.Module:
-    """The pipeline's denoiser: ``unet`` for SD/SDXL, ``transformer`` for SD3 and Flux."""
+def denoiser_name(pipeline: Any) -> str:
+    """The pipeline's denoiser component: ``unet`` for SD/SDXL, ``transformer`` for SD3 and Flux."""
     for name in ("unet", "transformer"):
-        model = getattr(pipeline, name, None)
-        if isinstance(model, nn.Module):
-            return model
+        if isinstance(getattr(pipeline, name, None), nn.Module):
+            return name
     raise ValueError(f"{type(pipeline).__name__} has no unet or transformer to prune")
+
+
+def denoiser_of(pipeline: Any) -> nn.Module:
+    return getattr(pipeline, denoiser_name(pipeline))
 
 
 class PipelineCalibration:

@@ -158,14 +158,13 @@ def save_pruned(
     ``*.fp16.safetensors``. ``extra_files`` (name → content: recipe, report, card) are
     written into the same directory before it is renamed into place.
     """
-    from .calibration import denoiser_of
+    from .calibration import denoiser_name
 
     record = record or provenance()
-    model = target if isinstance(target, ModelMixin) else denoiser_of(target)
+    model = target if isinstance(target, ModelMixin) else getattr(target, denoiser_name(target))
     mark_pruned(model, record)
     if model is not target:  # model_index.json must name the (possibly promoted) class
-        name = next(n for n in ("unet", "transformer") if getattr(target, n, None) is model)
-        target.register_modules(**{name: model})
+        target.register_modules(**{denoiser_name(target): model})
     with atomic_directory(directory, overwrite) as tmp:
         if model is target:
             write_safetensors(model, tmp, variant=variant, torch_dtype=torch_dtype, max_shard_size=max_shard_size, metadata=record)
