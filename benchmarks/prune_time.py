@@ -20,27 +20,30 @@ import torch
 
 import obsdiff_hub as oh
 from obsdiff_hub import tiny
+from obsdiff_hub.pruning.calibration import denoiser_of
+from obsdiff_hub.pruning.prompts import builtin_prompts
 
 
 def reference_style(pipe, cal: oh.CalibrationConfig):
     """Calibration as the reference implementation runs it: prompts in, decoded images out, every package."""
-    prompts = list(cal.prompts)
+    prompts = list(cal.prompts.texts)
 
     def calibrate(model, set_step):
         for index in range(0, len(prompts), cal.batch_size):
             set_step(0)
 
             def step_end(p, i, t, tensors):
-                set_step(i + 1)
+                set_step(min(i + 1, cal.steps - 1))
                 return tensors
 
+            batch = prompts[index : index + cal.batch_size]
             pipe(
-                prompts[index : index + cal.batch_size],
+                batch,
                 num_inference_steps=cal.steps,
                 guidance_scale=cal.guidance_scale,
-                height=cal.height,
-                width=cal.width,
-                generator=torch.Generator().manual_seed(cal.seed + index // cal.batch_size),
+                height=cal.resolution,
+                width=cal.resolution,
+                generator=[torch.Generator().manual_seed(cal.seed + index + i) for i in range(len(batch))],
                 output_type="pil",
                 callback_on_step_end=step_end,
             )
@@ -58,9 +61,8 @@ def main() -> None:
     args = parser.parse_args()
     base = tiny.TINY_PIPELINES[args.family]()
     base.set_progress_bar_config(disable=True)
-    prompts = oh.calibration.builtin_prompts()[: args.prompts]
-    cal = oh.CalibrationConfig(prompts=prompts, num_prompts=len(prompts), steps=args.steps, guidance_scale=5.0,
-                               height=args.resolution, width=args.resolution, batch_size=4)
+    prompts = builtin_prompts()[: args.prompts]
+    cal = oh.CalibrationConfig(prompts=prompts, steps=args.steps, guidance_scale=5.0, resolution=args.resolution, batch_size=4)
     print(f"# {platform.machine()} {args.device}, torch {torch.__version__}, tiny {args.family}, {len(prompts)} prompts × {args.steps} steps at {args.resolution}²")
     print("| P | engine total (s) | encode | trajectories | Hessians | solves | reference-style total (s) | speed-up |")
     print("|---|---|---|---|---|---|---|---|")
@@ -68,15 +70,15 @@ def main() -> None:
         config = dict(granularity="unstructured", sparsity=0.5, packages=packages)
         ours_pipe = copy.deepcopy(base)
         start = time.perf_counter()
-        ours = oh.prune(ours_pipe, config, calibration=cal, device=args.device, progress=False)
+        ours = oh.prune(ours_pipe, config, calibration=cal, device=args.device)
         ours_s = time.perf_counter() - start
         ref_pipe = copy.deepcopy(base).to(args.device)
         ref_pipe.set_progress_bar_config(disable=True)
         start = time.perf_counter()
-        oh.prune(ref_pipe, dict(config, steps=args.steps), calibration=reference_style(ref_pipe, cal), device=args.device, progress=False)
+        oh.prune(ref_pipe, config, calibration=reference_style(ref_pipe, cal), steps=args.steps, device=args.device)
         ref_s = time.perf_counter() - start
         st = ours.report.stages
-        same = all(torch.equal(a, b) for a, b in zip(oh.calibration.denoiser_of(ours_pipe).state_dict().values(), oh.calibration.denoiser_of(ref_pipe).state_dict().values()))
+        same = all(torch.equal(a, b) for a, b in zip(denoiser_of(ours_pipe).state_dict().values(), denoiser_of(ref_pipe).state_dict().values()))
         print(f"| {len(ours.report.packages)} | {ours_s:.2f} | {st['prompt_encoding_s']:.2f} | {st['trajectories_s']:.2f} | "
               f"{st['hessian_accumulation_s']:.2f} | {st['solve_s']:.2f} | {ref_s:.2f} | {ref_s / ours_s:.2f}× {'(same weights)' if same else '(weights differ!)'} |")
 

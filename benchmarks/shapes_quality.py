@@ -17,7 +17,7 @@ import time
 import torch
 
 import obsdiff_hub as oh
-from obsdiff_hub.calibration import builtin_prompts
+from obsdiff_hub.pruning.prompts import builtin_prompts
 from obsdiff_hub.shapes.pipeline import evaluate, load_shapes_pipeline
 
 RUNS = [
@@ -30,7 +30,7 @@ RUNS = [
 
 
 def main() -> None:
-    calibration = oh.CalibrationConfig(prompts=builtin_prompts("shapes")[:32], num_prompts=32, steps=20, guidance_scale=4.0, height=32, width=32, batch_size=8)
+    calibration = oh.CalibrationConfig(prompts=builtin_prompts("shapes")[:32], steps=20, guidance_scale=4.0, resolution=32, batch_size=8)
     dense_scores, dense_images = evaluate(load_shapes_pipeline())
     print(f"# {platform.machine()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
     print("| method | granularity | ratio | caption acc. (all 3) | caption acc. (mean) | PSNR vs dense (dB) | prune time (s) |")
@@ -41,7 +41,7 @@ def main() -> None:
         config = {"method": method, "granularity": granularity, "packages": 2}
         config.update({"n": 2, "m": 4} if granularity == "n:m" else {"sparsity": ratio})
         start = time.perf_counter()
-        oh.prune(pipe, config, calibration=calibration, progress=False)
+        oh.prune(pipe, config, calibration=calibration)
         seconds = time.perf_counter() - start
         scores, _ = evaluate(pipe, reference=dense_images)
         label = "2:4" if granularity == "n:m" else f"{ratio:.0%}"

@@ -1,39 +1,72 @@
-"""The ``obsdiff-hub`` command line: parses arguments, calls the library, prints results."""
+"""The ``obsdiff-hub`` command line: parses arguments, calls the library, prints results.
+
+Results go to stdout, progress to stderr (one rich display; the libraries' own bars and known
+deprecation warnings are silenced unless ``--verbose``). Every user error is one line on
+stderr and exit code 2; tracebacks only with ``--debug``. Tables never truncate names, and
+the listing commands take ``--json`` for scripts.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
 import os
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-app = typer.Typer(name="obsdiff-hub", help="Prune diffusion models with OBS-Diff and publish them as diffusers checkpoints.", no_args_is_help=True)
+app = typer.Typer(
+    name="obsdiff-hub",
+    help="Prune diffusion models with OBS-Diff and publish them as diffusers checkpoints.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 recipes_app = typer.Typer(help="List and show the versioned pruning recipes.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
 
-console = Console()
-_state = {"debug": False}
+console = Console(highlight=False, soft_wrap=True)  # paths and class names are never wrapped
+_state = {"debug": False, "verbose": False}
 
 
 def _version(value: bool) -> None:
     if value:
         from obsdiff_hub import __version__
 
-        console.print(f"obsdiff-hub {__version__}")
+        typer.echo(f"obsdiff-hub {__version__}")
         raise typer.Exit()
+
+
+def quiet_libraries() -> None:
+    """No tqdm bars, info logs or known deprecation warnings from diffusers, transformers and the Hub client."""
+    import diffusers
+    import transformers
+    from huggingface_hub.utils import disable_progress_bars
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    disable_progress_bars()
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
 
 
 @app.callback()
 def _main(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show the libraries' own logs, bars and warnings."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     _state["debug"] = debug
+    _state["verbose"] = verbose
+    if not verbose:
+        quiet_libraries()
 
 
 def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,10 +76,12 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort):  # typer's control flow, itself a RuntimeError
+            raise
         except KeyboardInterrupt:
-            typer.echo("interrupted: progress is saved after each package; rerun with --resume", err=True)
+            typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
-        except (ValueError, OSError, ImportError) as error:
+        except (ValueError, OSError, ImportError, RuntimeError) as error:
             if _state["debug"]:
                 raise
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -56,11 +91,65 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def print_table(table: Table) -> None:
+    """Print at the table's natural width, so nothing is cut whatever the terminal or pipe width."""
+    width = console.measure(table, options=console.options.update_width(10_000)).maximum
+    Console(width=max(console.width, width), highlight=False).print(table)
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
 def _human(n: float, unit: str = "") -> str:
     for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
         if abs(n) >= scale:
             return f"{n / scale:.2f} {suffix}{unit}"
     return f"{n:.0f} {unit}".strip()
+
+
+class RichProgress:
+    """Renders the engine's progress events as one rich display on stderr."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True)
+        )
+        self.packages: TaskID | None = None
+        self.step: TaskID | None = None
+        self.step_label = ""
+
+    def __enter__(self) -> RichProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def __call__(self, event: Any) -> None:
+        if self.packages is None:
+            self.packages = self.progress.add_task("packages", total=event.packages, completed=event.package)
+        if event.stage == "package":
+            self.progress.update(self.packages, completed=event.package)
+            if self.step is not None:
+                self.progress.remove_task(self.step)
+                self.step = None
+            return
+        label = f"  package {event.package + 1}: {'trajectories' if event.stage == 'trajectories' else 'solves'}"
+        if self.step is None or self.step_label != label:
+            if self.step is not None:
+                self.progress.remove_task(self.step)
+            self.step, self.step_label = self.progress.add_task(label, total=event.total), label
+        self.progress.update(self.step, completed=event.done)
+        if event.stage == "solve" and event.done == event.total:
+            self.progress.update(self.packages, completed=event.package + 1)
+
+
+def _saved_packages(partial: Path) -> int:
+    try:
+        return int(json.loads((partial / "progress.json").read_text())["completed"])
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 @app.command()
@@ -71,38 +160,64 @@ def prune(
     revision: Optional[str] = typer.Option(None, help="Base model revision (default: the recipe's)."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default: ./RECIPE)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
-    dtype: Optional[str] = typer.Option(None, help="Calibration dtype: float32, float16, bfloat16."),
+    dtype: Optional[str] = typer.Option(None, help="Calibration dtype: float32, float16, bfloat16 (default: the checkpoint's)."),
     prompts: Optional[Path] = typer.Option(None, help="Calibration prompts: .txt, .jsonl, .csv or .tsv."),
-    num_prompts: Optional[int] = typer.Option(None, min=1, help="Number of calibration prompts."),
-    packages: Optional[int] = typer.Option(None, min=1, help="Module packages P (overrides the recipe)."),
+    prompt_column: Optional[str] = typer.Option(None, help="Column of --prompts (csv/tsv/jsonl) that holds the prompts."),
+    num_prompts: Optional[int] = typer.Option(None, help="Number of calibration prompts."),
+    packages: Optional[int] = typer.Option(None, help="Module packages P (default: the recipe's; auto = fewest that fit)."),
+    set_: list[str] = typer.Option([], "--set", help="Change any recipe field: SECTION.FIELD=VALUE (repeatable)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished package."),
-    overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
-    quiet: bool = typer.Option(False, help="No progress bars."),
+    restart: bool = typer.Option(False, help="Discard the saved progress of an interrupted run and start over."),
+    overwrite: bool = typer.Option(False, help="Replace an earlier output of this tool (never a folder with other files)."),
+    quiet: bool = typer.Option(False, help="Print only errors and the output path."),
 ) -> None:
-    """Prune a model with a recipe and write a loadable checkpoint, its recipe, report and card."""
-    from obsdiff_hub.recipes import load_recipe
-    from obsdiff_hub.run import DTYPES, run_recipe
+    """Prune a model with a recipe and write a loadable checkpoint, its effective recipe, report and card."""
+    from obsdiff_hub.zoo.recipes import load_recipe, parse_assignments
+    from obsdiff_hub.zoo.runs import run_recipe
 
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype is not None and dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"--dtype must be float32, float16 or bfloat16, got {dtype!r}")
     loaded = load_recipe(recipe)
     target = out or Path(loaded.name)
-    result = run_recipe(
-        loaded,
-        target,
-        model=model,
-        revision=revision,
-        device=device,
-        dtype=dtype,
-        prompts_file=str(prompts) if prompts else None,
-        num_prompts=num_prompts,
-        packages=packages,
-        resume=resume,
-        overwrite=overwrite,
-        progress=not quiet,
-    )
+    display = None if quiet else RichProgress()
+    try:
+        if display is not None:
+            display.__enter__()
+        result = run_recipe(
+            loaded,
+            target,
+            model=model,
+            revision=revision,
+            device=device,
+            dtype=dtype,
+            prompts_file=str(prompts) if prompts else None,
+            prompt_column=prompt_column,
+            num_prompts=num_prompts,
+            packages=packages,
+            changes=parse_assignments(set_),
+            resume=resume,
+            restart=restart,
+            overwrite=overwrite,
+            progress=display,
+        )
+    except KeyboardInterrupt:
+        partial = target.with_name(target.name + ".partial")
+        done = _saved_packages(partial)
+        saved = f"progress of {done} finished package(s) is saved in {partial}: rerun with --resume" if done else "no package had finished, nothing was saved"
+        typer.echo(f"interrupted: {saved}", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        if display is not None:
+            display.__exit__(None, None, None)
+    if quiet:
+        typer.echo(str(target))
+        return
+    _print_summary(result, target)
+
+
+def _print_summary(result: Any, target: Path) -> None:
     report = result.result.report
-    table = Table(title=f"{loaded.name} v{loaded.version} → {target}")
+    table = Table(title=f"{result.recipe.name} v{result.recipe.version} → {target}")
     table.add_column("")
     table.add_column("value", justify="right")
     table.add_row("parameters", f"{_human(report.params_before)} → {_human(report.params_after)}")
@@ -110,44 +225,66 @@ def prune(
     table.add_row("mean relative reconstruction error", f"{report.mean_relative_error:.4g}")
     if result.plan and result.plan.get("flops_before"):
         table.add_row("FLOPs per forward (1024², batch 1)", f"{_human(result.plan['flops_before'])} → {_human(result.plan['flops_after'])}")
+    plan = report.package_plan
+    table.add_row("module packages", f"{plan['packages']} ({plan['mode']}; Hessians {_human(plan['hessian_bytes_total'], 'B')})")
+    table.add_row("dtypes", f"calibration {report.precision['compute']}, checkpoint {report.precision['checkpoint']}")
     for stage, seconds in report.stages.items():
         table.add_row(stage.removesuffix("_s").replace("_", " "), f"{seconds:.2f} s")
     table.add_row("peak memory", _human(report.peak_memory_bytes, "B"))
-    console.print(table)
-    if result.metrics:
-        scores = Table(title="quality (reloaded from disk, same seeds as dense)")
-        for column in ("metric", "dense", "pruned"):
-            scores.add_column(column)
-        for m in result.metrics:
-            scores.add_row(m["name"], m["dense"], m["pruned"])
-        console.print(scores)
-        console.print(f"dense (top) vs pruned (bottom) grid: {target / 'samples.png'}")
+    print_table(table)
+    if result.evaluation:
+        _print_metrics(result.evaluation)
+    console.print(f"wrote {target}")
+
+
+def _print_metrics(evaluation: dict[str, Any]) -> None:
+    scores = Table(title="quality (reloaded from disk, same prompts and seeds as dense)")
+    for column in ("metric", "dense", "pruned", "95% interval", "images"):
+        scores.add_column(column)
+    for m in evaluation["metrics"]:
+        low, high = m["ci95"]
+        dense = "–" if m.get("dense") is None else f"{m['dense']:.4g}"
+        scores.add_row(m["label"], dense, f"{m['pruned']:.4g}", f"[{low:.4g}, {high:.4g}]", str(m["samples"]))
+    print_table(scores)
 
 
 @recipes_app.command("list")
 @reports_errors
-def recipes_list() -> None:
+def recipes_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Every shipped recipe, with its method and ratio."""
-    from obsdiff_hub.recipes import load_recipe, recipe_names
+    from obsdiff_hub.zoo.recipes import load_recipe, recipe_names
 
+    recipes = [load_recipe(name) for name in recipe_names()]
+    if as_json:
+        print_json([_recipe_json(r) for r in recipes])
+        return
     table = Table()
     for column in ("name", "version", "base model", "granularity", "ratio", "blocks"):
-        table.add_column(column)
-    for name in recipe_names():
-        r = load_recipe(name)
-        table.add_row(r.name, str(r.version), r.base_model.repo_id, r.prune.granularity, r.prune_config().ratio_label, str(r.prune.blocks or "all"))
-    console.print(table)
+        table.add_column(column, no_wrap=True)
+    for r in recipes:
+        table.add_row(r.name, str(r.version), r.base_model.repo_id, r.prune.granularity, r.prune.ratio_label, str(r.prune.blocks or "all"))
+    print_table(table)
+
+
+def _recipe_json(recipe: Any) -> dict[str, Any]:
+    return {"name": recipe.name, "version": recipe.version, "sha256": recipe.sha256, "recipe": recipe.model_dump(mode="json")}
 
 
 @recipes_app.command("show")
 @reports_errors
-def recipes_show(name: str = typer.Argument(..., help="Recipe name or path.")) -> None:
+def recipes_show(
+    name: str = typer.Argument(..., help="Recipe name or path."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
     """Print a recipe as YAML with its identity (version and sha256)."""
-    from obsdiff_hub.recipes import load_recipe
+    from obsdiff_hub.zoo.recipes import load_recipe
 
     r = load_recipe(name)
-    console.print(f"# {r.name} v{r.version} sha256 {r.sha256}", highlight=False)
-    console.print(r.to_yaml(), highlight=False, markup=False)
+    if as_json:
+        print_json(_recipe_json(r))
+        return
+    typer.echo(f"# {r.name} v{r.version} sha256 {r.sha256}")
+    typer.echo(r.to_yaml(), nl=False)
 
 
 @app.command()
@@ -158,12 +295,14 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Parameters and FLOPs before/after a recipe, offline (from the shipped public config)."""
-    from obsdiff_hub.recipes import load_recipe
-    from obsdiff_hub.run import plan_recipe
+    from obsdiff_hub.zoo.recipes import load_recipe
+    from obsdiff_hub.zoo.runs import plan_recipe
 
+    if resolution < 64 or resolution % 64:
+        raise ValueError(f"--resolution must be a positive multiple of 64, got {resolution}")
     result = plan_recipe(load_recipe(recipe), resolution)
     if as_json:
-        console.print_json(json.dumps(result.to_dict()))
+        print_json(result.to_dict())
         return
     table = Table(title=f"{recipe} (FLOPs: {result.convention}, {resolution}²)")
     for column in ("", "dense", "pruned", "change"):
@@ -172,7 +311,7 @@ def plan(
     table.add_row("FLOPs", _human(result.flops_before), _human(result.flops_after), f"{-100 * result.flop_reduction:+.2f}%")
     table.add_row("heads removed", "", str(result.heads_removed), "")
     table.add_row("FFN neurons removed", "", str(result.neurons_removed), "")
-    console.print(table)
+    print_table(table)
 
 
 @app.command()
@@ -180,48 +319,56 @@ def plan(
 def inspect(
     source: str = typer.Argument(..., help="Checkpoint directory or Hub repo id."),
     revision: Optional[str] = typer.Option(None, help="Hub revision."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Shapes per block, sparsity and provenance of a pruned checkpoint."""
-    from obsdiff_hub.inspection import inspect_checkpoint
+    """Class (and how to load it), shapes per block, sparsity and provenance of a checkpoint."""
+    from obsdiff_hub.checkpoints.inspection import inspect_checkpoint
 
     info = inspect_checkpoint(source, revision=revision)
-    console.print(f"[bold]{info['path']}[/bold]  {info['class']}")
+    if as_json:
+        print_json(info)
+        return
+    console.print(f"[bold]{info['path']}[/bold]  {info['class']}  (load with {info['load_with']})")
     table = Table(title="provenance")
     table.add_column("field")
     table.add_column("value")
     for key, value in sorted(info["provenance"].items()):
         table.add_row(key, value)
-    console.print(table)
-    table = Table(title="pruned shapes")
-    for column in ("module", "dense", "now"):
-        table.add_column(column)
-    for module, (dense, now) in info["structure"].items():
-        table.add_row(module, str(dense), str(now))
+    print_table(table)
     if info["structure"]:
-        console.print(table)
+        table = Table(title="pruned shapes")
+        for column in ("module", "dense", "now"):
+            table.add_column(column)
+        for module, (dense, now) in info["structure"].items():
+            table.add_row(module, str(dense), str(now))
+        print_table(table)
     console.print(f"zero fraction of attention/FFN weights: {info['sparsity']:.4f} over {info['targeted_weights']} tensors")
 
 
 @app.command()
 @reports_errors
 def generate(
-    model: str = typer.Option(..., help="Pipeline directory or Hub repo id."),
+    model: str = typer.Option(..., help="Pipeline directory, Hub repo id, or builtin:NAME."),
     prompt: list[str] = typer.Option(..., help="Prompt (repeat for several)."),
     out: Path = typer.Option(Path("samples.png"), help="Output PNG."),
     compare: Optional[str] = typer.Option(None, help="Dense base pipeline: write a dense (top) vs pruned (bottom) grid."),
     seed: int = typer.Option(0, help="Seed of the first image; image i uses seed + i."),
-    steps: int = typer.Option(25, min=1),
+    steps: int = typer.Option(25, help="Sampling steps."),
     guidance: Optional[float] = typer.Option(None, help="Guidance scale (default: the pipeline's)."),
     resolution: Optional[int] = typer.Option(None, help="Height and width."),
-    device: Optional[str] = typer.Option(None),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N (default: cuda if available)."),
 ) -> None:
     """Sample images with fixed seeds (optionally side by side with the dense model)."""
-    from obsdiff_hub.sampling import generate_images, image_grid
+    from obsdiff_hub.zoo.runs import parse_device
+    from obsdiff_hub.zoo.sampling import generate_images, image_grid
 
-    kwargs = dict(seed=seed, steps=steps, guidance=guidance, resolution=resolution, device=device)
+    if steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {steps}")
+    run_device = str(parse_device(device))
+    kwargs = dict(seed=seed, steps=steps, guidance=guidance, resolution=resolution, device=run_device)
     rows = [generate_images(compare, prompt, **kwargs)] if compare else []
     rows.append(generate_images(model, prompt, **kwargs))
-    image_grid(rows).save(out)
+    image_grid(rows, row_labels=["dense", "pruned"] if compare else None).save(out)
     console.print(f"wrote {out}")
 
 
@@ -230,11 +377,14 @@ def generate(
 def convert_legacy(
     path: Path = typer.Argument(..., help="Reference project's whole-module .pth file."),
     out: Path = typer.Option(..., help="Output directory (safetensors + config)."),
+    overwrite: bool = typer.Option(False, help="Replace an earlier output of this tool."),
 ) -> None:
-    """Convert a legacy pickle into safetensors without executing untrusted code."""
+    """Convert a legacy pickle into safetensors without executing anything in it."""
     from obsdiff_hub import convert_legacy as convert
 
-    model = convert(path, out)
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    model = convert(path, out, overwrite=overwrite)
     console.print(f"converted {path} → {out} ({type(model).__name__})")
 
 
@@ -251,10 +401,10 @@ def push(
     endpoint: Optional[str] = typer.Option(None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)."),
 ) -> None:
     """Publish a pruned checkpoint: card, recipe, report, manifest and weights in one tagged commit."""
-    from obsdiff_hub.hub import push as push_dir
+    from obsdiff_hub.zoo.hub import push as push_dir
 
     result = push_dir(directory, repo_id, private=private, branch=branch, tag=tag, commit_message=commit_message, token=token, endpoint=endpoint)
-    console.print(f"pushed {directory} to {repo_id} at {result['commit'][:12]} (tag {result['tag']})", highlight=False)
+    console.print(f"pushed {directory} to {repo_id} at {result['commit'][:12]} (tag {result['tag']})")
 
 
 @app.command()
@@ -268,10 +418,10 @@ def pull(
     verify: bool = typer.Option(True, help="Check every weight file against the push-time sha256 manifest."),
 ) -> None:
     """Download a published checkpoint and verify it."""
-    from obsdiff_hub.hub import pull as pull_repo
+    from obsdiff_hub.zoo.hub import pull as pull_repo
 
     path = pull_repo(repo_id, revision=revision, local_dir=local_dir, token=token, endpoint=endpoint, verify=verify)
-    console.print(f"{repo_id} → {path}" + (" (verified)" if verify else ""), highlight=False)
+    console.print(f"{repo_id} → {path}" + (" (verified)" if verify else ""))
 
 
 @app.command()
@@ -281,17 +431,36 @@ def card(
     repo_id: Optional[str] = typer.Option(None, "--repo-id", help="Repo id used in the usage snippets."),
 ) -> None:
     """Render the model card locally (writes DIR/README.md) for review before pushing."""
-    from obsdiff_hub.hub import render_card_for
+    from obsdiff_hub.checkpoints.outputs import mark_owned, read_marker
+    from obsdiff_hub.zoo.cards import card_for_folder
 
-    content = render_card_for(directory, repo_id)
+    content = card_for_folder(directory, repo_id)
     (directory / "README.md").write_text(content, encoding="utf-8")
+    record = read_marker(directory)
+    if record is not None:  # README.md stays listed as this tool's
+        mark_owned(directory, sorted(set(record["files"]) | {"README.md"}))
     console.print(f"wrote {directory / 'README.md'}")
 
 
 def main() -> None:
-    # transformers warns at import about optional vision backends this tool never uses.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    app()
+    """Entry point: usage errors as one line too (exit 2), like every other user error."""
+    from typer.exceptions import TyperException
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # import-time notices about optional backends
+    try:
+        code = app(standalone_mode=False)  # the exit code of typer.Exit is returned here
+    except TyperException as error:  # usage errors of the command line itself
+        if type(error).__name__ == "NoArgsIsHelpError":
+            error.show()  # type: ignore[attr-defined]
+        else:
+            typer.echo(f"error: {error.format_message()} (see --help)", err=True)
+        sys.exit(error.exit_code)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

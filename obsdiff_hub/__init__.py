@@ -1,28 +1,28 @@
-"""obsdiff-hub: OBS-Diff pruning of diffusion models, published as real diffusers checkpoints."""
+"""obsdiff-hub: OBS-Diff pruning of diffusion models, published as real diffusers checkpoints.
 
-__version__ = "0.1.0"
+Layers, bottom up: ``maths`` (Hessians, solvers; torch only), ``pruning`` (adapters, calibration,
+packages, the engine), ``models`` and ``checkpoints`` (the pruned classes, saving, loading,
+manifests, legacy conversion, plans), ``zoo`` (recipes, runs, cards, evaluation, the Hub).
+"""
 
-from .checkpoint import (  # noqa: E402
-    CheckpointError,
-    install_load_diagnostics,
-    provenance,
-    read_metadata,
-    save_pruned,
-)
-from .config import CalibrationConfig, PruneConfig  # noqa: E402
-from .engine import PruneResult, prune  # noqa: E402
-from .legacy import UnsafePickleError, convert_legacy  # noqa: E402
-from .models import (  # noqa: E402
+from ._version import __version__
+from .checkpoints.legacy import UnsafePickleError, convert_legacy
+from .checkpoints.loading import CheckpointError, read_metadata
+from .checkpoints.plan import PlanResult, plan
+from .checkpoints.saving import save_pruned
+from .models import (
     OBSDiffFluxTransformer,
     OBSDiffSD3Transformer,
     OBSDiffUNet,
+    provenance,
     register_with_diffusers,
 )
-from .plan import PlanResult, plan  # noqa: E402
+from .pruning.config import CalibrationConfig, PruneConfig
+from .pruning.engine import PruneResult, prune
+from .zoo.sampling import load_pipeline
 
-# One-line errors when a pruned checkpoint fails to load (failure path only; see checkpoint.py),
-# and DiffusionPipeline support for components declared as obsdiff_hub.models.
-install_load_diagnostics()
+# DiffusionPipeline support for components declared as obsdiff_hub.models (a registry entry;
+# diffusers' own classes are left as diffusers ships them).
 register_with_diffusers()
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "UnsafePickleError",
     "__version__",
     "convert_legacy",
+    "load_pipeline",
     "plan",
     "provenance",
     "prune",

@@ -32,6 +32,7 @@ os.environ.update(
     HF_HUB_DISABLE_XET="1",
     HF_HUB_DISABLE_TELEMETRY="1",
     HF_HUB_ETAG_TIMEOUT="30",
+    OBSDIFF_HUB_CACHE=str(_HUB_ROOT / "obsdiff-cache"),
 )
 os.environ.pop("HF_TOKEN", None)
 os.environ.pop("HF_HUB_OFFLINE", None)

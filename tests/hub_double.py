@@ -3,7 +3,8 @@
 No installable server accepts uploads offline, so this implements the documented
 endpoints the unmodified huggingface_hub client calls when it uploads without Xet:
 validate-yaml, create-repo, branch, preupload, LFS batch + basic PUT, commit (NDJSON)
-and tag. Every
+and tag, plus the two reads a checked push makes before committing (whoami-v2, and the
+repo's refs to see whether the tag exists). Every
 commit is written with git plumbing into a repository under ``mirrors/models/NS/NAME``,
 which olah then serves, so a test pushes with the real client and pulls the same bytes
 back through a real server. Requests without the expected bearer token get 401.
@@ -104,9 +105,11 @@ class HubWriteDouble:
             def log_message(self, *args) -> None:  # keep test output clean
                 pass
 
-            def reply(self, status: int, payload: dict | None = None, content_type: str = "application/json") -> None:
+            def reply(self, status: int, payload: dict | None = None, content_type: str = "application/json", headers: dict | None = None) -> None:
                 body = json.dumps(payload or {}).encode()
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -123,8 +126,31 @@ class HubWriteDouble:
 
             def do_GET(self) -> None:
                 double.requests.append(f"GET {self.path}")
-                if self.authorized():
-                    self.reply(404, {"error": "reads are served by olah"})
+                if not self.authorized():
+                    return
+                path = unquote(self.path.split("?")[0])
+                if path == "/api/whoami-v2":
+                    return self.reply(200, {"type": "user", "name": "zoo", "orgs": [], "auth": {"type": "access_token"}})
+                match = re.fullmatch(r"/api/models/([^/]+/[^/]+)/refs", path)
+                if match:
+                    with double.lock:
+                        return self.refs(match.group(1))
+                self.reply(404, {"error": "other reads are served by olah"})
+
+            def refs(self, repo_id: str) -> None:
+                repo = double.repo(repo_id)
+                if not repo.path.exists():
+                    return self.reply(404, {"error": f"Repository {repo_id} not found"}, headers={"X-Error-Code": "RepoNotFound"})
+                listed = repo.git("for-each-ref", "--format=%(refname) %(objectname) %(*objectname)", "refs/heads", "refs/tags")
+
+                def entry(ref: str, target: str) -> dict:
+                    return {"name": ref.split("/", 2)[2], "ref": ref, "targetCommit": target}
+
+                branches, tags = [], []
+                for line in listed.splitlines():
+                    ref, obj, peeled = (line.split(" ") + [""])[:3]
+                    (branches if ref.startswith("refs/heads/") else tags).append(entry(ref, peeled or obj))
+                return self.reply(200, {"branches": branches, "converts": [], "tags": tags})
 
             def do_PUT(self) -> None:
                 double.requests.append(f"PUT {self.path.split('?')[0]}")

@@ -2,13 +2,13 @@ import pytest
 import torch
 from layer_problems import make_problem, recon_error
 
-from obsdiff_hub.baselines import (
+from obsdiff_hub.maths.baselines import (
     dsnot_prune,
-    l1_prune_columns,
+    l1_remove_groups,
     magnitude_prune,
     wanda_prune,
 )
-from obsdiff_hub.solvers import obs_prune
+from obsdiff_hub.maths.solvers import GroupSelection, column_groups, obs_prune
 
 
 @pytest.mark.parametrize("sparsity", [0.5, 0.7])
@@ -48,9 +48,13 @@ def test_dsnot_keeps_per_row_sparsity_and_improves_on_wanda():
     assert recon_error(W, dsnot, X) < recon_error(W, wanda, X)
 
 
-def test_l1_columns_removes_smallest_groups():
+def test_l1_removes_smallest_groups_over_all_layers_without_compensation():
     W = torch.arange(1, 25, dtype=torch.float32).view(3, 8)
     W[:, 4:6] *= 0.01
-    out, removed = l1_prune_columns(W, None, 1, group_size=2)
-    assert removed.tolist() == [2]
-    assert (out[:, 4:6] == 0).all() and torch.equal(out[:, :4], W[:, :4])
+    V = torch.ones(2, 8)
+    V[:, 0:2] = 0.001  # small in V alone, but W's group 0 is large: the sum over both layers decides
+    (out_w, out_v), removed = l1_remove_groups([W, V], [None, None], column_groups(8, 2), [GroupSelection((0, 1, 2, 3), 1)])
+    assert removed == [[2]]
+    keep = [0, 1, 2, 3, 6, 7]
+    assert (out_w[:, 4:6] == 0).all() and torch.equal(out_w[:, keep], W[:, keep])
+    assert (out_v[:, 4:6] == 0).all() and torch.equal(out_v[:, keep], V[:, keep])

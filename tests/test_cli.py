@@ -7,22 +7,27 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, SD3Transformer2DModel
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import obsdiff_hub as oh
 from cli.main import app
-from obsdiff_hub import resume
-from obsdiff_hub.recipes import load_recipe, recipe_names
+from obsdiff_hub.pruning.config import PruneConfig
+from obsdiff_hub.zoo import resume
+from obsdiff_hub.zoo.recipes import load_recipe, recipe_names
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["tiny-sdxl-structured-30", "tiny-sd3-unstructured-50", "tiny-flux-2of4"]
 
 
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
+def invoke(*args, **env):
+    return runner.invoke(app, [str(a) for a in args], env=env or None)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def denoiser_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -34,14 +39,17 @@ def denoiser_weights(directory: Path) -> dict[str, torch.Tensor]:
 def test_tiny_recipe_end_to_end_loads_with_from_pretrained(name, tmp_path):
     result = invoke("prune", "--recipe", name, "--out", tmp_path / "out", "--quiet")
     assert result.exit_code == 0, result.output
-    assert "parameters" in result.output
+    assert result.output == f"{tmp_path / 'out'}\n"
     out = tmp_path / "out"
     assert {"recipe.yaml", "report.json", "README.md", "model_index.json"} <= {p.name for p in out.iterdir()}
     assert not (tmp_path / "out.partial").exists()
     recipe = load_recipe(name)
-    assert yaml.safe_load((out / "recipe.yaml").read_text()) == recipe.model_dump(mode="json")
+    effective = load_recipe(out / "recipe.yaml")
+    assert effective.derived_from.sha256 == recipe.sha256 and effective.name == recipe.name
+    assert effective.prune == recipe.prune.model_copy(update={"packages": effective.prune.packages})
+    assert effective.calibration.prompts.count == recipe.calibration.prompts.count and effective.calibration.prompts.sha256
     report = json.loads((out / "report.json").read_text())
-    assert report["provenance"]["recipe_sha256"] == recipe.sha256
+    assert report["provenance"]["recipe_sha256"] == effective.sha256
     pipe = DiffusionPipeline.from_pretrained(out)
     denoiser = getattr(pipe, recipe.base_model.component)
     for layer in report["layers"]:
@@ -69,10 +77,15 @@ def test_resume_after_interruption_equals_straight_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(resume.DiskState, "package_done", crash_after_first)
     crashed = invoke("prune", "--recipe", "tiny-sdxl-structured-30", "--out", tmp_path / "resumed", "--quiet")
-    assert crashed.exit_code == 130 and "--resume" in crashed.output
+    assert crashed.exit_code == 130 and "progress of 1 finished package(s) is saved" in crashed.output and "--resume" in crashed.output
     assert not (tmp_path / "resumed").exists()
     assert json.loads((tmp_path / "resumed.partial" / "progress.json").read_text())["completed"] == 1
     monkeypatch.setattr(resume.DiskState, "package_done", original)
+
+    saved = snapshot(tmp_path / "resumed.partial")
+    refused = invoke("prune", "--recipe", "tiny-sdxl-structured-30", "--out", tmp_path / "resumed", "--quiet")
+    assert refused.exit_code == 2 and "pass --resume to continue or --restart to discard it" in refused.output
+    assert snapshot(tmp_path / "resumed.partial") == saved
 
     resumed = invoke("prune", "--recipe", "tiny-sdxl-structured-30", "--out", tmp_path / "resumed", "--quiet", "--resume")
     assert resumed.exit_code == 0, resumed.output
@@ -99,8 +112,8 @@ def test_every_zoo_recipe_validates_and_has_a_stable_identity():
         recipe = load_recipe(name)
         assert recipe.sha256 == load_recipe(name).sha256
         assert recipe.schema_version == 1 and recipe.version >= 1
-    assert load_recipe("sd35-large-30").prune_config().block_ids(38) == list(range(1, 37))
-    assert load_recipe("sd35-large-2of4").prune_config().block_ids(38) == list(range(3, 26))
+    assert load_recipe("sd35-large-30").prune.block_ids(38) == list(range(1, 37))
+    assert load_recipe("sd35-large-2of4").prune.block_ids(38) == list(range(3, 26))
 
 
 def test_recipes_list_and_show():
@@ -170,7 +183,7 @@ def test_unreadable_prompt_file_and_existing_output(tmp_path):
 
 
 def test_prompt_files_all_formats(tmp_path):
-    from obsdiff_hub.prompts import read_prompt_file
+    from obsdiff_hub.pruning.prompts import read_prompt_file
 
     (tmp_path / "p.txt").write_text("a cat\n\n a dog \n")
     (tmp_path / "p.jsonl").write_text('{"caption": "a cat"}\n{"caption": "a dog"}\n')
@@ -209,9 +222,10 @@ def test_generate_seeded_grid_dense_vs_pruned(tmp_path):
     assert first.exit_code == 0, first.output
     assert invoke(*args, "--out", tmp_path / "b.png").exit_code == 0
     a, b = Image.open(tmp_path / "a.png"), Image.open(tmp_path / "b.png")
-    assert a.size == (2 * 32, 2 * 32)  # two prompts across, dense row above pruned row
+    assert a.height == 2 * 32 and a.width > 2 * 32  # two prompts across (after the row labels), dense above pruned
     assert a.tobytes() == b.tobytes()  # seeded: identical reruns
-    top, bottom = a.crop((0, 0, 64, 32)).tobytes(), a.crop((0, 32, 64, 64)).tobytes()
+    left = a.width - 64
+    top, bottom = a.crop((left, 0, a.width, 32)).tobytes(), a.crop((left, 32, a.width, 64)).tobytes()
     assert top != bottom  # the pruned model really differs from the dense one
 
 
@@ -220,7 +234,7 @@ def test_convert_legacy_command(tmp_path):
     torch.save(model, tmp_path / "legacy.pth")
     result = invoke("convert-legacy", tmp_path / "legacy.pth", "--out", tmp_path / "converted")
     assert result.exit_code == 0, result.output
-    loaded = oh.tiny.SD3Transformer2DModel.from_pretrained(tmp_path / "converted")
+    loaded = SD3Transformer2DModel.from_pretrained(tmp_path / "converted")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
 
 
@@ -232,3 +246,135 @@ def test_generate_from_a_builtin_model(tmp_path):
     assert Image.open(tmp_path / "g.png").size == (32, 32)
     bad = invoke("generate", "--model", "builtin:tiny-nope", "--prompt", "x", "--out", tmp_path / "b.png")
     assert bad.exit_code == 2 and "unknown built-in model 'builtin:tiny-nope'" in bad.output
+
+
+def test_recipes_list_keeps_names_whole_at_any_width_and_json_matches_show():
+    narrow = invoke("recipes", "list", COLUMNS="40")
+    assert narrow.exit_code == 0
+    for name in recipe_names():
+        assert name in narrow.output, name
+    assert "stabilityai/stable-diffusion-xl-base-1.0" in narrow.output
+    listed = json.loads(invoke("recipes", "list", "--json").output)
+    assert [r["name"] for r in listed] == recipe_names()
+    for entry in listed:
+        assert entry == json.loads(invoke("recipes", "show", entry["name"], "--json").output)
+
+
+def test_every_prune_config_field_round_trips_through_a_recipe_file(tmp_path):
+    changed = dict(
+        method="l1", granularity="structured", sparsity=0.35, block_sparsity={3: 0.1}, blocks="1:3",
+        packages=3, weighting="linear_increase", alpha_min=0.5, alpha_max=1.5, percdamp=0.05, blocksize=64,
+        rrf_k=30, head_saliency="exact", neuron_batch=8, hessian_precision="tf32",
+    )
+    defaults = PruneConfig().model_dump()
+    assert set(changed) | {"n", "m", "memory_budget_gb"} == set(defaults)  # every field but the n:m and auto-only ones
+    assert all(changed[k] != defaults[k] for k in changed)
+    base = load_recipe("tiny-sd3-unstructured-50")
+    recipe = base.with_changes({f"prune.{k}": v for k, v in changed.items()})
+    path = tmp_path / "r.yaml"
+    path.write_text(recipe.to_yaml())
+    assert load_recipe(path).prune == PruneConfig(**changed)
+    nm = base.with_changes({"prune.granularity": "n:m", "prune.n": 4, "prune.m": 8, "prune.packages": "auto", "prune.memory_budget_gb": 2.5})
+    path.write_text(nm.to_yaml())
+    assert load_recipe(path).prune == PruneConfig(granularity="n:m", n=4, m=8, memory_budget_gb=2.5)
+    bad = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--set", "prune.percdamp=-1", "--out", tmp_path / "o")
+    assert bad.exit_code == 2 and "prune.percdamp" in bad.output
+
+
+def test_effective_recipe_records_overrides_and_reproduces_the_weights(tmp_path):
+    prompts = tmp_path / "f.txt"
+    prompts.write_text("a red barn in the snow\ntwo dogs on a beach\na bowl of soup\n")
+    first = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--prompts", prompts, "--num-prompts", 2, "--packages", 1,
+                   "--set", "prune.sparsity=0.6", "--out", tmp_path / "a", "--quiet")
+    assert first.exit_code == 0, first.output
+    effective = load_recipe(tmp_path / "a" / "recipe.yaml")
+    assert effective.calibration.prompts.source == "inline"
+    assert effective.calibration.prompts.texts == ["a red barn in the snow", "two dogs on a beach"]
+    assert effective.calibration.prompts.count == 2 and effective.prune.packages == 1 and effective.prune.sparsity == 0.6
+    assert effective.derived_from.sha256 == load_recipe("tiny-sd3-unstructured-50").sha256
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert "| prompts | 2, listed in recipe.yaml" in card and "| module packages | 1 |" in card
+    prompts.unlink()  # the checkpoint carries everything it needs
+    again = invoke("prune", "--recipe", tmp_path / "a" / "recipe.yaml", "--out", tmp_path / "b", "--quiet")
+    assert again.exit_code == 0, again.output
+    a, b = denoiser_weights(tmp_path / "a"), denoiser_weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert load_recipe(tmp_path / "b" / "recipe.yaml").sha256 == effective.sha256  # running it again changes nothing
+
+
+def test_csv_prompts_name_their_column(tmp_path):
+    table = tmp_path / "p.csv"
+    table.write_text("id,words\n1,a red barn\n2,a blue boat\n")
+    missing = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--prompts", table, "--out", tmp_path / "o")
+    assert missing.exit_code == 2 and "--prompt-column" in missing.output and "columns: id, words" in missing.output
+    named = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--prompts", table, "--prompt-column", "words", "--out", tmp_path / "o", "--quiet")
+    assert named.exit_code == 0, named.output
+    assert load_recipe(tmp_path / "o" / "recipe.yaml").calibration.prompts.texts[:2] == ["a red barn", "a blue boat"]
+
+
+@pytest.fixture(scope="module")
+def truncated_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trunc") / "ckpt"
+    oh.save_pruned(oh.tiny.tiny_sd3_transformer(), out)
+    weights = out / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["plan", "--recipe", "sdxl-30", "--resolution", "0"], "--resolution must be a positive multiple of 64"),
+        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--device", "banana", "--out", "{tmp}/o"], "unknown device 'banana'"),
+        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--device", "cuda:3", "--out", "{tmp}/o"], "cuda:3"),
+        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--dtype", "float64", "--out", "{tmp}/o"], "--dtype must be"),
+        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--num-prompts", "0", "--out", "{tmp}/o"], "calibration.prompts.count"),
+        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--set", "nonsense", "--out", "{tmp}/o"], "SECTION.FIELD=VALUE"),
+        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--set", "calibration.resolution=38", "--out", "{tmp}/o"], "not a multiple of 4"),
+        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--resume", "--restart", "--out", "{tmp}/o"], "exclude each other"),
+        (["inspect", "{trunc}"], "truncated or corrupted"),
+        (["inspect", "./no/such/folder"], "local folder ./no/such/folder does not exist"),
+        (["inspect", "not a repo!!"], "neither a local folder nor a valid Hub repo id"),
+        (["convert-legacy", "{tmp}/missing.pth", "--out", "{tmp}/c"], "is not a file"),
+        (["generate", "--model", "builtin:tiny-sd3", "--prompt", "x", "--steps", "0", "--out", "{tmp}/g.png"], "--steps must be at least 1"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(args, message, tmp_path, truncated_checkpoint):
+    filled = [a.format(tmp=tmp_path, trunc=truncated_checkpoint) for a in args]
+    result = invoke(*filled)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_usage_errors_are_one_line_through_the_entry_point(tmp_path):
+    exe = Path(sys.executable).parent / "obsdiff-hub"
+    done = subprocess.run([exe, "prune", "--recipe", "tiny-sd3-unstructured-50", "--no-such-option"], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1 and "--no-such-option" in done.stderr
+
+
+def test_an_interrupted_run_leaves_no_output_folder(tmp_path, monkeypatch):
+    from obsdiff_hub.zoo import cards
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cards, "render_card", interrupted)  # the last step, after the weights are written
+    result = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--out", tmp_path / "o", "--quiet")
+    assert result.exit_code == 130
+    assert not (tmp_path / "o").exists() and [p.name for p in tmp_path.iterdir() if not p.name.endswith(".partial")] == []
+    assert "progress of 2 finished package(s) is saved" in result.output
+
+
+def test_an_interrupt_before_any_package_says_nothing_was_saved(tmp_path, monkeypatch):
+    from obsdiff_hub.pruning.calibration import PipelineCalibration
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PipelineCalibration, "__call__", interrupted)
+    result = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--out", tmp_path / "o", "--quiet")
+    assert result.exit_code == 130 and "no package had finished, nothing was saved" in result.output
+    assert list(tmp_path.iterdir()) == []

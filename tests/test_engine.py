@@ -6,11 +6,12 @@ from torch import nn
 
 import obsdiff_hub as oh
 from obsdiff_hub import tiny
-from obsdiff_hub.adapters import adapter_for
-from obsdiff_hub.engine import collect_hessians
-from obsdiff_hub.hessian import timestep_weights
-from obsdiff_hub.solvers import obs_prune
-from obsdiff_hub.surgery import structure_of
+from obsdiff_hub.maths.hessian import timestep_weights
+from obsdiff_hub.maths.solvers import obs_prune
+from obsdiff_hub.pruning.adapters import adapter_for
+from obsdiff_hub.pruning.calibration import PipelineCalibration
+from obsdiff_hub.pruning.engine import collect_hessians
+from obsdiff_hub.pruning.surgery import structure_of
 
 FAMILIES = list(tiny.TINY_DENOISERS)
 STEPS = 3
@@ -29,7 +30,7 @@ def prune_denoiser(family, **config):
     torch.manual_seed(0)
     model = tiny.TINY_DENOISERS[family]().eval()
     dense = copy.deepcopy(model)
-    result = oh.prune(model, dict(steps=STEPS, packages=2, **config), calibration=calibration_for(model), progress=False)
+    result = oh.prune(model, dict(packages=2, **config), calibration=calibration_for(model), steps=STEPS)
     return dense, result
 
 
@@ -115,7 +116,7 @@ def test_single_package_equals_obs_on_dense_hessians_for_custom_denoiser():
     calibrate = calibration_for(model)
     sites = [s for u in adapter_for(model).units(model, None, False) for s in u.sites]
     hessians = _hessians_on(dense, [s.hessian_layer for s in sites], calibrate)
-    oh.prune(model, dict(steps=STEPS, packages=1, sparsity=0.5, blocksize=32), calibration=calibrate, progress=False)
+    oh.prune(model, dict(packages=1, sparsity=0.5, blocksize=32), calibration=calibrate, steps=STEPS)
     for site in sites:
         for path in site.layers:
             expected, _ = obs_prune(dense.get_submodule(path).weight, hessians[site.hessian_layer], 0.5, blocksize=32)
@@ -130,7 +131,7 @@ def test_second_package_calibrates_on_pruned_first_package():
     adapter = adapter_for(model)
     units = adapter.units(model, None, False)
     first, second = units[: len(units) // 2], units[len(units) // 2 :]
-    oh.prune(model, dict(steps=STEPS, packages=2, sparsity=0.5), calibration=calibrate, progress=False)
+    oh.prune(model, dict(packages=2, sparsity=0.5), calibration=calibrate, steps=STEPS)
 
     # Manual: package 1's final weights in place, package 2 dense, then calibrate.
     manual = copy.deepcopy(dense)
@@ -169,11 +170,12 @@ def test_pipeline_encodes_prompts_once_and_never_decodes(name):
     decodes = [0]
     original_decode = pipe.vae.decode
     pipe.vae.decode = lambda *a, **k: (decodes.__setitem__(0, decodes[0] + 1), original_decode(*a, **k))[1]
-    cal = dict(num_prompts=4, batch_size=2, steps=2, height=32, width=32, guidance_scale=4.0)
-    one_pass = oh.calibration.PipelineCalibration(tiny.TINY_PIPELINES[name](), oh.CalibrationConfig(**cal), torch.device("cpu"))
+    cal = dict(prompts={"count": 4}, batch_size=2, steps=2, resolution=32, guidance_scale=4.0)
+    prompts = oh.pruning.prompts.resolve_prompts(oh.CalibrationConfig(**cal).prompts)
+    one_pass = PipelineCalibration(tiny.TINY_PIPELINES[name](), oh.CalibrationConfig(**cal), prompts, torch.device("cpu"), torch.float32)
     reference_counts = [_count_calls(getattr(one_pass.pipeline, n)) for n in ("text_encoder", "text_encoder_2", "text_encoder_3") if getattr(one_pass.pipeline, n, None) is not None]
     one_pass.encode()
-    result = oh.prune(pipe, dict(packages=3, sparsity=0.5), calibration=cal, progress=False)
+    result = oh.prune(pipe, dict(packages=3, sparsity=0.5), calibration=cal)
     assert len(result.report.packages) == 3
     assert [c[0] for c in counts] == [c[0] for c in reference_counts]
     assert all(c[0] > 0 for c in counts)
@@ -185,15 +187,19 @@ def test_memory_budget_planner_packs_units():
     model = tiny.tiny_sd3_transformer()
     cal = calibration_for(model, batches=1)
     budget_bytes = 4 * (32 * 32 * 2 + 32 * 32)  # fits roughly one unit of qkv+add_qkv+attn2-free block
-    result = oh.prune(model, dict(steps=STEPS, packages=None, memory_budget_gb=budget_bytes / 1024**3, sparsity=0.5), calibration=cal, progress=False)
+    result = oh.prune(model, dict(packages="auto", memory_budget_gb=budget_bytes / 1024**3, sparsity=0.5), calibration=cal, steps=STEPS)
     assert len(result.report.packages) > 1
-    for record in result.report.packages:
+    assert result.report.package_plan["mode"] == "auto" and result.report.package_plan["budget_bytes"] == int(budget_bytes)
+    for record, following in zip(result.report.packages, result.report.packages[1:]):
         assert record.hessian_bytes <= budget_bytes or record.units == 1
+        assert record.hessian_bytes + following.hessian_bytes > budget_bytes  # fewest packages: no two merge
+    auto = oh.prune(tiny.tiny_sd3_transformer(), dict(sparsity=0.5), calibration=cal, steps=STEPS)  # free memory: one package
+    assert auto.report.package_plan["mode"] == "auto" and len(auto.report.packages) == 1
 
 
 def test_unknown_architecture_lists_supported():
     with pytest.raises(ValueError, match="UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel"):
-        oh.prune(nn.Linear(4, 4), dict(steps=1), calibration=lambda m, s: None, progress=False)
+        oh.prune(nn.Linear(4, 4), {}, calibration=lambda m, s: None, steps=1)
 
 
 @pytest.mark.parametrize(
@@ -205,6 +211,8 @@ def test_unknown_architecture_lists_supported():
         (dict(sparsity=1.2), "less than 1"),
         (dict(typo=1), "Extra inputs"),
         (dict(blocks="1-36"), "start:stop"),
+        (dict(packages=0), "at least 1"),
+        (dict(packages=4, memory_budget_gb=2.0), "memory_budget_gb applies"),
     ],
 )
 def test_config_errors(config, match):
@@ -215,9 +223,9 @@ def test_config_errors(config, match):
 def test_bare_denoiser_without_callable_and_callable_without_steps():
     model = tiny.tiny_sd3_transformer()
     with pytest.raises(ValueError, match="calibration callable"):
-        oh.prune(model, {}, progress=False)
+        oh.prune(model, {})
     with pytest.raises(ValueError, match="needs `steps`"):
-        oh.prune(model, {}, calibration=calibration_for(model), progress=False)
+        oh.prune(model, {}, calibration=calibration_for(model))
 
 
 def test_block_range_limits_targets():
@@ -245,3 +253,11 @@ def test_l1_structured_removes_smallest_joint_heads_without_compensation():
     for name, W in zip(("to_out.0", "to_add_out"), outs):
         assert torch.equal(result.model.get_submodule(f"{attn}.{name}").weight, W[:, kept])
     assert torch.equal(result.model.get_submodule(f"{attn}.to_q").weight, dense.get_submodule(f"{attn}.to_q").weight[kept])
+
+
+def test_a_pipeline_calibrated_through_a_callable_gets_the_pruned_model():
+    pipe = tiny.tiny_sd3_pipeline()
+    result = oh.prune(pipe, dict(sparsity=0.5, packages=1), calibration=calibration_for(pipe.transformer), steps=STEPS)
+    assert pipe.transformer is result.model and result.pipeline is pipe
+    W = pipe.transformer.transformer_blocks[1].ff.net[2].weight
+    assert int((W == 0).sum()) == W.numel() // 2

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from obsdiff_hub.hessian import HessianAccumulator, timestep_weights
+from obsdiff_hub.maths.hessian import HessianAccumulator, timestep_weights
 
 
 def test_log_decrease_matches_formula_and_ends():
@@ -72,3 +72,36 @@ def test_accumulator_errors():
         acc.hessian()
     with pytest.raises(ValueError, match="does not match"):
         acc.add(torch.randn(3, 5))
+
+
+def test_wide_inputs_accumulate_the_lower_panels_and_read_back_symmetric():
+    """d >= 2048 takes the lower-panel path (half the FLOPs); H must equal the full fp64 product."""
+    torch.manual_seed(2)
+    d = 2304  # two full panels and a partial one
+    xs = [torch.randn(40, d), torch.randn(3, 7, d)]
+    acc = HessianAccumulator(d)
+    for x, a in zip(xs, (1.1, 0.9)):
+        acc.add(x, a)
+    H = acc.hessian()
+    assert torch.equal(H, H.T)
+    expected = sum(2 * a * x.reshape(-1, d).double().T @ x.reshape(-1, d).double() for x, a in zip(xs, (1.1, 0.9)))
+    expected /= 1.1 * 40 + 0.9 * 21
+    torch.testing.assert_close(H.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_low_precision_inputs_are_rounded_as_tensor_cores_read_them():
+    from obsdiff_hub.maths.hessian import round_inputs
+
+    torch.manual_seed(3)
+    x = torch.randn(1000)
+    tf32 = round_inputs(x, "tf32")
+    assert ((tf32.view(torch.int32) & 0x1FFF) == 0).all()  # 13 low mantissa bits cleared: 10 remain
+    assert float(((tf32 - x).abs() / x.abs()).max()) <= 2.0**-11  # round to nearest: half an ulp
+    assert torch.equal(round_inputs(x, "bf16"), x.bfloat16().float())
+    assert round_inputs(x, "fp32") is x
+    exact, tf = HessianAccumulator(16), HessianAccumulator(16, precision="tf32")
+    inputs = torch.randn(500, 16)
+    exact.add(inputs)
+    tf.add(inputs)
+    relative = float((tf.hessian() - exact.hessian()).norm() / exact.hessian().norm())
+    assert 0 < relative < 1e-3

@@ -1,5 +1,6 @@
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,9 @@ from typer.testing import CliRunner
 
 import obsdiff_hub as oh
 from cli.main import app
-from obsdiff_hub.cards import validate_card
-from obsdiff_hub.hub import ManifestError, pull
+from obsdiff_hub.checkpoints.manifest import ManifestError
+from obsdiff_hub.zoo.cards import validate_card
+from obsdiff_hub.zoo.hub import pull
 
 runner = CliRunner()
 RECIPE = "tiny-sdxl-structured-30"
@@ -41,14 +43,20 @@ def latents(pipe):
     return pipe("a red circle", num_inference_steps=2, height=32, width=32, output_type="latent", generator=torch.Generator().manual_seed(0)).images
 
 
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_push_pull_from_pretrained_equals_local(hub, checkpoint, pushed):
-    local = latents(DiffusionPipeline.from_pretrained(checkpoint))
+    local = DiffusionPipeline.from_pretrained(checkpoint)
     path = pull(pushed, revision="main")
     for name in ("model_index.json", "recipe.yaml", "report.json", "README.md", "obsdiff-manifest.json"):
         assert (path / name).is_file(), name
+    assert not (path / ".obsdiff-hub.json").exists()  # the local ownership marker is not published
     remote = DiffusionPipeline.from_pretrained(pushed)  # through olah, default HF_ENDPOINT
     assert type(remote.unet) is oh.OBSDiffUNet
-    assert torch.equal(latents(remote), local)
+    assert all(torch.equal(a, b) for a, b in zip(remote.unet.state_dict().values(), local.unet.state_dict().values()))
+    torch.testing.assert_close(latents(remote), latents(local), rtol=1e-5, atol=1e-5)
     unet = oh.OBSDiffUNet.from_pretrained(pushed, subfolder="unet", verify=True)
     assert sum(p.numel() for p in unet.parameters()) == sum(p.numel() for p in remote.unet.parameters())
     manifest = json.loads((path / "obsdiff-manifest.json").read_text())
@@ -76,7 +84,7 @@ def test_card_round_trips_through_model_card_load(pushed):
     assert card.data.pipeline_tag == "text-to-image"
     assert {"obs-diff", "pruned", "structured", "unet"} <= set(card.data.tags)
     assert f'DiffusionPipeline.from_pretrained("{pushed}"' in card.text
-    assert oh.recipes.load_recipe(RECIPE).sha256 in card.text
+    assert oh.zoo.recipes.load_recipe(RECIPE).sha256 in card.text
     validate_card(card.content)
 
 
@@ -132,6 +140,42 @@ def test_push_pull_input_errors(hub, checkpoint, tmp_path, args, message):
     assert message in result.output
 
 
+def test_push_changes_nothing_local(hub, checkpoint):
+    before = snapshot(checkpoint)
+    result = invoke("push", checkpoint, "--repo-id", "zoo/untouched", "--token", hub.token, "--endpoint", hub.write_endpoint)
+    assert result.exit_code == 0, result.output
+    assert snapshot(checkpoint) == before  # card and manifest went into the commit, not the folder
+
+
+def test_push_to_a_dead_endpoint_is_one_line_and_leaves_the_folder_as_it_was(checkpoint):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    before = snapshot(checkpoint)
+    exe = Path(sys.executable).parent / "obsdiff-hub"
+    done = subprocess.run([exe, "push", checkpoint, "--repo-id", "zoo/x", "--token", "hf_dead_endpoint_secret", "--endpoint", f"http://127.0.0.1:{port}"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot reach the Hub at http://127.0.0.1:{port}"), done.stderr
+    assert "hf_dead_endpoint_secret" not in done.stderr + done.stdout
+    assert snapshot(checkpoint) == before
+
+
+def test_re_pushing_an_existing_tag_fails_before_any_commit(hub, checkpoint, pushed):
+    repo = hub.double.repo(pushed)
+    history = repo.git("rev-list", "--all")
+    result = invoke("push", checkpoint, "--repo-id", pushed, "--token", hub.token, "--endpoint", hub.write_endpoint)
+    assert result.exit_code == 2
+    assert f"tag {RECIPE}-v1 already exists" in result.output and "--tag" in result.output
+    assert repo.git("rev-list", "--all") == history
+    retagged = invoke("push", checkpoint, "--repo-id", pushed, "--tag", "second-build", "--token", hub.token, "--endpoint", hub.write_endpoint)
+    assert retagged.exit_code == 0, retagged.output
+    assert repo.resolve("refs/tags/second-build") == repo.resolve("refs/heads/main") != history.splitlines()[0]
+
+
 def test_card_command_renders_locally(checkpoint):
     result = invoke("card", checkpoint, "--repo-id", "zoo/preview")
     assert result.exit_code == 0, result.output
@@ -142,11 +186,13 @@ def test_card_command_renders_locally(checkpoint):
 def test_prompts_from_a_hub_dataset_through_olah(hub):
     from hub_double import GitRepo
 
-    from obsdiff_hub.prompts import load_prompts
+    from obsdiff_hub.pruning.config import PromptSource
+    from obsdiff_hub.pruning.prompts import resolve_prompts
 
     repo = GitRepo(hub.root / "mirrors" / "datasets" / "zoo" / "captions")
     repo.path.mkdir(parents=True)
     repo.git("init", "-q", "-b", "main")
     repo.commit("main", {"data/prompts.csv": b"id,caption\n1,a red barn in snow\n2,two dogs on a beach\n"}, "captions")
-    prompts = load_prompts("hub-dataset", repo_id="zoo/captions", path="data/prompts.csv", column="caption", count=3, revision="main")
+    source = PromptSource(source="hub-dataset", repo_id="zoo/captions", path="data/prompts.csv", column="caption", count=3, revision="main")
+    prompts = resolve_prompts(source)
     assert prompts == ["a red barn in snow", "two dogs on a beach", "a red barn in snow"]

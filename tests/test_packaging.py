@@ -30,8 +30,9 @@ def test_wheel_ships_data_and_finds_it_outside_the_source_tree(tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     probe = (
         "import obsdiff_hub, pathlib;"
-        "from obsdiff_hub.recipes import data_dir, load_recipe, recipe_names;"
-        "from obsdiff_hub.calibration import builtin_prompts;"
+        "from obsdiff_hub.resources import data_dir;"
+        "from obsdiff_hub.zoo.recipes import load_recipe, recipe_names;"
+        "from obsdiff_hub.pruning.prompts import builtin_prompts;"
         f"assert pathlib.Path(obsdiff_hub.__file__).is_relative_to({str(site)!r});"
         f"assert data_dir('recipes').is_relative_to({str(site)!r});"
         "assert 'sdxl-30' in recipe_names() and load_recipe('sdxl-30').name == 'sdxl-30';"

@@ -2,11 +2,12 @@
 
 import json
 
+import pytest
 import torch
 from PIL import Image
 
 import obsdiff_hub as oh
-from obsdiff_hub.calibration import builtin_prompts
+from obsdiff_hub.pruning.prompts import builtin_prompts
 from obsdiff_hub.shapes.dataset import all_scenes, sample_batch
 from obsdiff_hub.shapes.pipeline import (
     WEIGHTS,
@@ -24,7 +25,7 @@ DENSE_ALL_FLOOR = 0.85
 DENSE_MEAN_FLOOR = 0.93
 KEEP_FRACTION = 0.9
 
-CALIBRATION = oh.CalibrationConfig(prompts=builtin_prompts("shapes")[:32], num_prompts=32, steps=20, guidance_scale=4.0, height=32, width=32, batch_size=8)
+CALIBRATION = oh.CalibrationConfig(prompts=builtin_prompts("shapes")[:32], steps=20, guidance_scale=4.0, resolution=32, batch_size=8)
 
 
 def test_dataset_is_deterministic_and_complete():
@@ -58,25 +59,73 @@ def test_obs_diff_50_keeps_quality_and_beats_magnitude():
     results = {}
     for method in ("obs-diff", "magnitude"):
         pipe = load_shapes_pipeline()
-        oh.prune(pipe, {"method": method, "sparsity": 0.5, "packages": 2}, calibration=CALIBRATION, progress=False)
+        oh.prune(pipe, {"method": method, "sparsity": 0.5, "packages": 2}, calibration=CALIBRATION)
         results[method], _ = evaluate(pipe, reference=dense_images)
     obs, mag = results["obs-diff"], results["magnitude"]
     assert obs["mean"] >= KEEP_FRACTION * dense_scores["mean"], (obs, dense_scores)
     assert obs["psnr_vs_dense"] > mag["psnr_vs_dense"] + 1.0, (obs, mag)
 
 
-def test_main_job_writes_grid_and_scores(tmp_path):
+def test_main_job_quiet_writes_grid_scores_and_card(tmp_path):
+    """The README's main job, as a user runs it: --quiet prints only the output path, nothing on stderr."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "obsdiff-hub"
+    out = tmp_path / "o"
+    done = subprocess.run([exe, "prune", "--recipe", "tiny-shapes-unstructured-50", "--out", out, "--quiet"],
+                          capture_output=True, text=True, env={**os.environ, "OBSDIFF_HUB_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{out}\n" and done.stderr == ""
+    grid = Image.open(out / "samples.png")
+    grid.verify()
+    evaluation = json.loads((out / "eval.json").read_text())
+    metrics = {m["name"]: m for m in evaluation["metrics"]}
+    assert set(metrics) == {"caption_accuracy", "attribute_accuracy", "psnr_vs_dense"}
+    for m in metrics.values():
+        low, high = m["ci95"]
+        assert m["samples"] == 60 and low <= m["pruned"] <= high
+    assert metrics["caption_accuracy"]["pruned"] >= 0.5 and metrics["psnr_vs_dense"]["pruned"] > 15
+    card = (out / "README.md").read_text()
+    assert "caption accuracy (shape, colour and size all right)" in card and "samples.png" in card and "95% interval" in card
+
+
+@pytest.mark.parametrize("recipe", ["tiny-shapes-unstructured-50", "tiny-shapes-2of4", "tiny-shapes-structured-30"])
+def test_bfloat16_calibration_ships_every_untouched_weight_bit_identical(recipe, tmp_path):
+    """bf16 cannot hold the shipped fp16 values; the run keeps them anyway (master copy)."""
+    from safetensors.torch import load_file
     from typer.testing import CliRunner
 
     from cli.main import app
 
-    result = CliRunner().invoke(app, ["prune", "--recipe", "tiny-shapes-unstructured-50", "--out", str(tmp_path / "o"), "--quiet"])
+    out = tmp_path / "o"
+    result = CliRunner().invoke(app, ["prune", "--recipe", recipe, "--out", str(out), "--dtype", "bfloat16", "--quiet", "--set", "evaluation=null"])
     assert result.exit_code == 0, result.output
-    assert "caption accuracy" in result.output
-    grid = Image.open(tmp_path / "o" / "samples.png")
-    grid.verify()
-    assert Image.open(tmp_path / "o" / "samples.png").size == (10 * 32 * 4, 2 * 32 * 4)
-    card = (tmp_path / "o" / "README.md").read_text()
-    assert "caption accuracy (shape, colour and size all right)" in card and "samples.png" in card
-    report = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert float(report["metrics"][0]["pruned"]) >= 0.5
+    report = json.loads((out / "report.json").read_text())
+    assert report["precision"] == {"checkpoint": "float16", "compute": "bfloat16"}
+    shipped = load_file(WEIGHTS / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    saved = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    solved = {f"{layer['name']}.weight" for layer in report["layers"]}
+    assert shipped.keys() == saved.keys() and solved
+    exact = sliced = 0
+    for name, value in shipped.items():
+        if name in solved:
+            continue
+        stored = saved[name]
+        assert torch.equal(stored.to(torch.float16).float(), stored.float()), name  # still fp16 values
+        stored = stored.to(torch.float16)
+        if stored.shape == value.shape:
+            assert torch.equal(stored, value), name
+            exact += 1
+        else:  # rows of removed heads/neurons are gone; the rest are the shipped rows, in order
+            position = 0
+            for row in stored:
+                while position < value.shape[0] and not torch.equal(value[position], row):
+                    position += 1
+                assert position < value.shape[0], name  # an ordered subsequence of the shipped rows
+                position += 1
+            sliced += 1
+    assert exact > 100
+    assert (sliced > 0) == recipe.endswith("structured-30")

@@ -2,11 +2,15 @@ import pytest
 import torch
 from layer_problems import make_problem, recon_error
 
-from obsdiff_hub.solvers import (
+from obsdiff_hub.maths.solvers import (
+    GroupOBS,
+    GroupSelection,
+    column_groups,
     obs_prune,
-    obs_prune_columns,
-    obs_prune_joint_heads,
-    upper_cholesky_of_inverse,
+    obs_prune_shared,
+    obs_remove_groups,
+    reversed_cholesky,
+    rrf_pick,
 )
 
 
@@ -54,11 +58,31 @@ def rel(a, b):
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-def test_upper_cholesky_of_inverse():
+def test_reversed_cholesky_gives_the_upper_factor_of_the_inverse():
     _, _, H = make_problem(4, 40, 200, seed=3)
-    U = upper_cholesky_of_inverse(damped(H, 0.01).float())
-    assert torch.equal(U, torch.triu(U))
-    torch.testing.assert_close((U.T @ U).double(), torch.linalg.inv(damped(H, 0.01)), rtol=1e-4, atol=1e-5)
+    Hd = damped(H, 0.01)
+    R = reversed_cholesky(Hd.float()).double()
+    assert torch.equal(R, torch.triu(R))
+    torch.testing.assert_close(R @ R.T, Hd, rtol=1e-5, atol=1e-5)
+    U = torch.linalg.inv(R)  # the walk never forms it; its diagonal blocks are inv(R_bb)
+    torch.testing.assert_close(U.T @ U, torch.linalg.inv(Hd), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(U[8:16, 8:16], torch.linalg.inv(R[8:16, 8:16]), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("sparsity,n,m", [(0.5, 0, 0), (0.0, 2, 4)])
+def test_shared_hessian_equals_one_layer_at_a_time_with_each_layers_own_count(sparsity, n, m):
+    """q, k and v share one factorisation and one stacked walk; each keeps its own exact count."""
+    _, _, H = make_problem(4, 48, 300, seed=13)
+    layers = [make_problem(rows, 48, 10, seed=14 + i)[0].float() for i, rows in enumerate((12, 7, 12))]
+    ratios = [sparsity, 0.3 if not m else 0.0, sparsity]
+    shared = obs_prune_shared(layers, H.float(), ratios, n, m, blocksize=16)
+    for W, ratio, (got, mask) in zip(layers, ratios, shared):
+        want, want_mask = obs_prune(W, H.float(), ratio, n, m, blocksize=16)
+        assert torch.equal(mask, want_mask)
+        assert rel(got, want) < 1e-5
+        if not m:
+            for i1 in range(0, 48, 16):
+                assert int(mask[:, i1 : i1 + 16].sum()) == round(ratio * W.shape[0] * 16)
 
 
 @pytest.mark.parametrize("sparsity,n,m", [(0.5, 0, 0), (0.7, 0, 0), (0.0, 2, 4), (0.0, 4, 8)])
@@ -112,9 +136,10 @@ def lstsq_optimum(W, X, H, keep, percdamp):
 )
 def test_structured_equals_least_squares_optimum(group_size, num_remove, saliency, batch):
     W, X, H = make_problem(10, 64, 400, seed=6)
-    got, removed = obs_prune_columns(W, H, num_remove, group_size, percdamp=0.01, saliency=saliency, batch=batch)
-    assert len(set(removed.tolist())) == num_remove
-    cols = torch.cat([torch.arange(g * group_size, (g + 1) * group_size) for g in removed.tolist()])
+    groups = column_groups(64, group_size)
+    (got,), (removed,) = obs_remove_groups([W], [H], groups, [GroupSelection(tuple(range(len(groups))), num_remove, batch)], saliency=saliency)
+    assert len(set(removed)) == num_remove
+    cols = torch.cat([torch.arange(g * group_size, (g + 1) * group_size) for g in removed])
     keep = torch.ones(64, dtype=torch.bool)
     keep[cols] = False
     assert (got[:, ~keep] == 0).all()
@@ -126,42 +151,68 @@ def test_structured_picks_least_salient_single_column_first():
     Hd = damped(H, 0.01)
     Hinv = torch.linalg.inv(Hd)
     expected_first = int(torch.argmin((W**2).sum(0) / torch.diag(Hinv)))
-    _, removed = obs_prune_columns(W, H, 1)
-    assert int(removed[0]) == expected_first
+    _, (removed,) = obs_remove_groups([W], [H], column_groups(16, 1), [GroupSelection(tuple(range(16)), 1)])
+    assert removed == [expected_first]
 
 
 def test_exact_group_saliency_never_reconstructs_worse_on_first_pick():
     W, X, H = make_problem(16, 64, 400, seed=8)
-    exact, _ = obs_prune_columns(W, H, 1, 8, saliency="exact")
-    ref, _ = obs_prune_columns(W, H, 1, 8, saliency="reference")
+    heads = [GroupSelection(tuple(range(8)), 1)]
+    (exact,), _ = obs_remove_groups([W], [H], column_groups(64, 8), heads, saliency="exact")
+    (ref,), _ = obs_remove_groups([W], [H], column_groups(64, 8), heads, saliency="reference")
     assert recon_error(W, exact, X) <= recon_error(W, ref, X) * (1 + 1e-9)
 
 
 def test_joint_heads_rrf_and_both_streams_optimal():
     Wa, X, Ha = make_problem(12, 64, 400, seed=9)
     Wb, Xb, Hb = make_problem(7, 64, 400, seed=10)
-    got_a, got_b, removed = obs_prune_joint_heads(Wa, Ha, Wb, Hb, 3, head_dim=8)
-    assert len(set(removed.tolist())) == 3
+    (got_a, got_b), (removed,) = obs_remove_groups([Wa, Wb], [Ha, Hb], column_groups(64, 8), [GroupSelection(tuple(range(8)), 3)])
+    assert len(set(removed)) == 3
     keep = torch.ones(64, dtype=torch.bool)
-    for h in removed.tolist():
+    for h in removed:
         keep[h * 8 : (h + 1) * 8] = False
     assert rel(got_a, lstsq_optimum(Wa, X, Ha, keep, 0.01)) < 1e-4
     assert rel(got_b, lstsq_optimum(Wb, Xb, Hb, keep, 0.01)) < 1e-4
 
 
 def test_joint_heads_first_pick_is_rrf_argmax():
-    from obsdiff_hub.solvers import GroupOBS, column_groups
-
     Wa, _, Ha = make_problem(12, 64, 400, seed=11)
     Wb, _, Hb = make_problem(7, 64, 400, seed=12)
     groups = column_groups(64, 8)
-    sa = GroupOBS.from_layer(Wa, Ha, groups).saliencies(range(8))
-    sb = GroupOBS.from_layer(Wb, Hb, groups).saliencies(range(8))
+    columns = torch.stack(groups)
+    sa = GroupOBS.from_layer(Wa, Ha, groups).saliencies(columns)
+    sb = GroupOBS.from_layer(Wb, Hb, groups).saliencies(columns)
     rank_a = torch.argsort(torch.argsort(sa)) + 1
     rank_b = torch.argsort(torch.argsort(sb)) + 1
     fused = 1 / (60 + rank_a.double()) + 1 / (60 + rank_b.double())
-    _, _, removed = obs_prune_joint_heads(Wa, Ha, Wb, Hb, 1, head_dim=8)
-    assert int(removed[0]) == int(torch.argmax(fused))
+    _, (removed,) = obs_remove_groups([Wa, Wb], [Ha, Hb], groups, [GroupSelection(tuple(range(8)), 1)])
+    assert removed == [int(torch.argmax(fused))]
+
+
+def test_rrf_ties_go_to_the_head_less_salient_in_the_image_stream():
+    """The reference fuses ranks into a dict filled in the image stream's ascending saliency
+    order and sorts it stably: among equal fused scores, the head that comes first there wins."""
+
+    def reference(sa, sb, k=60):
+        scores = {}
+        for ranking in (torch.argsort(sa, stable=True), torch.argsort(sb, stable=True)):
+            for rank, head in enumerate(ranking.tolist(), 1):
+                scores[head] = scores.get(head, 0.0) + 1 / (k + rank)
+        return sorted(scores.items(), key=lambda item: -item[1])[0][0]
+
+    # heads 1 and 3 tie exactly at the top: ranks (1, 3) and (3, 1) in the two streams
+    sa = torch.tensor([2.0, 1.0, 6.0, 3.0, 9.0])  # image stream: 1 < 0 < 3 < 2 < 4
+    sb = torch.tensor([2.0, 4.0, 7.0, 0.5, 9.0])  # text stream:  3 < 0 < 1 < 2 < 4
+    assert reference(sa, sb) == 1 and rrf_pick([sa, sb], 60) == 1
+    # the tie the other way round: now head 3 is the less salient one in the image stream
+    assert reference(sb, sa) == 3 and rrf_pick([sb, sa], 60) == 3
+    # lowest index would have said 1 in both cases; the old behaviour is what this test rules out
+    ties = 0
+    for seed in range(400):
+        g = torch.Generator().manual_seed(seed)
+        a, b = torch.rand(24, generator=g), torch.rand(24, generator=g)
+        ties += int(rrf_pick([a, b], 60) == reference(a, b))
+    assert ties == 400
 
 
 @pytest.mark.parametrize(
@@ -188,6 +239,8 @@ def test_bad_shapes_and_nan():
     with pytest.raises(ValueError, match="NaN"):
         obs_prune(W, H_nan, 0.5)
     with pytest.raises(ValueError, match="groups of 5"):
-        obs_prune_columns(W, H, 1, group_size=5)
+        column_groups(16, 5)
     with pytest.raises(ValueError, match="cannot remove"):
-        obs_prune_columns(W, H, 17)
+        GroupSelection(tuple(range(16)), 17)
+    with pytest.raises(ValueError, match="2 sparsities for 1 layers"):
+        obs_prune_shared([W], H, [0.5, 0.5])

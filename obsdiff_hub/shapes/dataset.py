@@ -34,6 +34,19 @@ class Scene:
         where = "in the center" if self.position == "center" else f"on the {self.position}"
         return f"a {self.size} {self.color} {self.shape} {where}"
 
+    @classmethod
+    def from_caption(cls, caption: str) -> Scene:
+        """The scene a caption describes ("a large blue triangle on the top"); the inverse of ``caption``."""
+        words = caption.split()
+        if len(words) < 6 or words[0] != "a":
+            raise ValueError(f"not a shapes caption: {caption!r}")
+        size, color, shape = words[1:4]
+        position = "center" if words[-1] == "center" else words[-1]
+        scene = cls(shape, color, size, position)
+        if scene.caption != caption or shape not in SHAPES or color not in COLORS or size not in SIZES or position not in POSITIONS:
+            raise ValueError(f"not a shapes caption: {caption!r}")
+        return scene
+
     def labels(self) -> dict[str, int]:
         return {k: ATTRIBUTES[k].index(getattr(self, k)) for k in ATTRIBUTES}
 

@@ -41,7 +41,7 @@ def load_shapes_pipeline(torch_dtype: torch.dtype = torch.float32) -> Any:
     folder = WEIGHTS / "pipeline"
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(f"{folder} is missing; train it with `python -m obsdiff_hub.shapes.train`")
-    return StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False)
+    return StableDiffusionPipeline.from_pretrained(folder, dtype=torch_dtype, safety_checker=None, requires_safety_checker=False)
 
 
 def load_scorer() -> ShapeClassifier:

@@ -1,0 +1,2 @@
+"""Checkpoints: safetensors saving with provenance, loading diagnostics, the sha256 manifest,
+safe legacy conversion, offline plans and inspection. Output folders are this tool's alone."""

@@ -1,0 +1,64 @@
+"""What a checkpoint holds: class, pruned shapes per block, sparsity, provenance (reads files only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+from ..models import PROVENANCE_KEY, STRUCTURE_KEY, base_class_for, build_model, pruned_class_for
+from ..pruning.adapters import adapter_for
+from ..pruning.surgery import structure_of
+from .loading import CheckpointError, read_json, read_metadata, resolve_source, tensor_shapes
+
+
+def denoiser_folder(folder: Path) -> Path:
+    """The denoiser's folder: ``unet/`` or ``transformer/`` of a pipeline, or the folder itself."""
+    if (folder / "model_index.json").is_file():
+        index = read_json(folder / "model_index.json")
+        for name in ("unet", "transformer"):
+            if name in index and (folder / name).is_dir():
+                return folder / name
+        raise CheckpointError(f"{folder}: model_index.json names no unet or transformer")
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder} is not a diffusers checkpoint (no model_index.json or config.json)")
+    return folder
+
+
+def inspect_checkpoint(source: str, revision: str | None = None) -> dict[str, Any]:
+    """Class, how to load it, pruned shapes (dense → now), zero fraction of the targeted weights, provenance."""
+    folder = denoiser_folder(resolve_source(source, revision))
+    config = read_json(folder / "config.json")
+    name = str(config.get("_class_name", ""))
+    base = base_class_for(name)
+    skeleton = build_model(config)
+    adapter = adapter_for(skeleton)
+    dense = structure_of(skeleton, adapter)
+    recorded = config.get(STRUCTURE_KEY) or {}
+    now = {**dense, **{k: int(v) for k, v in recorded.items()}}
+    tensor_shapes(folder)  # a truncated file is one clear error, not a traceback
+    targeted = {f"{p}.weight" for u in adapter.units(skeleton, None, False) for s in u.sites for p in s.layers}
+    files = sorted(folder.glob("*.safetensors"))
+    zeros = total = tensors = 0
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                if key in targeted:
+                    t = f.get_tensor(key)
+                    zeros += int((t == 0).sum())
+                    total += t.numel()
+                    tensors += 1
+    record = {str(k): str(v) for k, v in (config.get(PROVENANCE_KEY) or {}).items()}
+    if files:
+        record.update({k: v for k, v in read_metadata(files[0]).items() if k != "format"})
+    loader = pruned_class_for(base) if recorded else base
+    return {
+        "path": str(folder),
+        "class": name,
+        "load_with": f"obsdiff_hub.{loader.__name__}" if recorded else f"diffusers.{loader.__name__} (or obsdiff_hub.{pruned_class_for(base).__name__})",
+        "provenance": record,
+        "structure": {k: [dense[k], now[k]] for k in dense if dense[k] != now[k]},
+        "sparsity": zeros / total if total else 0.0,
+        "targeted_weights": tensors,
+    }

@@ -1,0 +1,104 @@
+"""The sha256 manifest of a published checkpoint: written at push, checked at pull and load.
+
+A manifest comes from the Hub, so it is hostile: every entry must be a relative, normalised
+path to a file the snapshot really holds (no ``..``, no absolute path, no link that leads out
+of the snapshot other than the Hub cache's own blob of that file), and all entries are
+checked before any file is touched. A file whose hash does not match is deleted from the
+snapshot (with its cache blob), never used; nothing outside the snapshot is ever deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .._version import __version__
+
+MANIFEST = "obsdiff-manifest.json"
+WEIGHT_SUFFIXES = (".safetensors",)
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be trusted, or a file that does not match it; nothing was used."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_manifest(directory: str | Path) -> dict[str, Any]:
+    """sha256 and size of every weight file under ``directory`` (hidden entries skipped)."""
+    root = Path(directory)
+    files = {
+        p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix in WEIGHT_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    }
+    return {"algorithm": "sha256", "obsdiff_hub_version": __version__, "files": files}
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _blob_of(file: Path, root: Path) -> Path | None:
+    """The Hub cache blob a snapshot file links to (``<repo>/blobs/<hash>``), if it is one."""
+    target = file.resolve()
+    blobs = (root.resolve().parent.parent / "blobs").resolve()
+    if root.resolve().parent.name == "snapshots" and target.parent == blobs and not target.is_symlink():
+        return target
+    return None
+
+
+def _entry(name: object, expected: object, root: Path) -> tuple[Path, int, str]:
+    """Validate one manifest entry; returns the file inside the snapshot, its size and hash."""
+    if not isinstance(name, str) or not name or "\\" in name or "\x00" in name:
+        raise ManifestError(f"{MANIFEST}: invalid entry {name!r}")
+    posix = PurePosixPath(name)
+    if posix.is_absolute() or any(part in ("", ".", "..") for part in posix.parts) or posix.as_posix() != name:
+        raise ManifestError(f"{MANIFEST}: entry {name!r} is not a normalised relative path inside the repository; refusing it")
+    if not isinstance(expected, dict) or not isinstance(expected.get("sha256"), str) or not isinstance(expected.get("size"), int):
+        raise ManifestError(f"{MANIFEST}: entry {name!r} lacks sha256 and size")
+    file = root / Path(*posix.parts)
+    parent = file.parent
+    if parent.resolve() != (root.resolve() / Path(*posix.parts[:-1])):
+        raise ManifestError(f"{MANIFEST}: the folder of {name!r} is a link leading outside the snapshot; refusing it")
+    if not file.is_file():
+        raise ManifestError(f"{name}: listed in {MANIFEST} but missing; download the repository again")
+    if file.is_symlink() and not file.resolve().is_relative_to(root.resolve()) and _blob_of(file, root) is None:
+        raise ManifestError(f"{MANIFEST}: {name!r} is a link leading outside the snapshot; refusing it")
+    return file, expected["size"], expected["sha256"]
+
+
+def verify_manifest(directory: str | Path, subfolder: str | None = None) -> int:
+    """Check the files the manifest lists (under ``subfolder`` only, if given); returns how many.
+
+    Every entry is validated first; then each file's size and sha256. A mismatching file
+    (and its cache blob) is deleted and :class:`ManifestError` raised.
+    """
+    root = Path(directory)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise ManifestError(f"{root} has no {MANIFEST}; it was not published by obsdiff-hub push, so it cannot be verified")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as error:
+        raise ManifestError(f"{MANIFEST} is not valid JSON ({error}); refusing the download") from error
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ManifestError(f"{MANIFEST} has no files table; refusing the download")
+    prefix = subfolder.strip("/") + "/" if subfolder else ""
+    entries = [(name, _entry(name, expected, root)) for name, expected in manifest["files"].items() if str(name).startswith(prefix)]
+    for name, (file, size, digest) in entries:
+        if file.stat().st_size != size or sha256_file(file) != digest:
+            blob = _blob_of(file, root)
+            file.unlink()
+            if blob is not None and blob.exists():
+                blob.unlink()
+            raise ManifestError(f"{name}: sha256 does not match {MANIFEST} (corrupted or tampered); the file was deleted, download it again")
+    return len(entries)

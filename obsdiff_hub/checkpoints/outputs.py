@@ -1,0 +1,163 @@
+"""Output folders: written atomically, readable by the team, and never anything of the user's deleted.
+
+Every folder this tool writes (a checkpoint, a ``.partial`` progress folder) carries a
+marker, ``.obsdiff-hub.json``, listing the files the tool wrote there and the folder's own
+device and inode. A folder counts as this tool's only while the marker's inode matches the
+folder and every file in it is listed: a marker copied into another folder (say, inside a
+downloaded repo) proves nothing, and a file the user added makes the folder theirs again.
+Only such a folder (or an empty one) is ever replaced or removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+MARKER = ".obsdiff-hub.json"
+
+
+class OutputError(ValueError):
+    """An output location that cannot be used; the message says why and what to do."""
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask_modes(root: Path) -> None:
+    """Folders ``0o777 & ~umask``, files ``0o666 & ~umask`` under ``root`` (``mkdtemp`` makes 0700
+    and safetensors writes 0600; a zoo on a shared disk must be readable by the team)."""
+    mask = current_umask()
+    os.chmod(root, 0o777 & ~mask)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o666 & ~mask)
+
+
+def _relative_files(folder: Path) -> list[str]:
+    """Every entry below ``folder`` that is not a directory (files, links), as relative posix paths."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            out.append(Path(root, name).relative_to(folder).as_posix())
+    return sorted(out)
+
+
+def mark_owned(folder: Path, files: list[str] | None = None, **fields: object) -> None:
+    """Write the marker: ``files`` (default: everything in ``folder`` now) are this tool's."""
+    stat = folder.stat()
+    listed = sorted(set(files if files is not None else _relative_files(folder)) - {MARKER})
+    record = {"tool": "obsdiff-hub", "device": stat.st_dev, "inode": stat.st_ino, "files": listed, **fields}
+    tmp = folder / f"{MARKER}.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(folder / MARKER)
+
+
+def read_marker(folder: Path) -> dict | None:
+    """The marker of ``folder`` if it is genuine (valid JSON naming this folder's inode), else None."""
+    path = folder / MARKER
+    if folder.is_symlink() or not folder.is_dir() or path.is_symlink() or not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    stat = folder.stat()
+    if not isinstance(record, dict) or record.get("tool") != "obsdiff-hub" or not isinstance(record.get("files"), list):
+        return None
+    if record.get("device") != stat.st_dev or record.get("inode") != stat.st_ino:
+        return None
+    return record
+
+
+def first_foreign_file(folder: Path) -> str | None:
+    """The first entry in ``folder`` this tool did not write (None: empty, or all its own)."""
+    if folder.is_symlink():
+        return "(the folder itself is a symbolic link)"
+    entries = [e for e in _relative_files(folder) if e != MARKER]
+    if not entries:
+        return None
+    record = read_marker(folder)
+    owned = set(record["files"]) if record else set()
+    for entry in entries:
+        if entry not in owned or (folder / entry).is_symlink():
+            return entry
+    return None
+
+
+def remove_owned(folder: Path) -> None:
+    """Delete ``folder`` only if it is empty or entirely this tool's; raise otherwise."""
+    foreign = first_foreign_file(folder)
+    if foreign is not None:
+        raise OutputError(f"{folder} holds {foreign}, which obsdiff-hub did not write; it was left untouched")
+    shutil.rmtree(folder)
+
+
+def check_writable_target(target: Path, overwrite: bool) -> None:
+    """Fail before any work if ``target`` cannot become this tool's output folder."""
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise OutputError(f"{target} exists and is not a folder; choose another output directory")
+    if target.exists():
+        if not overwrite:
+            raise OutputError(f"output directory {target} already exists; pass --overwrite or choose another --out")
+        foreign = first_foreign_file(target)
+        if foreign is not None:
+            raise OutputError(
+                f"{target} holds {foreign}, which obsdiff-hub did not write; --overwrite only replaces an empty folder "
+                "or an earlier obsdiff-hub output. Move your files or choose another --out"
+            )
+    ancestor = target.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{ancestor} is not a folder, so {target} cannot be created; choose another output directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"{ancestor} is not writable, so {target} cannot be created; choose another output directory")
+
+
+@contextmanager
+def atomic_output(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temp folder beside ``target``; when the block succeeds it becomes ``target`` in one rename.
+
+    Every file in it is then listed in the marker and given umask modes. An earlier output at
+    ``target`` (only ever an empty folder or this tool's own, see :func:`check_writable_target`)
+    is moved aside first and deleted only after the new one is in place; if the block fails,
+    ``target`` is untouched and the temp folder removed.
+    """
+    target = Path(target)
+    check_writable_target(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        mark_owned(tmp)
+        apply_umask_modes(tmp)
+        if target.exists():
+            check_writable_target(target, overwrite)  # unchanged while we worked?
+            aside = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
+            target.rename(aside)
+            tmp.rename(target)
+            shutil.rmtree(aside)
+        else:
+            tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

@@ -1,0 +1,1 @@
+"""The pruning engine: architecture adapters, calibration, module packages, surgery, the loop."""

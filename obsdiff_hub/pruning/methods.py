@@ -1,0 +1,59 @@
+"""The pruning methods the engine can apply, by name: one signature per kind.
+
+A *layer method* prunes layers that share one input Hessian (unstructured or N:M) and
+returns ``(W_pruned, mask)`` per layer. A *group method* removes column groups (heads,
+neurons) from the output projections of a structured site. The engine calls exactly these
+functions; the maths tests call the same ones.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from ..maths import baselines, solvers
+from ..maths.solvers import GroupSelection
+from .config import PruneConfig
+
+LayerMethod = Callable[[Sequence[torch.Tensor], torch.Tensor, Sequence[float], PruneConfig], list[tuple[torch.Tensor, torch.Tensor]]]
+GroupMethod = Callable[
+    [Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[GroupSelection], PruneConfig],
+    tuple[list[torch.Tensor], list[list[int]]],
+]
+
+
+def _obs_diff_layers(weights: Sequence[torch.Tensor], H: torch.Tensor, sparsities: Sequence[float], cfg: PruneConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return solvers.obs_prune_shared(weights, H, sparsities, cfg.n, cfg.m, cfg.blocksize, cfg.percdamp)
+
+
+def _each_layer(prune_one: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> LayerMethod:
+    """A baseline that prunes one layer at a time, lifted to the shared-Hessian signature."""
+
+    def method(weights: Sequence[torch.Tensor], H: torch.Tensor, sparsities: Sequence[float], cfg: PruneConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [prune_one(W, H, s, cfg.n, cfg.m) for W, s in zip(weights, sparsities)]
+
+    return method
+
+
+def _obs_diff_groups(weights, hessians, groups, selections, cfg: PruneConfig):  # type: ignore[no-untyped-def]
+    return solvers.obs_remove_groups(
+        weights, hessians, groups, selections, percdamp=cfg.percdamp, saliency=cfg.head_saliency, rrf_k=cfg.rrf_k
+    )
+
+
+def _l1_groups(weights, hessians, groups, selections, cfg: PruneConfig):  # type: ignore[no-untyped-def]
+    return baselines.l1_remove_groups(weights, hessians, groups, selections)
+
+
+LAYER_METHODS: dict[str, LayerMethod] = {
+    "obs-diff": _obs_diff_layers,
+    "magnitude": _each_layer(baselines.magnitude_prune),
+    "wanda": _each_layer(baselines.wanda_prune),
+    "dsnot": _each_layer(baselines.dsnot_prune),
+}
+
+GROUP_METHODS: dict[str, GroupMethod] = {
+    "obs-diff": _obs_diff_groups,
+    "l1": _l1_groups,
+}

@@ -1,0 +1,100 @@
+"""What a pruning run did, per layer, per block and per package: data only, JSON-serialisable."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LayerRecord:
+    name: str
+    block: int
+    shape: tuple[int, int]
+    sparsity: float  # fraction of zero weights (structured: of zeroed input columns before removal)
+    relative_error: float  # ‖(W−Ŵ)X‖² / ‖WX‖² on the calibration Hessian
+
+
+@dataclass
+class StructureRecord:
+    module: str
+    block: int
+    kind: str  # "heads" or "neurons"
+    before: int
+    after: int
+
+
+@dataclass
+class PackageRecord:
+    """Per module package. ``hessian_s`` is wall time inside the accumulation hooks; on CUDA,
+    where kernels run asynchronously, it undercounts and ``calibration_s`` holds the rest."""
+
+    index: int
+    units: int
+    layers: int
+    hessian_bytes: int
+    calibration_s: float
+    hessian_s: float
+    solve_s: float
+
+
+@dataclass
+class PruneReport:
+    family: str
+    model_class: str
+    config: dict[str, Any]
+    params_before: int
+    params_after: int = 0
+    layers: list[LayerRecord] = field(default_factory=list)
+    structure: list[StructureRecord] = field(default_factory=list)
+    packages: list[PackageRecord] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)
+    peak_memory_bytes: int = 0
+    package_plan: dict[str, Any] = field(default_factory=dict)  # mode, count, budget, Hessian bytes
+    precision: dict[str, str] = field(default_factory=dict)  # checkpoint and compute dtypes
+    calibration: dict[str, Any] = field(default_factory=dict)  # prompts, trajectories, unconditional input
+    world_size: int = 1
+
+    @property
+    def mean_sparsity(self) -> float:
+        return sum(r.sparsity for r in self.layers) / max(len(self.layers), 1)
+
+    @property
+    def mean_relative_error(self) -> float:
+        return sum(r.relative_error for r in self.layers) / max(len(self.layers), 1)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruneReport:
+        fields = {k: v for k, v in data.items() if k not in ("mean_sparsity", "mean_relative_error")}
+        fields["layers"] = [LayerRecord(**{**r, "shape": tuple(r["shape"])}) for r in fields.get("layers", [])]
+        fields["structure"] = [StructureRecord(**r) for r in fields.get("structure", [])]
+        fields["packages"] = [PackageRecord(**r) for r in fields.get("packages", [])]
+        return cls(**fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["mean_sparsity"] = self.mean_sparsity
+        data["mean_relative_error"] = self.mean_relative_error
+        return data
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak accelerator memory on CUDA; peak resident set size of the process on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)

@@ -1,0 +1,1 @@
+"""The zoo: versioned recipes, recipe runs, resumable progress, model cards, the Hub."""

@@ -1,0 +1,223 @@
+"""Model cards from ``model_cards/`` templates, through huggingface_hub's ModelCard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import ModelCard, ModelCardData
+
+from ..models import PRUNED_CLASSES, base_class_for
+from ..pruning.adapters import ADAPTERS
+from ..pruning.report import PruneReport
+from ..resources import data_dir
+from .recipes import Recipe
+
+CARD_TEMPLATE = "obsdiff.md"
+# The Hub's base_model_relation values are adapter, merge, quantized, finetune; none means
+# "pruned", so none is set and the relation is stated by the tags instead.
+TAGS = ["obs-diff", "pruned", "text-to-image", "diffusers"]
+
+
+class CardError(ValueError):
+    """A card that would not be valid on the Hub; the message names the missing field."""
+
+
+def _billions(n: int) -> str:
+    return f"{n / 1e9:.3f} B" if n >= 1e8 else f"{n / 1e6:.3f} M"
+
+
+def render_card(
+    recipe: Recipe,
+    report: PruneReport,
+    *,
+    repo_id: str | None = None,
+    plan: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+    base_revision: str | None = None,
+) -> ModelCard:
+    """Render and validate the card for one pruned checkpoint from its effective recipe, its
+    report and (when measured) its ``eval.json``."""
+    metrics = _metric_rows(evaluation)
+    base = recipe.base_model
+    structured = recipe.prune.granularity == "structured"
+    base_name = next(a.model_class_name for a in ADAPTERS if a.family == base.family)
+    pruned_cls = PRUNED_CLASSES[base_class_for(base_name)].__name__ if structured else base_name
+    repo = repo_id or f"<namespace>/{recipe.name}"
+    data = ModelCardData(
+        base_model=None if base.repo_id.startswith("builtin:") else base.repo_id,
+        library_name="diffusers",
+        pipeline_tag="text-to-image",
+        license=base.license,
+        tags=TAGS + [recipe.prune.granularity.replace(":", "-"), base.family],
+        model_name=recipe.name if metrics else None,
+        eval_results=_eval_results(evaluation) if metrics else None,
+    )
+    heads = sum(r.before - r.after for r in report.structure if r.kind == "heads")
+    neurons = sum(r.before - r.after for r in report.structure if r.kind == "neurons")
+    import_line = f"from obsdiff_hub import {pruned_cls}\n" if structured else ""
+    usage_pipeline = (
+        ("import obsdiff_hub  # registers the pruned classes with DiffusionPipeline\n" if structured else "")
+        + "import torch\nfrom diffusers import DiffusionPipeline\n\n"
+        + f'pipe = DiffusionPipeline.from_pretrained("{repo}", dtype=torch.float16).to("cuda")\n'
+        + 'image = pipe("a photo of an astronaut riding a horse").images[0]'
+    )
+    loader = pruned_cls if structured else f"diffusers.{pruned_cls}"
+    usage_component = (
+        f"import torch\n{import_line}from diffusers import {base.pipeline}"
+        + ("" if structured else f", {pruned_cls}")
+        + f'\n\n{base.component} = {pruned_cls}.from_pretrained("{repo}", subfolder="{base.component}", dtype=torch.float16)\n'
+        + f'pipe = {base.pipeline}.from_pretrained("{base.repo_id}", {base.component}={base.component}, dtype=torch.float16)'
+    )
+    loading_note = (
+        "Structured pruning gives every block its own head count and FFN width, recorded in `config.json`\n"
+        f"(`obsdiff_structure`); `{loader}` rebuilds those shapes, so `pip install obsdiff-hub` is needed."
+        if structured
+        else "Shapes are unchanged (pruned weights are zeros), so plain diffusers loads this checkpoint."
+    )
+    sparsity_note = (
+        "Removed heads and neurons are physically deleted; the remaining weights carry the OBS compensation."
+        if structured
+        else "Pruned weights are stored as zeros; the remaining weights carry the OBS compensation."
+    )
+    fields = dict(
+        title=f"{recipe.name} (OBS-Diff {recipe.prune.granularity}, {recipe.prune.ratio_label})",
+        description=recipe.description,
+        base_model=base.repo_id,
+        base_revision=base_revision or base.revision,
+        component=base.component,
+        model_class=report.model_class,
+        method=recipe.prune.method,
+        granularity=recipe.prune.granularity,
+        ratio=recipe.prune.ratio_label,
+        blocks=recipe.prune.blocks if recipe.prune.blocks is not None else "all",
+        params_before=_billions(report.params_before),
+        params_after=_billions(report.params_after),
+        mean_sparsity=f"{report.mean_sparsity:.4f}",
+        mean_error=f"{report.mean_relative_error:.4g}",
+        heads_removed=heads,
+        neurons_removed=neurons,
+        sparsity_note=sparsity_note,
+        calibration=calibration_rows(recipe, report),
+        derived_from=recipe.derived_from,
+        metrics=metrics,
+        evaluation_settings=_settings_text(evaluation) if evaluation else None,
+        sample_grid=(evaluation or {}).get("grid"),
+        usage_pipeline=usage_pipeline,
+        usage_component=usage_component,
+        loading_note=loading_note,
+        recipe_name=recipe.name,
+        recipe_version=recipe.version,
+        recipe_sha256=recipe.sha256,
+        recipe_yaml=recipe.to_yaml(),
+        flops_before=None,
+    )
+    if plan and plan.get("flops_before"):
+        fields.update(
+            flops_before=f"{plan['flops_before'] / 1e12:.3f} TFLOPs",
+            flops_after=f"{plan['flops_after'] / 1e12:.3f} TFLOPs",
+            flop_change=f"{-100 * plan['flop_reduction']:+.2f}%",
+            plan_resolution=plan["resolution"],
+        )
+    card = ModelCard.from_template(data, template_path=str(data_dir("model_cards") / CARD_TEMPLATE), **fields)
+    validate_card(card.content)
+    return card
+
+
+def calibration_rows(recipe: Recipe, report: PruneReport) -> list[tuple[str, str]]:
+    """The effective calibration settings, as run (from the effective recipe and the report)."""
+    cal, prune = recipe.calibration, recipe.prune
+    prompts = cal.prompts
+    source = {"builtin": f"built-in set `{prompts.path or 'captions'}`", "inline": "listed in recipe.yaml", "hub-dataset": f"`{prompts.repo_id}` / `{prompts.path}`"}.get(prompts.source, prompts.source)
+    rows = [
+        ("prompts", f"{prompts.count}, {source}" + (f", sha256 `{prompts.sha256[:16]}…`" if prompts.sha256 else "")),
+        ("trajectories", f"{cal.steps} steps, guidance {cal.guidance_scale}, {cal.resolution or 'default'} px, batch {cal.batch_size}, seed {cal.seed} + prompt index"),
+        ("unconditional input", str(report.calibration.get("unconditional", "the pipeline's default" if cal.negative_prompt is None else repr(cal.negative_prompt)))),
+        ("scheduler", cal.scheduler or "the pipeline's own"),
+        ("dtypes", f"calibration {report.precision.get('compute', cal.dtype)}, checkpoint {report.precision.get('checkpoint', '?')}, saved {recipe.output.dtype}"),
+        ("timestep weighting", f"{prune.weighting} ({prune.alpha_min} → {prune.alpha_max})"),
+        ("module packages", f"{len(report.packages) or prune.packages}" + (" (chosen by memory)" if report.package_plan.get("mode") == "auto" else "")),
+        ("solver", f"percdamp {prune.percdamp}, blocksize {prune.blocksize}, Hessian accumulation {prune.hessian_precision}"),
+    ]
+    if prune.granularity == "structured":
+        rows.append(("structured", f"head saliency {prune.head_saliency}, RRF k {prune.rrf_k}, {prune.neuron_batch} neurons per OBS round"))
+    return rows
+
+
+def _metric_rows(evaluation: dict[str, Any] | None) -> list[dict[str, str]]:
+    """eval.json metrics as table rows: value, 95% interval and sample count."""
+    rows = []
+    for m in (evaluation or {}).get("metrics", []):
+        low, high = m["ci95"]
+        rows.append({
+            "name": m["label"],
+            "dense": "–" if m.get("dense") is None else f"{m['dense']:.4g}",
+            "pruned": f"{m['pruned']:.4g}",
+            "interval": f"[{low:.4g}, {high:.4g}]",
+            "samples": str(m["samples"]),
+        })
+    return rows
+
+
+def _settings_text(evaluation: dict[str, Any]) -> str:
+    s = evaluation["settings"]
+    return (
+        f"{s['num']} prompts ({s['prompts']}), image i with seed {s['seed']} + i for both models, {s['steps']} steps, "
+        f"guidance {s['guidance_scale'] if s['guidance_scale'] is not None else 'default'}, resolution {s['resolution'] or 'default'}"
+    )
+
+
+def _eval_results(evaluation: dict[str, Any]) -> list[Any]:
+    """``model-index`` entries for the pruned model's measured metrics (the Hub renders them)."""
+    from huggingface_hub import EvalResult
+
+    settings = _settings_text(evaluation)
+    return [
+        EvalResult(
+            task_type="text-to-image",
+            dataset_type=evaluation["settings"]["prompts"],
+            dataset_name=f"{evaluation['settings']['prompts']} ({evaluation['settings']['num']} prompts)",
+            metric_type=m["name"],
+            metric_name=m["label"],
+            metric_value=round(float(m["pruned"]), 6),
+            metric_config=settings,
+        )
+        for m in evaluation["metrics"]
+        if m["pruned"] is not None and abs(m["pruned"]) != float("inf")
+    ]
+
+
+def card_for_folder(directory: Path, repo_id: str | None = None) -> str:
+    """The card of a pruned checkpoint folder, from its recipe.yaml, report.json and eval.json."""
+    import json
+
+    from .evaluation import EVAL_FILE
+    from .recipes import load_recipe
+
+    missing = [n for n in ("recipe.yaml", "report.json") if not (directory / n).is_file()]
+    if missing:
+        raise CardError(f"{directory} is not a pruned checkpoint (no {missing[0]}); run obsdiff-hub prune first")
+    recipe = load_recipe(directory / "recipe.yaml")
+    data = json.loads((directory / "report.json").read_text())
+    report = PruneReport.from_dict({k: v for k, v in data.items() if k not in ("provenance", "plan")})
+    evaluation = json.loads((directory / EVAL_FILE).read_text()) if (directory / EVAL_FILE).is_file() else None
+    card = render_card(recipe, report, repo_id=repo_id, plan=data.get("plan"), evaluation=evaluation, base_revision=data.get("provenance", {}).get("base_revision"))
+    return card.content
+
+
+def validate_card(content: str) -> dict[str, Any]:
+    """The card's YAML header must parse and carry the fields the Hub and diffusers rely on."""
+    if not content.startswith("---\n"):
+        raise CardError("model card has no YAML metadata header")
+    try:
+        meta = yaml.safe_load(content.split("---\n", 2)[1]) or {}
+    except yaml.YAMLError as error:
+        raise CardError(f"model card metadata is not valid YAML: {error}") from error
+    for key in ("library_name", "pipeline_tag", "tags"):
+        if not meta.get(key):
+            raise CardError(f"model card metadata lacks {key}")
+    if "obs-diff" not in meta["tags"]:
+        raise CardError("model card tags must include obs-diff")
+    return meta
+

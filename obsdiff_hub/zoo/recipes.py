@@ -1,0 +1,173 @@
+"""Versioned recipes: the unit of reproducibility of the zoo.
+
+A recipe is plain YAML read with ``yaml.safe_load`` (no Python tags) and validated by typed
+models that reject unknown fields; its ``prune`` and ``calibration`` sections are the
+engine's own :class:`PruneConfig` and :class:`CalibrationConfig`. Its identity is name +
+version + the sha256 of its canonical JSON form; every checkpoint it produces records all
+three, and ships the *effective* recipe (every override applied, the prompts pinned) that
+reproduces it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, PrivateAttr, ValidationError
+
+from ..pruning.config import CalibrationConfig, PruneConfig, StrictModel
+from ..resources import data_dir
+
+SCHEMA_VERSION = 1
+MAX_RECIPE_BYTES = 1024**2
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be found or does not validate; the message says what to change."""
+
+
+class BaseModelSpec(StrictModel):
+    repo_id: str = Field(description="Hub repo id, local directory, or builtin:NAME for the shipped tiny models")
+    revision: str = "main"
+    pipeline: str = Field(description="diffusers pipeline class, e.g. StableDiffusionXLPipeline")
+    component: Literal["unet", "transformer"]
+    family: Literal["unet", "mmdit", "flux"]
+    config: str | None = Field(None, description="shipped public config (recipes/configs/NAME.json) for offline plan")
+    license: str | None = None
+
+
+class OutputSpec(StrictModel):
+    dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    variant: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$")
+
+
+class EvaluationSpec(StrictModel):
+    """Quality measured on the saved checkpoint against the dense base, same seeds (see ``zoo/evaluation.py``)."""
+
+    metrics: list[Literal["shapes", "psnr"]] = ["psnr"]
+    prompts: str = Field("builtin:captions", description="builtin:NAME or a prompt file")
+    num: int = Field(60, ge=1, description="images per model")
+    steps: int = Field(25, ge=1)
+    guidance_scale: float | None = Field(None, ge=0)
+    resolution: int | None = Field(None, ge=8)
+    seed: int = 0
+    batch_size: int = Field(8, ge=1)
+
+
+class RecipeIdentity(StrictModel):
+    name: str
+    version: int
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Recipe(StrictModel):
+    schema_version: Literal[1]
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9.\-]*$")
+    version: int = Field(ge=1)
+    description: str
+    base_model: BaseModelSpec
+    prune: PruneConfig
+    calibration: CalibrationConfig = CalibrationConfig()
+    output: OutputSpec = OutputSpec()
+    evaluation: EvaluationSpec | None = None
+    derived_from: RecipeIdentity | None = Field(None, description="the recipe this effective recipe was run from")
+    _folder: Path | None = PrivateAttr(default=None)
+
+    @property
+    def folder(self) -> Path | None:
+        """The folder of the recipe file (prompt files are relative to it); None for shipped recipes."""
+        return self._folder
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}-v{self.version}"
+
+    def identity(self) -> RecipeIdentity:
+        return RecipeIdentity(name=self.name, version=self.version, sha256=self.sha256)
+
+    def to_yaml(self) -> str:
+        return "# obsdiff-hub recipe (schema 1). See README.md, 'Recipes'.\n" + yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def with_changes(self, changes: dict[str, Any]) -> Recipe:
+        """A copy with dotted-path changes (``{"prune.sparsity": 0.4}``), validated as a whole."""
+        data = self.model_dump(mode="json")
+        for dotted, value in changes.items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                child = node.get(part)
+                if child is None:
+                    child = node[part] = {}
+                if not isinstance(child, dict):
+                    raise RecipeError(f"{dotted}: {part} is not a section of the recipe")
+                node = child
+            node[leaf] = value
+        recipe = validate_recipe(data, "override")
+        recipe._folder = self._folder
+        return recipe
+
+
+def validate_recipe(data: Any, where: str) -> Recipe:
+    """A recipe from parsed YAML, or a one-line error naming the first bad field."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: a recipe is a YAML mapping, got {type(data).__name__}")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise RecipeError(f"{where}: schema_version {data.get('schema_version')!r} is not supported (this obsdiff-hub reads {SCHEMA_VERSION})")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "recipe"
+        allowed = f" (allowed: {first['ctx']['expected']})" if "expected" in first.get("ctx", {}) else ""
+        raise RecipeError(f"{where}: {field}: {first['msg']}{allowed}") from error
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in (data_dir("recipes")).glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A shipped recipe by name, or a YAML file by path; clear errors for everything else."""
+    path = Path(name_or_path)
+    shipped = not (path.suffix in (".yaml", ".yml") and path.is_file())
+    if shipped:
+        path = data_dir("recipes") / f"{name_or_path}.yaml"
+        if not path.is_file():
+            names = recipe_names()
+            close = difflib.get_close_matches(str(name_or_path), names, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; `obsdiff-hub recipes list` shows them"
+            raise RecipeError(f"unknown recipe {str(name_or_path)!r}{hint}")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: larger than {MAX_RECIPE_BYTES >> 10} KiB, not a recipe")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise RecipeError(f"{path}: not valid YAML (only plain YAML is read, no Python tags): {error}".splitlines()[0]) from error
+    recipe = validate_recipe(data, str(path))
+    recipe._folder = None if shipped else path.resolve().parent
+    return recipe
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (``prune.sparsity=0.4``), values read as YAML scalars or lists."""
+    changes: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or not all(part.isidentifier() for part in key.split(".")):
+            raise RecipeError(f"--set {item!r}: use SECTION.FIELD=VALUE, e.g. prune.sparsity=0.4")
+        try:
+            changes[key] = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError as error:
+            raise RecipeError(f"--set {item!r}: the value is not valid YAML ({str(error).splitlines()[0]})") from error
+    return changes
