@@ -81,10 +81,11 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
-        except (ValueError, OSError, ImportError, RuntimeError) as error:
+        except (ValueError, OSError, ImportError, RuntimeError, MemoryError) as error:
             if _state["debug"]:
                 raise
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            message = f"out of memory ({message})" if isinstance(error, MemoryError) else message
             typer.echo(f"error: {message}", err=True)  # one line, never wrapped
             raise typer.Exit(2) from None
 
@@ -179,6 +180,7 @@ def prune(
         raise ValueError(f"--dtype must be float32, float16 or bfloat16, got {dtype!r}")
     loaded = load_recipe(recipe)
     target = out or Path(loaded.name)
+    quiet = quiet or int(os.environ.get("RANK", "0")) != 0  # under torchrun / accelerate, rank 0 reports
     display = None if quiet else RichProgress()
     try:
         if display is not None:
@@ -209,6 +211,8 @@ def prune(
     finally:
         if display is not None:
             display.__exit__(None, None, None)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     if quiet:
         typer.echo(str(target))
         return
@@ -431,14 +435,11 @@ def card(
     repo_id: Optional[str] = typer.Option(None, "--repo-id", help="Repo id used in the usage snippets."),
 ) -> None:
     """Render the model card locally (writes DIR/README.md) for review before pushing."""
-    from obsdiff_hub.checkpoints.outputs import mark_owned, read_marker
+    from obsdiff_hub.checkpoints.outputs import add_owned, write_atomic
     from obsdiff_hub.zoo.cards import card_for_folder
 
-    content = card_for_folder(directory, repo_id)
-    (directory / "README.md").write_text(content, encoding="utf-8")
-    record = read_marker(directory)
-    if record is not None:  # README.md stays listed as this tool's
-        mark_owned(directory, sorted(set(record["files"]) | {"README.md"}))
+    write_atomic(directory / "README.md", card_for_folder(directory, repo_id))
+    add_owned(directory, ["README.md"])
     console.print(f"wrote {directory / 'README.md'}")
 
 

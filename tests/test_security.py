@@ -310,3 +310,170 @@ def test_outputs_follow_the_umask_weights_included(umask, folders, files, tmp_pa
     for path in [out, *out.rglob("*")]:
         mode = path.stat().st_mode & 0o777
         assert mode == (folders if path.is_dir() else files), (path, oct(mode))
+
+
+# ------------------------------------------- attacks found by an independent probe, kept fixed
+
+
+def test_a_recipe_cannot_make_the_evaluation_read_a_file_outside_its_folder(tmp_path):
+    secret = tmp_path / "secrets" / "id_rsa"
+    secret.parent.mkdir()
+    secret.write_text("SECRET-LINE hunter2\n")
+    base = (Path(__file__).parent.parent / "recipes" / "tiny-sd3-unstructured-50.yaml").read_text()
+    (tmp_path / "recipes").mkdir()
+    for where in (str(secret), "../secrets/id_rsa"):
+        recipe = tmp_path / "recipes" / "r.yaml"
+        recipe.write_text(base + f"evaluation:\n  metrics: [psnr]\n  prompts: {where}\n  num: 2\n  steps: 2\n  resolution: 32\n")
+        result = invoke("prune", "--recipe", recipe, "--out", tmp_path / "o", "--quiet")
+        assert result.exit_code == 2 and "must be a relative path inside the recipe's folder" in result.output, result.output
+        assert not (tmp_path / "o").exists()
+
+
+def test_pull_into_a_local_dir_never_deletes_a_file_the_repo_does_not_hold(hub, tmp_path):
+    from hub_double import GitRepo
+
+    from obsdiff_hub.zoo.hub import pull
+
+    repo = GitRepo(hub.root / "mirrors" / "models" / "evil" / "localdir")
+    repo.path.mkdir(parents=True)
+    repo.git("init", "-q", "-b", "main")
+    manifest = {"files": {"thesis.tex": {"sha256": "0" * 64, "size": 7}}}
+    repo.commit("main", {MANIFEST: json.dumps(manifest).encode(), "model_index.json": b"{}"}, "hostile")
+    project = tmp_path / "myproject"
+    project.mkdir()
+    (project / "thesis.tex").write_text("thesis\n")
+    with pytest.raises(ManifestError, match="which the repository does not hold"):
+        pull("evil/localdir", local_dir=project)
+    assert (project / "thesis.tex").read_text() == "thesis\n"
+    # verify=True on a folder the user points at checks, and never deletes
+    (project / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="it was not used"):
+        verify_manifest(project)
+    assert (project / "thesis.tex").read_text() == "thesis\n"
+
+
+def _interrupted_after_one_package(out: Path, monkeypatch) -> None:
+    from obsdiff_hub.zoo import resume
+
+    original = resume.DiskState.package_done
+
+    def stop(self, index, model, report):
+        original(self, index, model, report)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(resume.DiskState, "package_done", stop)
+        assert prune_tiny(out).exit_code == 130
+
+
+def test_resume_never_deletes_files_the_user_put_in_the_partial_folder(tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    _interrupted_after_one_package(out, monkeypatch)
+    partial = tmp_path / "o.partial"
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in partial.rglob("*.safetensors"))  # umask 022
+    (partial / "mydata.txt").write_text("my notes")
+    (partial / "state" / "notes.txt").write_text("more notes")
+    for extra in (("--resume",), ("--restart",), ()):
+        result = prune_tiny(out, *extra)
+        assert result.exit_code == 2 and "which obsdiff-hub did not write" in result.output, (extra, result.output)
+    assert (partial / "mydata.txt").read_text() == "my notes" and (partial / "state" / "notes.txt").read_text() == "more notes"
+    (partial / "mydata.txt").unlink()
+    (partial / "state" / "notes.txt").unlink()
+    assert prune_tiny(out, "--resume").exit_code == 0 and not partial.exists()
+
+
+def test_a_finished_checkpoint_is_never_taken_for_saved_progress(tmp_path):
+    assert prune_tiny(tmp_path / "ck.partial").exit_code == 0
+    before = _snapshot(tmp_path / "ck.partial")
+    result = prune_tiny(tmp_path / "ck")
+    assert result.exit_code == 2 and "is an obsdiff-hub checkpoint, not saved progress" in result.output
+    assert _snapshot(tmp_path / "ck.partial") == before
+
+
+def test_the_card_command_never_writes_through_a_link(tmp_path):
+    out = tmp_path / "o"
+    assert prune_tiny(out).exit_code == 0
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (out / "README.md").unlink()
+    (out / "README.md").symlink_to(victim)
+    assert invoke("card", out).exit_code == 0
+    assert victim.read_text() == "precious"
+    assert not (out / "README.md").is_symlink() and "obs-diff" in (out / "README.md").read_text()
+
+
+def test_a_server_echoing_the_token_does_not_get_it_printed(tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Echo(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            body = json.dumps({"error": f"bad token {self.headers.get('authorization')}"}).encode()
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "o"
+    assert prune_tiny(out).exit_code == 0
+    try:
+        result = invoke("push", out, "--repo-id", "zoo/x", "--token", "hf_SUPERSECRET123", "--endpoint", f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+    assert result.exit_code == 2 and "***" in result.output and "hf_SUPERSECRET123" not in result.output
+
+
+def _saved_zip(model, path: Path, compress: bool = False) -> Path:
+    torch.save(model, path)
+    if compress:
+        rewritten = path.with_suffix(".deflated.pth")
+        with zipfile.ZipFile(path) as source, zipfile.ZipFile(rewritten, "w", zipfile.ZIP_DEFLATED) as target:
+            for info in source.infolist():
+                target.writestr(info.filename, source.read(info), compress_type=zipfile.ZIP_DEFLATED)
+        return rewritten
+    return path
+
+
+def test_legacy_memory_bombs_and_malformed_trees_are_refused_in_one_line(tmp_path):
+    model = tiny.tiny_sd3_transformer()
+    weight = model.transformer_blocks[0].ff.net[2].weight
+    weight.data = torch.zeros(1).expand(weight.shape)  # a few bytes standing for the whole matrix
+    with pytest.raises(oh.UnsafePickleError, match="not dense"):
+        oh.convert_legacy(_saved_zip(model, tmp_path / "stride0.pth"))
+    with pytest.raises(oh.UnsafePickleError, match="compressed, which torch.save never does"):
+        oh.convert_legacy(_saved_zip(tiny.tiny_sd3_transformer(), tmp_path / "bomb.pth", compress=True))
+    malformed = tiny.tiny_sd3_transformer()
+    malformed.__dict__["_parameters"] = []
+    with pytest.raises(oh.UnsafePickleError, match="_parameters is a list, not a table"):
+        oh.convert_legacy(_saved_zip(malformed, tmp_path / "list.pth"))
+    broken = tiny.tiny_sd3_transformer()
+    broken._internal_dict = type(broken._internal_dict)({**broken.config, "num_layers": "abc"})
+    with pytest.raises(oh.UnsafePickleError, match="its config does not build a SD3Transformer2DModel"):
+        oh.convert_legacy(_saved_zip(broken, tmp_path / "config.pth"))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "calibration.prompts.count=10000000000"], "calibration.prompts.count"),
+        (["--set", "calibration.scheduler=SchedulerMixin"], "not compatible with this pipeline"),
+        (["--set", "calibration.scheduler=KarrasVeScheduler"], "not compatible with this pipeline"),
+        (["--set", "calibration.scheduler=os"], "not compatible with this pipeline"),
+    ],
+)
+def test_hostile_settings_are_one_line_errors(args, message, tmp_path):
+    result = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--out", tmp_path / "o", "--quiet", *args)
+    assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_a_path_is_never_taken_for_a_shipped_recipe_name(tmp_path):
+    (tmp_path / "trav.yaml").write_text((Path(__file__).parent.parent / "recipes" / "tiny-sd3-unstructured-50.yaml").read_text())
+    relative = os.path.relpath(tmp_path / "trav", Path(__file__).parent.parent / "recipes")
+    result = invoke("recipes", "show", relative)
+    assert result.exit_code == 2 and "not a shipped recipe's name" in result.output

@@ -118,6 +118,8 @@ def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, requir
         tensor.set_(storage.untyped, offset, size, stride)  # bounds-checked against the storage
     except RuntimeError as error:
         raise UnsafePickleError(f"refusing to convert: a tensor lies outside its storage ({error})") from error
+    if not tensor.is_contiguous():  # stride 0 or overlap: a few bytes standing for gigabytes
+        raise UnsafePickleError("refusing to convert: a tensor record is not dense (zero or overlapping strides)")
     return tensor
 
 
@@ -172,6 +174,7 @@ class _InertUnpickler(pickle._Unpickler):
         self.archive = archive
         self.prefix = prefix
         self.classes: dict[str, type] = {}
+        self.storages: dict[str, _Storage] = {}  # read once per key, as torch does
 
     def find_class(self, module: str, name: str) -> Any:  # noqa: D102 - pickle's hook
         qualified = f"{module}.{name}"
@@ -188,13 +191,23 @@ class _InertUnpickler(pickle._Unpickler):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
             raise UnsafePickleError("refusing to convert: unexpected persistent record in the pickle")
         key = pid[2]
-        if self.archive is None or not isinstance(key, str) or not key.isdigit():
+        if self.archive is None or not isinstance(key, str) or not key.isascii() or not key.isdigit():
             raise UnsafePickleError("refusing to convert: a storage record names no archive entry")
-        try:
-            data = self.archive.read(f"{self.prefix}data/{key}")
-        except KeyError as error:
-            raise UnsafePickleError(f"refusing to convert: storage {key} is missing from the archive") from error
-        return _Storage(data, pid[1].dtype)
+        if key not in self.storages:
+            self.storages[key] = _Storage(_stored_entry(self.archive, f"{self.prefix}data/{key}"), pid[1].dtype)
+        return self.storages[key]
+
+
+def _stored_entry(archive: zipfile.ZipFile, name: str) -> bytes:
+    """An archive entry's bytes; torch.save stores entries uncompressed, so a compressed one
+    (a zip bomb: kilobytes standing for gigabytes) is refused before it is inflated."""
+    try:
+        info = archive.getinfo(name)
+    except KeyError as error:
+        raise UnsafePickleError(f"refusing to convert: {name} is missing from the archive") from error
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise UnsafePickleError(f"refusing to convert: {name} is compressed, which torch.save never does")
+    return archive.read(info)
 
 
 def inert_load(path: str | os.PathLike) -> Any:
@@ -210,12 +223,14 @@ def inert_load(path: str | os.PathLike) -> Any:
                 order = f"{prefix}byteorder"
                 if order in archive.namelist() and archive.read(order).strip() != b"little":
                     raise UnsafePickleError(f"{path}: big-endian checkpoints are not supported")
-                return _InertUnpickler(io.BytesIO(archive.read(pickles[0])), archive, prefix).load()
+                return _InertUnpickler(io.BytesIO(_stored_entry(archive, pickles[0])), archive, prefix).load()
         with open(path, "rb") as f:
             _InertUnpickler(f, None, "").load()  # surfaces any forbidden name first
         raise UnsafePickleError(f"{path}: not a zip-format torch checkpoint (torch >= 1.6); nothing was converted")
     except UnsafePickleError:
         raise
+    except RecursionError as error:
+        raise UnsafePickleError(f"{path}: the pickle nests too deeply to be a checkpoint") from error
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, AttributeError, IndexError, KeyError, OSError) as error:
         raise UnsafePickleError(f"{path}: not a readable torch checkpoint ({type(error).__name__}: {error})".splitlines()[0]) from error
 
@@ -237,22 +252,33 @@ def _state(node: Any, where: str) -> dict:
     return node.state
 
 
-def _tensors(node: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
+def _table(state: dict, key: str, where: str) -> dict:
+    table = state.get(key, {})
+    if not isinstance(table, dict):
+        raise UnsafePickleError(f"refusing to convert: {where}{key} is a {type(table).__name__}, not a table")
+    return table
+
+
+def _tensors(node: Any, prefix: str, out: dict[str, torch.Tensor], depth: int = 0) -> None:
     """Flatten a stand-in module tree into a state dict (parameters and persistent buffers)."""
+    if depth > 64:
+        raise UnsafePickleError("refusing to convert: the module tree is cyclic or implausibly deep")
     state = _state(node, prefix.rstrip(".") or "the root")
-    skip = state.get("_non_persistent_buffers_set") or set()
+    skip = state.get("_non_persistent_buffers_set", set())
+    if not isinstance(skip, set):
+        raise UnsafePickleError(f"refusing to convert: {prefix}_non_persistent_buffers_set is not a set")
     for table in ("_parameters", "_buffers"):
-        for name, tensor in (state.get(table) or {}).items():
+        for name, tensor in _table(state, table, prefix).items():
             if tensor is None or (table == "_buffers" and name in skip):
                 continue
             if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
                 raise UnsafePickleError(f"refusing to convert: {prefix}{name} is not a tensor")
             out[prefix + name] = tensor
-    for name, child in (state.get("_modules") or {}).items():
+    for name, child in _table(state, "_modules", prefix).items():
         if child is not None:
             if not isinstance(name, str) or not name.isidentifier() and not name.isdigit():
                 raise UnsafePickleError(f"refusing to convert: module name {name!r} under {prefix or 'the root'}")
-            _tensors(child, f"{prefix}{name}.", out)
+            _tensors(child, f"{prefix}{name}.", out, depth + 1)
 
 
 def read_legacy_model(path: str | os.PathLike) -> tuple[type[ModelMixin], dict[str, Any], dict[str, torch.Tensor]]:
@@ -282,7 +308,10 @@ def convert_legacy(path: str | os.PathLike, output_dir: str | os.PathLike | None
     cls, config, tensors = read_legacy_model(path)
     config = {k: v for k, v in config.items() if not k.startswith(("obsdiff_", "_obsdiff_"))}
     config["_class_name"] = cls.__name__
-    skeleton = build_model(config)
+    try:
+        skeleton = build_model(config)
+    except (TypeError, ValueError, RuntimeError, AttributeError, KeyError, IndexError) as error:
+        raise UnsafePickleError(f"{path}: its config does not build a {cls.__name__} ({type(error).__name__}: {error})".splitlines()[0]) from error
     adapter = adapter_for(skeleton)
     dense = structure_of(skeleton, adapter)
     structure: dict[str, int] = {}

@@ -142,22 +142,32 @@ def explain_failure(source: str, model_class: type, kwargs: dict[str, Any]) -> s
     return diagnose(folder) if folder is not None and folder.is_dir() else None
 
 
+def repo_files(repo_id: str, revision: str | None = None, token: str | None = None, endpoint: str | None = None) -> set[str]:
+    """The files a Hub repository holds at ``revision`` (the Hub's own list, not the local folder)."""
+    from huggingface_hub import HfApi
+
+    info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=revision or "main")
+    return {s.rfilename for s in info.siblings or []}
+
+
 def verify_source(source: str, kwargs: dict[str, Any]) -> int:
-    """``verify=True``: check the repo's manifest (downloading the snapshot if needed)."""
+    """``verify=True``: check the repo's manifest, downloading the snapshot if needed.
+
+    A Hub download is checked against the Hub's file list and a mismatching file is deleted
+    from the cache; a local folder is only checked (nothing in it is ever deleted).
+    """
     from .manifest import verify_manifest
 
-    if os.path.isdir(source):
-        root = Path(source)
-    else:
-        from huggingface_hub import snapshot_download
+    folder = local_folder_or_repo(source)
+    if folder is not None:
+        return verify_manifest(folder, kwargs.get("subfolder"))
+    from huggingface_hub import snapshot_download
 
-        root = Path(
-            snapshot_download(
-                source,
-                revision=kwargs.get("revision"),
-                cache_dir=kwargs.get("cache_dir"),
-                token=kwargs.get("token"),
-                local_files_only=kwargs.get("local_files_only", False),
-            )
+    offline = bool(kwargs.get("local_files_only", False))
+    root = Path(
+        snapshot_download(
+            source, revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir"), token=kwargs.get("token"), local_files_only=offline
         )
-    return verify_manifest(root, kwargs.get("subfolder"))
+    )
+    listed = None if offline else repo_files(source, kwargs.get("revision"), kwargs.get("token"))
+    return verify_manifest(root, kwargs.get("subfolder"), repo_files=listed, delete=listed is not None)

@@ -1,10 +1,12 @@
 """The sha256 manifest of a published checkpoint: written at push, checked at pull and load.
 
 A manifest comes from the Hub, so it is hostile: every entry must be a relative, normalised
-path to a file the snapshot really holds (no ``..``, no absolute path, no link that leads out
-of the snapshot other than the Hub cache's own blob of that file), and all entries are
-checked before any file is touched. A file whose hash does not match is deleted from the
-snapshot (with its cache blob), never used; nothing outside the snapshot is ever deleted.
+path to a file the repository really holds (the Hub's own file list, when the files were just
+downloaded) and that lies in the snapshot (no ``..``, no absolute path, no link that leads out
+of the snapshot other than the Hub cache's own blob of that file); all entries are checked
+before any file is touched. A file whose hash does not match is never used; it is deleted
+(with its cache blob) only from a download this tool just made, never from a folder the user
+points at.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Collection
 
 from .._version import __version__
 
@@ -56,10 +58,12 @@ def _blob_of(file: Path, root: Path) -> Path | None:
     return None
 
 
-def _entry(name: object, expected: object, root: Path) -> tuple[Path, int, str]:
+def _entry(name: object, expected: object, root: Path, repo_files: Collection[str] | None) -> tuple[Path, int, str]:
     """Validate one manifest entry; returns the file inside the snapshot, its size and hash."""
     if not isinstance(name, str) or not name or "\\" in name or "\x00" in name:
         raise ManifestError(f"{MANIFEST}: invalid entry {name!r}")
+    if repo_files is not None and name not in repo_files:
+        raise ManifestError(f"{MANIFEST} lists {name!r}, which the repository does not hold; refusing the download")
     posix = PurePosixPath(name)
     if posix.is_absolute() or any(part in ("", ".", "..") for part in posix.parts) or posix.as_posix() != name:
         raise ManifestError(f"{MANIFEST}: entry {name!r} is not a normalised relative path inside the repository; refusing it")
@@ -76,11 +80,15 @@ def _entry(name: object, expected: object, root: Path) -> tuple[Path, int, str]:
     return file, expected["size"], expected["sha256"]
 
 
-def verify_manifest(directory: str | Path, subfolder: str | None = None) -> int:
+def verify_manifest(
+    directory: str | Path, subfolder: str | None = None, *, repo_files: Collection[str] | None = None, delete: bool = False
+) -> int:
     """Check the files the manifest lists (under ``subfolder`` only, if given); returns how many.
 
-    Every entry is validated first; then each file's size and sha256. A mismatching file
-    (and its cache blob) is deleted and :class:`ManifestError` raised.
+    Every entry is validated first (``repo_files``: the repository's file list, which every
+    entry must be in); then each file's size and sha256. On a mismatch :class:`ManifestError`
+    is raised; with ``delete`` (a download this tool just made) the file and its cache blob
+    are deleted first, so a later load cannot pick them up.
     """
     root = Path(directory)
     path = root / MANIFEST
@@ -93,9 +101,11 @@ def verify_manifest(directory: str | Path, subfolder: str | None = None) -> int:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ManifestError(f"{MANIFEST} has no files table; refusing the download")
     prefix = subfolder.strip("/") + "/" if subfolder else ""
-    entries = [(name, _entry(name, expected, root)) for name, expected in manifest["files"].items() if str(name).startswith(prefix)]
+    entries = [(name, _entry(name, expected, root, repo_files)) for name, expected in manifest["files"].items() if str(name).startswith(prefix)]
     for name, (file, size, digest) in entries:
         if file.stat().st_size != size or sha256_file(file) != digest:
+            if not delete:
+                raise ManifestError(f"{name}: sha256 does not match {MANIFEST} (corrupted or tampered); it was not used")
             blob = _blob_of(file, root)
             file.unlink()
             if blob is not None and blob.exists():

@@ -61,14 +61,42 @@ def _relative_files(folder: Path) -> list[str]:
     return sorted(out)
 
 
-def mark_owned(folder: Path, files: list[str] | None = None, **fields: object) -> None:
-    """Write the marker: ``files`` (default: everything in ``folder`` now) are this tool's."""
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write ``path`` through a fresh temp file in its folder and an atomic rename: an existing
+    link at ``path`` (or at any temp name) is replaced, never followed out of the folder."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def mark_owned(folder: Path, files: list[str] | None = None, kind: str = "checkpoint") -> None:
+    """Write the marker: ``files`` (default: everything in ``folder`` now) are this tool's, an
+    entry ending in ``/`` with everything below it; ``kind`` is ``checkpoint`` (an output
+    folder) or ``partial`` (saved progress)."""
     stat = folder.stat()
     listed = sorted(set(files if files is not None else _relative_files(folder)) - {MARKER})
-    record = {"tool": "obsdiff-hub", "device": stat.st_dev, "inode": stat.st_ino, "files": listed, **fields}
-    tmp = folder / f"{MARKER}.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(folder / MARKER)
+    record = {"tool": "obsdiff-hub", "kind": kind, "device": stat.st_dev, "inode": stat.st_ino, "files": listed}
+    write_atomic(folder / MARKER, json.dumps(record, indent=1) + "\n")
+
+
+def owned_files(folder: Path) -> set[str]:
+    """The files the genuine marker of ``folder`` lists (empty when there is none)."""
+    record = read_marker(folder)
+    return set(record["files"]) if record else set()
+
+
+def add_owned(folder: Path, names: list[str]) -> None:
+    """Record files this tool just wrote into one of its own folders (a card, an evaluation)."""
+    record = read_marker(folder)
+    if record is not None:
+        mark_owned(folder, sorted(set(record["files"]) | set(names)), record.get("kind", "checkpoint"))
 
 
 def read_marker(folder: Path) -> dict | None:
@@ -97,8 +125,9 @@ def first_foreign_file(folder: Path) -> str | None:
         return None
     record = read_marker(folder)
     owned = set(record["files"]) if record else set()
+    folders = tuple(o for o in owned if o.endswith("/"))  # a listed folder owns everything below it
     for entry in entries:
-        if entry not in owned or (folder / entry).is_symlink():
+        if (entry not in owned and not entry.startswith(folders)) or (folder / entry).is_symlink():
             return entry
     return None
 
@@ -148,7 +177,7 @@ def atomic_output(target: str | os.PathLike, *, overwrite: bool = False) -> Iter
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
-        mark_owned(tmp)
+        mark_owned(tmp, kind="checkpoint")
         apply_umask_modes(tmp)
         if target.exists():
             check_writable_target(target, overwrite)  # unchanged while we worked?

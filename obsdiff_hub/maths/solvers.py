@@ -31,26 +31,38 @@ def check_sparsity(sparsity: float, n: int = 0, m: int = 0) -> None:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
 
 
-def _check_layer(W: torch.Tensor, H: torch.Tensor) -> None:
+def _check_shapes(W: torch.Tensor, H: torch.Tensor) -> None:
     if W.dim() != 2:
         raise ValueError(f"weight must be 2-D [rows, cols], got shape {tuple(W.shape)}")
     if H.shape != (W.shape[1], W.shape[1]):
         raise ValueError(f"Hessian shape {tuple(H.shape)} does not match the weight's {W.shape[1]} input columns")
-    if not torch.isfinite(H).all():
+
+
+def _check_finite(H: torch.Tensor) -> None:
+    # One fp64 reduction instead of an elementwise pass: any NaN or Inf makes the sum non-finite.
+    if not bool(torch.isfinite(H.sum(dtype=torch.float64))):
         raise ValueError("Hessian contains NaN or Inf; the calibration activations overflowed (calibrate in fp32/bf16)")
 
 
-def damp_hessian(H: torch.Tensor, percdamp: float, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_layer(W: torch.Tensor, H: torch.Tensor) -> None:
+    _check_shapes(W, H)
+    _check_finite(H)
+
+
+def damp_hessian(H: torch.Tensor, percdamp: float, device: torch.device | None = None, reversed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """An fp32 copy of ``H`` with dead inputs (``diag H = 0``) set to 1 and ``percdamp · mean(diag H)``
     added to the diagonal, so the Cholesky exists even with fewer samples than columns.
-    Returns ``(H_damped, dead)``; the caller zeroes the dead inputs' weights."""
+    ``reversed``: the copy is index-reversed (``J H J``, what :func:`reversed_cholesky` factors),
+    made in the same pass. Returns ``(H_damped, dead)`` (``dead`` in the original order); the
+    caller zeroes the dead inputs' weights."""
     if percdamp < 0:
         raise ValueError(f"percdamp must be non-negative, got {percdamp}")
-    H = H.detach().to(device=device or H.device, dtype=torch.float32).clone()
+    H = H.detach().to(device=device or H.device, dtype=torch.float32)
+    H = H.flip(0, 1) if reversed else H.clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     H.diagonal().add_(percdamp * torch.mean(torch.diag(H)))
-    return H, dead
+    return H, dead.flip(0) if reversed else dead
 
 
 def prepare_layer(W: torch.Tensor, H: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,8 +75,11 @@ def prepare_layer(W: torch.Tensor, H: torch.Tensor, percdamp: float) -> tuple[to
 
 
 def _cholesky(H: torch.Tensor) -> torch.Tensor:
+    """Lower Cholesky factor. A NaN or Inf anywhere in the lower triangle reaches the factor's
+    diagonal, so finiteness is checked there (cheap) and ``H`` is scanned only on failure."""
     L, info = torch.linalg.cholesky_ex(H)
-    if bool((info != 0).any()):
+    if bool((info != 0).any()) or not bool(torch.isfinite(torch.diagonal(L, dim1=-2, dim2=-1)).all()):
+        _check_finite(H)
         raise ValueError(
             "the damped Hessian is not positive definite; raise percdamp (e.g. 0.01 → 0.1) "
             "or calibrate with more samples"
@@ -72,13 +87,14 @@ def _cholesky(H: torch.Tensor) -> torch.Tensor:
     return L
 
 
-def reversed_cholesky(H: torch.Tensor) -> torch.Tensor:
-    """Upper-triangular ``R`` with ``H = R Rᵀ``, from one Cholesky of the index-reversed ``H``.
+def reversed_cholesky(H: torch.Tensor, already_reversed: bool = False) -> torch.Tensor:
+    """Upper-triangular ``R`` with ``H = R Rᵀ``, from one Cholesky of the index-reversed ``H``
+    (``JHJ = L Lᵀ`` gives ``R = J L J``); pass ``JHJ`` itself with ``already_reversed``.
 
     Then ``H⁻¹ = R⁻ᵀ R⁻¹``: ``U = R⁻¹`` is the upper Cholesky factor of ``H⁻¹`` that the
     SparseGPT walk uses, and ``U``'s diagonal blocks are the inverses of ``R``'s.
     """
-    return _cholesky(H.flip(0, 1)).flip(0, 1)
+    return _cholesky(H if already_reversed else H.flip(0, 1)).flip(0, 1)
 
 
 # ------------------------------------------------------------- unstructured and N:M
@@ -122,7 +138,7 @@ def obs_prune_shared(
     if blocksize < 1:
         raise ValueError(f"blocksize must be positive, got {blocksize}")
     for W in weights:
-        _check_layer(W, H)
+        _check_shapes(W, H)  # finiteness: checked on the Cholesky factor
     cols = weights[0].shape[1]
     if m:
         if cols % m:
@@ -130,9 +146,9 @@ def obs_prune_shared(
         blocksize = max(m, blocksize - blocksize % m)  # groups never straddle a block
     sub = max(m, 16 - 16 % m) if m else 16
     device = weights[0].device
-    Hd, dead = damp_hessian(H, percdamp, device)
-    R = reversed_cholesky(Hd)
-    del Hd
+    Hr, dead = damp_hessian(H, percdamp, device, reversed=True)
+    R = reversed_cholesky(Hr, already_reversed=True)
+    del Hr
     Wt = torch.cat([W.detach().to(device=device, dtype=torch.float32).T for W in weights], dim=1)  # [cols, rows]
     Wt[dead] = 0.0
     Zt = torch.empty_like(Wt)

@@ -42,15 +42,13 @@ def denoiser_of(pipeline: Any) -> nn.Module:
     return getattr(pipeline, denoiser_name(pipeline))
 
 
-def scheduler_class(name: str) -> type:
-    """A diffusers scheduler class by name; anything else a recipe might name is refused."""
-    import diffusers
-    from diffusers import SchedulerMixin
-
-    cls = getattr(diffusers.schedulers, name, None) if not name.startswith("_") else None
-    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
-        raise ValueError(f"unknown scheduler {name!r}; name a diffusers scheduler class such as EulerDiscreteScheduler")
-    return cls
+def scheduler_class(name: str, current: Any) -> type:
+    """The scheduler class ``name`` among those the pipeline's own scheduler declares compatible
+    (diffusers' ``compatibles``); anything else a recipe might name is refused."""
+    allowed = {type(current).__name__: type(current), **{c.__name__: c for c in getattr(current, "compatibles", [])}}
+    if name not in allowed:
+        raise ValueError(f"scheduler {name!r} is not compatible with this pipeline; choose one of {', '.join(sorted(allowed))}")
+    return allowed[name]
 
 
 def unconditional_input(pipeline: Any, negative_prompt: str | None) -> str:
@@ -89,7 +87,7 @@ class PipelineCalibration:
         b = config.batch_size
         self.batches = [ids[i : i + b] for i in range(0, len(ids), b)]
         self._embeddings: list[dict[str, torch.Tensor]] | None = None
-        self._scheduler = scheduler_class(config.scheduler).from_config(pipeline.scheduler.config) if config.scheduler else None
+        self._scheduler = scheduler_class(config.scheduler, pipeline.scheduler).from_config(pipeline.scheduler.config) if config.scheduler else None
         pipeline.set_progress_bar_config(disable=True)
 
     @property

@@ -119,7 +119,7 @@ class PromptSource(StrictModel):
     revision: str | None = Field(None, description="Hub dataset revision (source: hub-dataset)")
     column: str | None = Field(None, description="column holding the prompts in csv/tsv/jsonl files")
     texts: list[str] | None = Field(None, description="the prompts themselves (source: inline)")
-    count: int = Field(100, ge=1, description="prompts used; a shorter source is cycled")
+    count: int = Field(100, ge=1, le=1_000_000, description="prompts used; a shorter source is cycled")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="sha256 of the prompts used; checked when set")
 
     @model_validator(mode="after")
@@ -137,10 +137,10 @@ class CalibrationConfig(StrictModel):
     """Calibration trajectories (SPEC §2 reference settings)."""
 
     prompts: PromptSource = PromptSource()
-    steps: int = Field(25, ge=1, description="sampling steps per trajectory")
+    steps: int = Field(25, ge=1, le=10_000, description="sampling steps per trajectory")
     guidance_scale: float = Field(7.0, ge=0)
-    resolution: int | None = Field(512, ge=8, description="image side in pixels; None: the pipeline's default")
-    batch_size: int = Field(4, ge=1)
+    resolution: int | None = Field(512, ge=8, le=16_384, description="image side in pixels; None: the pipeline's default")
+    batch_size: int = Field(4, ge=1, le=4096)
     seed: int = Field(24432, description="prompt i is sampled with seed + i")
     negative_prompt: str | None = Field(None, description="None: the pipeline's own unconditional input (SDXL: zeros)")
     scheduler: str | None = Field(None, description="diffusers scheduler class; None keeps the pipeline's")

@@ -138,7 +138,9 @@ class World:
 
     @contextmanager
     def together(self, stage: str) -> Iterator[None]:
-        """Run a stage on every rank; if any rank fails, every rank raises (the failing one its own error)."""
+        """Run a stage's local work on every rank; if any rank fails, every rank raises (the
+        failing one its own error). The block must contain no collective: a rank that fails
+        early would meet the others in a different one."""
         if self.size == 1:
             yield
             return

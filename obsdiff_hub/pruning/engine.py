@@ -327,6 +327,9 @@ def prune(
     activations = _activation_bytes(model, run_device, batch, cal_cfg.resolution if cal_cfg else None) if cfg.packages == "auto" else 0
     plan = plan_packages(model, units, cfg.packages, cfg.memory_budget_gb, run_device, activations)
     report.package_plan = plan.summary()
+    # What this run should peak at on the device: the model as calibrated, then the package plan's needs.
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    report.package_plan["predicted_peak_bytes"] = model_bytes + activations + plan.extra_bytes()
     count = len(plan.packages)
     first = state.completed if state is not None else 0
 
@@ -346,6 +349,7 @@ def prune(
         clock = StepClock(alphas)
         hook_time = [0.0]
         t0 = time.perf_counter()
+        # Each stage's local work ends with the ranks agreeing it went well, before any other collective.
         with world.together(f"calibrating package {index + 1}"):
             with collect_hessians(model, layers, lambda: clock.alpha, cfg.hessian_precision, hook_time) as accumulators:
                 if isinstance(calibrate, PipelineCalibration):
@@ -361,7 +365,7 @@ def prune(
                     with torch.inference_mode():
                         calibrate(model, clock.set_step)
             clock.check()
-            _sum_over_ranks(world, accumulators)
+        _sum_over_ranks(world, accumulators)
         calibration_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -370,18 +374,20 @@ def prune(
         with world.together(f"solving package {index + 1}"):
             for position, unit in enumerate(package):
                 result = None
-                if owners[position] == world.rank:
-                    result = solver.solve(unit, {p: accumulators[p].hessian() for p in hessian_layers(unit)})
+                hessians = {p: accumulators[p].hessian() for p in hessian_layers(unit)} if owners[position] == world.rank else {}
                 for p in hessian_layers(unit):
-                    accumulators[p].release()
+                    accumulators[p].release()  # the normalised copies are all the solve needs
+                if hessians:
+                    result = solver.solve(unit, hessians)
+                del hessians
                 if world.size == 1:
                     solver.apply(unit, result, report)  # type: ignore[arg-type]
                 else:
                     pending.append((position, result))
                 if progress:
                     progress(ProgressEvent("solve", index, count, position + 1, len(package)))
-            for position, result in pending:
-                solver.apply(package[position], _share(world, result, owners[position], run_device), report)
+        for position, result in pending:
+            solver.apply(package[position], _share(world, result, owners[position], run_device), report)
         report.packages.append(
             PackageRecord(index, len(package), len(layers), plan.package_bytes[index], calibration_s, hook_time[0], time.perf_counter() - t0)
         )

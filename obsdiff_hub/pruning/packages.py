@@ -38,6 +38,7 @@ class PackagePlan:
     package_bytes: list[int]  # fp32 Hessian bytes of each package
     mode: str  # "fixed" or "auto"
     budget_bytes: int | None
+    workspace_bytes: int  # the largest single solve's temporaries
 
     def summary(self) -> dict[str, object]:
         return {
@@ -46,7 +47,25 @@ class PackagePlan:
             "budget_bytes": self.budget_bytes,
             "hessian_bytes_total": sum(self.package_bytes),
             "hessian_bytes_largest_package": max(self.package_bytes),
+            "solve_workspace_bytes": self.workspace_bytes,
         }
+
+    def extra_bytes(self) -> int:
+        """Memory a run needs beyond the model: the largest package's Hessians, then the largest solve."""
+        return max(self.package_bytes) + self.workspace_bytes
+
+
+def solve_workspace_bytes(model: nn.Module, units: list[BlockUnit]) -> int:
+    """Temporaries of the largest solve: the normalised H, its damped copy, the Cholesky factor
+    and ``R`` (four n×n fp32), plus the stacked weights, ``Z`` and the mask (rows×n)."""
+    worst = 0
+    for unit in units:
+        for site in unit.sites:
+            paths = site.layers if isinstance(site, LinearSite) else site.out_layers
+            n = model.get_submodule(paths[0]).in_features
+            rows = sum(model.get_submodule(p).out_features for p in paths)
+            worst = max(worst, 16 * n * n + 9 * rows * n)
+    return worst
 
 
 def split_by_budget(sizes: list[int], budget: float) -> list[list[int]]:
@@ -89,7 +108,8 @@ def plan_packages(
     """Contiguous packages: a fixed count, or (``"auto"``) the fewest within a memory budget.
 
     The auto budget is ``memory_budget_gb`` if given, else what is free on ``device`` less
-    ``activation_bytes`` (the calibration forward's peak) and a 10% margin.
+    ``activation_bytes`` (the calibration forward's peak), the largest solve's workspace and a
+    10% margin.
     """
     if not units:
         raise ValueError("no layers to prune: the block selection is empty")
@@ -103,6 +123,8 @@ def plan_packages(
         groups = [list(range(a, b)) for a, b in zip(bounds, bounds[1:])]
         mode, budget = "fixed", None
     else:
-        budget = int(memory_budget_gb * GiB) if memory_budget_gb is not None else max(int(0.9 * (free_memory_bytes(device) - activation_bytes)), 1)
+        workspace = solve_workspace_bytes(model, units)
+        free = free_memory_bytes(device) - activation_bytes - workspace
+        budget = int(memory_budget_gb * GiB) if memory_budget_gb is not None else max(int(0.9 * free), 1)
         groups, mode = split_by_budget(sizes, budget), "auto"
-    return PackagePlan([[units[i] for i in g] for g in groups], [sum(sizes[i] for i in g) for g in groups], mode, budget)
+    return PackagePlan([[units[i] for i in g] for g in groups], [sum(sizes[i] for i in g) for g in groups], mode, budget, solve_workspace_bytes(model, units))

@@ -35,10 +35,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("OBSDIFF_HUB_CACHE") or Path.home() / ".cache" / "obsdiff-hub")
 
 
-def eval_prompts(spec: EvaluationSpec) -> list[str]:
+def eval_prompts(spec: EvaluationSpec, folder: Path | None = None) -> list[str]:
     """``spec.num`` prompts: ``builtin:captions``, ``builtin:shapes`` (the shapes model's fixed
-    evaluation scenes) or a prompt file."""
-    from ..pruning.prompts import builtin_prompts, read_prompt_file
+    evaluation scenes) or a prompt file. ``folder``: the recipe's folder when a recipe named
+    the file (it must lie inside); None when the user gave the path directly."""
+    from ..pruning.prompts import builtin_prompts, contained_path, read_prompt_file
 
     if spec.prompts == "builtin:shapes":
         from ..shapes.dataset import evaluation_scenes
@@ -47,7 +48,7 @@ def eval_prompts(spec: EvaluationSpec) -> list[str]:
     elif spec.prompts.startswith("builtin:"):
         prompts = builtin_prompts(spec.prompts.removeprefix("builtin:"))
     else:
-        prompts = read_prompt_file(spec.prompts)
+        prompts = read_prompt_file(contained_path(spec.prompts, folder) if folder is not None else spec.prompts)
     return [prompts[i % len(prompts)] for i in range(spec.num)]
 
 
@@ -164,12 +165,15 @@ METRICS: dict[str, Callable[[Samples], list[dict[str, Any]]]] = {
 }
 
 
-def evaluate(model: str, base: str, spec: EvaluationSpec, *, device: torch.device | None = None) -> tuple[dict[str, Any], Samples]:
-    """Generate (or reuse) both models' images and compute ``spec.metrics``: the ``eval.json`` record and the images."""
+def evaluate(
+    model: str, base: str, spec: EvaluationSpec, *, device: torch.device | None = None, folder: Path | None = None
+) -> tuple[dict[str, Any], Samples]:
+    """Generate (or reuse) both models' images and compute ``spec.metrics``: the ``eval.json``
+    record and the images. ``folder``: see :func:`eval_prompts`."""
     unknown = [m for m in spec.metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric {unknown[0]!r}; available: {', '.join(METRICS)}")
-    prompts = eval_prompts(spec)
+    prompts = eval_prompts(spec, folder)
     samples = Samples(prompts, cached_images(base, prompts, spec, device), cached_images(model, prompts, spec, device))
     rows = [row for metric in spec.metrics for row in METRICS[metric](samples)]
     for row in rows:
@@ -184,10 +188,12 @@ def evaluate(model: str, base: str, spec: EvaluationSpec, *, device: torch.devic
     }, samples
 
 
-def evaluate_checkpoint(folder: Path, base: str, spec: EvaluationSpec, out_folder: Path, *, base_revision: str | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    folder: Path, base: str, spec: EvaluationSpec, out_folder: Path, *, base_revision: str | None = None, prompt_folder: Path | None = None
+) -> dict[str, Any]:
     """Evaluate the checkpoint in ``folder`` against ``base``; write ``eval.json`` and the
     captioned grid (dense row on top, pruned below, at most 8 columns) into ``out_folder``."""
-    record, samples = evaluate(str(folder), base, spec)
+    record, samples = evaluate(str(folder), base, spec, folder=prompt_folder)
     record["model"] = "this checkpoint"
     record["base_revision"] = base_revision
     columns = min(8, len(samples.prompts))

@@ -21,6 +21,7 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
 from .._version import __version__
+from ..checkpoints.loading import repo_files
 from ..checkpoints.manifest import MANIFEST, build_manifest, manifest_bytes, verify_manifest
 from .cards import card_for_folder
 from .recipes import load_recipe
@@ -48,8 +49,18 @@ def _check_checkpoint(directory: Path) -> None:
         raise HubError(f"{directory} is not a pruned checkpoint (needs recipe.yaml, report.json and a diffusers layout); run obsdiff-hub prune first")
 
 
+def _scrub(message: str, token: str | None) -> str:
+    """Remove every token this process could have sent from a message (servers may echo it)."""
+    from huggingface_hub import get_token
+
+    for secret in {token, os.environ.get("HF_TOKEN"), get_token()}:
+        if secret:
+            message = message.replace(secret, "***")
+    return message
+
+
 @contextmanager
-def hub_errors(endpoint: str) -> Iterator[None]:
+def hub_errors(endpoint: str, token: str | None = None) -> Iterator[None]:
     """Network and HTTP failures as one line naming the endpoint (never the token)."""
     import importlib
 
@@ -61,11 +72,11 @@ def hub_errors(endpoint: str) -> Iterator[None]:
         yield
     except HfHubHTTPError as error:  # also an OSError: test it first
         status = error.response.status_code if error.response is not None else "?"
-        detail = (error.server_message or str(error)).strip().splitlines()[0]
-        raise HubError(f"{endpoint} refused the request ({status}): {detail}") from error
+        detail = ((error.server_message or str(error)).strip().splitlines() or ["no detail"])[0]
+        raise HubError(_scrub(f"{endpoint} refused the request ({status}): {detail}", token)) from None
     except (transport, OSError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise HubError(f"cannot reach the Hub at {endpoint} ({reason}); check the endpoint and your connection") from error
+        raise HubError(_scrub(f"cannot reach the Hub at {endpoint} ({reason}); check the endpoint and your connection", token)) from None
 
 
 def _upload_operations(directory: Path, card: str, manifest: bytes) -> list[CommitOperationAdd]:
@@ -103,7 +114,7 @@ def push(
     manifest = manifest_bytes(build_manifest(directory))
     tag = tag or recipe.tag
     api = HfApi(endpoint=endpoint, token=token)
-    with hub_errors(api.endpoint):
+    with hub_errors(api.endpoint, token):
         api.whoami()  # a wrong or missing token fails here, before anything is created
         try:
             refs = api.list_repo_refs(repo_id)
@@ -137,8 +148,10 @@ def pull(
 ) -> Path:
     """Download a revision (branch, tag or sha) and verify it against its manifest."""
     repo_id = _repo_id(repo_id)
-    with hub_errors(endpoint or os.environ.get("HF_ENDPOINT", "https://huggingface.co")):
+    with hub_errors(endpoint or os.environ.get("HF_ENDPOINT", "https://huggingface.co"), token):
         path = Path(snapshot_download(repo_id, revision=revision, local_dir=local_dir, cache_dir=cache_dir, token=token, endpoint=endpoint))
+        listed = repo_files(repo_id, revision, token, endpoint) if verify else None
     if verify:
-        verify_manifest(path)
+        # entries must be files of this repo: a manifest naming anything else in --local-dir is refused
+        verify_manifest(path, repo_files=listed, delete=True)
     return path

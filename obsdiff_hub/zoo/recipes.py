@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,12 +51,12 @@ class EvaluationSpec(StrictModel):
 
     metrics: list[Literal["shapes", "psnr"]] = ["psnr"]
     prompts: str = Field("builtin:captions", description="builtin:NAME or a prompt file")
-    num: int = Field(60, ge=1, description="images per model")
-    steps: int = Field(25, ge=1)
+    num: int = Field(60, ge=1, le=1_000_000, description="images per model")
+    steps: int = Field(25, ge=1, le=10_000)
     guidance_scale: float | None = Field(None, ge=0)
-    resolution: int | None = Field(None, ge=8)
+    resolution: int | None = Field(None, ge=8, le=16_384)
     seed: int = 0
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, le=4096)
 
 
 class RecipeIdentity(StrictModel):
@@ -142,6 +143,8 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     path = Path(name_or_path)
     shipped = not (path.suffix in (".yaml", ".yml") and path.is_file())
     if shipped:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]*", str(name_or_path)):
+            raise RecipeError(f"no recipe file {str(name_or_path)!r}, and that is not a shipped recipe's name (`obsdiff-hub recipes list`)")
         path = data_dir("recipes") / f"{name_or_path}.yaml"
         if not path.is_file():
             names = recipe_names()

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from ..checkpoints.loading import read_json
-from ..checkpoints.outputs import MARKER, OutputError, mark_owned, read_marker, remove_owned
+from ..checkpoints.outputs import OutputError, apply_umask_modes, first_foreign_file, mark_owned, read_marker, remove_owned, write_atomic
 from ..checkpoints.saving import write_safetensors
 from ..models import STRUCTURE_KEY, pruned_class_for
 from ..pruning.precision import floating_dtype
@@ -57,11 +58,17 @@ class DiskState:
             if resume:
                 raise ResumeError(f"nothing to resume: {self.directory} does not exist; run without --resume")
             return
-        if read_marker(self.directory) is None:
+        record = read_marker(self.directory)
+        if record is None:
             raise OutputError(
                 f"{self.directory} exists but was not created by obsdiff-hub, so it is left untouched; "
                 "move it away or choose another --out"
             )
+        if record.get("kind") != "partial":
+            raise OutputError(f"{self.directory} is an obsdiff-hub checkpoint, not saved progress; move it away or choose another --out")
+        foreign = first_foreign_file(self.directory)
+        if foreign is not None:
+            raise OutputError(f"{self.directory} holds {foreign}, which obsdiff-hub did not write; move it away, then rerun")
         progress = self._progress()
         done = int(progress["completed"]) if progress else 0
         if resume:
@@ -80,24 +87,25 @@ class DiskState:
         self.clear()
 
     def package_done(self, index: int, model: nn.Module, report: PruneReport) -> None:
-        fresh = not self.directory.exists()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if fresh:
+        if not self.directory.exists():
+            self.directory.mkdir(parents=True)
             mark_owned(self.directory, [], kind="partial")
-        tmp = self.directory / "state.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        # A fresh temp folder, owned (by the marker) before anything is written into it, so a
+        # crash mid-write leaves nothing that looks foreign; only what this run wrote is listed.
+        tmp = Path(tempfile.mkdtemp(prefix=".state.", dir=self.directory))
+        listed = read_marker(self.directory)["files"]  # type: ignore[index]
+        mark_owned(self.directory, [*listed, f"{tmp.name}/", f".state.old.{tmp.name}/"], kind="partial")
         write_safetensors(model, tmp, torch_dtype=floating_dtype(model))
-        old = self.directory / "state.old"
-        shutil.rmtree(old, ignore_errors=True)
+        apply_umask_modes(tmp)
+        old = self.directory / f".state.old.{tmp.name}"
         if self.state_dir.exists():
             self.state_dir.rename(old)
         tmp.rename(self.state_dir)
-        shutil.rmtree(old, ignore_errors=True)
-        progress = {"run_id": self.run_id, "completed": index + 1, "report": report.to_dict()}
-        (self.directory / "progress.tmp").write_text(json.dumps(progress))
-        (self.directory / "progress.tmp").replace(self.directory / PROGRESS)
-        owned = [p.relative_to(self.directory).as_posix() for p in self.directory.rglob("*") if p.is_file() and p.name != MARKER]
-        mark_owned(self.directory, owned, kind="partial")
+        if old.exists():
+            shutil.rmtree(old)
+        write_atomic(self.directory / PROGRESS, json.dumps({"run_id": self.run_id, "completed": index + 1, "report": report.to_dict()}))
+        written = [f"state/{p.name}" for p in self.state_dir.iterdir()] + [PROGRESS]
+        mark_owned(self.directory, written, kind="partial")
         self.completed = index + 1
 
     def load(self, model: nn.Module) -> nn.Module:

@@ -31,6 +31,7 @@ from ..pruning.distributed import World
 from ..pruning.engine import DTYPES, ProgressCallback, PruneResult, prune
 from ..pruning.precision import check_device_dtype
 from ..pruning.prompts import prompts_sha256, resolve_prompts
+from ..resources import data_dir
 from .recipes import Recipe, RecipeError
 from .resume import DiskState
 from .sampling import load_pipeline
@@ -207,6 +208,10 @@ def run_recipe(
             raise RecipeError("a shipped recipe cannot name a prompt file; pass --prompts FILE")
         prompts = resolve_prompts(source, requested.folder)
     pinned = pinned_prompts(source, prompts)
+    if requested.evaluation is not None:  # its prompts are read now, not after the pruning
+        from .evaluation import eval_prompts
+
+        eval_prompts(requested.evaluation, requested.folder or data_dir("recipes"))
     world = World.from_environment(run_device)
     run_id = hashlib.sha256(f"{requested.sha256}:{pinned.sha256}".encode()).hexdigest()
     state = DiskState(out.with_name(out.name + ".partial"), run_id, writer=world.is_main)
@@ -259,7 +264,10 @@ def run_recipe(
             if effective.evaluation is not None:
                 from .evaluation import evaluate_checkpoint
 
-                evaluation = evaluate_checkpoint(tmp, requested.base_model.repo_id, effective.evaluation, tmp, base_revision=base_revision)
+                evaluation = evaluate_checkpoint(
+                    tmp, requested.base_model.repo_id, effective.evaluation, tmp, base_revision=base_revision,
+                    prompt_folder=requested.folder or data_dir("recipes"),
+                )
             card = render_card(effective, report, plan=plan_info, evaluation=evaluation, base_revision=base_revision)
             (tmp / "recipe.yaml").write_text(effective.to_yaml())
             (tmp / "report.json").write_text(json.dumps({**report.to_dict(), "provenance": record, "plan": plan_info}, indent=2))
