@@ -2,8 +2,8 @@
 
 Activations: (a) SD3-Medium's real shapes (public config, random weights): the inputs of
 block 5's ``attn.to_q`` (1536) and ``ff.net.2`` (6144) for 4 prompts with CFG at 4 timesteps,
-256² (8192 image-token rows); (b) the trained shapes model's real activations: a mid UNet
-block's ``ff.net.2`` input over 16 captions × 20 steps. For each precision the accumulator
+256² (8192 image-token rows); (b) the trained shapes model's real activations: the mid block's
+``ff.net.2`` input over 16 captions × 20 steps. For each precision the accumulator
 reads the inputs rounded as the tensor cores would (emulated on CPU, exact in what it
 rounds), with fp32 accumulation. Reported: the relative Frobenius error of H against an fp64
 reference, and what it does to pruning: the layer's reconstruction error (under the fp64 H)
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from diffusers.utils import logging as diffusers_logging
 
 from obsdiff_hub.maths.hessian import ACCUMULATION_PRECISIONS, HessianAccumulator
 from obsdiff_hub.maths.solvers import obs_prune
@@ -102,10 +103,11 @@ def compare(name: str, X: torch.Tensor, W: torch.Tensor) -> list[str]:
 
 
 def main() -> None:
+    diffusers_logging.disable_progress_bar()
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, torch {torch.__version__}; tf32/bf16 rounding emulated on CPU")
     print("| activations | rows×cols | precision | ‖H − H_fp64‖ / ‖H_fp64‖ | 50% OBS reconstruction error vs fp32 H |")
     print("|---|---|---|---|---|")
-    shapes = shapes_activations("down_blocks.1.attentions.0.transformer_blocks.0.ff.net.2")
+    shapes = shapes_activations("mid_block.attentions.0.transformer_blocks.0.ff.net.2")
     for layer, (X, W) in shapes.items():
         for line in compare(f"shapes model (trained) {layer}", X, W):
             print(line, flush=True)

@@ -8,6 +8,7 @@ the listing commands take ``--json`` for scripts.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -250,6 +251,118 @@ def _print_metrics(evaluation: dict[str, Any]) -> None:
         dense = "–" if m.get("dense") is None else f"{m['dense']:.4g}"
         scores.add_row(m["label"], dense, f"{m['pruned']:.4g}", f"[{low:.4g}, {high:.4g}]", str(m["samples"]))
     print_table(scores)
+
+
+@app.command("eval")
+@reports_errors
+def eval_(
+    model: str = typer.Option(..., help="Pruned checkpoint: folder or Hub repo id."),
+    base: Optional[str] = typer.Option(None, help="Dense base (folder, Hub id or builtin:NAME; default: the checkpoint's provenance)."),
+    metrics: str = typer.Option("psnr,clip", help="Comma-separated: psnr, clip, fid, imagereward, shapes."),
+    prompts: str = typer.Option("builtin:captions", help="builtin:captions, builtin:shapes, or a prompt file."),
+    num: int = typer.Option(60, help="Images per model."),
+    steps: int = typer.Option(25, help="Sampling steps."),
+    guidance: Optional[float] = typer.Option(None, help="Guidance scale (default: the pipeline's)."),
+    resolution: Optional[int] = typer.Option(None, help="Height and width (default: the pipeline's)."),
+    seed: int = typer.Option(0, help="Image i uses seed + i, for both models."),
+    batch_size: int = typer.Option(8, help="Images per sampling call."),
+    reference: Optional[Path] = typer.Option(None, help="Folder of reference images for FID (e.g. MS-COCO 2014 val)."),
+    fid_features: str = typer.Option("inception", help="inception (standard FID) or clip."),
+    clip_model: Optional[str] = typer.Option(None, help="CLIP for the clip metric (default: OpenAI ViT-B/16, pinned revision)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N (default: cuda if available)."),
+    out: Optional[Path] = typer.Option(None, help="Where eval.json and samples.png go (default: the checkpoint's folder)."),
+    quiet: bool = typer.Option(False, help="Print only errors and the path of eval.json."),
+) -> None:
+    """Measure quality next to the dense model (same prompts and seeds): eval.json with 95% intervals, a captioned grid."""
+    from obsdiff_hub.checkpoints.inspection import base_model_of
+    from obsdiff_hub.zoo.bench import results_folder
+    from obsdiff_hub.zoo.evaluation import EVAL_FILE, evaluate_checkpoint
+    from obsdiff_hub.zoo.recipes import EvaluationSpec
+    from obsdiff_hub.zoo.runs import parse_device
+
+    spec = EvaluationSpec.model_validate({
+        "metrics": [m.strip() for m in metrics.split(",") if m.strip()], "prompts": prompts, "num": num, "steps": steps,
+        "guidance_scale": guidance, "resolution": resolution, "seed": seed, "batch_size": batch_size,
+        "reference": str(reference) if reference else None, "fid_features": fid_features, "clip_model": clip_model,
+    })
+    run_device = parse_device(device)
+    folder = results_folder(model, out)
+    base = base or base_model_of(model)
+    display = None if quiet else ImageProgress()
+    with display if display is not None else contextlib.nullcontext():
+        record = evaluate_checkpoint(model, base, spec, folder, device=run_device, on_image=display)
+    if quiet:
+        typer.echo(str(folder / EVAL_FILE))
+        return
+    _print_metrics(record)
+    console.print(f"wrote {folder / EVAL_FILE} and {folder / record['grid']}")
+
+
+@app.command()
+@reports_errors
+def bench(
+    model: str = typer.Option(..., help="Pruned checkpoint: folder or Hub repo id."),
+    base: Optional[str] = typer.Option(None, help="Dense base (folder or Hub id; default: the checkpoint's provenance)."),
+    resolution: int = typer.Option(1024, help="Image side the latents correspond to."),
+    batch_size: int = typer.Option(1, help="Latents per forward."),
+    repeats: int = typer.Option(10, help="Timed repetitions (after 2 warm-up runs); at least 10."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N (default: cuda if available)."),
+    dtype: Optional[str] = typer.Option(None, help="float16, bfloat16 or float32 (default: float16 on CUDA, float32 on CPU)."),
+    sparse_kernels: bool = typer.Option(False, help="2:4 checkpoints: time with semi-structured sparse kernels (CUDA)."),
+    out: Optional[Path] = typer.Option(None, help="Where bench.json goes (default: the checkpoint's folder)."),
+) -> None:
+    """Latency (whole denoiser and per block), peak memory, parameters and FLOPs, dense vs pruned."""
+    from obsdiff_hub.checkpoints.inspection import base_model_of
+    from obsdiff_hub.checkpoints.outputs import add_owned, write_atomic
+    from obsdiff_hub.pruning.engine import DTYPES
+    from obsdiff_hub.zoo.bench import BENCH_FILE, results_folder
+    from obsdiff_hub.zoo.bench import bench as measure
+    from obsdiff_hub.zoo.runs import parse_device
+
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"--dtype must be float32, float16 or bfloat16, got {dtype!r}")
+    if resolution < 64 or resolution % 64:
+        raise ValueError(f"--resolution must be a positive multiple of 64, got {resolution}")
+    folder = results_folder(model, out)
+    record = measure(model, base or base_model_of(model), resolution=resolution, batch=batch_size, device=parse_device(device),
+                     dtype=DTYPES[dtype] if dtype else None, repeats=repeats, sparse_kernels=sparse_kernels)
+    write_atomic(folder / BENCH_FILE, json.dumps(record, indent=2) + "\n")
+    add_owned(folder, [BENCH_FILE])
+    table = Table(title=f"{record['device']}, {record['dtype']}, {resolution}², batch {batch_size} (median of {repeats}, ms)")
+    for column in ("", "dense", "pruned", "change"):
+        table.add_column(column, justify="right")
+    d = record["denoiser"]
+    table.add_row("denoiser forward", f"{d['dense']['median_ms']:.2f}", f"{d['pruned']['median_ms']:.2f}", f"{d['speedup']:.2f}×")
+    table.add_row("parameters", _human(record["params"]["dense"]), _human(record["params"]["pruned"]), f"{100 * (record['params']['pruned'] / record['params']['dense'] - 1):+.2f}%")
+    table.add_row("FLOPs (1024², batch 1)", _human(record["flops"]["dense"]), _human(record["flops"]["pruned"]), f"{100 * (record['flops']['pruned'] / record['flops']['dense'] - 1):+.2f}%")
+    peak = record["peak_memory_bytes"]
+    if peak["dense"] is not None:
+        table.add_row("peak memory", _human(peak["dense"], "B"), _human(peak["pruned"], "B"), f"{100 * (peak['pruned'] / peak['dense'] - 1):+.2f}%")
+    speedups = [b["speedup"] for b in record["blocks"]]
+    if speedups:
+        table.add_row("blocks (median speed-up)", "", "", f"{sorted(speedups)[len(speedups) // 2]:.2f}×")
+    print_table(table)
+    console.print(f"wrote {folder / BENCH_FILE}")
+
+
+class ImageProgress:
+    """Image generation progress of ``eval`` on stderr."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True))
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> ImageProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def __call__(self, which: str, done: int, total: int) -> None:
+        if which not in self.tasks:
+            self.tasks[which] = self.progress.add_task(f"{which} images", total=total)
+        self.progress.update(self.tasks[which], completed=done)
 
 
 @recipes_app.command("list")

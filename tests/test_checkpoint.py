@@ -233,3 +233,17 @@ def test_sparse_kernels_detects_pattern_and_refuses_cpu(tmp_path):
     out = oh.save_pruned(model, tmp_path / "nm", record=RECORD)
     with pytest.raises(ValueError, match="needs the model on a CUDA GPU"):
         oh.OBSDiffSD3Transformer.from_pretrained(out, sparse_kernels=True)
+
+
+def test_a_saved_pipeline_loads_in_one_dtype_and_samples(tmp_path):
+    """The shapes model ships fp16 text encoder and VAE; the run saves the UNet in fp32. A
+    pipeline of mixed dtypes cannot sample, so every component is saved in the output dtype."""
+    from obsdiff_hub.shapes.pipeline import load_shapes_pipeline
+
+    pipe = load_shapes_pipeline(torch.float16)
+    out = oh.save_pruned(pipe, tmp_path / "o", torch_dtype=torch.float32)
+    loaded = DiffusionPipeline.from_pretrained(out)
+    dtypes = {n: next(c.parameters()).dtype for n, c in loaded.components.items() if isinstance(c, torch.nn.Module)}
+    assert set(dtypes.values()) == {torch.float32}, dtypes
+    images = loaded("a small red circle on the left", num_inference_steps=2, height=32, width=32, output_type="latent").images
+    assert torch.isfinite(images).all()

@@ -266,14 +266,15 @@ def test_every_prune_config_field_round_trips_through_a_recipe_file(tmp_path):
         packages=3, weighting="linear_increase", alpha_min=0.5, alpha_max=1.5, percdamp=0.05, blocksize=64,
         rrf_k=30, head_saliency="exact", neuron_batch=8, hessian_precision="tf32",
     )
+    refined = dict(granularity="structured", calibration_target="dense", allocation="error", allocation_spread=0.2)  # obs-diff only
     defaults = PruneConfig().model_dump()
-    assert set(changed) | {"n", "m", "memory_budget_gb"} == set(defaults)  # every field but the n:m and auto-only ones
-    assert all(changed[k] != defaults[k] for k in changed)
+    assert set(changed) | set(refined) | {"n", "m", "memory_budget_gb"} == set(defaults)  # every field, n:m and auto-only ones below
+    assert all(changed[k] != defaults[k] for k in changed) and all(refined[k] != defaults[k] for k in refined)
     base = load_recipe("tiny-sd3-unstructured-50")
-    recipe = base.with_changes({f"prune.{k}": v for k, v in changed.items()})
     path = tmp_path / "r.yaml"
-    path.write_text(recipe.to_yaml())
-    assert load_recipe(path).prune == PruneConfig(**changed)
+    for fields in (changed, refined):
+        path.write_text(base.with_changes({f"prune.{k}": v for k, v in fields.items()}).to_yaml())
+        assert load_recipe(path).prune == PruneConfig(**{**base.prune.model_dump(), **fields})
     nm = base.with_changes({"prune.granularity": "n:m", "prune.n": 4, "prune.m": 8, "prune.packages": "auto", "prune.memory_budget_gb": 2.5})
     path.write_text(nm.to_yaml())
     assert load_recipe(path).prune == PruneConfig(granularity="n:m", n=4, m=8, memory_budget_gb=2.5)

@@ -62,3 +62,16 @@ def inspect_checkpoint(source: str, revision: str | None = None) -> dict[str, An
         "sparsity": zeros / total if total else 0.0,
         "targeted_weights": tensors,
     }
+
+
+def base_model_of(source: str) -> str:
+    """The dense model a pruned checkpoint was made from, from its provenance (for ``--base`` defaults)."""
+    root = resolve_source(source)
+    report = root / "report.json"
+    record = read_json(report).get("provenance", {}) if report.is_file() else {}
+    if not record:
+        record = read_json(denoiser_folder(root) / "config.json").get(PROVENANCE_KEY) or {}
+    base = record.get("base_model") if isinstance(record, dict) else None
+    if not isinstance(base, str) or not base:
+        raise CheckpointError(f"{source} does not record the model it was pruned from; pass --base")
+    return base

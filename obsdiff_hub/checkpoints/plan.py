@@ -118,3 +118,15 @@ def plan(
         params_after = sum(p.numel() for p in model.parameters())
         flops_after = (_flops(model, resolution) if granularity == "structured" else flops_before) if resolution else None
     return PlanResult(params_before, params_after, flops_before, flops_after, heads, neurons, resolution)
+
+
+def costs(config: dict[str, Any], resolution: int | None = 1024) -> tuple[int, float | None]:
+    """Parameters and FLOPs (same convention as :func:`plan`) of the model a config describes,
+    pruned shapes included (``obsdiff_structure``)."""
+    from ..models import STRUCTURE_KEY
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = build_model(config, structure=config.get(STRUCTURE_KEY) or None, empty=False).eval()
+        params = sum(p.numel() for p in model.parameters())
+        flops = _flops(model, resolution) if resolution else None
+    return params, flops

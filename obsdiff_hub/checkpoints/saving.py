@@ -125,11 +125,20 @@ def write_pruned(
     torch_dtype: torch.dtype | None = None,
     max_shard_size: int | str = "10GB",
 ) -> None:
-    """The body of :func:`save_pruned`: write a pipeline or denoiser into an existing (temp) folder."""
+    """The body of :func:`save_pruned`: write a pipeline or denoiser into an existing (temp) folder.
+
+    With ``torch_dtype`` the pipeline's other floating-point components are cast to it (in
+    place) before saving, so the saved pipeline loads in one dtype: transformers and diffusers
+    load components in their stored dtypes, and a pipeline mixing them cannot sample.
+    """
     record = record or provenance()
     pipeline = None if isinstance(target, ModelMixin) else target
     name = denoiser_name(pipeline) if pipeline is not None else None
     model = promote(target if pipeline is None else getattr(pipeline, name), record)  # type: ignore[arg-type]
+    if pipeline is not None and torch_dtype is not None:
+        for other, component in pipeline.components.items():
+            if other != name and isinstance(component, torch.nn.Module) and any(p.is_floating_point() for p in component.parameters()):
+                component.to(dtype=torch_dtype)
 
     def write_denoiser(directory: Path) -> None:
         write_safetensors(model, directory, variant=variant, torch_dtype=torch_dtype, max_shard_size=max_shard_size, metadata=record)

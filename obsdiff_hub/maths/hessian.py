@@ -181,3 +181,41 @@ class HessianAccumulator:
     def release(self) -> None:
         """Free the d×d buffer once the layer has been solved."""
         self._sum = torch.empty(0, device=self._sum.device)
+
+
+class CrossTermAccumulator:
+    """Accumulates ``G = 2 Σ α (X − X̂)ᵀ X̂ / Σ α·samples`` for asymmetric calibration.
+
+    ``X`` are a layer's inputs in the dense network, ``X̂`` the inputs the same calls give in
+    the network being pruned (the same trajectories). With the layer's Hessian ``H`` of ``X̂``,
+    ``W + W G H⁻¹`` is the weight that reproduces the *dense* output ``W X`` from ``X̂`` (see
+    :func:`obsdiff_hub.maths.solvers.asymmetric_target`). Normalised like the Hessian.
+    """
+
+    def __init__(self, num_columns: int, *, device: torch.device | str | None = None) -> None:
+        self.num_columns = num_columns
+        self._sum = torch.zeros(num_columns, num_columns, dtype=torch.float32, device=device)
+        self.total_weight = 0.0
+        self.num_samples = 0
+
+    @property
+    def sum(self) -> torch.Tensor:
+        return self._sum
+
+    def add(self, dense: torch.Tensor, pruned: torch.Tensor, weight: float = 1.0) -> None:
+        """Add ``2·weight·(dense − pruned)ᵀ pruned`` for matching rows of the two inputs."""
+        if dense.shape != pruned.shape or dense.shape[-1] != self.num_columns:
+            raise ValueError(f"dense inputs {tuple(dense.shape)} and pruned inputs {tuple(pruned.shape)} must match, width {self.num_columns}")
+        x_hat = pruned.detach().reshape(-1, self.num_columns).to(device=self._sum.device, dtype=torch.float32)
+        delta = dense.detach().reshape(-1, self.num_columns).to(device=self._sum.device, dtype=torch.float32) - x_hat
+        self._sum.addmm_(delta.T, x_hat, alpha=2.0 * weight)
+        self.total_weight += weight * x_hat.shape[0]
+        self.num_samples += x_hat.shape[0]
+
+    def cross_term(self) -> torch.Tensor:
+        if self.total_weight <= 0:
+            raise ValueError("no calibration inputs reached this layer")
+        return self._sum / self.total_weight
+
+    def release(self) -> None:
+        self._sum = torch.empty(0, device=self._sum.device)

@@ -97,6 +97,38 @@ def reversed_cholesky(H: torch.Tensor, already_reversed: bool = False) -> torch.
     return _cholesky(H if already_reversed else H.flip(0, 1)).flip(0, 1)
 
 
+def asymmetric_target(W: torch.Tensor, H: torch.Tensor, G: torch.Tensor, percdamp: float = 0.01) -> torch.Tensor:
+    """The weight whose OBS pruning solves the asymmetric problem ``min ‖W X − Ŵ X̂‖²``.
+
+    ``H`` is the (damped) Hessian of the drifted inputs ``X̂`` and ``G = 2 (X − X̂)ᵀ X̂`` (same
+    normalisation) the cross term with the dense inputs ``X``. The unconstrained optimum is
+    ``W* = W X X̂ᵀ (X̂ X̂ᵀ)⁻¹ = W + W G H⁻¹``, and ``‖W X − Ŵ X̂‖² = ‖(W* − Ŵ) X̂‖² + const``: pruning
+    ``W*`` with the same ``H`` (any sparsity constraint, unstructured, N:M or groups) is the
+    exact asymmetric solution. Cost: one Cholesky and two triangular solves, rows·n² each.
+    Returns fp32.
+    """
+    _check_shapes(W, H)
+    Hd, _ = damp_hessian(H, percdamp, W.device)
+    L = _cholesky(Hd)
+    WG = W.detach().float() @ G.to(device=W.device, dtype=torch.float32)
+    # (W G) H⁻¹ = (H⁻¹ (W G)ᵀ)ᵀ with H = L Lᵀ symmetric
+    correction = torch.cholesky_solve(WG.T.contiguous(), L).T
+    return W.detach().float() + correction
+
+
+def split_count(count: int, rows: int, cols: int, blocksize: int) -> list[int]:
+    """``count`` removals spread over the column blocks of a ``rows × cols`` layer in proportion to
+    their sizes (largest remainder), each within its block: the per-block counts sum to ``count``."""
+    sizes = [min(blocksize, cols - i) * rows for i in range(0, cols, blocksize)]
+    if not 0 <= count <= sum(sizes):
+        raise ValueError(f"cannot remove {count} of {sum(sizes)} weights")
+    exact = [count * size / sum(sizes) for size in sizes]
+    counts = [int(e) for e in exact]
+    for i in sorted(range(len(sizes)), key=lambda i: counts[i] - exact[i])[: count - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
 # ------------------------------------------------------------- unstructured and N:M
 
 
@@ -108,6 +140,7 @@ def obs_prune_shared(
     m: int = 0,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    counts: Sequence[int] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Blocked OBS (SparseGPT) pruning of layers that share one input Hessian ``H``.
 
@@ -116,7 +149,9 @@ def obs_prune_shared(
     layer with the smallest saliency ``w² / U_jj²`` (weights as updated so far) are pruned;
     N:M, in every group of ``m`` consecutive columns of a row, the ``n`` least salient,
     chosen when the walk reaches the group. Each pruned column's error is propagated to
-    the columns to its right. ``sparsity`` is one ratio or one per layer.
+    the columns to its right. ``sparsity`` is one ratio or one per layer; unstructured,
+    ``counts`` (one per layer) instead sets each layer's exact total, spread over its blocks
+    by :func:`split_count` (used by sparsity allocation).
 
     The rows of all layers are stacked and walked once, column by column, in the
     transposed layout (column j is the contiguous row ``Wt[j]``). With ``H = R Rᵀ``
@@ -124,7 +159,8 @@ def obs_prune_shared(
     finished blocks enter later blocks through ``Z = E U``, kept by block forward
     substitution, ``Z_b = (E_b − P_b) U_bb`` with ``P_b = Σ_{k<b} Z_k R_kb``; only the
     diagonal blocks ``U_bb = R_bb⁻¹`` are inverted. Cost: one Cholesky (n³/3) plus
-    ``rows·cols²`` GEMM FLOPs; inside a block, sub-blocks of 16 columns take rank-1
+    ``rows·cols²`` GEMM FLOPs (the part of ``P_b`` from earlier super-blocks of 4 blocks is
+    one larger GEMM per super-block); inside a block, sub-blocks of 16 columns take rank-1
     updates and pass their errors on in one GEMM. No host synchronisation in the walk.
     Returns ``[(W_pruned, mask), ...]`` in the order of ``weights``.
     """
@@ -140,6 +176,8 @@ def obs_prune_shared(
     for W in weights:
         _check_shapes(W, H)  # finiteness: checked on the Cholesky factor
     cols = weights[0].shape[1]
+    if counts is not None and (m or len(counts) != len(weights)):
+        raise ValueError("counts (one per layer) apply to unstructured pruning only")
     if m:
         if cols % m:
             raise ValueError(f"{n}:{m} sparsity needs the input width ({cols}) to be a multiple of {m}")
@@ -155,22 +193,32 @@ def obs_prune_shared(
     mask = torch.zeros_like(Wt, dtype=torch.bool)
     bounds = torch.tensor([0] + [W.shape[0] for W in weights]).cumsum(0).tolist()
     eye = torch.eye(blocksize, device=device)
+    per_block = [split_count(c, W.shape[0], cols, blocksize) for c, W in zip(counts, weights)] if counts is not None else None
 
+    superblock = 4 * blocksize
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
         U_bb = torch.linalg.solve_triangular(R[i1:i2, i1:i2], eye[:count, :count], upper=True)
         d = torch.diag(U_bb)
         block = Wt[i1:i2]
-        if i1:
-            P_t = R[:i1, i1:i2].T @ Zt[:i1]
+        # P_b = Σ_{k<b} Z_k R_kb: the earlier super-blocks' part once per super-block (one GEMM
+        # with 4× the rows, faster), the part from earlier blocks of this super-block per block.
+        s1 = i1 - i1 % superblock
+        if i1 == s1 and s1:
+            P_super = R[:s1, s1 : min(s1 + superblock, cols)].T @ Zt[:s1]
+        P_t = P_super[i1 - s1 : i2 - s1].clone() if s1 else None
+        if i1 > s1:
+            local = R[s1:i1, i1:i2].T @ Zt[s1:i1]
+            P_t = local if P_t is None else P_t.add_(local)
+        if P_t is not None:
             block.addmm_(U_bb.T, P_t)  # earlier blocks' errors: W_b −= Σ_{k<b} E_k U_kb = −P_b U_bb
         block_mask = mask[i1:i2]
         errors = torch.empty_like(block)
         if not m:
-            scores = (block / d.unsqueeze(1)) ** 2
-            for (r1, r2), ratio in zip(zip(bounds, bounds[1:]), ratios):
-                k = round(ratio * (r2 - r1) * count)
+            scores = block.abs() / d.unsqueeze(1)  # orders like w² / d², one pass cheaper
+            for layer, ((r1, r2), ratio) in enumerate(zip(zip(bounds, bounds[1:]), ratios)):
+                k = per_block[layer][i1 // blocksize] if per_block is not None else round(ratio * (r2 - r1) * count)
                 if k:  # each layer's own count, chosen among its own rows
                     layer_scores = scores[:, r1:r2].reshape(-1)
                     chosen = torch.zeros_like(layer_scores, dtype=torch.bool)
@@ -188,7 +236,7 @@ def obs_prune_shared(
             if s2 < count:
                 block[s2:].addmm_(U_bb[s1:s2, s2:].T, errors[s1:s2], alpha=-1)
         block.masked_fill_(block_mask, 0.0)  # exact zeros, not round-off residues
-        if i1:
+        if P_t is not None:
             errors.sub_(P_t)
         torch.mm(U_bb.T, errors, out=Zt[i1:i2])
     return [

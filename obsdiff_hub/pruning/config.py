@@ -46,6 +46,11 @@ class PruneConfig(StrictModel):
     head_saliency: Literal["reference", "exact"] = "reference"
     neuron_batch: int = Field(32, ge=1, description="FFN neurons removed per OBS round (heads: always 1)")
     hessian_precision: AccumulationPrecision = "fp32"
+    calibration_target: Literal["self", "dense"] = Field(
+        "self", description="dense: fit the dense network's outputs from the drifted inputs (asymmetric; a dense copy runs alongside)"
+    )
+    allocation: Literal["uniform", "error"] = Field("uniform", description="error: per-layer sparsity from measured sensitivity, same total")
+    allocation_spread: float = Field(0.1, ge=0.0, lt=1.0, description="with allocation error: each layer within ratio ± spread")
 
     @field_validator("block_sparsity")
     @classmethod
@@ -75,6 +80,10 @@ class PruneConfig(StrictModel):
             raise ValueError(f"structured pruning supports methods obs-diff and l1, not {self.method!r}")
         if self.alpha_min > self.alpha_max:
             raise ValueError(f"alpha_min ({self.alpha_min}) must not exceed alpha_max ({self.alpha_max})")
+        if self.calibration_target == "dense" and self.method != "obs-diff":
+            raise ValueError("calibration_target 'dense' applies to method obs-diff (the baselines do not compensate)")
+        if self.allocation == "error" and (self.method != "obs-diff" or self.granularity == "n:m"):
+            raise ValueError("allocation 'error' applies to method obs-diff with granularity unstructured or structured")
         if self.memory_budget_gb is not None and self.packages != "auto":
             raise ValueError("memory_budget_gb applies to packages 'auto'; set one or the other")
         if isinstance(self.blocks, str) and not _parse_range(self.blocks):

@@ -11,8 +11,9 @@ site solved on one rank and broadcast (:mod:`.distributed`).
 
 from __future__ import annotations
 
+import copy
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Literal, Protocol
 
@@ -20,17 +21,19 @@ import torch
 from torch import nn
 
 from ..maths.hessian import AccumulationPrecision, HessianAccumulator, timestep_weights
-from ..maths.solvers import GroupSelection
+from ..maths.solvers import GroupSelection, asymmetric_target
 from ..models import promote, provenance
 from . import surgery
-from .adapters import ArchitectureAdapter, BlockUnit, HeadCoupling, LinearSite, StructuredSite, adapter_for
+from .adapters import ArchitectureAdapter, BlockUnit, HeadCoupling, LinearSite, NeuronCoupling, StructuredSite, adapter_for
 from .adapters.inputs import example_inputs, run_denoiser
+from .allocation import allocate_package
+from .asymmetric import dense_targets
 from .calibration import Calibration, PipelineCalibration, denoiser_name, denoiser_of, unconditional_input
 from .config import CalibrationConfig, PruneConfig
 from .distributed import World
 from .methods import GROUP_METHODS, LAYER_METHODS
 from .packages import hessian_layers, plan_packages
-from .precision import Precision, check_device_dtype
+from .precision import Precision, check_device_dtype, release_freed_memory
 from .prompts import prompts_sha256, resolve_prompts
 from .report import LayerRecord, PackageRecord, PruneReport, StructureRecord, count_parameters, peak_memory_bytes, reset_peak_memory
 from .steps import StepClock
@@ -131,40 +134,58 @@ class SiteSolver:
     def __init__(self, precision: Precision, config: PruneConfig) -> None:
         self.precision = precision
         self.config = config
+        self.counts: dict[str, int] = {}  # allocated removals: layer path or coupling key → count
 
     def weight(self, path: str) -> torch.Tensor:
         """The weight to prune: the checkpoint values (the master copy when there is one)."""
         models = self.precision.models
         return models[-1].get_submodule(path).weight.data.to(models[0].get_submodule(path).weight.device)
 
-    def solve(self, unit: BlockUnit, hessians: dict[str, torch.Tensor]) -> UnitResult:
+    def target(self, path: str, H: torch.Tensor, G: torch.Tensor | None) -> torch.Tensor:
+        """What the solve fits: the weight itself, or with a cross term the dense network's outputs."""
+        W = self.weight(path)
+        return W if G is None else asymmetric_target(W, H, G, self.config.percdamp)
+
+    def solve(self, unit: BlockUnit, hessians: dict[str, torch.Tensor], cross_terms: dict[str, torch.Tensor] | None = None) -> UnitResult:
         result = UnitResult()
+        cross_terms = cross_terms or {}
         for site in unit.sites:
             if isinstance(site, LinearSite):
-                self._solve_linear(unit.block, site, hessians[site.hessian_layer], result)
+                self._solve_linear(unit.block, site, hessians[site.hessian_layer], cross_terms.get(site.hessian_layer), result)
             else:
-                self._solve_structured(unit.block, site, hessians, result)
+                self._solve_structured(unit.block, site, hessians, cross_terms, result)
         return result
 
-    def _solve_linear(self, block: int, site: LinearSite, H: torch.Tensor, result: UnitResult) -> None:
+    def _solve_linear(self, block: int, site: LinearSite, H: torch.Tensor, G: torch.Tensor | None, result: UnitResult) -> None:
         cfg = self.config
         weights = [self.weight(p) for p in site.layers]
-        solved = LAYER_METHODS[cfg.method](weights, H, [cfg.sparsity_for(block)] * len(weights), cfg)
+        targets = [self.target(p, H, G) for p in site.layers] if G is not None else weights
+        counts = [self.counts[p] for p in site.layers] if self.counts else None
+        solved = LAYER_METHODS[cfg.method](targets, H, [cfg.sparsity_for(block)] * len(weights), cfg, counts)
         for path, W, (W_new, mask) in zip(site.layers, weights, solved):
             result.weights[path] = W_new
             result.layers.append(LayerRecord(path, block, tuple(W.shape), float(mask.float().mean()), relative_error(W, W_new, H)))
 
-    def _solve_structured(self, block: int, site: StructuredSite, hessians: dict[str, torch.Tensor], result: UnitResult) -> None:
+    def _solve_structured(
+        self, block: int, site: StructuredSite, hessians: dict[str, torch.Tensor], cross_terms: dict[str, torch.Tensor], result: UnitResult
+    ) -> None:
         cfg = self.config
         ratio = cfg.sparsity_for(block)
         working = self.precision.working
         weights = [self.weight(p) for p in site.out_layers]
+        targets = [self.target(p, hessians[p], cross_terms.get(p)) for p in site.out_layers] if cross_terms else weights
         groups, head_ids, neuron_ids = site.column_groups(working)
+
+        def count(coupling: HeadCoupling | NeuronCoupling | None, ids: range) -> int:
+            if coupling is None or not ids:
+                return 0
+            return self.counts.get(coupling.key, surgery.removal_count(len(ids), ratio))
+
         selections = [
-            GroupSelection(tuple(head_ids), surgery.removal_count(len(head_ids), ratio) if head_ids else 0),
-            GroupSelection(tuple(neuron_ids), surgery.removal_count(len(neuron_ids), ratio) if neuron_ids else 0, cfg.neuron_batch),
+            GroupSelection(tuple(head_ids), count(site.heads, head_ids)),
+            GroupSelection(tuple(neuron_ids), count(site.neurons, neuron_ids), cfg.neuron_batch),
         ]
-        solved, (gone_heads, gone_neurons) = GROUP_METHODS[cfg.method](weights, [hessians[p] for p in site.out_layers], groups, selections, cfg)
+        solved, (gone_heads, gone_neurons) = GROUP_METHODS[cfg.method](targets, [hessians[p] for p in site.out_layers], groups, selections, cfg)
         for path, W, W_new in zip(site.out_layers, weights, solved):
             result.weights[path] = W_new
             zeroed = float((W_new == 0).all(0).float().mean())
@@ -211,8 +232,8 @@ def _share(world: World, result: UnitResult | None, owner: int, device: torch.de
     )
 
 
-def _sum_over_ranks(world: World, accumulators: dict[str, HessianAccumulator]) -> None:
-    """All-reduce the Hessian sums and their normalisers, so every rank holds the global Hessians."""
+def _sum_over_ranks(world: World, accumulators: dict[str, Any]) -> None:
+    """All-reduce the Hessian (or cross-term) sums and their normalisers, so every rank holds the global ones."""
     if world.size == 1:
         return
     for acc in accumulators.values():
@@ -325,11 +346,13 @@ def prune(
     units = adapter.units(model, cfg.block_ids(len(adapter.blocks(model))), cfg.granularity == "structured")
     batch = (cal_cfg.batch_size * (2 if calibrate.uses_cfg else 1)) if cal_cfg is not None else 1
     activations = _activation_bytes(model, run_device, batch, cal_cfg.resolution if cal_cfg else None) if cfg.packages == "auto" else 0
-    plan = plan_packages(model, units, cfg.packages, cfg.memory_budget_gb, run_device, activations)
+    asymmetric = cfg.calibration_target == "dense"  # a cross term per Hessian, and a dense copy alongside
+    plan = plan_packages(model, units, cfg.packages, cfg.memory_budget_gb, run_device, activations, hessian_factor=2 if asymmetric else 1)
     report.package_plan = plan.summary()
-    # What this run should peak at on the device: the model as calibrated, then the package plan's needs.
+    # What this run should peak at on the device: the model as calibrated (twice, asymmetric), then the package plan's needs.
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    report.package_plan["predicted_peak_bytes"] = model_bytes + activations + plan.extra_bytes()
+    report.package_plan["predicted_peak_bytes"] = model_bytes * (2 if asymmetric else 1) + activations + plan.extra_bytes()
+    dense = copy.deepcopy(model).eval() if asymmetric else None
     count = len(plan.packages)
     first = state.completed if state is not None else 0
 
@@ -351,7 +374,11 @@ def prune(
         t0 = time.perf_counter()
         # Each stage's local work ends with the ranks agreeing it went well, before any other collective.
         with world.together(f"calibrating package {index + 1}"):
-            with collect_hessians(model, layers, lambda: clock.alpha, cfg.hessian_precision, hook_time) as accumulators:
+            with (
+                collect_hessians(model, layers, lambda: clock.alpha, cfg.hessian_precision, hook_time) as accumulators,
+                # before any package is pruned X̂ = X: the cross term is zero and the dense forward is skipped
+                dense_targets(model, dense, layers, lambda: clock.alpha) if dense is not None and index > 0 else nullcontext({}) as crosses,
+            ):
                 if isinstance(calibrate, PipelineCalibration):
                     total, done = len(calibrate.batches), [0]
 
@@ -366,20 +393,27 @@ def prune(
                         calibrate(model, clock.set_step)
             clock.check()
         _sum_over_ranks(world, accumulators)
+        _sum_over_ranks(world, crosses)
         calibration_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        if cfg.allocation == "error":  # the same on every rank: same Hessians, same weights
+            solver.counts = allocate_package(model, package, solver.weight, lambda p: accumulators[p].hessian(), cfg)
         owners = world.owners([_unit_cost(model, unit) for unit in package])
         pending: list[tuple[int, UnitResult | None]] = []
         with world.together(f"solving package {index + 1}"):
             for position, unit in enumerate(package):
                 result = None
-                hessians = {p: accumulators[p].hessian() for p in hessian_layers(unit)} if owners[position] == world.rank else {}
+                mine = owners[position] == world.rank
+                hessians = {p: accumulators[p].hessian() for p in hessian_layers(unit)} if mine else {}
+                cross_terms = {p: crosses[p].cross_term() for p in hessian_layers(unit)} if mine and crosses else {}
                 for p in hessian_layers(unit):
                     accumulators[p].release()  # the normalised copies are all the solve needs
-                if hessians:
-                    result = solver.solve(unit, hessians)
-                del hessians
+                    if crosses:
+                        crosses[p].release()
+                if mine:
+                    result = solver.solve(unit, hessians, cross_terms)
+                del hessians, cross_terms
                 if world.size == 1:
                     solver.apply(unit, result, report)  # type: ignore[arg-type]
                 else:
@@ -388,6 +422,8 @@ def prune(
                     progress(ProgressEvent("solve", index, count, position + 1, len(package)))
         for position, result in pending:
             solver.apply(package[position], _share(world, result, owners[position], run_device), report)
+        del accumulators, crosses
+        release_freed_memory()
         report.packages.append(
             PackageRecord(index, len(package), len(layers), plan.package_bytes[index], calibration_s, hook_time[0], time.perf_counter() - t0)
         )

@@ -16,21 +16,27 @@ from ..maths import baselines, solvers
 from ..maths.solvers import GroupSelection
 from .config import PruneConfig
 
-LayerMethod = Callable[[Sequence[torch.Tensor], torch.Tensor, Sequence[float], PruneConfig], list[tuple[torch.Tensor, torch.Tensor]]]
+LayerMethod = Callable[
+    [Sequence[torch.Tensor], torch.Tensor, Sequence[float], PruneConfig, Sequence[int] | None], list[tuple[torch.Tensor, torch.Tensor]]
+]
 GroupMethod = Callable[
     [Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[GroupSelection], PruneConfig],
     tuple[list[torch.Tensor], list[list[int]]],
 ]
 
 
-def _obs_diff_layers(weights: Sequence[torch.Tensor], H: torch.Tensor, sparsities: Sequence[float], cfg: PruneConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return solvers.obs_prune_shared(weights, H, sparsities, cfg.n, cfg.m, cfg.blocksize, cfg.percdamp)
+def _obs_diff_layers(
+    weights: Sequence[torch.Tensor], H: torch.Tensor, sparsities: Sequence[float], cfg: PruneConfig, counts: Sequence[int] | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return solvers.obs_prune_shared(weights, H, sparsities, cfg.n, cfg.m, cfg.blocksize, cfg.percdamp, counts)
 
 
 def _each_layer(prune_one: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> LayerMethod:
     """A baseline that prunes one layer at a time, lifted to the shared-Hessian signature."""
 
-    def method(weights: Sequence[torch.Tensor], H: torch.Tensor, sparsities: Sequence[float], cfg: PruneConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def method(
+        weights: Sequence[torch.Tensor], H: torch.Tensor, sparsities: Sequence[float], cfg: PruneConfig, counts: Sequence[int] | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [prune_one(W, H, s, cfg.n, cfg.m) for W, s in zip(weights, sparsities)]
 
     return method

@@ -104,16 +104,17 @@ def plan_packages(
     memory_budget_gb: float | None,
     device: torch.device,
     activation_bytes: int = 0,
+    hessian_factor: int = 1,
 ) -> PackagePlan:
     """Contiguous packages: a fixed count, or (``"auto"``) the fewest within a memory budget.
 
     The auto budget is ``memory_budget_gb`` if given, else what is free on ``device`` less
     ``activation_bytes`` (the calibration forward's peak), the largest solve's workspace and a
-    10% margin.
+    10% margin. ``hessian_factor``: d×d buffers per Hessian (2 with asymmetric cross terms).
     """
     if not units:
         raise ValueError("no layers to prune: the block selection is empty")
-    sizes = [hessian_bytes(model, u) for u in units]
+    sizes = [hessian_factor * hessian_bytes(model, u) for u in units]
     if packages != "auto":
         count = min(int(packages), len(units))
         base, extra = divmod(len(units), count)

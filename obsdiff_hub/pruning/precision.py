@@ -13,6 +13,7 @@ checkpoint dtype is kept on the CPU and becomes the result.
 from __future__ import annotations
 
 import copy
+import ctypes
 
 import torch
 from torch import nn
@@ -24,6 +25,15 @@ _WIDENS_EXACTLY = {
     (torch.bfloat16, torch.float64),
     (torch.float32, torch.float64),
 }
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by large tensors back to the system (glibc keeps it resident otherwise:
+    a 2 GB fp16 model widened to fp32 measured 5.3 GB resident instead of 3.9). No-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def floating_dtype(model: nn.Module) -> torch.dtype:
@@ -68,6 +78,7 @@ class Precision:
         self.master: nn.Module | None = None if exact else copy.deepcopy(model).to("cpu")
         if self.compute != self.checkpoint:
             model.to(dtype=self.compute)
+            release_freed_memory()
         self.working = model.to(device)
 
     @property
@@ -87,7 +98,12 @@ class Precision:
     def result(self) -> nn.Module:
         """The pruned model in the checkpoint dtype, on the working device."""
         if self.master is None:
-            return self.working.to(self.checkpoint) if self.compute != self.checkpoint else self.working
-        device = next(self.working.parameters()).device
-        self.working.to("meta")  # the lossy copy is not needed any more
-        return self.master.to(device)
+            if self.compute == self.checkpoint:
+                return self.working
+            result = self.working.to(self.checkpoint)
+        else:
+            device = next(self.working.parameters()).device
+            self.working.to("meta")  # the lossy copy is not needed any more
+            result = self.master.to(device)
+        release_freed_memory()
+        return result

@@ -35,10 +35,11 @@ def render_card(
     repo_id: str | None = None,
     plan: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
+    bench: dict[str, Any] | None = None,
     base_revision: str | None = None,
 ) -> ModelCard:
     """Render and validate the card for one pruned checkpoint from its effective recipe, its
-    report and (when measured) its ``eval.json``."""
+    report and (when measured) its ``eval.json`` and ``bench.json``."""
     metrics = _metric_rows(evaluation)
     base = recipe.base_model
     structured = recipe.prune.granularity == "structured"
@@ -104,6 +105,8 @@ def render_card(
         metrics=metrics,
         evaluation_settings=_settings_text(evaluation) if evaluation else None,
         sample_grid=(evaluation or {}).get("grid"),
+        speed=_speed_rows(bench) if bench else None,
+        speed_settings=f"{bench['device']}, {bench['dtype']}, {bench['resolution']}², batch {bench['batch']}, median of {bench['denoiser']['dense']['repeats']} after {bench['warmup']} warm-up runs" if bench else None,
         usage_pipeline=usage_pipeline,
         usage_component=usage_component,
         loading_note=loading_note,
@@ -160,6 +163,24 @@ def _metric_rows(evaluation: dict[str, Any] | None) -> list[dict[str, str]]:
     return rows
 
 
+def _speed_rows(bench: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """bench.json as table rows: what, dense, pruned, change."""
+    d = bench["denoiser"]
+    rows = [("denoiser forward (ms, median [p25, p75])",
+             f"{d['dense']['median_ms']:.2f} [{d['dense']['p25_ms']:.2f}, {d['dense']['p75_ms']:.2f}]",
+             f"{d['pruned']['median_ms']:.2f} [{d['pruned']['p25_ms']:.2f}, {d['pruned']['p75_ms']:.2f}]", f"{d['speedup']:.2f}×")]
+    if bench["blocks"]:
+        speedups = sorted(b["speedup"] for b in bench["blocks"])
+        rows.append(("transformer block (median speed-up over blocks)", "", "", f"{speedups[len(speedups) // 2]:.2f}×"))
+    rows.append(("parameters", _billions(bench["params"]["dense"]), _billions(bench["params"]["pruned"]), f"{100 * (bench['params']['pruned'] / bench['params']['dense'] - 1):+.2f}%"))
+    if bench["flops"]["dense"]:
+        rows.append(("FLOPs (1024², batch 1)", f"{bench['flops']['dense'] / 1e12:.3f} T", f"{bench['flops']['pruned'] / 1e12:.3f} T", f"{100 * (bench['flops']['pruned'] / bench['flops']['dense'] - 1):+.2f}%"))
+    peak = bench["peak_memory_bytes"]
+    if peak["dense"]:
+        rows.append(("peak memory", f"{peak['dense'] / 1e9:.2f} GB", f"{peak['pruned'] / 1e9:.2f} GB", f"{100 * (peak['pruned'] / peak['dense'] - 1):+.2f}%"))
+    return rows
+
+
 def _settings_text(evaluation: dict[str, Any]) -> str:
     s = evaluation["settings"]
     return (
@@ -192,6 +213,7 @@ def card_for_folder(directory: Path, repo_id: str | None = None) -> str:
     """The card of a pruned checkpoint folder, from its recipe.yaml, report.json and eval.json."""
     import json
 
+    from .bench import BENCH_FILE
     from .evaluation import EVAL_FILE
     from .recipes import load_recipe
 
@@ -202,7 +224,9 @@ def card_for_folder(directory: Path, repo_id: str | None = None) -> str:
     data = json.loads((directory / "report.json").read_text())
     report = PruneReport.from_dict({k: v for k, v in data.items() if k not in ("provenance", "plan")})
     evaluation = json.loads((directory / EVAL_FILE).read_text()) if (directory / EVAL_FILE).is_file() else None
-    card = render_card(recipe, report, repo_id=repo_id, plan=data.get("plan"), evaluation=evaluation, base_revision=data.get("provenance", {}).get("base_revision"))
+    bench = json.loads((directory / BENCH_FILE).read_text()) if (directory / BENCH_FILE).is_file() else None
+    card = render_card(recipe, report, repo_id=repo_id, plan=data.get("plan"), evaluation=evaluation, bench=bench,
+                       base_revision=data.get("provenance", {}).get("base_revision"))
     return card.content
 
 

@@ -5,11 +5,20 @@ the model's fingerprint (sha256 of its files), the prompts and the settings, so 
 another metric, or the same base against another checkpoint, reuses them. Every number in
 ``eval.json`` carries its sample count and a bootstrap 95% interval (1000 resamples of the
 images, seed 0).
+
+Metrics: ``psnr`` (fidelity to the dense images), ``clip`` (CLIP score, OpenAI CLIP
+ViT-B/16 through transformers, pinned revision: ``100·max(cos(image, prompt), 0)``), ``fid``
+(Fréchet distance of Inception-v3 pool features, torch-fidelity's FID-compatible network,
+to the dense images and to a reference folder when given; ``fid_features: clip`` uses CLIP
+image embeddings instead), ``imagereward`` (the ``image-reward`` package, optional) and
+``shapes`` (the shipped scorer of the embedded model). Metric models download from the Hub
+like any model; settings name them so tests can use small local ones.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -69,10 +78,13 @@ def fingerprint(source: str) -> str:
 
 
 def _settings(spec: EvaluationSpec) -> dict[str, Any]:
-    return {k: v for k, v in spec.model_dump().items() if k != "metrics"}
+    """What changes the images (the cache key): not the metrics or their models."""
+    return {k: v for k, v in spec.model_dump().items() if k in ("prompts", "num", "steps", "guidance_scale", "resolution", "seed", "batch_size")}
 
 
-def cached_images(source: str, prompts: list[str], spec: EvaluationSpec, device: torch.device | None = None) -> list[Image.Image]:
+def cached_images(
+    source: str, prompts: list[str], spec: EvaluationSpec, device: torch.device | None = None, on_image: Callable[[int], None] | None = None
+) -> list[Image.Image]:
     """The images of ``source`` for ``prompts`` (image i: seed + i), from the cache or generated."""
     key = hashlib.sha256(json.dumps([fingerprint(source), prompts, _settings(spec)]).encode()).hexdigest()
     folder = cache_root() / "images" / key
@@ -81,7 +93,7 @@ def cached_images(source: str, prompts: list[str], spec: EvaluationSpec, device:
         return [Image.open(p).convert("RGB") for p in paths]
     images = generate_images(
         source, prompts, seed=spec.seed, steps=spec.steps, guidance=spec.guidance_scale, resolution=spec.resolution,
-        device=str(device or default_device()), batch_size=spec.batch_size,
+        device=str(device or default_device()), batch_size=spec.batch_size, on_image=on_image,
     )
     folder.mkdir(parents=True, exist_ok=True)
     for image, path in zip(images, paths):
@@ -159,42 +171,202 @@ def shapes_accuracy(samples: Samples) -> list[dict[str, Any]]:
     return rows
 
 
-METRICS: dict[str, Callable[[Samples], list[dict[str, Any]]]] = {
-    "psnr": psnr_vs_dense,
-    "shapes": shapes_accuracy,
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (rows are samples).
+
+    ``‖μa−μb‖² + tr Σa + tr Σb − 2 tr (Σa Σb)^½``. With ``Σa = AᵀA``, ``Σb = BᵀB`` (centred,
+    scaled rows), the non-zero eigenvalues of ``Σa Σb`` are the squared singular values of
+    ``A Bᵀ``, so the trace term is their sum: exact, real, and an n×n problem instead of d×d.
+    """
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    A = (a - a.mean(0)) / math.sqrt(max(len(a) - 1, 1))
+    B = (b - b.mean(0)) / math.sqrt(max(len(b) - 1, 1))
+    cross = A @ B.T if min(len(a), len(b)) <= a.shape[1] else None
+    if cross is not None:
+        trace_sqrt = float(np.linalg.svd(cross, compute_uv=False).sum())
+    else:  # more samples than dimensions: the d×d route, Σa^½ Σb Σa^½
+        values, vectors = np.linalg.eigh(A.T @ A)
+        root = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+        trace_sqrt = float(np.sqrt(np.clip(np.linalg.eigvalsh(root @ (B.T @ B) @ root), 0, None)).sum())
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + (A**2).sum() + (B**2).sum() - 2 * trace_sqrt)
+
+
+CLIP_MODEL = ("openai/clip-vit-base-patch16", "57c216476eefef5ab752ec549e440a49ae4ae5f3")
+
+
+def clip_model(spec: EvaluationSpec) -> tuple[Any, Any, str]:
+    """The CLIP model and processor named by the spec (a Hub id at a pinned revision, or a local folder)."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    source = spec.clip_model or CLIP_MODEL[0]
+    revision = None if Path(source).is_dir() else (spec.clip_revision or CLIP_MODEL[1])
+    model = CLIPModel.from_pretrained(source, revision=revision).eval()
+    processor = CLIPProcessor.from_pretrained(source, revision=revision)
+    return model, processor, f"{source}@{revision}" if revision else source
+
+
+def _features(output: Any) -> torch.Tensor:
+    """Projected CLIP features: transformers 5 returns a model output (``pooler_output``), 4.x a tensor."""
+    return output.pooler_output if hasattr(output, "pooler_output") else output
+
+
+def _clip_embeddings(images: list[Image.Image], prompts: list[str] | None, spec: EvaluationSpec) -> tuple[np.ndarray, np.ndarray | None, str]:
+    model, processor, name = clip_model(spec)
+    image_features, text_features = [], []
+    with torch.inference_mode():
+        for start in range(0, len(images), spec.batch_size):
+            batch = processor(images=images[start : start + spec.batch_size], return_tensors="pt")
+            image_features.append(_features(model.get_image_features(pixel_values=batch["pixel_values"])))
+            if prompts is not None:
+                text = processor(text=prompts[start : start + spec.batch_size], return_tensors="pt", padding=True, truncation=True)
+                text_features.append(_features(model.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"])))
+    features = torch.cat(image_features)
+    texts = torch.cat(text_features) if prompts is not None else None
+    return features.float().numpy(), None if texts is None else texts.float().numpy(), name
+
+
+def clip_score(samples: Samples, spec: EvaluationSpec) -> list[dict[str, Any]]:
+    """CLIP score ``100·max(cos(image, prompt), 0)`` per image, for both models."""
+    scores = {}
+    for which, images in (("dense", samples.dense), ("pruned", samples.pruned)):
+        image, text, name = _clip_embeddings(images, samples.prompts, spec)
+        cos = (image * text).sum(1) / (np.linalg.norm(image, axis=1) * np.linalg.norm(text, axis=1))
+        scores[which] = 100 * np.clip(cos, 0, None)
+    pruned = scores["pruned"]
+    return [{
+        "name": "clip_score", "label": f"CLIP score ({name.split('@')[0]})", "model": name,
+        "pruned": float(pruned.mean()), "dense": float(scores["dense"].mean()),
+        "ci95": bootstrap(lambda idx: float(pruned[idx].mean()), len(pruned)),
+    }]
+
+
+def fid_features(images: list[Image.Image], spec: EvaluationSpec) -> tuple[np.ndarray, str]:
+    """Features FID is computed on: torch-fidelity's Inception-v3 (2048-d pool), or CLIP image embeddings."""
+    if spec.fid_features == "clip":
+        features, _, name = _clip_embeddings(images, None, spec)
+        return features, f"CLIP image embeddings ({name})"
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    except ImportError as error:
+        raise ImportError("FID with Inception features needs torch-fidelity: pip install 'obsdiff-hub[eval]'") from error
+    extractor = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).eval()
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, len(images), spec.batch_size):
+            batch = torch.from_numpy(as_array(images[start : start + spec.batch_size]).astype(np.uint8)).permute(0, 3, 1, 2)
+            rows.append(extractor(batch)[0])
+    return torch.cat(rows).double().numpy(), "Inception-v3 pool3 (torch-fidelity inception-v3-compat)"
+
+
+def fid(samples: Samples, spec: EvaluationSpec) -> list[dict[str, Any]]:
+    """FID of the pruned images to the dense images (and to ``spec.reference`` images, for both models)."""
+    dense, name = fid_features(samples.dense, spec)
+    pruned, _ = fid_features(samples.pruned, spec)
+    count = len(pruned)
+
+    def paired(idx: np.ndarray) -> float:
+        return frechet_distance(pruned[idx], dense[idx])
+
+    rows = [{"name": "fid_vs_dense", "label": f"FID to the dense images ({name})", "pruned": paired(np.arange(count)), "dense": 0.0, "ci95": bootstrap(paired, count)}]
+    if spec.reference:
+        reference, _ = fid_features(reference_images(spec.reference), spec)
+        rows.append({
+            "name": "fid_vs_reference", "label": f"FID to {Path(spec.reference).name} ({name})",
+            "pruned": frechet_distance(pruned, reference), "dense": frechet_distance(dense, reference),
+            "ci95": bootstrap(lambda idx: frechet_distance(pruned[idx], reference), count),
+        })
+    return rows
+
+
+def reference_images(folder: str) -> list[Image.Image]:
+    """The images of a reference folder (png, jpg, webp), sorted by name."""
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    if not paths:
+        raise ValueError(f"reference folder {folder} holds no png/jpg/webp images")
+    return [Image.open(p).convert("RGB") for p in paths]
+
+
+def image_reward(samples: Samples, spec: EvaluationSpec) -> list[dict[str, Any]]:
+    """ImageReward-v1.0 (the paper's preference metric), from the optional ``image-reward`` package."""
+    try:
+        import ImageReward
+    except ImportError as error:
+        raise ImportError("the imagereward metric needs the image-reward package: pip install 'obsdiff-hub[imagereward]'") from error
+    model = ImageReward.load("ImageReward-v1.0")
+    scores = {}
+    with torch.inference_mode():
+        for which, images in (("dense", samples.dense), ("pruned", samples.pruned)):
+            scores[which] = np.array([float(model.score(p, [i])) for p, i in zip(samples.prompts, images)])
+    pruned = scores["pruned"]
+    return [{
+        "name": "image_reward", "label": "ImageReward (ImageReward-v1.0)",
+        "pruned": float(pruned.mean()), "dense": float(scores["dense"].mean()),
+        "ci95": bootstrap(lambda idx: float(pruned[idx].mean()), len(pruned)),
+    }]
+
+
+METRICS: dict[str, Callable[[Samples, EvaluationSpec], list[dict[str, Any]]]] = {
+    "psnr": lambda samples, spec: psnr_vs_dense(samples),
+    "shapes": lambda samples, spec: shapes_accuracy(samples),
+    "clip": clip_score,
+    "fid": fid,
+    "imagereward": image_reward,
 }
 
 
 def evaluate(
-    model: str, base: str, spec: EvaluationSpec, *, device: torch.device | None = None, folder: Path | None = None
+    model: str,
+    base: str,
+    spec: EvaluationSpec,
+    *,
+    device: torch.device | None = None,
+    folder: Path | None = None,
+    on_image: Callable[[str, int, int], None] | None = None,
 ) -> tuple[dict[str, Any], Samples]:
     """Generate (or reuse) both models' images and compute ``spec.metrics``: the ``eval.json``
-    record and the images. ``folder``: see :func:`eval_prompts`."""
+    record and the images. ``folder``: see :func:`eval_prompts`. ``on_image(model, done, total)``
+    reports generation progress."""
     unknown = [m for m in spec.metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric {unknown[0]!r}; available: {', '.join(METRICS)}")
     prompts = eval_prompts(spec, folder)
-    samples = Samples(prompts, cached_images(base, prompts, spec, device), cached_images(model, prompts, spec, device))
-    rows = [row for metric in spec.metrics for row in METRICS[metric](samples)]
+
+    def progress(which: str) -> Callable[[int], None] | None:
+        return (lambda done: on_image(which, done, len(prompts))) if on_image else None
+
+    samples = Samples(
+        prompts, cached_images(base, prompts, spec, device, progress("dense")), cached_images(model, prompts, spec, device, progress("pruned"))
+    )
+    rows = [row for metric in spec.metrics for row in METRICS[metric](samples, spec)]
     for row in rows:
         row["samples"] = len(prompts)
     return {
         "obsdiff_hub_version": __version__,
         "model": model,
         "base": base,
-        "settings": {**_settings(spec), "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()},
+        "settings": {**spec.model_dump(), "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()},
         "metrics": rows,
         "grid": GRID_FILE,
     }, samples
 
 
 def evaluate_checkpoint(
-    folder: Path, base: str, spec: EvaluationSpec, out_folder: Path, *, base_revision: str | None = None, prompt_folder: Path | None = None
+    model: str | Path,
+    base: str,
+    spec: EvaluationSpec,
+    out_folder: Path,
+    *,
+    base_revision: str | None = None,
+    prompt_folder: Path | None = None,
+    device: torch.device | None = None,
+    on_image: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the checkpoint in ``folder`` against ``base``; write ``eval.json`` and the
-    captioned grid (dense row on top, pruned below, at most 8 columns) into ``out_folder``."""
-    record, samples = evaluate(str(folder), base, spec, folder=prompt_folder)
-    record["model"] = "this checkpoint"
+    """Evaluate the checkpoint ``model`` against ``base``; write ``eval.json`` and the captioned
+    grid (dense row on top, pruned below, at most 8 columns) into ``out_folder``."""
+    from ..checkpoints.outputs import add_owned, write_atomic
+
+    record, samples = evaluate(str(model), base, spec, folder=prompt_folder, device=device, on_image=on_image)
+    record["model"] = "this checkpoint" if Path(model) == out_folder else str(model)
     record["base_revision"] = base_revision
     columns = min(8, len(samples.prompts))
     scale = max(1, 128 // samples.dense[0].width)
@@ -204,6 +376,9 @@ def evaluate_checkpoint(
         captions=samples.prompts[:columns],
         row_labels=["dense", "pruned"],
     )
-    grid.save(out_folder / GRID_FILE)
-    (out_folder / EVAL_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    write_atomic(out_folder / GRID_FILE, buffer.getvalue())
+    write_atomic(out_folder / EVAL_FILE, json.dumps(record, indent=2) + "\n")
+    add_owned(out_folder, [GRID_FILE, EVAL_FILE])
     return record

@@ -49,7 +49,7 @@ class OutputSpec(StrictModel):
 class EvaluationSpec(StrictModel):
     """Quality measured on the saved checkpoint against the dense base, same seeds (see ``zoo/evaluation.py``)."""
 
-    metrics: list[Literal["shapes", "psnr"]] = ["psnr"]
+    metrics: list[Literal["shapes", "psnr", "clip", "fid", "imagereward"]] = ["psnr"]
     prompts: str = Field("builtin:captions", description="builtin:NAME or a prompt file")
     num: int = Field(60, ge=1, le=1_000_000, description="images per model")
     steps: int = Field(25, ge=1, le=10_000)
@@ -57,6 +57,10 @@ class EvaluationSpec(StrictModel):
     resolution: int | None = Field(None, ge=8, le=16_384)
     seed: int = 0
     batch_size: int = Field(8, ge=1, le=4096)
+    clip_model: str | None = Field(None, description="CLIP for clip (and fid_features: clip): Hub id or local folder; default OpenAI ViT-B/16")
+    clip_revision: str | None = Field(None, description="revision of clip_model (default: the pinned one)")
+    fid_features: Literal["inception", "clip"] = "inception"
+    reference: str | None = Field(None, description="folder of reference images for FID (e.g. MS-COCO val)")
 
 
 class RecipeIdentity(StrictModel):
