@@ -3,7 +3,9 @@ reads go to olah (a real Hub-compatible server started below on 127.0.0.1), the 
 lives in a temp dir, and uploads use the documented LFS protocol (Xet needs a CAS
 service no offline server provides)."""
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 _HUB_ROOT = Path(tempfile.mkdtemp(prefix="obsdiff-hub-tests-"))
+atexit.register(shutil.rmtree, _HUB_ROOT, ignore_errors=True)  # the Hub trees, caches and olah's log of this session
 
 
 def _free_port() -> int:

@@ -36,6 +36,19 @@ def test_the_cross_term_accumulator_matches_its_definition():
     torch.testing.assert_close(g.cross_term().double(), G, rtol=1e-4, atol=1e-4)
 
 
+def test_wide_cross_terms_accumulate_in_row_panels_exactly():
+    """Widths over one 1024-row panel: every panel of G lands in its rows (fp64 reference)."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(64, 2100, generator=g, dtype=torch.float64)
+    X_hat = X + 0.1 * torch.randn(64, 2100, generator=g, dtype=torch.float64)
+    acc = CrossTermAccumulator(2100)
+    acc.add(X[:40].float(), X_hat[:40].float(), 0.5)
+    acc.add(X[40:].float(), X_hat[40:].float(), 2.0)
+    weights = torch.cat([torch.full((40,), 0.5), torch.full((24,), 2.0)]).double()
+    expected = 2 * (X - X_hat).T @ (weights[:, None] * X_hat) / float(weights.sum())
+    torch.testing.assert_close(acc.cross_term().double(), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_the_asymmetric_target_is_the_least_squares_fit_of_the_dense_output():
     W, X, X_hat, H, G = drifted_problem()
     target = asymmetric_target(W, H, G, percdamp=0.0).double()
@@ -159,3 +172,15 @@ def test_structured_allocation_keeps_the_plans_parameter_count():
     assert after != uniform_after  # somewhere more, somewhere less
     for key, count in after.items():
         assert 1 <= count <= before.get(key, count), key
+
+
+def test_the_card_says_which_target_and_allocation_were_used():
+    from obsdiff_hub.zoo.cards import calibration_rows
+    from obsdiff_hub.zoo.recipes import load_recipe
+
+    config = dict(sparsity=0.5, packages=2, calibration_target="dense", allocation="error", allocation_spread=0.2)
+    _, result, _ = _prune(config)
+    recipe = load_recipe("tiny-sd3-unstructured-50").with_changes({f"prune.{k}": v for k, v in config.items()})
+    rows = dict(calibration_rows(recipe, result.report))
+    assert rows["layer targets"] == "the dense network's outputs (asymmetric, `calibration_target: dense`)"
+    assert rows["sparsity allocation"] == "error-driven per package, ratio ± 0.2, same total"

@@ -264,7 +264,7 @@ def test_every_prune_config_field_round_trips_through_a_recipe_file(tmp_path):
     changed = dict(
         method="l1", granularity="structured", sparsity=0.35, block_sparsity={3: 0.1}, blocks="1:3",
         packages=3, weighting="linear_increase", alpha_min=0.5, alpha_max=1.5, percdamp=0.05, blocksize=64,
-        rrf_k=30, head_saliency="exact", neuron_batch=8, hessian_precision="tf32",
+        rrf_k=30, head_saliency="exact", neuron_batch=8, hessian_precision="tf32", hessian_device="cpu",
     )
     refined = dict(granularity="structured", calibration_target="dense", allocation="error", allocation_spread=0.2)  # obs-diff only
     defaults = PruneConfig().model_dump()
@@ -295,6 +295,7 @@ def test_effective_recipe_records_overrides_and_reproduces_the_weights(tmp_path)
     assert effective.derived_from.sha256 == load_recipe("tiny-sd3-unstructured-50").sha256
     card = (tmp_path / "a" / "README.md").read_text()
     assert "| prompts | 2, listed in recipe.yaml" in card and "| module packages | 1 |" in card
+    assert "| layer targets | each layer's own outputs on the pruned network's inputs (OBS-Diff) |" in card and "| sparsity allocation | uniform |" in card
     prompts.unlink()  # the checkpoint carries everything it needs
     again = invoke("prune", "--recipe", tmp_path / "a" / "recipe.yaml", "--out", tmp_path / "b", "--quiet")
     assert again.exit_code == 0, again.output

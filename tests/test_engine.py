@@ -197,6 +197,32 @@ def test_memory_budget_planner_packs_units():
     assert auto.report.package_plan["mode"] == "auto" and len(auto.report.packages) == 1
 
 
+def test_host_held_hessians_are_budgeted_against_host_memory_only():
+    """``hessian_device: cpu`` on an accelerator: the activations and the solve workspace stay on the
+    device, so they do not shrink the Hessians' budget, and the device peak leaves the Hessians out.
+    (``meta`` stands in for the accelerator; its free memory is never read.)"""
+    from obsdiff_hub.pruning.packages import free_memory_bytes, plan_packages
+
+    model = tiny.tiny_sd3_transformer()
+    units = adapter_for(model).units(model, None, False)
+    beside = free_memory_bytes(torch.device("cpu"))  # activations as large as all free memory
+    on_device = plan_packages(model, units, "auto", None, torch.device("cpu"), beside)
+    assert [len(p) for p in on_device.packages] == [1] * len(units)  # nothing left: one unit per package
+    on_host = plan_packages(model, units, "auto", None, torch.device("meta"), beside, hessian_device=torch.device("cpu"))
+    assert len(on_host.packages) == 1 and not on_host.hessians_on_device and on_host.summary()["hessians_on"] == "host"
+    assert on_host.extra_bytes() == on_host.workspace_bytes < on_device.extra_bytes()
+
+
+def test_hessians_kept_on_the_cpu_give_the_same_weights():
+    torch.manual_seed(0)
+    model = tiny.tiny_sd3_transformer()
+    cal = calibration_for(model, batches=2)
+    beside = oh.prune(copy.deepcopy(model), dict(sparsity=0.5, packages=2), calibration=cal, steps=STEPS)
+    host = oh.prune(copy.deepcopy(model), dict(sparsity=0.5, packages=2, hessian_device="cpu"), calibration=cal, steps=STEPS)
+    a, b = beside.model.state_dict(), host.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_unknown_architecture_lists_supported():
     with pytest.raises(ValueError, match="UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel"):
         oh.prune(nn.Linear(4, 4), {}, calibration=lambda m, s: None, steps=1)

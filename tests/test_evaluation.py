@@ -164,8 +164,11 @@ def test_bench_on_cpu_matches_the_plan(tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads((out / "bench.json").read_text())
     assert record["base"] == "builtin:tiny-sdxl" and record["device"].startswith("CPU")
+    vae = json.loads((out / "vae" / "config.json").read_text())
+    assert record["latent_size"] == 128 // 2 ** (len(vae["block_out_channels"]) - 1)  # the pipeline's own VAE factor, not SD's 8
     dense = dict(oh.tiny.tiny_sdxl_unet().config)
-    expected = oh.plan({**dense, "_class_name": "UNet2DConditionModel"}, sparsity=0.3, resolution=1024)
+    # plan counts SD's 8 pixels per latent: 128 px through this VAE is plan's resolution 8 × latent_size
+    expected = oh.plan({**dense, "_class_name": "UNet2DConditionModel"}, sparsity=0.3, resolution=8 * record["latent_size"])
     assert record["params"] == {"dense": expected.params_before, "pruned": expected.params_after}
     assert record["flops"]["dense"] == expected.flops_before and record["flops"]["pruned"] == expected.flops_after
     for which in ("dense", "pruned"):

@@ -72,9 +72,9 @@ def planned_structure(
     return record
 
 
-def _flops(model: torch.nn.Module, resolution: int) -> float:
+def _flops(model: torch.nn.Module, latent_size: int, batch: int = 1) -> float:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        run_denoiser(model, example_inputs(model, batch=1, latent_size=resolution // 8, tokens=TOKENS), 500.0)
+        run_denoiser(model, example_inputs(model, batch=batch, latent_size=latent_size, tokens=TOKENS), 500.0)
     return float(counter.get_total_flops())
 
 
@@ -99,7 +99,7 @@ def plan(
     with FakeTensorMode(allow_non_fake_inputs=True):
         model = build_model(config, empty=False).eval()
         params_before = sum(p.numel() for p in model.parameters())
-        flops_before = _flops(model, resolution) if resolution else None
+        flops_before = _flops(model, resolution // 8) if resolution else None
         heads = neurons = 0
         if isinstance(blocks, str):  # "start:stop", resolved against this model's block count
             blocks = PruneConfig(blocks=blocks).block_ids(len(adapter_for(model).blocks(model)))
@@ -116,17 +116,17 @@ def plan(
                     neurons += before - after
             apply_structure(model, adapter, structure)
         params_after = sum(p.numel() for p in model.parameters())
-        flops_after = (_flops(model, resolution) if granularity == "structured" else flops_before) if resolution else None
+        flops_after = (_flops(model, resolution // 8) if granularity == "structured" else flops_before) if resolution else None
     return PlanResult(params_before, params_after, flops_before, flops_after, heads, neurons, resolution)
 
 
-def costs(config: dict[str, Any], resolution: int | None = 1024) -> tuple[int, float | None]:
-    """Parameters and FLOPs (same convention as :func:`plan`) of the model a config describes,
-    pruned shapes included (``obsdiff_structure``)."""
+def costs(config: dict[str, Any], latent_size: int, batch: int = 1) -> tuple[int, float]:
+    """Parameters and FLOPs of one forward (``batch`` latents of ``latent_size``², counted as
+    :func:`plan` counts) of the model a config describes, pruned shapes included (``obsdiff_structure``)."""
     from ..models import STRUCTURE_KEY
 
     with FakeTensorMode(allow_non_fake_inputs=True):
         model = build_model(config, structure=config.get(STRUCTURE_KEY) or None, empty=False).eval()
         params = sum(p.numel() for p in model.parameters())
-        flops = _flops(model, resolution) if resolution else None
+        flops = _flops(model, latent_size, batch)
     return params, flops

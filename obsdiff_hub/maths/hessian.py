@@ -94,6 +94,22 @@ def _tf32_matmuls(enabled: bool) -> Iterator[None]:
 _PANEL = 1024
 
 
+def _compute_device(inputs: torch.Tensor, store: torch.Tensor) -> torch.device:
+    """Where a product is computed: on the inputs' accelerator even when the sum is kept in host
+    memory (only the d×d panels cross, never the activations), else where the sum lives."""
+    return inputs.device if inputs.device.type != "cpu" else store.device
+
+
+def _add_product(store: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float) -> None:
+    """``store += alpha · a @ b`` in fp32: in place when all three share a device and dtype,
+    else through one fp32 product (bf16 inputs, or a sum kept on another device)."""
+    if a.device == store.device and a.dtype == torch.float32:
+        store.addmm_(a, b, alpha=alpha)
+        return
+    product = torch.mm(a, b) if a.dtype == torch.float32 else torch.mm(a, b, out_dtype=torch.float32)
+    store.add_(product.to(store.device), alpha=alpha)
+
+
 class HessianAccumulator:
     """Accumulates ``H = 2 Σ α X Xᵀ / Σ α·samples`` for one layer input, in fp32.
 
@@ -104,6 +120,8 @@ class HessianAccumulator:
     ``precision``: ``fp32`` is strict; ``tf32`` and ``bf16`` read the inputs at that
     precision with fp32 accumulation (CUDA tensor cores; elsewhere the rounding is
     emulated, to measure its error, see ``benchmarks/hessian_precision.py``).
+    ``device``: where the sum is kept. A sum in host memory fed CUDA inputs is updated from
+    products computed on the GPU, panel by panel (``hessian_device: cpu``).
     """
 
     def __init__(
@@ -139,11 +157,12 @@ class HessianAccumulator:
         if weight < 0:
             raise ValueError(f"timestep weight must be non-negative, got {weight}")
         x = inputs.detach().reshape(-1, self.num_columns)
-        cuda = self._sum.device.type == "cuda"
+        device = _compute_device(x, self._sum)
+        cuda = device.type == "cuda"
         if self.precision == "bf16" and cuda:
-            x = x.to(device=self._sum.device, dtype=torch.bfloat16)
+            x = x.to(device=device, dtype=torch.bfloat16)
         else:
-            x = round_inputs(x.to(device=self._sum.device, dtype=torch.float32), "fp32" if cuda else self.precision)
+            x = round_inputs(x.to(device=device, dtype=torch.float32), "fp32" if cuda else self.precision)
         with _tf32_matmuls(cuda and self.precision == "tf32"):
             self._accumulate(x, 2.0 * weight)
         self.total_weight += weight * x.shape[0]
@@ -151,17 +170,13 @@ class HessianAccumulator:
 
     def _accumulate(self, x: torch.Tensor, alpha: float) -> None:
         d = self.num_columns
-        if x.dtype != torch.float32:  # bf16 GEMMs with fp32 output (CUDA)
-            for start in range(0, d, _PANEL):
-                stop = min(start + _PANEL, d)
-                self._sum[start:stop, :stop].add_(torch.mm(x[:, start:stop].T, x[:, :stop], out_dtype=torch.float32), alpha=alpha)
-            return
-        if d < 2 * _PANEL:
+        in_place = x.dtype == torch.float32 and x.device == self._sum.device
+        if in_place and d < 2 * _PANEL:
             self._sum.addmm_(x.T, x, alpha=alpha)
             return
-        for start in range(0, d, _PANEL):
+        for start in range(0, d, _PANEL):  # panels bound the temporary of a bf16 or cross-device product
             stop = min(start + _PANEL, d)
-            self._sum[start:stop, :stop].addmm_(x[:, start:stop].T, x[:, :stop], alpha=alpha)
+            _add_product(self._sum[start:stop, :stop], x[:, start:stop].T, x[:, :stop], alpha)
 
     def merge(self, other: HessianAccumulator) -> None:
         """Add another accumulator's sums into this one (e.g. from another calibration worker)."""
@@ -206,9 +221,12 @@ class CrossTermAccumulator:
         """Add ``2·weight·(dense − pruned)ᵀ pruned`` for matching rows of the two inputs."""
         if dense.shape != pruned.shape or dense.shape[-1] != self.num_columns:
             raise ValueError(f"dense inputs {tuple(dense.shape)} and pruned inputs {tuple(pruned.shape)} must match, width {self.num_columns}")
-        x_hat = pruned.detach().reshape(-1, self.num_columns).to(device=self._sum.device, dtype=torch.float32)
-        delta = dense.detach().reshape(-1, self.num_columns).to(device=self._sum.device, dtype=torch.float32) - x_hat
-        self._sum.addmm_(delta.T, x_hat, alpha=2.0 * weight)
+        device = _compute_device(pruned, self._sum)
+        x_hat = pruned.detach().reshape(-1, self.num_columns).to(device=device, dtype=torch.float32)
+        delta = dense.detach().reshape(-1, self.num_columns).to(device=device, dtype=torch.float32) - x_hat
+        for start in range(0, self.num_columns, _PANEL):
+            stop = min(start + _PANEL, self.num_columns)
+            _add_product(self._sum[start:stop], delta[:, start:stop].T, x_hat, 2.0 * weight)
         self.total_weight += weight * x_hat.shape[0]
         self.num_samples += x_hat.shape[0]
 

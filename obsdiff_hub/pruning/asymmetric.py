@@ -25,11 +25,13 @@ class _Reached(Exception):
 
 
 @contextmanager
-def dense_targets(model: nn.Module, dense: nn.Module, layers: list[str], weight: Callable[[], float]) -> Iterator[dict[str, CrossTermAccumulator]]:
+def dense_targets(
+    model: nn.Module, dense: nn.Module, layers: list[str], weight: Callable[[], float], device: torch.device | None = None
+) -> Iterator[dict[str, CrossTermAccumulator]]:
     """While active, every call of ``model`` first runs ``dense`` on the same arguments (up to the
     last of ``layers``) and each of ``layers`` in ``model`` adds ``2·α·(X − X̂)ᵀX̂``. Yields the
-    cross-term accumulators, one per layer."""
-    crosses = {p: CrossTermAccumulator(model.get_submodule(p).in_features, device=model.get_submodule(p).weight.device) for p in layers}
+    cross-term accumulators, one per layer, kept on ``device`` (default: each layer's)."""
+    crosses = {p: CrossTermAccumulator(model.get_submodule(p).in_features, device=device or model.get_submodule(p).weight.device) for p in layers}
     pending: dict[str, list[torch.Tensor]] = {p: [] for p in layers}
     wanted = set(layers)
 

@@ -46,6 +46,9 @@ class PruneConfig(StrictModel):
     head_saliency: Literal["reference", "exact"] = "reference"
     neuron_batch: int = Field(32, ge=1, description="FFN neurons removed per OBS round (heads: always 1)")
     hessian_precision: AccumulationPrecision = "fp32"
+    hessian_device: Literal["model", "cpu"] = Field(
+        "model", description="cpu: keep the Hessian sums in host memory (products still computed on the accelerator): more blocks per package on a full GPU"
+    )
     calibration_target: Literal["self", "dense"] = Field(
         "self", description="dense: fit the dense network's outputs from the drifted inputs (asymmetric; a dense copy runs alongside)"
     )

@@ -87,17 +87,18 @@ def collect_hessians(
     weight: Callable[[], float],
     precision: AccumulationPrecision = "fp32",
     timer: list[float] | None = None,
+    device: torch.device | None = None,
 ) -> Iterator[dict[str, HessianAccumulator]]:
     """Hook the inputs of ``layers``; every call adds ``2·α·XᵀX`` with ``α = weight()``.
 
-    Yields the accumulators; the hooks are removed on exit. ``timer[0]`` (if given)
-    accumulates the seconds spent inside the hooks.
+    Yields the accumulators, kept on ``device`` (default: each layer's); the hooks are removed
+    on exit. ``timer[0]`` (if given) accumulates the seconds spent inside the hooks.
     """
     accumulators: dict[str, HessianAccumulator] = {}
     with ExitStack() as stack:
         for path in layers:
             linear = model.get_submodule(path)
-            acc = HessianAccumulator(linear.in_features, device=linear.weight.device, precision=precision)
+            acc = HessianAccumulator(linear.in_features, device=device or linear.weight.device, precision=precision)
             accumulators[path] = acc
 
             def hook(module: nn.Module, args: tuple, acc: HessianAccumulator = acc) -> None:
@@ -347,7 +348,8 @@ def prune(
     batch = (cal_cfg.batch_size * (2 if calibrate.uses_cfg else 1)) if cal_cfg is not None else 1
     activations = _activation_bytes(model, run_device, batch, cal_cfg.resolution if cal_cfg else None) if cfg.packages == "auto" else 0
     asymmetric = cfg.calibration_target == "dense"  # a cross term per Hessian, and a dense copy alongside
-    plan = plan_packages(model, units, cfg.packages, cfg.memory_budget_gb, run_device, activations, hessian_factor=2 if asymmetric else 1)
+    store = torch.device("cpu") if cfg.hessian_device == "cpu" else None  # where the Hessian sums live (default: beside each layer)
+    plan = plan_packages(model, units, cfg.packages, cfg.memory_budget_gb, run_device, activations, hessian_factor=2 if asymmetric else 1, hessian_device=store)
     report.package_plan = plan.summary()
     # What this run should peak at on the device: the model as calibrated (twice, asymmetric), then the package plan's needs.
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -375,9 +377,9 @@ def prune(
         # Each stage's local work ends with the ranks agreeing it went well, before any other collective.
         with world.together(f"calibrating package {index + 1}"):
             with (
-                collect_hessians(model, layers, lambda: clock.alpha, cfg.hessian_precision, hook_time) as accumulators,
+                collect_hessians(model, layers, lambda: clock.alpha, cfg.hessian_precision, hook_time, store) as accumulators,
                 # before any package is pruned X̂ = X: the cross term is zero and the dense forward is skipped
-                dense_targets(model, dense, layers, lambda: clock.alpha) if dense is not None and index > 0 else nullcontext({}) as crosses,
+                dense_targets(model, dense, layers, lambda: clock.alpha, store) if dense is not None and index > 0 else nullcontext({}) as crosses,
             ):
                 if isinstance(calibrate, PipelineCalibration):
                     total, done = len(calibrate.batches), [0]
@@ -405,8 +407,8 @@ def prune(
             for position, unit in enumerate(package):
                 result = None
                 mine = owners[position] == world.rank
-                hessians = {p: accumulators[p].hessian() for p in hessian_layers(unit)} if mine else {}
-                cross_terms = {p: crosses[p].cross_term() for p in hessian_layers(unit)} if mine and crosses else {}
+                hessians = {p: accumulators[p].hessian().to(run_device) for p in hessian_layers(unit)} if mine else {}
+                cross_terms = {p: crosses[p].cross_term().to(run_device) for p in hessian_layers(unit)} if mine and crosses else {}
                 for p in hessian_layers(unit):
                     accumulators[p].release()  # the normalised copies are all the solve needs
                     if crosses:

@@ -39,6 +39,7 @@ class PackagePlan:
     mode: str  # "fixed" or "auto"
     budget_bytes: int | None
     workspace_bytes: int  # the largest single solve's temporaries
+    hessians_on_device: bool = True  # False: the sums are kept in host memory
 
     def summary(self) -> dict[str, object]:
         return {
@@ -48,11 +49,13 @@ class PackagePlan:
             "hessian_bytes_total": sum(self.package_bytes),
             "hessian_bytes_largest_package": max(self.package_bytes),
             "solve_workspace_bytes": self.workspace_bytes,
+            "hessians_on": "device" if self.hessians_on_device else "host",
         }
 
     def extra_bytes(self) -> int:
-        """Memory a run needs beyond the model: the largest package's Hessians, then the largest solve."""
-        return max(self.package_bytes) + self.workspace_bytes
+        """Device memory a run needs beyond the model: the largest package's Hessians (unless they
+        are kept in host memory), then the largest solve."""
+        return (max(self.package_bytes) if self.hessians_on_device else 0) + self.workspace_bytes
 
 
 def solve_workspace_bytes(model: nn.Module, units: list[BlockUnit]) -> int:
@@ -105,13 +108,16 @@ def plan_packages(
     device: torch.device,
     activation_bytes: int = 0,
     hessian_factor: int = 1,
+    hessian_device: torch.device | None = None,
 ) -> PackagePlan:
     """Contiguous packages: a fixed count, or (``"auto"``) the fewest within a memory budget.
 
-    The auto budget is ``memory_budget_gb`` if given, else what is free on ``device`` less
-    ``activation_bytes`` (the calibration forward's peak), the largest solve's workspace and a
-    10% margin. ``hessian_factor``: d×d buffers per Hessian (2 with asymmetric cross terms).
+    The auto budget is ``memory_budget_gb`` if given, else what is free where the Hessians are
+    kept (``hessian_device``, default ``device``) less a 10% margin and, when that is the run
+    device, ``activation_bytes`` (the calibration forward's peak) and the largest solve's
+    workspace. ``hessian_factor``: d×d buffers per Hessian (2 with asymmetric cross terms).
     """
+    store = hessian_device or device
     if not units:
         raise ValueError("no layers to prune: the block selection is empty")
     sizes = [hessian_factor * hessian_bytes(model, u) for u in units]
@@ -124,8 +130,11 @@ def plan_packages(
         groups = [list(range(a, b)) for a, b in zip(bounds, bounds[1:])]
         mode, budget = "fixed", None
     else:
-        workspace = solve_workspace_bytes(model, units)
-        free = free_memory_bytes(device) - activation_bytes - workspace
+        beside = activation_bytes + solve_workspace_bytes(model, units) if store == device else 0
+        free = free_memory_bytes(store) - beside
         budget = int(memory_budget_gb * GiB) if memory_budget_gb is not None else max(int(0.9 * free), 1)
         groups, mode = split_by_budget(sizes, budget), "auto"
-    return PackagePlan([[units[i] for i in g] for g in groups], [sum(sizes[i] for i in g) for g in groups], mode, budget, solve_workspace_bytes(model, units))
+    return PackagePlan(
+        [[units[i] for i in g] for g in groups], [sum(sizes[i] for i in g) for g in groups], mode, budget,
+        solve_workspace_bytes(model, units), hessians_on_device=store == device,
+    )

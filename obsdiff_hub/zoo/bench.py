@@ -5,7 +5,7 @@ seeded inputs (``batch`` latents at ``resolution``, 77 text tokens). Whole-denoi
 ``repeats`` timed forwards after ``warmup`` untimed ones (CUDA events on GPUs, the CPU clock
 otherwise), median and quartiles. Per block: each transformer block's inputs are captured
 from one forward, then the block alone is timed the same way. FLOPs come from the same
-counter as ``plan`` (one forward, batch 1); peak memory is the accelerator's allocator peak.
+counter as ``plan``, for the forward that was timed; peak memory is the accelerator's allocator peak.
 """
 
 from __future__ import annotations
@@ -29,25 +29,39 @@ from ..pruning.adapters.inputs import example_inputs, run_denoiser
 BENCH_FILE = "bench.json"
 
 
-def load_denoiser(source: str, device: torch.device, dtype: torch.dtype, sparse_kernels: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+def vae_scale_factor(vae_config: dict[str, Any] | None) -> int:
+    """Pixels per latent, as diffusers' pipelines compute it (``2 ** (len(block_out_channels) - 1)``);
+    8, the factor of every supported family, when there is no VAE config to read."""
+    channels = (vae_config or {}).get("block_out_channels")
+    if not isinstance(channels, (list, tuple)) or not 1 <= len(channels) <= 8:
+        return 8
+    return 2 ** (len(channels) - 1)
+
+
+def load_denoiser(source: str, device: torch.device, dtype: torch.dtype, sparse_kernels: bool = False) -> tuple[nn.Module, dict[str, Any], int]:
     """The denoiser of a checkpoint folder, a Hub repo (pipeline or component layout) or a
-    ``builtin:`` model, and its config."""
+    ``builtin:`` model, its config, and the pipeline's pixels per latent."""
     if source.startswith("builtin:"):
         from ..pruning.calibration import denoiser_of
         from .sampling import load_pipeline
 
-        model = denoiser_of(load_pipeline(source)).to(device=device, dtype=dtype).eval()
+        pipeline = load_pipeline(source)
+        model = denoiser_of(pipeline).to(device=device, dtype=dtype).eval()
         config = {**model.config, "_class_name": type(model).__name__}
+        scale = vae_scale_factor(dict(pipeline.vae.config) if getattr(pipeline, "vae", None) is not None else None)
     else:
-        folder = denoiser_folder(resolve_source(source))
+        root = resolve_source(source)
+        folder = denoiser_folder(root)
         config = read_json(folder / "config.json")
         cls = pruned_class_for(str(config.get("_class_name", "")))  # loads dense checkpoints too
         model = cls.from_pretrained(folder, dtype=dtype).to(device).eval()
+        vae = Path(root) / "vae" / "config.json"
+        scale = vae_scale_factor(read_json(vae) if vae.is_file() else None)
     if sparse_kernels:
         from ..checkpoints.sparse import enable_sparse_kernels
 
         enable_sparse_kernels(model)
-    return model, config
+    return model, config, scale
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], Any], int, int], list[float]]:
@@ -100,10 +114,10 @@ def _block_inputs(model: nn.Module, inputs: dict, paths: list[str]) -> dict[str,
     return captured
 
 
-def measure(model: nn.Module, config: dict[str, Any], device: torch.device, *, resolution: int, batch: int, warmup: int, repeats: int) -> dict[str, Any]:
+def measure(model: nn.Module, config: dict[str, Any], device: torch.device, *, latent_size: int, batch: int, warmup: int, repeats: int) -> dict[str, Any]:
     timer = _timer(device)
     dtype = next(model.parameters()).dtype
-    inputs = example_inputs(model, batch=batch, latent_size=resolution // 8, tokens=77)
+    inputs = example_inputs(model, batch=batch, latent_size=latent_size, tokens=77)
     inputs = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) if isinstance(v, torch.Tensor)
               else {kk: vv.to(device=device, dtype=dtype) for kk, vv in v.items()} for k, v in inputs.items()}
     if device.type == "cuda":
@@ -117,8 +131,8 @@ def measure(model: nn.Module, config: dict[str, Any], device: torch.device, *, r
         block = model.get_submodule(path)
         with torch.inference_mode():
             blocks[path] = summary(timer(lambda b=block, a=args, k=kwargs: b(*a, **k), warmup, repeats))
-    params, flops = costs(config, 1024)  # plan's convention, whatever resolution was timed
-    return {"denoiser": summary(whole), "blocks": blocks, "params": params, "flops_1024_batch1": flops, "peak_memory_bytes": peak}
+    params, flops = costs(config, latent_size, batch)  # the forward that was timed, counted as plan counts
+    return {"denoiser": summary(whole), "blocks": blocks, "params": params, "flops": flops, "peak_memory_bytes": peak}
 
 
 def bench(
@@ -138,13 +152,17 @@ def bench(
         raise ValueError(f"repeats must be at least 10 for a median and quartiles, got {repeats}")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-    results = {}
+    results, scales = {}, {}
     for which, source in (("dense", base), ("pruned", model)):
-        denoiser, config = load_denoiser(source, device, dtype, sparse_kernels=sparse_kernels and which == "pruned")
-        results[which] = measure(denoiser, config, device, resolution=resolution, batch=batch, warmup=warmup, repeats=repeats)
+        denoiser, config, scales[which] = load_denoiser(source, device, dtype, sparse_kernels=sparse_kernels and which == "pruned")
+        if resolution % scales[which]:
+            raise ValueError(f"--resolution must be a multiple of {scales[which]} (the VAE's pixels per latent), got {resolution}")
+        results[which] = measure(denoiser, config, device, latent_size=resolution // scales[which], batch=batch, warmup=warmup, repeats=repeats)
         del denoiser
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if scales["dense"] != scales["pruned"]:
+        raise ValueError(f"{model} and {base} have different VAEs ({scales['pruned']} vs {scales['dense']} pixels per latent): not one base and its pruned model")
     dense, pruned = results["dense"], results["pruned"]
     blocks = [
         {"block": path, "dense_ms": dense["blocks"][path]["median_ms"], "pruned_ms": pruned["blocks"][path]["median_ms"],
@@ -159,13 +177,14 @@ def bench(
         "device": name,
         "dtype": str(dtype).removeprefix("torch."),
         "resolution": resolution,
+        "latent_size": resolution // scales["pruned"],
         "batch": batch,
         "warmup": warmup,
         "sparse_kernels": sparse_kernels,
         "denoiser": {"dense": dense["denoiser"], "pruned": pruned["denoiser"], "speedup": dense["denoiser"]["median_ms"] / pruned["denoiser"]["median_ms"]},
         "blocks": blocks,
         "params": {"dense": dense["params"], "pruned": pruned["params"]},
-        "flops": {"dense": dense["flops_1024_batch1"], "pruned": pruned["flops_1024_batch1"], "convention": "one forward at 1024², batch 1 (as plan)"},
+        "flops": {"dense": dense["flops"], "pruned": pruned["flops"], "convention": "the timed forward (latent_size², batch, 77 text tokens), multiply-add = 2 (as plan)"},
         "peak_memory_bytes": {"dense": dense["peak_memory_bytes"], "pruned": pruned["peak_memory_bytes"]},
     }
 

@@ -142,6 +142,9 @@ def calibration_rows(recipe: Recipe, report: PruneReport) -> list[tuple[str, str
         ("timestep weighting", f"{prune.weighting} ({prune.alpha_min} → {prune.alpha_max})"),
         ("module packages", f"{len(report.packages) or prune.packages}" + (" (chosen by memory)" if report.package_plan.get("mode") == "auto" else "")),
         ("solver", f"percdamp {prune.percdamp}, blocksize {prune.blocksize}, Hessian accumulation {prune.hessian_precision}"),
+        ("layer targets", "the dense network's outputs (asymmetric, `calibration_target: dense`)" if prune.calibration_target == "dense"
+         else "each layer's own outputs on the pruned network's inputs (OBS-Diff)"),
+        ("sparsity allocation", f"error-driven per package, ratio ± {prune.allocation_spread}, same total" if prune.allocation == "error" else "uniform"),
     ]
     if prune.granularity == "structured":
         rows.append(("structured", f"head saliency {prune.head_saliency}, RRF k {prune.rrf_k}, {prune.neuron_batch} neurons per OBS round"))
@@ -174,7 +177,7 @@ def _speed_rows(bench: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append(("transformer block (median speed-up over blocks)", "", "", f"{speedups[len(speedups) // 2]:.2f}×"))
     rows.append(("parameters", _billions(bench["params"]["dense"]), _billions(bench["params"]["pruned"]), f"{100 * (bench['params']['pruned'] / bench['params']['dense'] - 1):+.2f}%"))
     if bench["flops"]["dense"]:
-        rows.append(("FLOPs (1024², batch 1)", f"{bench['flops']['dense'] / 1e12:.3f} T", f"{bench['flops']['pruned'] / 1e12:.3f} T", f"{100 * (bench['flops']['pruned'] / bench['flops']['dense'] - 1):+.2f}%"))
+        rows.append(("FLOPs per timed forward", f"{bench['flops']['dense'] / 1e12:.3f} T", f"{bench['flops']['pruned'] / 1e12:.3f} T", f"{100 * (bench['flops']['pruned'] / bench['flops']['dense'] - 1):+.2f}%"))
     peak = bench["peak_memory_bytes"]
     if peak["dense"]:
         rows.append(("peak memory", f"{peak['dense'] / 1e9:.2f} GB", f"{peak['pruned'] / 1e9:.2f} GB", f"{100 * (peak['pruned'] / peak['dense'] - 1):+.2f}%"))
