@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -48,12 +49,14 @@ def quiet_libraries() -> None:
     import diffusers
     import transformers
     from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils import logging as hub_logging
 
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     disable_progress_bars()
+    hub_logging.set_verbosity_error()  # e.g. its retry lines: a failure ends in one error line of ours
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category)
 
@@ -104,47 +107,71 @@ def print_json(data: Any) -> None:
 
 
 def _human(n: float, unit: str = "") -> str:
-    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {suffix}{unit}"
-    return f"{n:.0f} {unit}".strip()
+    from obsdiff_hub.units import human  # the package is imported lazily: `--help` stays instant
+
+    return human(n, unit)
 
 
-class RichProgress:
-    """Renders the engine's progress events as one rich display on stderr."""
+class Bars:
+    """Progress bars on stderr, started at the first update (so an early error prints nothing
+    else); where stderr is not a terminal (a log file, CI), one plain line per finished step
+    with its time instead."""
 
     def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True)
-        )
-        self.packages: TaskID | None = None
-        self.step: TaskID | None = None
-        self.step_label = ""
+        self.console = Console(stderr=True)
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.console)
+        self.started = False
+        self.tasks: dict[str, TaskID] = {}
+        self.reported: set[str] = set()
+        self.begun = self.last = time.monotonic()
 
-    def __enter__(self) -> RichProgress:
-        self.progress.__enter__()
+    def __enter__(self) -> Bars:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
+        if self.started:
+            self.progress.stop()
+
+    def update(self, label: str, done: int, total: int, overall: bool = False) -> None:
+        """``overall``: the line's time counts from the start, not from the previous line."""
+        if not self.console.is_terminal:
+            if done >= total and label not in self.reported:
+                self.reported.add(label)
+                now = time.monotonic()
+                typer.echo(f"{label.strip()}: {done}/{total} ({now - (self.begun if overall else self.last):.1f} s)", err=True)
+                self.last = now
+            return
+        if not self.started:
+            self.progress.start()
+            self.started = True
+        if label not in self.tasks:
+            self.tasks[label] = self.progress.add_task(label, total=total)
+        self.progress.update(self.tasks[label], completed=done, total=total)
+
+    def drop(self, label: str) -> None:
+        task = self.tasks.pop(label, None)
+        if task is not None:
+            self.progress.remove_task(task)
+
+
+class RichProgress(Bars):
+    """The engine's progress events: packages, and the current package's trajectories or solves."""
+
+    step = ""
 
     def __call__(self, event: Any) -> None:
-        if self.packages is None:
-            self.packages = self.progress.add_task("packages", total=event.packages, completed=event.package)
-        if event.stage == "package":
-            self.progress.update(self.packages, completed=event.package)
-            if self.step is not None:
-                self.progress.remove_task(self.step)
-                self.step = None
-            return
-        label = f"  package {event.package + 1}: {'trajectories' if event.stage == 'trajectories' else 'solves'}"
-        if self.step is None or self.step_label != label:
-            if self.step is not None:
-                self.progress.remove_task(self.step)
-            self.step, self.step_label = self.progress.add_task(label, total=event.total), label
-        self.progress.update(self.step, completed=event.done)
-        if event.stage == "solve" and event.done == event.total:
-            self.progress.update(self.packages, completed=event.package + 1)
+        if "packages" not in self.tasks:  # the overall bar stays on top
+            self.update("packages", event.package, event.packages, overall=True)
+        if event.stage != "package":
+            label = f"  package {event.package + 1}: {'trajectories' if event.stage == 'trajectories' else 'solves'}"
+            if label != self.step:
+                self.drop(self.step)
+                self.step = label
+            self.update(label, event.done, event.total)
+        finished = event.stage == "package" or (event.stage == "solve" and event.done == event.total)
+        self.update("packages", event.package + (event.stage == "solve" and event.done == event.total), event.packages, overall=True)
+        if finished:
+            self.drop(self.step)
 
 
 def _saved_packages(partial: Path) -> int:
@@ -152,6 +179,15 @@ def _saved_packages(partial: Path) -> int:
         return int(json.loads((partial / "progress.json").read_text())["completed"])
     except (OSError, ValueError, KeyError):
         return 0
+
+
+def _packages(value: str | None) -> int | str | None:
+    """``--packages``: a count, or ``auto``."""
+    if value is None or value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"--packages must be a positive count or auto, got {value!r}")
+    return int(value)
 
 
 @app.command()
@@ -166,7 +202,7 @@ def prune(
     prompts: Optional[Path] = typer.Option(None, help="Calibration prompts: .txt, .jsonl, .csv or .tsv."),
     prompt_column: Optional[str] = typer.Option(None, help="Column of --prompts (csv/tsv/jsonl) that holds the prompts."),
     num_prompts: Optional[int] = typer.Option(None, help="Number of calibration prompts."),
-    packages: Optional[int] = typer.Option(None, help="Module packages P (default: the recipe's; auto = fewest that fit)."),
+    packages: Optional[str] = typer.Option(None, help="Module packages: a count P, or auto (the fewest that fit in memory); default: the recipe's."),
     set_: list[str] = typer.Option([], "--set", help="Change any recipe field: SECTION.FIELD=VALUE (repeatable)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished package."),
     restart: bool = typer.Option(False, help="Discard the saved progress of an interrupted run and start over."),
@@ -196,7 +232,7 @@ def prune(
             prompts_file=str(prompts) if prompts else None,
             prompt_column=prompt_column,
             num_prompts=num_prompts,
-            packages=packages,
+            packages=_packages(packages),
             changes=parse_assignments(set_),
             resume=resume,
             restart=restart,
@@ -226,6 +262,9 @@ def _print_summary(result: Any, target: Path) -> None:
     table.add_column("")
     table.add_column("value", justify="right")
     table.add_row("parameters", f"{_human(report.params_before)} → {_human(report.params_after)}")
+    count = result.recipe.calibration.prompts.count
+    repeats = f" ({result.distinct_prompts} distinct, cycled)" if result.distinct_prompts < count else ""
+    table.add_row("calibration prompts", f"{count}{repeats}")
     table.add_row("mean sparsity (targeted layers)", f"{report.mean_sparsity:.3f}")
     table.add_row("mean relative reconstruction error", f"{report.mean_relative_error:.4g}")
     if result.plan and result.plan.get("flops_before"):
@@ -274,17 +313,23 @@ def eval_(
     quiet: bool = typer.Option(False, help="Print only errors and the path of eval.json."),
 ) -> None:
     """Measure quality next to the dense model (same prompts and seeds): eval.json with 95% intervals, a captioned grid."""
+    from pydantic import ValidationError
+
     from obsdiff_hub.checkpoints.inspection import base_model_of
+    from obsdiff_hub.pruning.config import describe_error
     from obsdiff_hub.zoo.bench import results_folder
     from obsdiff_hub.zoo.evaluation import EVAL_FILE, evaluate_checkpoint
     from obsdiff_hub.zoo.recipes import EvaluationSpec
     from obsdiff_hub.zoo.runs import parse_device
 
-    spec = EvaluationSpec.model_validate({
-        "metrics": [m.strip() for m in metrics.split(",") if m.strip()], "prompts": prompts, "num": num, "steps": steps,
-        "guidance_scale": guidance, "resolution": resolution, "seed": seed, "batch_size": batch_size,
-        "reference": str(reference) if reference else None, "fid_features": fid_features, "clip_model": clip_model,
-    })
+    try:
+        spec = EvaluationSpec.model_validate({
+            "metrics": [m.strip() for m in metrics.split(",") if m.strip()], "prompts": prompts, "num": num, "steps": steps,
+            "guidance_scale": guidance, "resolution": resolution, "seed": seed, "batch_size": batch_size,
+            "reference": str(reference) if reference else None, "fid_features": fid_features, "clip_model": clip_model,
+        })
+    except ValidationError as error:
+        raise ValueError(f"eval option {describe_error(error, EvaluationSpec)}") from None
     run_device = parse_device(device)
     folder = results_folder(model, out)
     base = base or base_model_of(model)
@@ -326,6 +371,7 @@ def bench(
     folder = results_folder(model, out)
     record = measure(model, base or base_model_of(model), resolution=resolution, batch=batch_size, device=parse_device(device),
                      dtype=DTYPES[dtype] if dtype else None, repeats=repeats, sparse_kernels=sparse_kernels)
+    folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / BENCH_FILE, json.dumps(record, indent=2) + "\n")
     add_owned(folder, [BENCH_FILE])
     table = Table(title=f"{record['device']}, {record['dtype']}, {resolution}², batch {batch_size} (median of {repeats}, ms)")
@@ -345,24 +391,11 @@ def bench(
     console.print(f"wrote {folder / BENCH_FILE}")
 
 
-class ImageProgress:
+class ImageProgress(Bars):
     """Image generation progress of ``eval`` on stderr."""
 
-    def __init__(self) -> None:
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True))
-        self.tasks: dict[str, TaskID] = {}
-
-    def __enter__(self) -> ImageProgress:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
-
     def __call__(self, which: str, done: int, total: int) -> None:
-        if which not in self.tasks:
-            self.tasks[which] = self.progress.add_task(f"{which} images", total=total)
-        self.progress.update(self.tasks[which], completed=done)
+        self.update(f"{which} images", done, total)
 
 
 @recipes_app.command("list")
@@ -408,24 +441,27 @@ def recipes_show(
 @reports_errors
 def plan(
     recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name or path."),
-    resolution: int = typer.Option(1024, help="Image resolution for the FLOP count."),
+    resolution: Optional[int] = typer.Option(None, help="Image resolution for the FLOP count (default: 1024, or a built-in model's own)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Parameters and FLOPs before/after a recipe, offline (from the shipped public config)."""
     from obsdiff_hub.zoo.recipes import load_recipe
     from obsdiff_hub.zoo.runs import plan_recipe
 
-    if resolution < 64 or resolution % 64:
-        raise ValueError(f"--resolution must be a positive multiple of 64, got {resolution}")
+    if resolution is not None and resolution <= 0:
+        raise ValueError(f"--resolution must be positive, got {resolution}")
     result = plan_recipe(load_recipe(recipe), resolution)
     if as_json:
         print_json(result.to_dict())
         return
-    table = Table(title=f"{recipe} (FLOPs: {result.convention}, {resolution}²)")
+    table = Table(title=f"{recipe} (FLOPs: {result.convention}, {result.resolution}²)")
     for column in ("", "dense", "pruned", "change"):
         table.add_column(column, justify="right")
-    table.add_row("parameters", f"{result.params_before / 1e9:.2f} B", f"{result.params_after / 1e9:.2f} B", f"{100 * (result.params_after / result.params_before - 1):+.2f}%")
-    table.add_row("FLOPs", _human(result.flops_before), _human(result.flops_after), f"{-100 * result.flop_reduction:+.2f}%")
+    table.add_row("parameters", _human(result.params_before), _human(result.params_after), f"{100 * (result.params_after / result.params_before - 1):+.2f}%")
+    if result.zeroed_weights:
+        nonzero = result.params_after - result.zeroed_weights
+        table.add_row("non-zero parameters", _human(result.params_before), _human(nonzero), f"{100 * (nonzero / result.params_before - 1):+.2f}%")
+    table.add_row("FLOPs (dense kernels)", _human(result.flops_before), _human(result.flops_after), f"{-100 * result.flop_reduction + 0.0:+.2f}%")
     table.add_row("heads removed", "", str(result.heads_removed), "")
     table.add_row("FFN neurons removed", "", str(result.neurons_removed), "")
     print_table(table)

@@ -1,6 +1,5 @@
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ import obsdiff_hub as oh
 from obsdiff_hub import tiny
 from obsdiff_hub.checkpoints.loading import CheckpointError
 from obsdiff_hub.models import BASE_CLASSES
+from obsdiff_hub.pruning.adapters import adapter_for
 
 STEPS = 2
 RECORD = oh.provenance(recipe="tiny-test", recipe_version=1, method="obs-diff", granularity="structured", sparsity=0.3)
@@ -222,6 +222,21 @@ def test_plan_flops_shrink_with_structure():
     result = oh.plan("sd3-medium.transformer", sparsity=0.2, blocks=list(range(1, 23)), resolution=512)
     assert 0.1 < result.flop_reduction < 0.3
     assert result.heads_removed == 22 * round(24 * 0.2) and result.neurons_removed > 0
+
+
+@pytest.mark.parametrize("family,settings", [("sd3", dict(granularity="unstructured", sparsity=0.5)), ("sdxl", dict(granularity="n:m", n=2, m=4))])
+def test_plan_counts_exactly_the_zeros_a_run_leaves(family, settings):
+    torch.manual_seed(0)
+    model = tiny.TINY_DENOISERS[family]().eval()
+    config = {**model.config, "_class_name": type(model).__name__}
+    adapter = adapter_for(model)
+    layers = [p for unit in adapter.units(model, None, structured=False) for site in unit.sites for p in site.layers]
+    cal = tiny.toy_calibration([tiny.example_inputs(model, 2)], STEPS)
+    pruned = oh.prune(model, dict(settings), calibration=cal, steps=STEPS).model
+    zeros = sum(int((pruned.get_submodule(p).weight == 0).sum()) for p in layers)
+    expected = oh.plan(config, sparsity=settings.get("sparsity", 0.0), granularity=settings["granularity"], resolution=None, n_m=(settings.get("n", 2), settings.get("m", 4)))
+    assert expected.zeroed_weights == zeros > 0
+    assert expected.params_after == expected.params_before == sum(p.numel() for p in pruned.parameters())
 
 
 def test_sparse_kernels_detects_pattern_and_refuses_cpu(tmp_path):

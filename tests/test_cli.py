@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import obsdiff_hub as oh
+import obsdiff_hub.tiny  # noqa: F401 - oh.tiny
 from cli.main import app
 from obsdiff_hub.pruning.config import PruneConfig
 from obsdiff_hub.zoo import resume
@@ -100,6 +101,20 @@ def test_plan_sdxl_30_prints_published_count():
     result = invoke("plan", "--recipe", "sdxl-30")
     assert result.exit_code == 0, result.output
     assert "2.57 B" in result.output and "1.91 B" in result.output
+
+
+def test_plan_of_a_builtin_recipe_uses_the_model_itself():
+    from obsdiff_hub.pruning.adapters import adapter_for
+    from obsdiff_hub.zoo.sampling import load_pipeline
+
+    unet = load_pipeline("builtin:tiny-shapes").unet
+    weights = sum(unet.get_submodule(p).weight.numel() for u in adapter_for(unet).units(unet, None, structured=False)
+                  for s in u.sites for p in s.layers)
+    result = invoke("plan", "--recipe", "tiny-shapes-unstructured-50", "--json")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["params_before"] == plan["params_after"] == sum(p.numel() for p in unet.parameters())
+    assert plan["zeroed_weights"] == weights // 2 and plan["resolution"] == 32  # the shapes model's own size
 
 
 def test_every_zoo_recipe_validates_and_has_a_stable_identity():
@@ -202,6 +217,21 @@ def test_subprocess_version_and_prune(tmp_path):
     assert DiffusionPipeline.from_pretrained(tmp_path / "f").transformer.config["_obsdiff_provenance"]["recipe"] == "tiny-flux-2of4"
     bad = subprocess.run([exe, "prune", "--recipe", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown recipe")
+    late = subprocess.run([exe, "prune", "--recipe", "tiny-flux-2of4", "--set", "prune.sparsty=0.4", "--out", tmp_path / "g"], capture_output=True, text=True)
+    assert late.returncode == 2 and late.stderr.startswith("error: override: prune.sparsty")  # no progress display's blank line first
+
+
+def test_progress_into_a_log_is_one_line_per_finished_step_and_packages_can_be_auto(tmp_path):
+    exe = Path(sys.executable).parent / "obsdiff-hub"
+    done = subprocess.run([exe, "prune", "--recipe", "tiny-sd3-unstructured-50", "--packages", "auto", "--out", tmp_path / "o"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    count = report["package_plan"]["packages"]
+    assert report["package_plan"]["mode"] == "auto"
+    steps = [f"package {i + 1}: {stage}:" for i in range(count) for stage in ("trajectories", "solves")]
+    lines = done.stderr.strip().splitlines()
+    assert [line.rsplit(":", 1)[0] + ":" for line in lines] == [*steps, "packages:"], done.stderr
+    assert lines[-1].startswith(f"packages: {count}/{count} (")
 
 
 def test_inspect_reports_structure_and_provenance(tmp_path):
@@ -309,9 +339,11 @@ def test_csv_prompts_name_their_column(tmp_path):
     table.write_text("id,words\n1,a red barn\n2,a blue boat\n")
     missing = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--prompts", table, "--out", tmp_path / "o")
     assert missing.exit_code == 2 and "--prompt-column" in missing.output and "columns: id, words" in missing.output
-    named = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--prompts", table, "--prompt-column", "words", "--out", tmp_path / "o", "--quiet")
+    named = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--prompts", table, "--prompt-column", "words", "--out", tmp_path / "o")
     assert named.exit_code == 0, named.output
-    assert load_recipe(tmp_path / "o" / "recipe.yaml").calibration.prompts.texts[:2] == ["a red barn", "a blue boat"]
+    prompts = load_recipe(tmp_path / "o" / "recipe.yaml").calibration.prompts
+    assert prompts.texts[:2] == ["a red barn", "a blue boat"] and prompts.count > 2
+    assert re.search(rf"calibration prompts\s*│\s*{prompts.count} \(2 distinct, cycled\)", named.output), named.output  # the summary says so
 
 
 @pytest.fixture(scope="module")
@@ -323,10 +355,20 @@ def truncated_checkpoint(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def truncated_pipeline(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trunc") / "pipe"
+    oh.tiny.tiny_sd3_pipeline().save_pretrained(out)
+    weights = out / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    return out
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["plan", "--recipe", "sdxl-30", "--resolution", "0"], "--resolution must be a positive multiple of 64"),
+        (["plan", "--recipe", "sdxl-30", "--resolution", "0"], "--resolution must be positive"),
+        (["plan", "--recipe", "sdxl-30", "--resolution", "100"], "--resolution must be a positive multiple of 64 for this model"),
         (["prune", "--recipe", "tiny-sd3-unstructured-50", "--device", "banana", "--out", "{tmp}/o"], "unknown device 'banana'"),
         (["prune", "--recipe", "tiny-sd3-unstructured-50", "--device", "cuda:3", "--out", "{tmp}/o"], "cuda:3"),
         (["prune", "--recipe", "tiny-sd3-unstructured-50", "--dtype", "float64", "--out", "{tmp}/o"], "--dtype must be"),
@@ -335,14 +377,18 @@ def truncated_checkpoint(tmp_path_factory):
         (["prune", "--recipe", "tiny-sd3-unstructured-50", "--set", "calibration.resolution=38", "--out", "{tmp}/o"], "not a multiple of 4"),
         (["prune", "--recipe", "tiny-sd3-unstructured-50", "--resume", "--restart", "--out", "{tmp}/o"], "exclude each other"),
         (["inspect", "{trunc}"], "truncated or corrupted"),
+        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--model", "{trunc_pipe}", "--out", "{tmp}/o"], "transformer/diffusion_pytorch_model.safetensors: truncated or corrupted"),
+        (["generate", "--model", "{trunc_pipe}", "--prompt", "x", "--out", "{tmp}/g.png"], "transformer/diffusion_pytorch_model.safetensors: truncated or corrupted"),
+        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--set", "prune.sparsty=0.4", "--out", "{tmp}/o"], "prune.sparsty: Extra inputs are not permitted; did you mean prune.sparsity?"),
+        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--packages", "0", "--out", "{tmp}/o"], "--packages must be a positive count or auto"),
         (["inspect", "./no/such/folder"], "local folder ./no/such/folder does not exist"),
         (["inspect", "not a repo!!"], "neither a local folder nor a valid Hub repo id"),
         (["convert-legacy", "{tmp}/missing.pth", "--out", "{tmp}/c"], "is not a file"),
         (["generate", "--model", "builtin:tiny-sd3", "--prompt", "x", "--steps", "0", "--out", "{tmp}/g.png"], "--steps must be at least 1"),
     ],
 )
-def test_user_errors_are_one_line_exit_2(args, message, tmp_path, truncated_checkpoint):
-    filled = [a.format(tmp=tmp_path, trunc=truncated_checkpoint) for a in args]
+def test_user_errors_are_one_line_exit_2(args, message, tmp_path, truncated_checkpoint, truncated_pipeline):
+    filled = [a.format(tmp=tmp_path, trunc=truncated_checkpoint, trunc_pipe=truncated_pipeline) for a in args]
     result = invoke(*filled)
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()

@@ -12,6 +12,7 @@ from huggingface_hub import ModelCard
 from typer.testing import CliRunner
 
 import obsdiff_hub as oh
+import obsdiff_hub.tiny  # noqa: F401 - oh.tiny
 from cli.main import app
 from obsdiff_hub.zoo.evaluation import frechet_distance
 
@@ -63,7 +64,7 @@ def test_the_tiny_clip_aligns_images_and_captions(tiny_clip):
     images, captions, _ = sample_batch(64, seed=424242)
     from obsdiff_hub.shapes.pipeline import to_pil
 
-    inputs = processor(text=captions, images=to_pil(images), return_tensors="pt", padding=True)
+    inputs = processor(text=captions, images=to_pil(images), return_tensors="pt", padding=True, truncation=True)
     with torch.no_grad():
         logits = model(**inputs).logits_per_image
     assert float((logits.argmax(1) == torch.arange(64)).float().mean()) > 0.2  # chance is 1/64
@@ -124,10 +125,35 @@ def test_frechet_distance_is_exact_and_zero_for_a_set_with_itself():
         assert abs(frechet_distance(a, a)) < 1e-8 * np.trace(np.cov(a, rowvar=False))
 
 
-def test_inception_fid_and_imagereward_say_which_extra_they_need(shapes_checkpoint, tmp_path):
-    for metric, extra in (("fid", "obsdiff-hub[eval]"), ("imagereward", "obsdiff-hub[imagereward]")):
-        result = invoke("eval", "--model", shapes_checkpoint, "--base", "builtin:tiny-shapes", "--metrics", metric, *SHAPES_EVAL, "--num", "2", "--out", tmp_path)
-        assert result.exit_code == 2 and extra in result.output, result.output
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--metrics", "fid"], "obsdiff-hub[eval]"),
+        (["--metrics", "imagereward"], "obsdiff-hub[imagereward]"),
+        (["--metrics", "clip", "--clip-model", "{tmp}/no-clip"], "CLIP model {tmp}/no-clip cannot be loaded"),
+        (["--metrics", "psnr", "--reference", "{tmp}/no-coco"], "reference folder {tmp}/no-coco does not exist"),
+        (["--metrics", "shapes", "--prompts", "builtin:captions"], "use --prompts builtin:shapes"),
+        (["--metrics", "psnr,lpips"], "metrics.1: Input should be"),
+        (["--num", "0"], "num: Input should be greater than or equal to 1"),
+    ],
+)
+def test_a_metric_that_cannot_run_fails_before_sampling_and_writes_nothing(shapes_checkpoint, tmp_path, args, message):
+    from obsdiff_hub.zoo.evaluation import cache_root
+
+    before = sorted(cache_root().rglob("*.png")) if cache_root().exists() else []
+    filled = [a.format(tmp=tmp_path) for a in args]
+    result = invoke("eval", "--model", shapes_checkpoint, "--base", "builtin:tiny-shapes", "--num", "2", "--steps", "2", *filled, "--out", tmp_path / "e")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message.format(tmp=tmp_path) in lines[0], result.output
+    assert not (tmp_path / "e").exists()
+    assert (sorted(cache_root().rglob("*.png")) if cache_root().exists() else []) == before  # no image was sampled
+
+
+def test_a_failed_bench_leaves_no_results_folder(shapes_checkpoint, tmp_path):
+    result = invoke("bench", "--model", shapes_checkpoint, "--resolution", "32", "--repeats", "3", "--out", tmp_path / "b")
+    assert result.exit_code == 2 and "repeats must be at least 10" in result.output
+    assert not (tmp_path / "b").exists()
 
 
 def test_results_never_go_into_a_folder_this_tool_did_not_write(shapes_checkpoint, tmp_path):

@@ -1,4 +1,6 @@
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -148,8 +150,6 @@ def test_push_changes_nothing_local(hub, checkpoint):
 
 
 def test_push_to_a_dead_endpoint_is_one_line_and_leaves_the_folder_as_it_was(checkpoint):
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
@@ -179,8 +179,10 @@ def test_re_pushing_an_existing_tag_fails_before_any_commit(hub, checkpoint, pus
 def test_card_command_renders_locally(checkpoint):
     result = invoke("card", checkpoint, "--repo-id", "zoo/preview")
     assert result.exit_code == 0, result.output
-    meta = validate_card((checkpoint / "README.md").read_text())
+    text = (checkpoint / "README.md").read_text()
+    meta = validate_card(text)
     assert meta["library_name"] == "diffusers" and "obs-diff" in meta["tags"]
+    assert 'from_pretrained("builtin:' not in text and 'StableDiffusionXLPipeline.from_pretrained("zoo/preview", unet=unet' in text  # runnable snippets
 
 
 def test_prompts_from_a_hub_dataset_through_olah(hub):
@@ -196,3 +198,44 @@ def test_prompts_from_a_hub_dataset_through_olah(hub):
     source = PromptSource(source="hub-dataset", repo_id="zoo/captions", path="data/prompts.csv", column="caption", count=3, revision="main")
     prompts = resolve_prompts(source)
     assert prompts == ["a red barn in snow", "two dogs on a beach", "a red barn in snow"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["pull", "zoo/no-such-repo"],
+        ["inspect", "zoo/no-such-repo"],
+        ["generate", "--model", "zoo/no-such-repo", "--prompt", "x", "--steps", "1", "--out", "{tmp}/g.png"],
+        ["prune", "--recipe", "tiny-shapes-unstructured-50", "--model", "zoo/no-such-repo", "--out", "{tmp}/o"],
+    ],
+)
+def test_a_repo_the_hub_does_not_have_is_one_line_naming_it(hub, tmp_path, args):
+    result = invoke(*[a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: zoo/no-such-repo: no such repo on"), result.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "g.png").exists()
+
+
+def test_push_without_any_token_says_so(hub, checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))  # no login cache either
+    result = invoke("push", checkpoint, "--repo-id", "zoo/x", "--endpoint", hub.write_endpoint)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == "error: no Hub token: set HF_TOKEN, pass --token, or run `hf auth login`"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["inspect", "nomodel"], ["prune", "--recipe", "tiny-shapes-unstructured-50", "--model", "me/nomodel", "--out", "{tmp}/o"]],
+)
+def test_a_name_that_is_neither_a_folder_nor_reachable_says_both(tmp_path, args):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again: nothing listens there
+    exe = Path(sys.executable).parent / "obsdiff-hub"
+    env = {**os.environ, "HF_ENDPOINT": dead, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_ETAG_TIMEOUT": "2"}
+    done = subprocess.run([exe, *[a.format(tmp=tmp_path) for a in args]], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"no local folder has that name, and cannot reach the Hub at {dead}" in lines[0], done.stderr
+    assert not (tmp_path / "o").exists()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from safetensors import SafetensorError, safe_open
 
@@ -48,6 +49,13 @@ def tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
         except (SafetensorError, OSError, RuntimeError) as error:
             raise CheckpointError(f"{path}: truncated or corrupted safetensors file ({error}); delete it and download again") from error
     return shapes
+
+
+def check_pipeline_files(folder: Path) -> None:
+    """Every safetensors header of a pipeline folder and its components reads (headers only, so
+    this is cheap); else a one-line error naming the first truncated or corrupted file."""
+    for part in [folder, *sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())]:
+        tensor_shapes(part)
 
 
 def diagnose(folder: str | os.PathLike) -> str | None:
@@ -112,6 +120,68 @@ def local_folder_or_repo(source: str) -> Path | None:
     return None
 
 
+def _scrub(message: str, token: str | None) -> str:
+    """Remove every token this process could have sent from a message (servers may echo it)."""
+    from huggingface_hub import get_token
+
+    for secret in {token, os.environ.get("HF_TOKEN"), get_token()}:
+        if secret:
+            message = message.replace(secret, "***")
+    return message
+
+
+def default_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+@contextmanager
+def hub_errors(endpoint: str | None = None, token: str | None = None, source: str | None = None, maybe_folder: bool = False) -> Iterator[None]:
+    """Hub failures as one line that names the endpoint (never the token), the repo ``source``
+    if given, and the fix: a missing token, a missing or private repo, a missing revision, an
+    unreachable Hub. ``maybe_folder``: ``source`` could also have meant a local folder (which
+    does not exist), the likelier mistake offline."""
+    import importlib
+
+    from huggingface_hub import get_session
+    from huggingface_hub.errors import (
+        HfHubHTTPError, LocalEntryNotFoundError, LocalTokenNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
+    )
+
+    endpoint = endpoint or default_endpoint()
+    what = f"{source}: " if source else ""
+    # The HTTP library huggingface_hub uses (httpx, or httpx2 in 2.x): its transport errors.
+    transport = importlib.import_module(type(get_session()).__module__.split(".")[0]).TransportError
+    known = (LocalTokenNotFoundError, HfHubHTTPError, transport, LocalEntryNotFoundError, ConnectionError)  # offline mode is a ConnectionError
+    try:
+        yield
+    except (transport, OSError) as raised:
+        # diffusers re-raises Hub failures as its own OSError, with the Hub's error as the cause
+        chain: list[BaseException] = [raised]
+        while len(chain) < 16 and (chain[-1].__cause__ or chain[-1].__context__) is not None:
+            chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
+        error = next((e for e in chain if isinstance(e, known)), None)
+        if error is None:
+            raise
+        if isinstance(error, LocalTokenNotFoundError):
+            message = f"{what}no Hub token: set HF_TOKEN, pass --token, or run `hf auth login`"
+        elif isinstance(error, RepositoryNotFoundError):  # also gated and private repos the token cannot see
+            message = f"{what}no such repo on {endpoint}, or it is private or gated: check the name and your token (HF_TOKEN)"
+        elif isinstance(error, RevisionNotFoundError):
+            message = f"{what}that revision does not exist on {endpoint}; check --revision"
+        elif isinstance(error, HfHubHTTPError):
+            status = error.response.status_code if error.response is not None else "?"
+            detail = ((error.server_message or str(error)).strip().splitlines() or ["no detail"])[0]
+            message = f"{what}{endpoint} refused the request ({status}): {detail}"
+        else:
+            reason = (str(error).splitlines() or [type(error).__name__])[0]
+            where = "no local folder has that name, and " if maybe_folder else ""
+            cache = ", nor find it in the cache" if source else ""
+            message = f"{what}{where}cannot reach the Hub at {endpoint}{cache} ({reason}); check the name, the endpoint and your connection"
+        raise CheckpointError(_scrub(message, token)) from None
+
+
 def resolve_source(source: str, revision: str | None = None) -> Path:
     """A local folder as is; a Hub repo id through ``snapshot_download`` (cache, token from the environment)."""
     folder = local_folder_or_repo(source)
@@ -119,7 +189,8 @@ def resolve_source(source: str, revision: str | None = None) -> Path:
         return folder
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(source, revision=revision))
+    with hub_errors(source=source, maybe_folder=True):
+        return Path(snapshot_download(source, revision=revision))
 
 
 def _local_folder(source: str, kwargs: dict[str, Any]) -> Path | None:
@@ -164,10 +235,11 @@ def verify_source(source: str, kwargs: dict[str, Any]) -> int:
     from huggingface_hub import snapshot_download
 
     offline = bool(kwargs.get("local_files_only", False))
-    root = Path(
-        snapshot_download(
-            source, revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir"), token=kwargs.get("token"), local_files_only=offline
+    with hub_errors(token=kwargs.get("token"), source=source, maybe_folder=True):
+        root = Path(
+            snapshot_download(
+                source, revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir"), token=kwargs.get("token"), local_files_only=offline
+            )
         )
-    )
-    listed = None if offline else repo_files(source, kwargs.get("revision"), kwargs.get("token"))
+        listed = None if offline else repo_files(source, kwargs.get("revision"), kwargs.get("token"))
     return verify_manifest(root, kwargs.get("subfolder"), repo_files=listed, delete=listed is not None)

@@ -35,6 +35,7 @@ class PlanResult:
     heads_removed: int
     neurons_removed: int
     resolution: int | None
+    zeroed_weights: int = 0  # unstructured / N:M: targeted weights set to zero (shapes unchanged)
     convention: str = "torch.utils.flop_counter, one denoiser forward, batch 1, multiply-add = 2 FLOPs"
 
     @property
@@ -86,11 +87,15 @@ def plan(
     blocks: list[int] | str | None = None,
     block_sparsity: dict[int, float] | None = None,
     resolution: int | None = 1024,
+    n_m: tuple[int, int] = (2, 4),
+    vae_scale_factor: int = 8,
 ) -> PlanResult:
     """Parameters and FLOPs before/after for a model config (dict, config.json path, or shipped name).
 
     Structured plans physically shrink a fake model; unstructured and N:M plans report
-    the same shapes (dense kernels) with the pruned weights still counted as parameters.
+    the same shapes (dense kernels) with the pruned weights still counted as parameters,
+    and how many of them are zeros (``sparsity`` per targeted layer, or n of every m).
+    FLOPs are counted at ``resolution // vae_scale_factor`` latents.
     """
     if isinstance(config, Path) or (isinstance(config, str) and config.endswith(".json")):
         config = json.loads(Path(config).read_text())
@@ -99,10 +104,14 @@ def plan(
     with FakeTensorMode(allow_non_fake_inputs=True):
         model = build_model(config, empty=False).eval()
         params_before = sum(p.numel() for p in model.parameters())
-        flops_before = _flops(model, resolution // 8) if resolution else None
-        heads = neurons = 0
+        flops_before = _flops(model, resolution // vae_scale_factor) if resolution else None
+        heads = neurons = zeroed = 0
         if isinstance(blocks, str):  # "start:stop", resolved against this model's block count
             blocks = PruneConfig(blocks=blocks).block_ids(len(adapter_for(model).blocks(model)))
+        if granularity in ("unstructured", "n:m"):
+            for unit in adapter_for(model).units(model, blocks, structured=False):
+                fraction = n_m[0] / n_m[1] if granularity == "n:m" else (block_sparsity or {}).get(unit.block, sparsity)
+                zeroed += sum(round(fraction * model.get_submodule(p).weight.numel()) for site in unit.sites for p in site.layers)
         if granularity == "structured":
             adapter = adapter_for(model)
             structure = planned_structure(model, sparsity, blocks, block_sparsity)
@@ -116,8 +125,8 @@ def plan(
                     neurons += before - after
             apply_structure(model, adapter, structure)
         params_after = sum(p.numel() for p in model.parameters())
-        flops_after = (_flops(model, resolution // 8) if granularity == "structured" else flops_before) if resolution else None
-    return PlanResult(params_before, params_after, flops_before, flops_after, heads, neurons, resolution)
+        flops_after = (_flops(model, resolution // vae_scale_factor) if granularity == "structured" else flops_before) if resolution else None
+    return PlanResult(params_before, params_after, flops_before, flops_after, heads, neurons, resolution, zeroed)
 
 
 def costs(config: dict[str, Any], latent_size: int, batch: int = 1) -> tuple[int, float]:

@@ -6,9 +6,11 @@ one name, one default and one validation, whichever way it is set.
 
 from __future__ import annotations
 
+import difflib
+import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..maths.hessian import AccumulationPrecision, WeightingStrategy
 
@@ -21,6 +23,31 @@ class StrictModel(BaseModel):
     """Frozen, and unknown fields are errors (a typo in a recipe must not be ignored)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _fields_at(model: type[BaseModel], path: list[str]) -> list[str]:
+    """Field names of the (nested) model that ``path`` leads to, or [] if it leads elsewhere."""
+    for part in path:
+        field = model.model_fields.get(part)
+        options = [field.annotation, *typing.get_args(field.annotation)] if field is not None else []
+        nested = [t for t in options if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def describe_error(error: ValidationError, model: type[BaseModel]) -> str:
+    """The first problem of a failed validation of ``model`` in one line: the field, pydantic's
+    message, the allowed values, and for an unknown field the closest real one."""
+    first = error.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    expected = str(first.get("ctx", {}).get("expected", ""))
+    hint = f" (allowed: {expected})" if expected and expected not in first["msg"] else ""
+    if first["type"] == "extra_forbidden" and loc:
+        close = difflib.get_close_matches(loc[-1], _fields_at(model, loc[:-1]), n=1, cutoff=0.6)
+        hint = f"; did you mean {'.'.join([*loc[:-1], close[0]])}?" if close else ""
+    return f"{'.'.join(loc) or model.__name__}: {first['msg']}{hint}"
 
 
 class PruneConfig(StrictModel):

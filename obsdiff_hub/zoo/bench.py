@@ -169,7 +169,7 @@ def bench(
          "speedup": dense["blocks"][path]["median_ms"] / pruned["blocks"][path]["median_ms"]}
         for path in dense["blocks"] if path in pruned["blocks"]
     ]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''})"
     return {
         "obsdiff_hub_version": __version__,
         "model": model,
@@ -190,12 +190,14 @@ def bench(
 
 
 def results_folder(model: str, out: Path | None) -> Path:
-    """Where bench.json / eval.json go: ``out`` (created), or the model's own folder when it is
-    an output of this tool; anything else needs ``--out`` (no writes into a stranger's folder)."""
+    """Where bench.json / eval.json go: ``out`` (created only when the results are written, so a
+    failed run leaves nothing), or the model's own folder when it is an output of this tool;
+    anything else needs ``--out`` (no writes into a stranger's folder)."""
     from ..checkpoints.outputs import read_marker
 
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file; give a folder for the results")
         return out
     if Path(model).is_dir() and read_marker(Path(model)) is not None:
         return Path(model)

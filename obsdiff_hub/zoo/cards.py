@@ -12,6 +12,7 @@ from ..models import PRUNED_CLASSES, base_class_for
 from ..pruning.adapters import ADAPTERS
 from ..pruning.report import PruneReport
 from ..resources import data_dir
+from ..units import human
 from .recipes import Recipe
 
 CARD_TEMPLATE = "obsdiff.md"
@@ -69,7 +70,8 @@ def render_card(
         f"import torch\n{import_line}from diffusers import {base.pipeline}"
         + ("" if structured else f", {pruned_cls}")
         + f'\n\n{base.component} = {pruned_cls}.from_pretrained("{repo}", subfolder="{base.component}", dtype=torch.float16)\n'
-        + f'pipe = {base.pipeline}.from_pretrained("{base.repo_id}", {base.component}={base.component}, dtype=torch.float16)'
+        # a built-in base has no Hub id: the checkpoint is itself a whole pipeline to put the component into
+        + f'pipe = {base.pipeline}.from_pretrained("{repo if base.repo_id.startswith("builtin:") else base.repo_id}", {base.component}={base.component}, dtype=torch.float16)'
     )
     loading_note = (
         "Structured pruning gives every block its own head count and FFN width, recorded in `config.json`\n"
@@ -118,8 +120,8 @@ def render_card(
     )
     if plan and plan.get("flops_before"):
         fields.update(
-            flops_before=f"{plan['flops_before'] / 1e12:.3f} TFLOPs",
-            flops_after=f"{plan['flops_after'] / 1e12:.3f} TFLOPs",
+            flops_before=human(plan["flops_before"], "FLOPs"),
+            flops_after=human(plan["flops_after"], "FLOPs"),
             flop_change=f"{-100 * plan['flop_reduction']:+.2f}%",
             plan_resolution=plan["resolution"],
         )
@@ -177,7 +179,7 @@ def _speed_rows(bench: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append(("transformer block (median speed-up over blocks)", "", "", f"{speedups[len(speedups) // 2]:.2f}×"))
     rows.append(("parameters", _billions(bench["params"]["dense"]), _billions(bench["params"]["pruned"]), f"{100 * (bench['params']['pruned'] / bench['params']['dense'] - 1):+.2f}%"))
     if bench["flops"]["dense"]:
-        rows.append(("FLOPs per timed forward", f"{bench['flops']['dense'] / 1e12:.3f} T", f"{bench['flops']['pruned'] / 1e12:.3f} T", f"{100 * (bench['flops']['pruned'] / bench['flops']['dense'] - 1):+.2f}%"))
+        rows.append(("FLOPs per timed forward", human(bench["flops"]["dense"], "FLOPs"), human(bench["flops"]["pruned"], "FLOPs"), f"{100 * (bench['flops']['pruned'] / bench['flops']['dense'] - 1):+.2f}%"))
     peak = bench["peak_memory_bytes"]
     if peak["dense"]:
         rows.append(("peak memory", f"{peak['dense'] / 1e9:.2f} GB", f"{peak['pruned'] / 1e9:.2f} GB", f"{100 * (peak['pruned'] / peak['dense'] - 1):+.2f}%"))

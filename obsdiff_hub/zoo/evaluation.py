@@ -17,7 +17,9 @@ like any model; settings name them so tests can use small local ones.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import io
 import json
 import math
@@ -196,13 +198,46 @@ CLIP_MODEL = ("openai/clip-vit-base-patch16", "57c216476eefef5ab752ec549e440a49a
 
 def clip_model(spec: EvaluationSpec) -> tuple[Any, Any, str]:
     """The CLIP model and processor named by the spec (a Hub id at a pinned revision, or a local folder)."""
+    source = spec.clip_model or CLIP_MODEL[0]
+    return _load_clip(source, None if Path(source).is_dir() else (spec.clip_revision or CLIP_MODEL[1]))
+
+
+@functools.lru_cache(maxsize=1)  # checked before sampling, then used for both models' images
+def _load_clip(source: str, revision: str | None) -> tuple[Any, Any, str]:
     from transformers import CLIPModel, CLIPProcessor
 
-    source = spec.clip_model or CLIP_MODEL[0]
-    revision = None if Path(source).is_dir() else (spec.clip_revision or CLIP_MODEL[1])
-    model = CLIPModel.from_pretrained(source, revision=revision).eval()
-    processor = CLIPProcessor.from_pretrained(source, revision=revision)
+    try:
+        model = CLIPModel.from_pretrained(source, revision=revision).eval()
+        processor = CLIPProcessor.from_pretrained(source, revision=revision)
+    except OSError as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise OSError(f"CLIP model {source} cannot be loaded ({reason}); give a local copy with --clip-model DIR, or leave clip out of --metrics") from None
     return model, processor, f"{source}@{revision}" if revision else source
+
+
+def check_metrics(spec: EvaluationSpec, prompts: list[str]) -> None:
+    """Fail before any image is sampled if a metric cannot run: a missing optional package, a
+    CLIP model that cannot be loaded, a reference folder that does not exist, prompts the
+    shapes scorer cannot read."""
+    from ..shapes.dataset import Scene
+
+    unknown = [m for m in spec.metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric {unknown[0]!r}; available: {', '.join(METRICS)}")
+    if "shapes" in spec.metrics:
+        try:
+            for prompt in prompts:
+                Scene.from_caption(prompt)
+        except ValueError as error:
+            raise ValueError(f"the shapes metric scores shapes captions only ({error}); use --prompts builtin:shapes") from None
+    if spec.reference and not Path(spec.reference).is_dir():
+        raise ValueError(f"reference folder {spec.reference} does not exist")
+    if "fid" in spec.metrics and spec.fid_features == "inception" and importlib.util.find_spec("torch_fidelity") is None:
+        raise ImportError("FID with Inception features needs torch-fidelity: pip install 'obsdiff-hub[eval]' (or --fid-features clip)")
+    if "imagereward" in spec.metrics and importlib.util.find_spec("ImageReward") is None:
+        raise ImportError("the imagereward metric needs the image-reward package: pip install 'obsdiff-hub[imagereward]'")
+    if "clip" in spec.metrics or ("fid" in spec.metrics and spec.fid_features == "clip"):
+        clip_model(spec)
 
 
 def _features(output: Any) -> torch.Tensor:
@@ -326,10 +361,8 @@ def evaluate(
     """Generate (or reuse) both models' images and compute ``spec.metrics``: the ``eval.json``
     record and the images. ``folder``: see :func:`eval_prompts`. ``on_image(model, done, total)``
     reports generation progress."""
-    unknown = [m for m in spec.metrics if m not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metric {unknown[0]!r}; available: {', '.join(METRICS)}")
     prompts = eval_prompts(spec, folder)
+    check_metrics(spec, prompts)
 
     def progress(which: str) -> Callable[[int], None] | None:
         return (lambda done: on_image(which, done, len(prompts))) if on_image else None
@@ -378,6 +411,7 @@ def evaluate_checkpoint(
     )
     buffer = io.BytesIO()
     grid.save(buffer, format="PNG")
+    out_folder.mkdir(parents=True, exist_ok=True)
     write_atomic(out_folder / GRID_FILE, buffer.getvalue())
     write_atomic(out_folder / EVAL_FILE, json.dumps(record, indent=2) + "\n")
     add_owned(out_folder, [GRID_FILE, EVAL_FILE])

@@ -12,22 +12,20 @@ the login cache) or the ``token`` argument and are never printed or written anyw
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from huggingface_hub import CommitOperationAdd, HfApi, snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
 from .._version import __version__
-from ..checkpoints.loading import repo_files
+from ..checkpoints.loading import CheckpointError, hub_errors, repo_files
 from ..checkpoints.manifest import MANIFEST, build_manifest, manifest_bytes, verify_manifest
 from .cards import card_for_folder
 from .recipes import load_recipe
 
 
-class HubError(ValueError):
+class HubError(CheckpointError):
     """A push or pull that cannot proceed; the message names what is wrong and the fix."""
 
 
@@ -47,36 +45,6 @@ def _check_checkpoint(directory: Path) -> None:
     missing = [n for n in ("recipe.yaml", "report.json") if not (directory / n).is_file()]
     if missing or not ((directory / "model_index.json").is_file() or (directory / "config.json").is_file()):
         raise HubError(f"{directory} is not a pruned checkpoint (needs recipe.yaml, report.json and a diffusers layout); run obsdiff-hub prune first")
-
-
-def _scrub(message: str, token: str | None) -> str:
-    """Remove every token this process could have sent from a message (servers may echo it)."""
-    from huggingface_hub import get_token
-
-    for secret in {token, os.environ.get("HF_TOKEN"), get_token()}:
-        if secret:
-            message = message.replace(secret, "***")
-    return message
-
-
-@contextmanager
-def hub_errors(endpoint: str, token: str | None = None) -> Iterator[None]:
-    """Network and HTTP failures as one line naming the endpoint (never the token)."""
-    import importlib
-
-    from huggingface_hub import get_session
-
-    # The HTTP library huggingface_hub uses (httpx, or httpx2 in 2.x): its transport errors.
-    transport = importlib.import_module(type(get_session()).__module__.split(".")[0]).TransportError
-    try:
-        yield
-    except HfHubHTTPError as error:  # also an OSError: test it first
-        status = error.response.status_code if error.response is not None else "?"
-        detail = ((error.server_message or str(error)).strip().splitlines() or ["no detail"])[0]
-        raise HubError(_scrub(f"{endpoint} refused the request ({status}): {detail}", token)) from None
-    except (transport, OSError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise HubError(_scrub(f"cannot reach the Hub at {endpoint} ({reason}); check the endpoint and your connection", token)) from None
 
 
 def _upload_operations(directory: Path, card: str, manifest: bytes) -> list[CommitOperationAdd]:
@@ -148,7 +116,7 @@ def pull(
 ) -> Path:
     """Download a revision (branch, tag or sha) and verify it against its manifest."""
     repo_id = _repo_id(repo_id)
-    with hub_errors(endpoint or os.environ.get("HF_ENDPOINT", "https://huggingface.co"), token):
+    with hub_errors(endpoint, token, source=repo_id):
         path = Path(snapshot_download(repo_id, revision=revision, local_dir=local_dir, cache_dir=cache_dir, token=token, endpoint=endpoint))
         listed = repo_files(repo_id, revision, token, endpoint) if verify else None
     if verify:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError
 
-from ..pruning.config import CalibrationConfig, PruneConfig, StrictModel
+from ..pruning.config import CalibrationConfig, PruneConfig, StrictModel, describe_error
 from ..resources import data_dir
 
 SCHEMA_VERSION = 1
@@ -132,10 +132,7 @@ def validate_recipe(data: Any, where: str) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "recipe"
-        allowed = f" (allowed: {first['ctx']['expected']})" if "expected" in first.get("ctx", {}) else ""
-        raise RecipeError(f"{where}: {field}: {first['msg']}{allowed}") from error
+        raise RecipeError(f"{where}: {describe_error(error, Recipe)}") from error
 
 
 def recipe_names() -> list[str]:

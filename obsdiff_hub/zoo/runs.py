@@ -16,11 +16,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from ..checkpoints.loading import local_folder_or_repo
+from ..checkpoints.loading import check_pipeline_files, hub_errors, local_folder_or_repo
 from ..checkpoints.outputs import atomic_output, check_writable_target
 from ..checkpoints.saving import write_pruned
 from ..models import provenance
@@ -48,6 +48,7 @@ class RunOutput:
     recipe: Recipe  # the effective recipe, as saved
     plan: dict[str, Any] | None
     evaluation: dict[str, Any] | None = None
+    distinct_prompts: int = 0  # a source with fewer prompts than asked for is cycled
 
 
 def parse_device(device: str | None) -> torch.device:
@@ -97,7 +98,11 @@ def load_base_pipeline(recipe: Recipe) -> Any:
         from .. import models  # noqa: F401 - makes the OBSDiff classes resolvable from model_index.json
 
         # Download exactly the files from_pretrained reads (not every variant), then read the dtype.
-        folder = local_folder_or_repo(source) or Path(DiffusionPipeline.download(source, revision=recipe.base_model.revision))
+        folder = local_folder_or_repo(source)
+        if folder is None:
+            with hub_errors(source=source, maybe_folder=True):
+                folder = Path(DiffusionPipeline.download(source, revision=recipe.base_model.revision))
+        check_pipeline_files(folder)
         dtype = checkpoint_dtype(folder / recipe.base_model.component)
         pipeline = DiffusionPipeline.from_pretrained(folder, dtype=dtype)
     found = adapter_for(denoiser_of(pipeline)).family
@@ -113,20 +118,37 @@ def load_base_pipeline(recipe: Recipe) -> Any:
     return pipeline
 
 
-def plan_recipe(recipe: Recipe, resolution: int | None = 1024) -> Any:
-    """Offline parameter/FLOP plan of a recipe from its shipped base config."""
+def plan_recipe(recipe: Recipe, resolution: int | None = None) -> Any:
+    """Offline parameter/FLOP plan of a recipe from its shipped base config, or from the built-in
+    model itself. ``resolution``: image side for the FLOP count (default: 1024, or the built-in
+    model's own)."""
     from ..checkpoints.plan import plan
 
-    if not recipe.base_model.config:
+    base = recipe.base_model
+    scale, multiple = 8, 64
+    if base.config:
+        config = base.config
+    elif base.repo_id.startswith("builtin:"):
+        pipeline = load_pipeline(base.repo_id)
+        denoiser = denoiser_of(pipeline)
+        config = {**denoiser.config, "_class_name": type(denoiser).__name__}
+        scale, multiple = pipeline.vae_scale_factor, _resolution_multiple(pipeline)
+        resolution = resolution or denoiser.config.sample_size * scale
+    else:
         raise ValueError(f"recipe {recipe.name} names no shipped base config, so it cannot be planned offline")
-    config = recipe.prune
+    resolution = resolution or 1024
+    if resolution % multiple:
+        raise ValueError(f"--resolution must be a positive multiple of {multiple} for this model, got {resolution}")
+    prune_cfg = recipe.prune
     return plan(
-        recipe.base_model.config,
-        sparsity=config.sparsity if config.granularity == "structured" else 0.0,
-        granularity=config.granularity,
-        blocks=config.blocks,
-        block_sparsity=config.block_sparsity,
+        config,
+        sparsity=prune_cfg.sparsity,
+        granularity=prune_cfg.granularity,
+        blocks=prune_cfg.blocks,
+        block_sparsity=prune_cfg.block_sparsity,
         resolution=resolution,
+        n_m=(prune_cfg.n, prune_cfg.m),
+        vae_scale_factor=scale,
     )
 
 
@@ -144,7 +166,7 @@ def requested_recipe(
     dtype: str | None = None,
     num_prompts: int | None = None,
     prompt_column: str | None = None,
-    packages: int | None = None,
+    packages: int | Literal["auto"] | None = None,
     changes: dict[str, Any] | None = None,
 ) -> Recipe:
     """``recipe`` with the CLI's overrides and ``--set`` changes applied (validated as a whole)."""
@@ -181,7 +203,7 @@ def run_recipe(
     prompts_file: str | None = None,
     prompt_column: str | None = None,
     num_prompts: int | None = None,
-    packages: int | None = None,
+    packages: int | Literal["auto"] | None = None,
     changes: dict[str, Any] | None = None,
     resume: bool = False,
     restart: bool = False,
@@ -208,10 +230,10 @@ def run_recipe(
             raise RecipeError("a shipped recipe cannot name a prompt file; pass --prompts FILE")
         prompts = resolve_prompts(source, requested.folder)
     pinned = pinned_prompts(source, prompts)
-    if requested.evaluation is not None:  # its prompts are read now, not after the pruning
-        from .evaluation import eval_prompts
+    if requested.evaluation is not None:  # its prompts and metrics are checked now, not after the pruning
+        from .evaluation import check_metrics, eval_prompts
 
-        eval_prompts(requested.evaluation, requested.folder or data_dir("recipes"))
+        check_metrics(requested.evaluation, eval_prompts(requested.evaluation, requested.folder or data_dir("recipes")))
     world = World.from_environment(run_device)
     run_id = hashlib.sha256(f"{requested.sha256}:{pinned.sha256}".encode()).hexdigest()
     state = DiskState(out.with_name(out.name + ".partial"), run_id, writer=world.is_main)
@@ -241,7 +263,7 @@ def run_recipe(
         }
     )
     effective = type(effective).model_validate(effective.model_dump())  # re-validated as saved
-    plan_info = plan_recipe(effective).to_dict() if requested.prune.granularity == "structured" and requested.base_model.config else None
+    plan_info = plan_recipe(effective, 1024).to_dict() if requested.prune.granularity == "structured" and requested.base_model.config else None
     base_revision = _resolved_revision(pipeline) or requested.base_model.revision
     record = provenance(
         recipe=effective.name,
@@ -274,4 +296,4 @@ def run_recipe(
             (tmp / "README.md").write_text(card.content, encoding="utf-8")
         state.clear()
     world.close()
-    return RunOutput(out, result, effective, plan_info, evaluation)
+    return RunOutput(out, result, effective, plan_info, evaluation, len(set(prompts)))

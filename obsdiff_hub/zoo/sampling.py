@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 from typing import Any, Callable
 
@@ -46,14 +47,15 @@ def load_pipeline(
         from diffusers import DiffusionPipeline
 
         from .. import models  # noqa: F401 - makes the OBSDiff classes resolvable from model_index.json
-        from ..checkpoints.loading import local_folder_or_repo
+        from ..checkpoints.loading import check_pipeline_files, hub_errors, local_folder_or_repo, verify_source
 
         folder = local_folder_or_repo(source)
         if verify:
-            from ..checkpoints.loading import verify_source
-
             verify_source(source, {"revision": revision, **kwargs})
-        pipeline = DiffusionPipeline.from_pretrained(folder or source, revision=None if folder else revision, dtype=torch_dtype, **kwargs)
+        if folder is not None:
+            check_pipeline_files(folder)
+        with hub_errors(source=source, maybe_folder=True) if folder is None else contextlib.nullcontext():
+            pipeline = DiffusionPipeline.from_pretrained(folder or source, revision=None if folder else revision, dtype=torch_dtype, **kwargs)
         return pipeline.to(device) if device is not None else pipeline
     if torch_dtype is not None:
         pipeline.to(dtype=torch_dtype)
