@@ -123,7 +123,8 @@ class Bars:
         self.started = False
         self.tasks: dict[str, TaskID] = {}
         self.reported: set[str] = set()
-        self.begun = self.last = time.monotonic()
+        self.begun: float | None = None  # the first event: loading and downloads before it are not a step's time
+        self.last = 0.0
 
     def __enter__(self) -> Bars:
         return self
@@ -134,6 +135,8 @@ class Bars:
 
     def update(self, label: str, done: int, total: int, overall: bool = False) -> None:
         """``overall``: the line's time counts from the start, not from the previous line."""
+        if self.begun is None:
+            self.begun = self.last = time.monotonic()
         if not self.console.is_terminal:
             if done >= total and label not in self.reported:
                 self.reported.add(label)

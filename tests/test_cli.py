@@ -364,6 +364,29 @@ def truncated_pipeline(tmp_path_factory):
     return out
 
 
+def test_files_a_load_does_not_read_never_stop_it(tmp_path):
+    """An unused variant left as a git-lfs pointer and a stray folder of weights beside the components."""
+    from obsdiff_hub.zoo.sampling import load_pipeline
+
+    pipe = oh.tiny.tiny_sd3_pipeline()
+    pipe.save_pretrained(tmp_path / "p", variant="fp16")
+    pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 123456\n"
+    (tmp_path / "p" / "transformer" / "diffusion_pytorch_model.safetensors").write_text(pointer)
+    (tmp_path / "p" / "old_checkpoints").mkdir()
+    (tmp_path / "p" / "old_checkpoints" / "step100.safetensors").write_text(pointer)
+    loaded = load_pipeline(str(tmp_path / "p"), variant="fp16")
+    dense, reloaded = pipe.transformer.state_dict(), loaded.transformer.state_dict()
+    assert dense.keys() == reloaded.keys() and all(torch.equal(dense[k], reloaded[k]) for k in dense)  # bit for bit
+
+
+@pytest.mark.parametrize("name", ["tiny-flux-2of4", "tiny-sdxl-structured-30", "tiny-sd3-unstructured-50"])
+def test_plan_runs_for_every_builtin_family(name):
+    result = invoke("plan", "--recipe", name, "--json")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["flops_before"] > 0 and (plan["zeroed_weights"] > 0 or plan["params_after"] < plan["params_before"])
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

@@ -239,3 +239,19 @@ def test_a_name_that_is_neither_a_folder_nor_reachable_says_both(tmp_path, args)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"no local folder has that name, and cannot reach the Hub at {dead}" in lines[0], done.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_local_failures_inside_a_hub_call_are_not_reworded_as_hub_failures():
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from obsdiff_hub.checkpoints.loading import CheckpointError, hub_errors
+
+    with pytest.raises(PermissionError, match="cache is read-only"):
+        with hub_errors(source="zoo/x"):
+            try:
+                raise LocalEntryNotFoundError("offline")
+            except LocalEntryNotFoundError:
+                raise PermissionError("cache is read-only")  # raised while handling, not caused by it
+    with pytest.raises(CheckpointError, match="^zoo/x: cannot reach the Hub at .*, nor find it in the cache"):
+        with hub_errors(source="zoo/x"):
+            raise OSError("wrapped") from LocalEntryNotFoundError("offline")

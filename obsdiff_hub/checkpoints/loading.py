@@ -38,24 +38,47 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+@contextmanager
+def safetensors_header(path: Path) -> Iterator[Any]:
+    """``safe_open`` for reading a file's header, with a one-line error naming a truncated or
+    corrupted file (or a git-lfs pointer that was never pulled)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            yield f
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: truncated or corrupted safetensors file ({error}); delete it and download again") from error
+
+
 def tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
     """Shape of every tensor in the folder's safetensors files (headers only)."""
     shapes: dict[str, tuple[int, ...]] = {}
     for path in sorted(folder.glob("*.safetensors")):
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                for key in f.keys():
-                    shapes[key] = tuple(f.get_slice(key).get_shape())
-        except (SafetensorError, OSError, RuntimeError) as error:
-            raise CheckpointError(f"{path}: truncated or corrupted safetensors file ({error}); delete it and download again") from error
+        with safetensors_header(path) as f:
+            for key in f.keys():
+                shapes[key] = tuple(f.get_slice(key).get_shape())
     return shapes
 
 
-def check_pipeline_files(folder: Path) -> None:
-    """Every safetensors header of a pipeline folder and its components reads (headers only, so
-    this is cheap); else a one-line error naming the first truncated or corrupted file."""
-    for part in [folder, *sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())]:
-        tensor_shapes(part)
+@contextmanager
+def explained_pipeline_failure(folder: Path | None) -> Iterator[None]:
+    """A failed pipeline load from ``folder`` becomes one line naming the file when a component
+    that ``model_index.json`` lists holds a truncated or corrupted safetensors file; any other
+    failure is left as it is. (Checked only after a failure: unused variants or stray folders
+    beside the components never stop a load.)"""
+    try:
+        yield
+    except Exception as error:
+        index = folder / "model_index.json" if folder is not None else None
+        if index is None or not index.is_file():
+            raise
+        try:
+            parts = [folder / name for name, value in read_json(index).items() if not name.startswith("_") and isinstance(value, list)]
+            for part in parts:
+                if part.is_dir():
+                    tensor_shapes(part)
+        except CheckpointError as reason:
+            raise reason from error
+        raise
 
 
 def diagnose(folder: str | os.PathLike) -> str | None:
@@ -158,9 +181,10 @@ def hub_errors(endpoint: str | None = None, token: str | None = None, source: st
         yield
     except (transport, OSError) as raised:
         # diffusers re-raises Hub failures as its own OSError, with the Hub's error as the cause
+        # (explicit causes only: an unrelated local error raised while handling one is not one)
         chain: list[BaseException] = [raised]
-        while len(chain) < 16 and (chain[-1].__cause__ or chain[-1].__context__) is not None:
-            chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
+        while len(chain) < 16 and chain[-1].__cause__ is not None:
+            chain.append(chain[-1].__cause__)
         error = next((e for e in chain if isinstance(e, known)), None)
         if error is None:
             raise

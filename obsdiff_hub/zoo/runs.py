@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import torch
 
-from ..checkpoints.loading import check_pipeline_files, hub_errors, local_folder_or_repo
+from ..checkpoints.loading import explained_pipeline_failure, hub_errors, local_folder_or_repo, safetensors_header
 from ..checkpoints.outputs import atomic_output, check_writable_target
 from ..checkpoints.saving import write_pruned
 from ..models import provenance
@@ -62,11 +62,9 @@ def parse_device(device: str | None) -> torch.device:
 
 def checkpoint_dtype(folder: Path) -> torch.dtype:
     """The dtype most of a component's weights are stored in (safetensors headers only)."""
-    from safetensors import safe_open
-
     counts: dict[str, int] = {}
     for path in folder.glob("*.safetensors"):
-        with safe_open(str(path), framework="pt") as f:
+        with safetensors_header(path) as f:
             for key in f.keys():
                 part = f.get_slice(key)
                 numel = 1
@@ -102,9 +100,9 @@ def load_base_pipeline(recipe: Recipe) -> Any:
         if folder is None:
             with hub_errors(source=source, maybe_folder=True):
                 folder = Path(DiffusionPipeline.download(source, revision=recipe.base_model.revision))
-        check_pipeline_files(folder)
         dtype = checkpoint_dtype(folder / recipe.base_model.component)
-        pipeline = DiffusionPipeline.from_pretrained(folder, dtype=dtype)
+        with explained_pipeline_failure(folder):
+            pipeline = DiffusionPipeline.from_pretrained(folder, dtype=dtype)
     found = adapter_for(denoiser_of(pipeline)).family
     if found != recipe.base_model.family:
         raise ModelMismatchError(
@@ -133,7 +131,8 @@ def plan_recipe(recipe: Recipe, resolution: int | None = None) -> Any:
         denoiser = denoiser_of(pipeline)
         config = {**denoiser.config, "_class_name": type(denoiser).__name__}
         scale, multiple = pipeline.vae_scale_factor, _resolution_multiple(pipeline)
-        resolution = resolution or denoiser.config.sample_size * scale
+        # the pipeline's default image side (Flux pipelines hold it; UNet and SD3 configs say sample_size)
+        resolution = resolution or (getattr(pipeline, "default_sample_size", None) or denoiser.config.sample_size) * scale
     else:
         raise ValueError(f"recipe {recipe.name} names no shipped base config, so it cannot be planned offline")
     resolution = resolution or 1024

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import textwrap
 from typing import Any, Callable
 
@@ -47,14 +46,12 @@ def load_pipeline(
         from diffusers import DiffusionPipeline
 
         from .. import models  # noqa: F401 - makes the OBSDiff classes resolvable from model_index.json
-        from ..checkpoints.loading import check_pipeline_files, hub_errors, local_folder_or_repo, verify_source
+        from ..checkpoints.loading import explained_pipeline_failure, hub_errors, local_folder_or_repo, verify_source
 
         folder = local_folder_or_repo(source)
         if verify:
             verify_source(source, {"revision": revision, **kwargs})
-        if folder is not None:
-            check_pipeline_files(folder)
-        with hub_errors(source=source, maybe_folder=True) if folder is None else contextlib.nullcontext():
+        with hub_errors(token=kwargs.get("token"), source=source, maybe_folder=True) if folder is None else explained_pipeline_failure(folder):
             pipeline = DiffusionPipeline.from_pretrained(folder or source, revision=None if folder else revision, dtype=torch_dtype, **kwargs)
         return pipeline.to(device) if device is not None else pipeline
     if torch_dtype is not None:
@@ -89,6 +86,8 @@ def generate_images(
     pipeline = load_pipeline(source, torch_dtype=sampling_dtype(run_device), device=run_device)
     pipeline.set_progress_bar_config(disable=True)
     images: list[Image.Image] = []
+    if on_image is not None:
+        on_image(0)  # sampling starts now (progress displays time it from here)
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
         kwargs: dict[str, Any] = {
