@@ -171,9 +171,9 @@ class RichProgress(Bars):
                 self.drop(self.step)
                 self.step = label
             self.update(label, event.done, event.total)
-        finished = event.stage == "package" or (event.stage == "solve" and event.done == event.total)
-        self.update("packages", event.package + (event.stage == "solve" and event.done == event.total), event.packages, overall=True)
-        if finished:
+        solved = event.stage == "solve" and event.done == event.total  # the package is finished
+        self.update("packages", event.package + solved, event.packages, overall=True)
+        if solved or event.stage == "package":
             self.drop(self.step)
 
 

@@ -153,12 +153,6 @@ def _scrub(message: str, token: str | None) -> str:
     return message
 
 
-def default_endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
 @contextmanager
 def hub_errors(endpoint: str | None = None, token: str | None = None, source: str | None = None, maybe_folder: bool = False) -> Iterator[None]:
     """Hub failures as one line that names the endpoint (never the token), the repo ``source``
@@ -167,12 +161,12 @@ def hub_errors(endpoint: str | None = None, token: str | None = None, source: st
     does not exist), the likelier mistake offline."""
     import importlib
 
-    from huggingface_hub import get_session
+    from huggingface_hub import constants, get_session
     from huggingface_hub.errors import (
         HfHubHTTPError, LocalEntryNotFoundError, LocalTokenNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
     )
 
-    endpoint = endpoint or default_endpoint()
+    endpoint = endpoint or constants.ENDPOINT
     what = f"{source}: " if source else ""
     # The HTTP library huggingface_hub uses (httpx, or httpx2 in 2.x): its transport errors.
     transport = importlib.import_module(type(get_session()).__module__.split(".")[0]).TransportError

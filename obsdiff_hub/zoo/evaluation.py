@@ -215,6 +215,17 @@ def _load_clip(source: str, revision: str | None) -> tuple[Any, Any, str]:
     return model, processor, f"{source}@{revision}" if revision else source
 
 
+OPTIONAL = {  # optional packages some metrics import, and how to get them
+    "torch_fidelity": "FID with Inception features needs torch-fidelity: pip install 'obsdiff-hub[eval]' (or --fid-features clip)",
+    "ImageReward": "the imagereward metric needs the image-reward package: pip install 'obsdiff-hub[imagereward]'",
+}
+
+
+def _require(module: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(OPTIONAL[module])
+
+
 def check_metrics(spec: EvaluationSpec, prompts: list[str]) -> None:
     """Fail before any image is sampled if a metric cannot run: a missing optional package, a
     CLIP model that cannot be loaded, a reference folder that does not exist, prompts the
@@ -232,10 +243,10 @@ def check_metrics(spec: EvaluationSpec, prompts: list[str]) -> None:
             raise ValueError(f"the shapes metric scores shapes captions only ({error}); use --prompts builtin:shapes") from None
     if spec.reference and not Path(spec.reference).is_dir():
         raise ValueError(f"reference folder {spec.reference} does not exist")
-    if "fid" in spec.metrics and spec.fid_features == "inception" and importlib.util.find_spec("torch_fidelity") is None:
-        raise ImportError("FID with Inception features needs torch-fidelity: pip install 'obsdiff-hub[eval]' (or --fid-features clip)")
-    if "imagereward" in spec.metrics and importlib.util.find_spec("ImageReward") is None:
-        raise ImportError("the imagereward metric needs the image-reward package: pip install 'obsdiff-hub[imagereward]'")
+    if "fid" in spec.metrics and spec.fid_features == "inception":
+        _require("torch_fidelity")
+    if "imagereward" in spec.metrics:
+        _require("ImageReward")
     if "clip" in spec.metrics or ("fid" in spec.metrics and spec.fid_features == "clip"):
         clip_model(spec)
 
@@ -280,10 +291,9 @@ def fid_features(images: list[Image.Image], spec: EvaluationSpec) -> tuple[np.nd
     if spec.fid_features == "clip":
         features, _, name = _clip_embeddings(images, None, spec)
         return features, f"CLIP image embeddings ({name})"
-    try:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    except ImportError as error:
-        raise ImportError("FID with Inception features needs torch-fidelity: pip install 'obsdiff-hub[eval]'") from error
+    _require("torch_fidelity")
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
     extractor = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).eval()
     rows = []
     with torch.inference_mode():
@@ -323,10 +333,9 @@ def reference_images(folder: str) -> list[Image.Image]:
 
 def image_reward(samples: Samples, spec: EvaluationSpec) -> list[dict[str, Any]]:
     """ImageReward-v1.0 (the paper's preference metric), from the optional ``image-reward`` package."""
-    try:
-        import ImageReward
-    except ImportError as error:
-        raise ImportError("the imagereward metric needs the image-reward package: pip install 'obsdiff-hub[imagereward]'") from error
+    _require("ImageReward")
+    import ImageReward
+
     model = ImageReward.load("ImageReward-v1.0")
     scores = {}
     with torch.inference_mode():
