@@ -85,11 +85,15 @@ def small_clip(hidden: int, projection: int | None, vocab: int):
 def build_pipeline(recipe):
     """The recipe's pipeline class around the real-config denoiser (random weights)."""
     import diffusers
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        FlowMatchEulerDiscreteScheduler,
+    )
     from transformers import T5Config, T5EncoderModel
 
-    from obsdiff_hub.checkpoints.plan import builtin_config
     from obsdiff_hub.models import build_model
+    from obsdiff_hub.pruning.plan import builtin_config
     from obsdiff_hub.tiny import make_clip_tokenizer, make_t5_tokenizer
 
     torch.manual_seed(0)
@@ -121,7 +125,7 @@ def build_pipeline(recipe):
 
 def run_one(name: str, packages: str, device: str) -> dict:
     import obsdiff_hub as oh
-    from obsdiff_hub.pruning.calibration import denoiser_of
+    from obsdiff_hub.architectures.components import denoiser_of
     from obsdiff_hub.zoo.recipes import load_recipe
 
     memory = PeakMemory()

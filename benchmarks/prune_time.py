@@ -20,7 +20,7 @@ import torch
 
 import obsdiff_hub as oh
 from obsdiff_hub import tiny
-from obsdiff_hub.pruning.calibration import denoiser_of
+from obsdiff_hub.architectures.components import denoiser_of
 from obsdiff_hub.pruning.prompts import builtin_prompts
 
 

@@ -21,7 +21,13 @@ import time
 
 import torch
 
-from obsdiff_hub.maths.solvers import GroupSelection, column_groups, obs_prune, obs_prune_shared, obs_remove_groups
+from obsdiff_hub.maths.solvers import (
+    GroupSelection,
+    column_groups,
+    obs_prune,
+    obs_prune_shared,
+    obs_remove_groups,
+)
 
 SHAPES = {
     "sdxl": {"hidden": 1280, "ffn": 5120, "head_dim": 64},

@@ -18,6 +18,7 @@ import inspect
 import os
 from typing import Any, Callable
 
+from accelerate import init_empty_weights
 from diffusers import (
     FluxTransformer2DModel,
     ModelMixin,
@@ -26,8 +27,12 @@ from diffusers import (
 )
 
 from ._version import __version__
-from .pruning.adapters import adapter_for
-from .pruning.surgery import apply_structure, structure_of
+from .architectures import adapter_for
+from .architectures.sparse_kernels import enable_sparse_kernels
+from .architectures.surgery import apply_structure, structure_of
+from .errors import CheckpointError, InputError
+from .hub import HubClient, cached_snapshot, fetch_verified
+from .storage.diagnostics import diagnose
 
 STRUCTURE_KEY = "obsdiff_structure"
 # Leading underscore: diffusers keeps private config keys through save/load without passing
@@ -81,21 +86,22 @@ class _PrunedLoading:
         A failing load is explained in one line when the cause is found (missing shard,
         truncated file, config/weights mismatch naming the module).
         """
-        from .checkpoints.loading import CheckpointError, explain_failure, verify_source
-
         source = str(pretrained_model_name_or_path)
         if verify:
-            verify_source(source, kwargs)
+            fetch_verified(
+                source, revision=kwargs.get("revision"), subfolder=kwargs.get("subfolder"), cache_dir=kwargs.get("cache_dir"),
+                local_files_only=bool(kwargs.get("local_files_only", False)), client=HubClient(token=kwargs.get("token")),
+            )
         try:
             model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)  # type: ignore[misc]
         except Exception as error:
-            reason = explain_failure(source, cls, kwargs)
+            snapshot = cached_snapshot(source, kwargs.get("revision"), kwargs.get("cache_dir"))
+            folder = snapshot / (kwargs.get("subfolder") or "") if snapshot is not None else None
+            reason = diagnose(folder, cls) if folder is not None and folder.is_dir() else None
             if reason is None:
                 raise
             raise CheckpointError(reason) from error
         if sparse_kernels:
-            from .checkpoints.sparse import enable_sparse_kernels
-
             enable_sparse_kernels(model)
         return model
 
@@ -133,19 +139,6 @@ def provenance(**fields: Any) -> dict[str, str]:
     return record
 
 
-def register_with_diffusers() -> None:
-    """Let ``DiffusionPipeline.from_pretrained`` load components declared as ``obsdiff_hub.models``.
-
-    For Hub repos diffusers 0.42 accepts only libraries in its ``LOADABLE_CLASSES`` registry
-    (otherwise it looks for a remote ``.py`` file, i.e. remote code); adding this module to
-    that registry, with ``ModelMixin``'s save/load methods, is the extension point diffusers
-    uses for ``onnxruntime.training``. Nothing of diffusers is replaced.
-    """
-    from diffusers.pipelines import pipeline_loading_utils
-
-    pipeline_loading_utils.LOADABLE_CLASSES.setdefault(__name__, {"ModelMixin": ["save_pretrained", "from_pretrained"]})
-
-
 def base_class_for(model_or_name: ModelMixin | type | str) -> type[ModelMixin]:
     """The diffusers base class of a model instance or class, or of a base or OBSDiff class name."""
     for base, pruned in PRUNED_CLASSES.items():
@@ -155,7 +148,7 @@ def base_class_for(model_or_name: ModelMixin | type | str) -> type[ModelMixin]:
         elif isinstance(model_or_name, type) and issubclass(model_or_name, base) or isinstance(model_or_name, base):
             return base
     name = model_or_name if isinstance(model_or_name, str) else getattr(model_or_name, "__name__", type(model_or_name).__name__)
-    raise ValueError(f"unsupported model class {name!r}; supported: {', '.join(b.__name__ for b in BASE_CLASSES)}")
+    raise InputError(f"unsupported model class {name!r}; supported: {', '.join(b.__name__ for b in BASE_CLASSES)}")
 
 
 def pruned_class_for(model_or_name: ModelMixin | type | str) -> type[ModelMixin]:
@@ -174,8 +167,6 @@ def build_model(
     """The one place a model is built from a config: the dense base class (``base``, or the one
     ``_class_name`` names), or its OBSDiff class when ``structure`` prunes anything.
     ``empty``: parameters on the meta device (no memory)."""
-    from accelerate import init_empty_weights
-
     base = base or base_class_for(str(config.get("_class_name", "")))
     cls, extra = (PRUNED_CLASSES[base], {STRUCTURE_KEY: dict(structure)}) if structure else (base, {})
     if not empty:

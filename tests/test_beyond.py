@@ -8,7 +8,14 @@ from layer_problems import make_problem
 
 from obsdiff_hub.maths.allocation import allocate_counts, weight_saliencies
 from obsdiff_hub.maths.hessian import CrossTermAccumulator, HessianAccumulator
-from obsdiff_hub.maths.solvers import GroupSelection, asymmetric_target, column_groups, obs_prune, obs_remove_groups, split_count
+from obsdiff_hub.maths.solvers import (
+    GroupSelection,
+    asymmetric_target,
+    column_groups,
+    obs_prune,
+    obs_remove_groups,
+    split_count,
+)
 
 
 def drifted_problem(rows=10, cols=32, samples=600, seed=0):
@@ -116,7 +123,6 @@ import copy  # noqa: E402
 
 import obsdiff_hub as oh  # noqa: E402
 from obsdiff_hub import tiny  # noqa: E402
-from obsdiff_hub.pruning.adapters import adapter_for  # noqa: E402
 
 
 def _prune(config, seed=0):

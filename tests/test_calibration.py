@@ -11,7 +11,7 @@ import obsdiff_hub as oh
 from obsdiff_hub import tiny
 from obsdiff_hub.maths.hessian import timestep_weights
 from obsdiff_hub.pruning.calibration import PipelineCalibration
-from obsdiff_hub.pruning.engine import collect_hessians
+from obsdiff_hub.pruning.hooks import collect_hessians
 from obsdiff_hub.pruning.prompts import builtin_prompts
 from obsdiff_hub.pruning.steps import StepClock
 

@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,9 +13,9 @@ from diffusers import (
 
 import obsdiff_hub as oh
 from obsdiff_hub import tiny
-from obsdiff_hub.checkpoints.loading import CheckpointError
+from obsdiff_hub.architectures import adapter_for
+from obsdiff_hub.errors import CheckpointError
 from obsdiff_hub.models import BASE_CLASSES
-from obsdiff_hub.pruning.adapters import adapter_for
 
 STEPS = 2
 RECORD = oh.provenance(recipe="tiny-test", recipe_version=1, method="obs-diff", granularity="structured", sparsity=0.3)
@@ -109,7 +111,7 @@ def test_importing_leaves_diffusers_classes_as_diffusers_ships_them():
 def test_plain_class_on_a_structured_checkpoint_is_explained_by_diffusers_and_inspect(saved):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from obsdiff_hub.cli import app
 
     model, out = saved
     base = next(c for c in BASE_CLASSES if isinstance(model, c))
@@ -157,7 +159,7 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(saving, "save_file", boom)
+    monkeypatch.setattr(saving, "write_safetensors_file", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         oh.save_pruned(model, tmp_path / "out", record=RECORD)
     assert os.listdir(tmp_path) == []
@@ -213,13 +215,13 @@ def test_config_disagreeing_with_weights_names_module(structured_dir):
 def test_plan_reproduces_published_parameter_counts(name, blocks, expected):
     dense = {"sdxl-base-1.0.unet": 2.57, "sd35-large.transformer": 8.06, "sd3-medium.transformer": 2.03}[name]
     for ratio, billions in expected.items():
-        result = oh.plan(name, sparsity=ratio, blocks=blocks, resolution=None)
+        result = oh.plan(name, {"granularity": "structured", "sparsity": ratio, "blocks": blocks}, resolution=None)
         assert round(result.params_before / 1e9, 2) == dense
         assert round(result.params_after / 1e9, 2) == billions, ratio
 
 
 def test_plan_flops_shrink_with_structure():
-    result = oh.plan("sd3-medium.transformer", sparsity=0.2, blocks=list(range(1, 23)), resolution=512)
+    result = oh.plan("sd3-medium.transformer", {"granularity": "structured", "sparsity": 0.2, "blocks": list(range(1, 23))}, resolution=512)
     assert 0.1 < result.flop_reduction < 0.3
     assert result.heads_removed == 22 * round(24 * 0.2) and result.neurons_removed > 0
 
@@ -234,19 +236,19 @@ def test_plan_counts_exactly_the_zeros_a_run_leaves(family, settings):
     cal = tiny.toy_calibration([tiny.example_inputs(model, 2)], STEPS)
     pruned = oh.prune(model, dict(settings), calibration=cal, steps=STEPS).model
     zeros = sum(int((pruned.get_submodule(p).weight == 0).sum()) for p in layers)
-    expected = oh.plan(config, sparsity=settings.get("sparsity", 0.0), granularity=settings["granularity"], resolution=None, n_m=(settings.get("n", 2), settings.get("m", 4)))
+    expected = oh.plan(config, settings, resolution=None)
     assert expected.zeroed_weights == zeros > 0
     assert expected.params_after == expected.params_before == sum(p.numel() for p in pruned.parameters())
 
 
 def test_sparse_kernels_detects_pattern_and_refuses_cpu(tmp_path):
-    from obsdiff_hub.checkpoints.sparse import is_2_of_4
+    from obsdiff_hub.architectures.sparse_kernels import is_2_of_4
 
     model = pruned_denoiser("sd3", granularity="n:m", n=2, m=4)
     assert is_2_of_4(model.transformer_blocks[1].ff.net[2].weight)
     assert not is_2_of_4(model.proj_out.weight)  # not a targeted layer: dense
     out = oh.save_pruned(model, tmp_path / "nm", record=RECORD)
-    with pytest.raises(ValueError, match="needs the model on a CUDA GPU"):
+    with pytest.raises(oh.UnsupportedEnvironmentError, match="needs the model on a CUDA GPU"):
         oh.OBSDiffSD3Transformer.from_pretrained(out, sparse_kernels=True)
 
 
@@ -262,3 +264,20 @@ def test_a_saved_pipeline_loads_in_one_dtype_and_samples(tmp_path):
     assert set(dtypes.values()) == {torch.float32}, dtypes
     images = loaded("a small red circle on the left", num_inference_steps=2, height=32, width=32, output_type="latent").images
     assert torch.isfinite(images).all()
+
+
+def test_the_same_tensors_and_metadata_give_the_same_file_bytes_in_every_process(tmp_path):
+    """safetensors keeps metadata in a hash map ordered differently in each process; the writer
+    sorts it, so a checkpoint rebuilt from its recipe has the same sha256 (and manifest)."""
+    script = (
+        "import sys, torch; from pathlib import Path\n"
+        "from obsdiff_hub.storage.files import write_safetensors_file\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "tensors = {'w': torch.randn(4, 8, generator=g), 'b': torch.arange(5, dtype=torch.int32)}\n"
+        "write_safetensors_file(Path(sys.argv[1]), tensors, {f'field{i}': f'value {i} ü' for i in range(24)})\n"
+    )
+    files = [tmp_path / f"{i}.safetensors" for i in range(3)]
+    for path in files:
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True, env={**os.environ, "PYTHONHASHSEED": "random"})
+    assert len({p.read_bytes() for p in files}) == 1
+    assert oh.read_metadata(files[0]) == {f"field{i}": f"value {i} ü" for i in range(24)}

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import obsdiff_hub as oh
 import obsdiff_hub.tiny  # noqa: F401 - oh.tiny
-from cli.main import app
+from obsdiff_hub.cli import app
 from obsdiff_hub.pruning.config import PruneConfig
 from obsdiff_hub.zoo import resume
 from obsdiff_hub.zoo.recipes import load_recipe, recipe_names
@@ -104,7 +104,7 @@ def test_plan_sdxl_30_prints_published_count():
 
 
 def test_plan_of_a_builtin_recipe_uses_the_model_itself():
-    from obsdiff_hub.pruning.adapters import adapter_for
+    from obsdiff_hub.architectures import adapter_for
     from obsdiff_hub.zoo.sampling import load_pipeline
 
     unet = load_pipeline("builtin:tiny-shapes").unet

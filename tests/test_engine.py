@@ -6,12 +6,12 @@ from torch import nn
 
 import obsdiff_hub as oh
 from obsdiff_hub import tiny
+from obsdiff_hub.architectures import adapter_for
+from obsdiff_hub.architectures.surgery import structure_of
 from obsdiff_hub.maths.hessian import timestep_weights
 from obsdiff_hub.maths.solvers import obs_prune
-from obsdiff_hub.pruning.adapters import adapter_for
 from obsdiff_hub.pruning.calibration import PipelineCalibration
-from obsdiff_hub.pruning.engine import collect_hessians
-from obsdiff_hub.pruning.surgery import structure_of
+from obsdiff_hub.pruning.hooks import collect_hessians
 
 FAMILIES = list(tiny.TINY_DENOISERS)
 STEPS = 3

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 import obsdiff_hub as oh
 import obsdiff_hub.tiny  # noqa: F401 - oh.tiny
-from cli.main import app
-from obsdiff_hub.zoo.evaluation import frechet_distance
+from obsdiff_hub.cli import app
+from obsdiff_hub.zoo.metrics import frechet_distance
 
 runner = CliRunner()
 SHAPES_EVAL = ["--prompts", "builtin:shapes", "--num", "60", "--steps", "20", "--guidance", "4", "--resolution", "32", "--batch-size", "60"]
@@ -165,7 +165,7 @@ def test_results_never_go_into_a_folder_this_tool_did_not_write(shapes_checkpoin
 
 
 def test_a_card_with_measurements_round_trips_and_publishes(hub, shapes_checkpoint, tiny_clip, tmp_path):
-    from obsdiff_hub.zoo.hub import pull
+    from obsdiff_hub.hub import pull
 
     assert invoke("eval", "--model", shapes_checkpoint, "--base", "builtin:tiny-shapes", "--metrics", "shapes,psnr,clip",
                   "--clip-model", tiny_clip, *SHAPES_EVAL, "--quiet").exit_code == 0
@@ -194,13 +194,13 @@ def test_bench_on_cpu_matches_the_plan(tmp_path):
     assert record["latent_size"] == 128 // 2 ** (len(vae["block_out_channels"]) - 1)  # the pipeline's own VAE factor, not SD's 8
     dense = dict(oh.tiny.tiny_sdxl_unet().config)
     # plan counts SD's 8 pixels per latent: 128 px through this VAE is plan's resolution 8 × latent_size
-    expected = oh.plan({**dense, "_class_name": "UNet2DConditionModel"}, sparsity=0.3, resolution=8 * record["latent_size"])
+    expected = oh.plan({**dense, "_class_name": "UNet2DConditionModel"}, {"granularity": "structured", "sparsity": 0.3}, resolution=8 * record["latent_size"])
     assert record["params"] == {"dense": expected.params_before, "pruned": expected.params_after}
     assert record["flops"]["dense"] == expected.flops_before and record["flops"]["pruned"] == expected.flops_after
     for which in ("dense", "pruned"):
         timing = record["denoiser"][which]
         assert timing["repeats"] == 10 and 0 < timing["p25_ms"] <= timing["median_ms"] <= timing["p75_ms"]
-    blocks = oh.pruning.adapters.adapter_for(oh.tiny.tiny_sdxl_unet()).blocks(oh.tiny.tiny_sdxl_unet())
+    blocks = oh.architectures.adapter_for(oh.tiny.tiny_sdxl_unet()).blocks(oh.tiny.tiny_sdxl_unet())
     assert [b["block"] for b in record["blocks"]] == blocks and all(b["dense_ms"] > 0 and b["pruned_ms"] > 0 for b in record["blocks"])
     assert invoke("card", out).exit_code == 0
     assert "## Speed" in (out / "README.md").read_text() and "denoiser forward" in (out / "README.md").read_text()

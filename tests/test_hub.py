@@ -12,10 +12,10 @@ from huggingface_hub import ModelCard, snapshot_download
 from typer.testing import CliRunner
 
 import obsdiff_hub as oh
-from cli.main import app
-from obsdiff_hub.checkpoints.manifest import ManifestError
+from obsdiff_hub.cli import app
+from obsdiff_hub.hub import pull
+from obsdiff_hub.storage.manifest import ManifestError
 from obsdiff_hub.zoo.cards import validate_card
-from obsdiff_hub.zoo.hub import pull
 
 runner = CliRunner()
 RECIPE = "tiny-sdxl-structured-30"
@@ -244,14 +244,15 @@ def test_a_name_that_is_neither_a_folder_nor_reachable_says_both(tmp_path, args)
 def test_local_failures_inside_a_hub_call_are_not_reworded_as_hub_failures():
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from obsdiff_hub.checkpoints.loading import CheckpointError, hub_errors
+    from obsdiff_hub.errors import HubError
+    from obsdiff_hub.hub import HubClient
 
     with pytest.raises(PermissionError, match="cache is read-only"):
-        with hub_errors(source="zoo/x"):
+        with HubClient().errors("zoo/x"):
             try:
                 raise LocalEntryNotFoundError("offline")
             except LocalEntryNotFoundError:
                 raise PermissionError("cache is read-only")  # raised while handling, not caused by it
-    with pytest.raises(CheckpointError, match="^zoo/x: cannot reach the Hub at .*, nor find it in the cache"):
-        with hub_errors(source="zoo/x"):
+    with pytest.raises(HubError, match="^zoo/x: cannot reach the Hub at .*, nor find it in the cache"):
+        with HubClient().errors("zoo/x"):
             raise OSError("wrapped") from LocalEntryNotFoundError("offline")

@@ -21,11 +21,11 @@ import torch
 from typer.testing import CliRunner
 
 import obsdiff_hub as oh
-from cli.main import app
 from obsdiff_hub import tiny
-from obsdiff_hub.checkpoints.manifest import MANIFEST, ManifestError, verify_manifest
-from obsdiff_hub.pruning.adapters import adapter_for
-from obsdiff_hub.pruning.surgery import keep_heads, keep_neurons
+from obsdiff_hub.architectures import adapter_for
+from obsdiff_hub.architectures.surgery import keep_heads, keep_neurons
+from obsdiff_hub.cli import app
+from obsdiff_hub.storage.manifest import MANIFEST, ManifestError, verify_manifest
 
 runner = CliRunner()
 HANDLER = "torch.distributed.elastic.multiprocessing.subprocess_handler.subprocess_handler"
@@ -219,7 +219,7 @@ def test_manifest_entries_cannot_reach_outside_the_snapshot(entry, tmp_path):
 def test_a_hostile_manifest_from_the_hub_deletes_nothing_outside_the_snapshot(hub, tmp_path):
     from hub_double import GitRepo
 
-    from obsdiff_hub.zoo.hub import pull
+    from obsdiff_hub.hub import pull
 
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
@@ -332,7 +332,7 @@ def test_a_recipe_cannot_make_the_evaluation_read_a_file_outside_its_folder(tmp_
 def test_pull_into_a_local_dir_never_deletes_a_file_the_repo_does_not_hold(hub, tmp_path):
     from hub_double import GitRepo
 
-    from obsdiff_hub.zoo.hub import pull
+    from obsdiff_hub.hub import pull
 
     repo = GitRepo(hub.root / "mirrors" / "models" / "evil" / "localdir")
     repo.path.mkdir(parents=True)

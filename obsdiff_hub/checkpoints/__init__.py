@@ -1,2 +1,2 @@
-"""Checkpoints: safetensors saving with provenance, loading diagnostics, the sha256 manifest,
-safe legacy conversion, offline plans and inspection. Output folders are this tool's alone."""
+"""Pruned checkpoints as files: saving with provenance in every header, inspection, and the safe
+conversion of the reference project's pickles."""

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
-
-from ..models import PROVENANCE_KEY, STRUCTURE_KEY, base_class_for, build_model, pruned_class_for
-from ..pruning.adapters import adapter_for
-from ..pruning.surgery import structure_of
-from .loading import CheckpointError, read_json, read_metadata, resolve_source, tensor_shapes
+from ..architectures import adapter_for
+from ..architectures.surgery import structure_of
+from ..errors import CheckpointError, InputError
+from ..hub import resolve_source
+from ..models import (
+    PROVENANCE_KEY,
+    STRUCTURE_KEY,
+    base_class_for,
+    build_model,
+    pruned_class_for,
+)
+from ..storage.files import read_json, read_metadata, safetensors_header, tensor_shapes
 
 
 def denoiser_folder(folder: Path) -> Path:
@@ -26,7 +33,25 @@ def denoiser_folder(folder: Path) -> Path:
     return folder
 
 
-def inspect_checkpoint(source: str, revision: str | None = None) -> dict[str, Any]:
+@dataclass
+class CheckpointInfo:
+    """What ``obsdiff-hub inspect`` shows: where, which class and how to load it, provenance, the
+    pruned shapes (module → [dense, now]) and the zero fraction of the targeted weights."""
+
+    path: str
+    class_name: str
+    load_with: str
+    provenance: dict[str, str]
+    structure: dict[str, list[int]]
+    sparsity: float
+    targeted_weights: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "class": self.class_name, "load_with": self.load_with, "provenance": self.provenance,
+                "structure": self.structure, "sparsity": self.sparsity, "targeted_weights": self.targeted_weights}
+
+
+def inspect_checkpoint(source: str, revision: str | None = None) -> CheckpointInfo:
     """Class, how to load it, pruned shapes (dense → now), zero fraction of the targeted weights, provenance."""
     folder = denoiser_folder(resolve_source(source, revision))
     config = read_json(folder / "config.json")
@@ -42,7 +67,7 @@ def inspect_checkpoint(source: str, revision: str | None = None) -> dict[str, An
     files = sorted(folder.glob("*.safetensors"))
     zeros = total = tensors = 0
     for path in files:
-        with safe_open(str(path), framework="pt") as f:
+        with safetensors_header(path) as f:
             for key in f.keys():
                 if key in targeted:
                     t = f.get_tensor(key)
@@ -53,15 +78,15 @@ def inspect_checkpoint(source: str, revision: str | None = None) -> dict[str, An
     if files:
         record.update({k: v for k, v in read_metadata(files[0]).items() if k != "format"})
     loader = pruned_class_for(base) if recorded else base
-    return {
-        "path": str(folder),
-        "class": name,
-        "load_with": f"obsdiff_hub.{loader.__name__}" if recorded else f"diffusers.{loader.__name__} (or obsdiff_hub.{pruned_class_for(base).__name__})",
-        "provenance": record,
-        "structure": {k: [dense[k], now[k]] for k in dense if dense[k] != now[k]},
-        "sparsity": zeros / total if total else 0.0,
-        "targeted_weights": tensors,
-    }
+    return CheckpointInfo(
+        path=str(folder),
+        class_name=name,
+        load_with=f"obsdiff_hub.{loader.__name__}" if recorded else f"diffusers.{loader.__name__} (or obsdiff_hub.{pruned_class_for(base).__name__})",
+        provenance=record,
+        structure={k: [dense[k], now[k]] for k in dense if dense[k] != now[k]},
+        sparsity=zeros / total if total else 0.0,
+        targeted_weights=tensors,
+    )
 
 
 def base_model_of(source: str) -> str:
@@ -73,5 +98,5 @@ def base_model_of(source: str) -> str:
         record = read_json(denoiser_folder(root) / "config.json").get(PROVENANCE_KEY) or {}
     base = record.get("base_model") if isinstance(record, dict) else None
     if not isinstance(base, str) or not base:
-        raise CheckpointError(f"{source} does not record the model it was pruned from; pass --base")
+        raise InputError(f"{source} does not record the model it was pruned from; give its `base`")
     return base

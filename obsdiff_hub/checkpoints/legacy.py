@@ -33,12 +33,14 @@ from typing import Any
 import torch
 from diffusers import ModelMixin
 
+from ..architectures import HeadCoupling, adapter_for
+from ..architectures.surgery import structure_of
+from ..errors import CheckpointError
 from ..models import BASE_CLASSES, build_model, provenance
-from ..pruning.adapters import HeadCoupling, adapter_for
-from ..pruning.surgery import structure_of
+from .saving import save_pruned
 
 
-class UnsafePickleError(ValueError):
+class UnsafePickleError(CheckpointError):
     """The file names code outside the allow-list, or is not a model checkpoint; nothing from it ran."""
 
 
@@ -303,8 +305,6 @@ def convert_legacy(path: str | os.PathLike, output_dir: str | os.PathLike | None
     Pruned shapes are read from the weights (rows of q/k/v, widths of FFN inputs), not from
     possibly stale module attributes, and the model is built from config + structure.
     """
-    from .saving import save_pruned
-
     cls, config, tensors = read_legacy_model(path)
     config = {k: v for k, v in config.items() if not k.startswith(("obsdiff_", "_obsdiff_"))}
     config["_class_name"] = cls.__name__

@@ -18,11 +18,12 @@ from typing import Any, Callable
 import torch
 from diffusers import ModelMixin
 from huggingface_hub import split_torch_state_dict_into_shards
-from safetensors.torch import save_file
 
+from ..architectures.components import denoiser_name
+from ..errors import InputError
 from ..models import promote, provenance
-from ..pruning.calibration import denoiser_name
-from .outputs import atomic_output
+from ..storage.files import write_safetensors_file
+from ..storage.outputs import atomic_output
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
@@ -61,7 +62,7 @@ def write_safetensors(
         return cast.detach().to("cpu").contiguous()
 
     for filename, names in split.filename_to_tensors.items():
-        save_file({n: stored(state[n]) for n in names}, directory / filename, metadata=header)
+        write_safetensors_file(directory / filename, {n: stored(state[n]) for n in names}, header)
     if split.is_sharded:
         index = {"metadata": dict(split.metadata), "weight_map": split.tensor_to_filename}
         (directory / with_variant(INDEX_NAME, variant)).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
@@ -84,7 +85,7 @@ def save_components(pipeline: Any, directory: Path, denoiser: str, write_denoise
 def _extra_file(folder: Path, name: str) -> Path:
     posix = PurePosixPath(name)
     if posix.is_absolute() or not posix.parts or any(part in ("", ".", "..") for part in posix.parts):
-        raise ValueError(f"extra file name {name!r} must be a relative path inside the checkpoint")
+        raise InputError(f"extra file name {name!r} must be a relative path inside the checkpoint")
     path = folder / Path(*posix.parts)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path

@@ -13,17 +13,19 @@ from typing import Sequence
 
 import torch
 
+from ..errors import InputError
+
 
 def allocate_counts(scores: Sequence[torch.Tensor], total: int, lower: Sequence[int], upper: Sequence[int]) -> list[int]:
     """Removal counts per layer: ``Σ k = total`` exactly, ``lower ≤ k ≤ upper`` per layer, and the sum
     of the removed scores minimal (each layer removes its ``k`` smallest)."""
     if not (len(scores) == len(lower) == len(upper)):
-        raise ValueError("one score vector and one pair of bounds per layer")
+        raise InputError("one score vector and one pair of bounds per layer")
     for s, lo, hi in zip(scores, lower, upper):
         if not 0 <= lo <= hi <= s.numel():
-            raise ValueError(f"bounds {lo}..{hi} do not fit a layer of {s.numel()} weights")
+            raise InputError(f"bounds {lo}..{hi} do not fit a layer of {s.numel()} weights")
     if not sum(lower) <= total <= sum(upper):
-        raise ValueError(f"cannot remove {total}: the bounds allow {sum(lower)}..{sum(upper)}")
+        raise InputError(f"cannot remove {total}: the bounds allow {sum(lower)}..{sum(upper)}")
     candidates, owners = [], []
     for layer, (s, lo, hi) in enumerate(zip(scores, lower, upper)):
         ordered = torch.sort(s.detach().flatten().double()).values

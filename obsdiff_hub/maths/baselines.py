@@ -10,6 +10,8 @@ from typing import Sequence
 
 import torch
 
+from ..errors import InputError
+from .counts import removal_count
 from .solvers import GroupSelection, check_sparsity, prepare_layer
 
 
@@ -19,16 +21,16 @@ def _mask_from_scores(scores: torch.Tensor, sparsity: float, n: int, m: int, per
     mask = torch.zeros_like(scores, dtype=torch.bool)
     if m:
         if cols % m:
-            raise ValueError(f"{n}:{m} sparsity needs the input width ({cols}) to be a multiple of {m}")
+            raise InputError(f"{n}:{m} sparsity needs the input width ({cols}) to be a multiple of {m}")
         grouped = scores.reshape(rows, cols // m, m)
         idx = torch.topk(grouped, n, dim=-1, largest=False).indices
         return mask.view(rows, cols // m, m).scatter_(-1, idx, True).view(rows, cols)
     if per_row:
-        k = round(sparsity * cols)
+        k = removal_count(cols, sparsity)
         if k:
             mask.scatter_(1, torch.topk(scores, k, dim=1, largest=False).indices, True)
         return mask
-    k = round(sparsity * scores.numel())
+    k = removal_count(scores.numel(), sparsity)
     if k:
         mask.view(-1)[torch.topk(scores.flatten(), k, largest=False).indices] = True
     return mask
@@ -56,7 +58,7 @@ def wanda_prune(
     """
     check_sparsity(sparsity, n, m)
     if H.shape != (W.shape[1], W.shape[1]):
-        raise ValueError(f"Hessian shape {tuple(H.shape)} does not match the weight's {W.shape[1]} input columns")
+        raise InputError(f"Hessian shape {tuple(H.shape)} does not match the weight's {W.shape[1]} input columns")
     norms = torch.sqrt(torch.diag(H).float().clamp_min(0)).to(W.device)
     mask = _mask_from_scores(W.detach().abs().float() * norms.unsqueeze(0), sparsity, n, m, per_row=True)
     return _apply(W, mask), mask

@@ -13,6 +13,8 @@ from typing import Iterator, Literal
 
 import torch
 
+from ..errors import InputError
+
 WeightingStrategy = Literal["uniform", "linear_increase", "linear_decrease", "log_increase", "log_decrease"]
 WEIGHTING_STRATEGIES: tuple[str, ...] = (
     "uniform",
@@ -40,11 +42,11 @@ def timestep_weights(
     same end points; ``uniform`` gives every step weight 1.
     """
     if strategy not in WEIGHTING_STRATEGIES:
-        raise ValueError(f"unknown weighting strategy {strategy!r}; choose one of {', '.join(WEIGHTING_STRATEGIES)}")
+        raise InputError(f"unknown weighting strategy {strategy!r}; choose one of {', '.join(WEIGHTING_STRATEGIES)}")
     if num_steps < 1:
-        raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+        raise InputError(f"num_steps must be at least 1, got {num_steps}")
     if not 0 < alpha_min <= alpha_max:
-        raise ValueError(f"need 0 < alpha_min <= alpha_max, got alpha_min={alpha_min}, alpha_max={alpha_max}")
+        raise InputError(f"need 0 < alpha_min <= alpha_max, got alpha_min={alpha_min}, alpha_max={alpha_max}")
     if strategy == "uniform":
         return torch.ones(num_steps, dtype=torch.float64)
     if num_steps == 1:  # every ramp degenerates to its first value; normalisation makes it irrelevant
@@ -132,9 +134,9 @@ class HessianAccumulator:
         precision: AccumulationPrecision = "fp32",
     ) -> None:
         if num_columns < 1:
-            raise ValueError(f"num_columns must be positive, got {num_columns}")
+            raise InputError(f"num_columns must be positive, got {num_columns}")
         if precision not in ACCUMULATION_PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(ACCUMULATION_PRECISIONS)}, got {precision!r}")
+            raise InputError(f"precision must be one of {', '.join(ACCUMULATION_PRECISIONS)}, got {precision!r}")
         self.num_columns = num_columns
         self.precision: AccumulationPrecision = precision
         self._sum = torch.zeros(num_columns, num_columns, dtype=torch.float32, device=device)
@@ -153,9 +155,9 @@ class HessianAccumulator:
     def add(self, inputs: torch.Tensor, weight: float = 1.0) -> None:
         """Add ``2·weight·XᵀX`` for the rows of ``inputs`` (shape ``[..., num_columns]``)."""
         if inputs.shape[-1] != self.num_columns:
-            raise ValueError(f"input width {inputs.shape[-1]} does not match the Hessian's {self.num_columns} columns")
+            raise InputError(f"input width {inputs.shape[-1]} does not match the Hessian's {self.num_columns} columns")
         if weight < 0:
-            raise ValueError(f"timestep weight must be non-negative, got {weight}")
+            raise InputError(f"timestep weight must be non-negative, got {weight}")
         x = inputs.detach().reshape(-1, self.num_columns)
         device = _compute_device(x, self._sum)
         cuda = device.type == "cuda"
@@ -181,7 +183,7 @@ class HessianAccumulator:
     def merge(self, other: HessianAccumulator) -> None:
         """Add another accumulator's sums into this one (e.g. from another calibration worker)."""
         if other.num_columns != self.num_columns:
-            raise ValueError(f"cannot merge a {other.num_columns}-column Hessian into a {self.num_columns}-column one")
+            raise InputError(f"cannot merge a {other.num_columns}-column Hessian into a {self.num_columns}-column one")
         self._sum.add_(other._sum.to(self._sum.device))
         self.total_weight += other.total_weight
         self.num_samples += other.num_samples
@@ -189,7 +191,7 @@ class HessianAccumulator:
     def hessian(self) -> torch.Tensor:
         """The normalised, symmetric Hessian (a new tensor). Raises if nothing was accumulated."""
         if self.total_weight <= 0:
-            raise ValueError("no calibration inputs reached this layer; check that the calibration run calls the model")
+            raise InputError("no calibration inputs reached this layer; check that the calibration run calls the model")
         # The lower triangle is complete in both accumulation paths; mirroring it makes H exactly symmetric.
         return (torch.tril(self._sum) + torch.tril(self._sum, -1).T).div_(self.total_weight)
 
@@ -220,7 +222,7 @@ class CrossTermAccumulator:
     def add(self, dense: torch.Tensor, pruned: torch.Tensor, weight: float = 1.0) -> None:
         """Add ``2·weight·(dense − pruned)ᵀ pruned`` for matching rows of the two inputs."""
         if dense.shape != pruned.shape or dense.shape[-1] != self.num_columns:
-            raise ValueError(f"dense inputs {tuple(dense.shape)} and pruned inputs {tuple(pruned.shape)} must match, width {self.num_columns}")
+            raise InputError(f"dense inputs {tuple(dense.shape)} and pruned inputs {tuple(pruned.shape)} must match, width {self.num_columns}")
         device = _compute_device(pruned, self._sum)
         x_hat = pruned.detach().reshape(-1, self.num_columns).to(device=device, dtype=torch.float32)
         delta = dense.detach().reshape(-1, self.num_columns).to(device=device, dtype=torch.float32) - x_hat
@@ -232,7 +234,7 @@ class CrossTermAccumulator:
 
     def cross_term(self) -> torch.Tensor:
         if self.total_weight <= 0:
-            raise ValueError("no calibration inputs reached this layer")
+            raise InputError("no calibration inputs reached this layer")
         return self._sum / self.total_weight
 
     def release(self) -> None:

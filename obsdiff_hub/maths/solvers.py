@@ -15,6 +15,9 @@ from typing import Literal, Sequence
 
 import torch
 
+from ..errors import InputError
+from .counts import block_removal_counts
+
 HeadSaliency = Literal["reference", "exact"]
 
 
@@ -25,23 +28,23 @@ def check_sparsity(sparsity: float, n: int = 0, m: int = 0) -> None:
     """Validate a sparsity ratio or an N:M pattern (``n = m = 0`` means unstructured)."""
     if n or m:
         if not (0 < n < m):
-            raise ValueError(f"N:M sparsity needs 0 < N < M, got {n}:{m}")
+            raise InputError(f"N:M sparsity needs 0 < N < M, got {n}:{m}")
         return
     if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        raise InputError(f"sparsity must be in [0, 1), got {sparsity}")
 
 
 def _check_shapes(W: torch.Tensor, H: torch.Tensor) -> None:
     if W.dim() != 2:
-        raise ValueError(f"weight must be 2-D [rows, cols], got shape {tuple(W.shape)}")
+        raise InputError(f"weight must be 2-D [rows, cols], got shape {tuple(W.shape)}")
     if H.shape != (W.shape[1], W.shape[1]):
-        raise ValueError(f"Hessian shape {tuple(H.shape)} does not match the weight's {W.shape[1]} input columns")
+        raise InputError(f"Hessian shape {tuple(H.shape)} does not match the weight's {W.shape[1]} input columns")
 
 
 def _check_finite(H: torch.Tensor) -> None:
     # One fp64 reduction instead of an elementwise pass: any NaN or Inf makes the sum non-finite.
     if not bool(torch.isfinite(H.sum(dtype=torch.float64))):
-        raise ValueError("Hessian contains NaN or Inf; the calibration activations overflowed (calibrate in fp32/bf16)")
+        raise InputError("Hessian contains NaN or Inf; the calibration activations overflowed (calibrate with the `dtype` float32 or bfloat16)")
 
 
 def _check_layer(W: torch.Tensor, H: torch.Tensor) -> None:
@@ -56,7 +59,7 @@ def damp_hessian(H: torch.Tensor, percdamp: float, device: torch.device | None =
     made in the same pass. Returns ``(H_damped, dead)`` (``dead`` in the original order); the
     caller zeroes the dead inputs' weights."""
     if percdamp < 0:
-        raise ValueError(f"percdamp must be non-negative, got {percdamp}")
+        raise InputError(f"percdamp must be non-negative, got {percdamp}")
     H = H.detach().to(device=device or H.device, dtype=torch.float32)
     H = H.flip(0, 1) if reversed else H.clone()
     dead = torch.diag(H) == 0
@@ -80,7 +83,7 @@ def _cholesky(H: torch.Tensor) -> torch.Tensor:
     L, info = torch.linalg.cholesky_ex(H)
     if bool((info != 0).any()) or not bool(torch.isfinite(torch.diagonal(L, dim1=-2, dim2=-1)).all()):
         _check_finite(H)
-        raise ValueError(
+        raise InputError(
             "the damped Hessian is not positive definite; raise percdamp (e.g. 0.01 → 0.1) "
             "or calibrate with more samples"
         )
@@ -121,7 +124,7 @@ def split_count(count: int, rows: int, cols: int, blocksize: int) -> list[int]:
     their sizes (largest remainder), each within its block: the per-block counts sum to ``count``."""
     sizes = [min(blocksize, cols - i) * rows for i in range(0, cols, blocksize)]
     if not 0 <= count <= sum(sizes):
-        raise ValueError(f"cannot remove {count} of {sum(sizes)} weights")
+        raise InputError(f"cannot remove {count} of {sum(sizes)} weights")
     exact = [count * size / sum(sizes) for size in sizes]
     counts = [int(e) for e in exact]
     for i in sorted(range(len(sizes)), key=lambda i: counts[i] - exact[i])[: count - sum(counts)]:
@@ -168,19 +171,19 @@ def obs_prune_shared(
         return []
     ratios = [float(sparsity)] * len(weights) if isinstance(sparsity, (int, float)) else [float(s) for s in sparsity]
     if len(ratios) != len(weights):
-        raise ValueError(f"{len(ratios)} sparsities for {len(weights)} layers")
+        raise InputError(f"{len(ratios)} sparsities for {len(weights)} layers")
     for ratio in ratios:
         check_sparsity(ratio, n, m)
     if blocksize < 1:
-        raise ValueError(f"blocksize must be positive, got {blocksize}")
+        raise InputError(f"blocksize must be positive, got {blocksize}")
     for W in weights:
         _check_shapes(W, H)  # finiteness: checked on the Cholesky factor
     cols = weights[0].shape[1]
     if counts is not None and (m or len(counts) != len(weights)):
-        raise ValueError("counts (one per layer) apply to unstructured pruning only")
+        raise InputError("counts (one per layer) apply to unstructured pruning only")
     if m:
         if cols % m:
-            raise ValueError(f"{n}:{m} sparsity needs the input width ({cols}) to be a multiple of {m}")
+            raise InputError(f"{n}:{m} sparsity needs the input width ({cols}) to be a multiple of {m}")
         blocksize = max(m, blocksize - blocksize % m)  # groups never straddle a block
     sub = max(m, 16 - 16 % m) if m else 16
     device = weights[0].device
@@ -193,7 +196,11 @@ def obs_prune_shared(
     mask = torch.zeros_like(Wt, dtype=torch.bool)
     bounds = torch.tensor([0] + [W.shape[0] for W in weights]).cumsum(0).tolist()
     eye = torch.eye(blocksize, device=device)
-    per_block = [split_count(c, W.shape[0], cols, blocksize) for c, W in zip(counts, weights)] if counts is not None else None
+    per_block = (
+        [split_count(c, W.shape[0], cols, blocksize) for c, W in zip(counts, weights)]
+        if counts is not None
+        else [block_removal_counts(W.shape[0], cols, ratio, blocksize) for W, ratio in zip(weights, ratios)]
+    )
 
     superblock = 4 * blocksize
     for i1 in range(0, cols, blocksize):
@@ -217,8 +224,8 @@ def obs_prune_shared(
         errors = torch.empty_like(block)
         if not m:
             scores = block.abs() / d.unsqueeze(1)  # orders like w² / d², one pass cheaper
-            for layer, ((r1, r2), ratio) in enumerate(zip(zip(bounds, bounds[1:]), ratios)):
-                k = per_block[layer][i1 // blocksize] if per_block is not None else round(ratio * (r2 - r1) * count)
+            for layer, (r1, r2) in enumerate(zip(bounds, bounds[1:])):
+                k = per_block[layer][i1 // blocksize]
                 if k:  # each layer's own count, chosen among its own rows
                     layer_scores = scores[:, r1:r2].reshape(-1)
                     chosen = torch.zeros_like(layer_scores, dtype=torch.bool)
@@ -264,7 +271,7 @@ def obs_prune(
 def column_groups(num_columns: int, group_size: int, offset: int = 0) -> list[torch.Tensor]:
     """Consecutive index groups (heads when ``group_size`` is the head dim, neurons when 1)."""
     if group_size < 1 or num_columns % group_size:
-        raise ValueError(f"{num_columns} columns cannot be split into groups of {group_size}")
+        raise InputError(f"{num_columns} columns cannot be split into groups of {group_size}")
     return [torch.arange(offset + s, offset + s + group_size) for s in range(0, num_columns, group_size)]
 
 
@@ -293,7 +300,7 @@ class GroupOBS:
         saliency: HeadSaliency = "reference",
     ) -> GroupOBS:
         if saliency not in ("reference", "exact"):
-            raise ValueError(f"saliency must be 'reference' or 'exact', got {saliency!r}")
+            raise InputError(f"saliency must be 'reference' or 'exact', got {saliency!r}")
         W, H = prepare_layer(W, H, percdamp)
         Hinv = torch.cholesky_inverse(_cholesky(H))
         return cls(W=W, Hinv=Hinv, groups=[g.to(W.device) for g in groups], saliency=saliency)
@@ -343,9 +350,9 @@ class GroupSelection:
 
     def __post_init__(self) -> None:
         if not 0 <= self.count <= len(self.candidates):
-            raise ValueError(f"cannot remove {self.count} of {len(self.candidates)} groups")
+            raise InputError(f"cannot remove {self.count} of {len(self.candidates)} groups")
         if self.batch < 1:
-            raise ValueError(f"batch must be at least 1, got {self.batch}")
+            raise InputError(f"batch must be at least 1, got {self.batch}")
 
 
 def _rank_ascending(values: torch.Tensor) -> torch.Tensor:
@@ -388,7 +395,7 @@ def obs_remove_groups(
     Returns ``(pruned weights, removed group indices per selection in removal order)``.
     """
     if len(weights) != len(hessians):
-        raise ValueError(f"{len(weights)} weights but {len(hessians)} Hessians")
+        raise InputError(f"{len(weights)} weights but {len(hessians)} Hessians")
     solvers = [GroupOBS.from_layer(W, H, groups, percdamp, saliency) for W, H in zip(weights, hessians)]
     removed_per_selection: list[list[int]] = []
     for selection in selections:

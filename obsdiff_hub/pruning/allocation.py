@@ -16,9 +16,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..architectures import BlockUnit, HeadCoupling, StructuredSite
 from ..maths.allocation import allocate_counts, bounds_for, weight_saliencies
-from . import surgery
-from .adapters import BlockUnit, HeadCoupling, StructuredSite
+from ..maths.counts import group_removal_count, layer_removal_count
 from .config import PruneConfig
 
 
@@ -41,7 +41,7 @@ def allocate_package(
             for path in site.layers:  # type: ignore[union-attr]
                 W = weight(path)
                 rows, cols = W.shape
-                uniform = sum(round(ratio * rows * min(cfg.blocksize, cols - i)) for i in range(0, cols, cfg.blocksize))
+                uniform = layer_removal_count(rows, cols, ratio, cfg.blocksize)
                 low, high = _bounded(W.numel(), uniform, ratio, cfg.allocation_spread, W.numel())
                 scores.append(weight_saliencies(W, H))
                 lower.append(low)
@@ -67,7 +67,7 @@ def _structured(
                 group_scores = torch.stack([column_scores[groups[g]].sum() for g in ids])
                 layers = coupling.row_layers + coupling.out_layers if isinstance(coupling, HeadCoupling) else (coupling.in_layer, coupling.out_layer)
                 shape_class = (type(coupling).__name__, len(ids), tuple(tuple(model.get_submodule(p).weight.shape) for p in layers))
-                classes.setdefault(shape_class, []).append((coupling.key, group_scores, surgery.removal_count(len(ids), ratio)))
+                classes.setdefault(shape_class, []).append((coupling.key, group_scores, group_removal_count(len(ids), ratio)))
     counts: dict[str, int] = {}
     for members in classes.values():
         n = len(members[0][1])

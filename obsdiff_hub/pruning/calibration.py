@@ -17,11 +17,12 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
+from ..architectures.components import TEXT_ENCODERS
+from ..errors import InputError
 from .config import CalibrationConfig
 from .steps import pipeline_step
 
 SetStep = Callable[[int], None]
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 
 class Calibration(Protocol):
@@ -30,24 +31,12 @@ class Calibration(Protocol):
     def __call__(self, model: nn.Module, set_step: SetStep) -> None: ...
 
 
-def denoiser_name(pipeline: Any) -> str:
-    """The pipeline's denoiser component: ``unet`` for SD/SDXL, ``transformer`` for SD3 and Flux."""
-    for name in ("unet", "transformer"):
-        if isinstance(getattr(pipeline, name, None), nn.Module):
-            return name
-    raise ValueError(f"{type(pipeline).__name__} has no unet or transformer to prune")
-
-
-def denoiser_of(pipeline: Any) -> nn.Module:
-    return getattr(pipeline, denoiser_name(pipeline))
-
-
 def scheduler_class(name: str, current: Any) -> type:
     """The scheduler class ``name`` among those the pipeline's own scheduler declares compatible
     (diffusers' ``compatibles``); anything else a recipe might name is refused."""
     allowed = {type(current).__name__: type(current), **{c.__name__: c for c in getattr(current, "compatibles", [])}}
     if name not in allowed:
-        raise ValueError(f"scheduler {name!r} is not compatible with this pipeline; choose one of {', '.join(sorted(allowed))}")
+        raise InputError(f"scheduler {name!r} is not compatible with this pipeline; choose one of {', '.join(sorted(allowed))}")
     return allowed[name]
 
 
@@ -77,7 +66,7 @@ class PipelineCalibration:
         prompt_ids: list[int] | None = None,
     ) -> None:
         if not prompts:
-            raise ValueError("the calibration prompt list is empty")
+            raise InputError("the calibration prompt list is empty")
         self.pipeline = pipeline
         self.config = config
         self.prompts = prompts

@@ -10,8 +10,16 @@ import difflib
 import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from ..errors import InputError
 from ..maths.hessian import AccumulationPrecision, WeightingStrategy
 
 Method = Literal["obs-diff", "magnitude", "wanda", "dsnot", "l1"]
@@ -23,6 +31,17 @@ class StrictModel(BaseModel):
     """Frozen, and unknown fields are errors (a typo in a recipe must not be ignored)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def coerce(cls, value: Any) -> Any:
+        """``value`` if it already is one, else validated from a mapping; a bad field is an
+        :class:`InputError` naming it (``calibration.steps: ...``)."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls.model_validate(value if value is not None else {})
+        except ValidationError as error:
+            raise InputError(describe_error(error, cls)) from None
 
 
 def _fields_at(model: type[BaseModel], path: list[str]) -> list[str]:
@@ -119,10 +138,6 @@ class PruneConfig(StrictModel):
         if isinstance(self.blocks, str) and not _parse_range(self.blocks):
             raise ValueError(f"blocks {self.blocks!r} must look like 'start:stop' (stop exclusive)")
         return self
-
-    @classmethod
-    def coerce(cls, config: PruneConfig | dict[str, Any]) -> PruneConfig:
-        return config if isinstance(config, cls) else cls.model_validate(config)
 
     @property
     def ratio_label(self) -> str:

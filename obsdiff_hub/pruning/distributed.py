@@ -19,10 +19,29 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 import torch
+import torch.distributed as dist
+
+from ..errors import InputError, ObsDiffError, UnsupportedEnvironmentError
 
 
-class RankFailure(RuntimeError):
-    """Another rank failed; this one stops too."""
+class RankFailure(ObsDiffError):
+    """Another rank stopped with one of this package's errors (a user's mistake); this one stops too.
+    (A crash of another rank is re-raised as a plain ``RuntimeError``: a bug.)"""
+
+
+def is_main_process() -> bool:
+    """Whether this process reports and writes: always, unless a launcher made it a rank other than 0."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` (default: cuda when available; under a launcher each process's
+    own GPU), or a one-line error."""
+    try:
+        device = torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    return World.local_device(device)
 
 
 class World:
@@ -37,8 +56,6 @@ class World:
     @classmethod
     def from_environment(cls, device: torch.device) -> World:
         """Join the process group a launcher prepared (NCCL on CUDA, gloo on CPU), or run alone."""
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             backend = dist.get_backend()
             comm = device if backend == "nccl" else torch.device("cpu")
@@ -46,7 +63,7 @@ class World:
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
         if not dist.is_available():
-            raise ValueError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+            raise UnsupportedEnvironmentError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -71,8 +88,6 @@ class World:
     def close(self) -> None:
         """Leave the process group if this run created it."""
         if self.owns_group:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
             self.owns_group = False
 
@@ -82,8 +97,6 @@ class World:
         """Sum ``tensor`` over all ranks, in place."""
         if self.size == 1:
             return
-        import torch.distributed as dist
-
         if tensor.device == self.comm_device:
             dist.all_reduce(tensor)
             return
@@ -95,8 +108,6 @@ class World:
         """``value`` from rank ``src`` (JSON-serialisable), on every rank."""
         if self.size == 1:
             return value
-        import torch.distributed as dist
-
         payload = json.dumps(value).encode() if self.rank == src else b""
         length = torch.tensor([len(payload)], dtype=torch.int64, device=self.comm_device)
         dist.broadcast(length, src)
@@ -110,8 +121,6 @@ class World:
         """Named tensors from rank ``src`` on every rank (any dtype; sent as bytes)."""
         if self.size == 1:
             return tensors or {}
-        import torch.distributed as dist
-
         meta = {k: [list(t.shape), str(t.dtype).removeprefix("torch.")] for k, t in (tensors or {}).items()}
         meta = self.broadcast_json(meta if self.rank == src else None, src)
         out: dict[str, torch.Tensor] = {}
@@ -125,6 +134,17 @@ class World:
             dist.broadcast(buffer, src)
             out[name] = buffer.view(dtype).reshape(shape).to(device)
         return out
+
+    def sum_accumulators(self, accumulators: dict[str, Any]) -> None:
+        """All-reduce Hessian (or cross-term) sums and their normalisers, so every rank holds the global ones."""
+        if self.size == 1:
+            return
+        for acc in accumulators.values():
+            self.all_reduce_(acc.sum)
+        totals = torch.tensor([[a.total_weight, float(a.num_samples)] for a in accumulators.values()], dtype=torch.float64)
+        self.all_reduce_(totals)
+        for acc, (weight, samples) in zip(accumulators.values(), totals.tolist()):
+            acc.total_weight, acc.num_samples = weight, int(samples)
 
     def owners(self, costs: Sequence[float]) -> list[int]:
         """A rank for each item, balancing total cost (largest first onto the least loaded rank)."""
@@ -155,7 +175,10 @@ class World:
         failed = [r for r in range(self.size) if flags[r]]
         if not failed:
             return
-        message = self.broadcast_json(f"{type(failure).__name__}: {failure}" if self.rank == failed[0] else None, failed[0])
+        told = {"message": f"{type(failure).__name__}: {failure}", "ours": isinstance(failure, ObsDiffError)} if self.rank == failed[0] else None
+        told = self.broadcast_json(told, failed[0])
         if failure is not None:
             raise failure
-        raise RankFailure(f"rank {failed[0]} failed while {stage}: {message}")
+        if told["ours"]:
+            raise RankFailure(f"rank {failed[0]} failed while {stage}: {told['message']}")
+        raise RuntimeError(f"rank {failed[0]} failed while {stage}: {told['message']}")

@@ -1,4 +1,4 @@
-"""OBS-Diff over a whole denoiser: module packages, hooked calibration, per-site solves.
+"""OBS-Diff over a whole denoiser: set up, then per module package calibrate and solve, then finish.
 
 The loop, per package (SPEC §1): hook every layer input the package needs, run all
 calibration trajectories once (timestep-weighted Hessians), remove the hooks, solve every
@@ -6,45 +6,52 @@ site of the package and write the results, free the Hessians; the next package c
 on the already-pruned network. Structured sites shrink the modules right away, which is
 numerically the same as zeroing the removed heads/neurons and makes later packages cheaper.
 Under a launcher the trajectories are sharded over ranks, the Hessians summed, and each
-site solved on one rank and broadcast (:mod:`.distributed`).
+unit solved on one rank and broadcast (:mod:`.distributed`).
+
+:func:`prune` reads as its four stages: :func:`setup` (device and dtype policy, processes,
+calibration, packages), :func:`calibrate_package`, :func:`solve_package` and :func:`finish`.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Literal, Protocol
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Protocol
 
 import torch
 from torch import nn
 
-from ..maths.hessian import AccumulationPrecision, HessianAccumulator, timestep_weights
-from ..maths.solvers import GroupSelection, asymmetric_target
+from ..architectures import ArchitectureAdapter, BlockUnit, adapter_for, surgery
+from ..architectures.components import denoiser_name, denoiser_of, pipeline_vae_scale
+from ..errors import InputError
+from ..maths.hessian import HessianAccumulator, timestep_weights
 from ..models import promote, provenance
-from . import surgery
-from .adapters import ArchitectureAdapter, BlockUnit, HeadCoupling, LinearSite, NeuronCoupling, StructuredSite, adapter_for
-from .adapters.inputs import example_inputs, run_denoiser
 from .allocation import allocate_package
 from .asymmetric import dense_targets
-from .calibration import Calibration, PipelineCalibration, denoiser_name, denoiser_of, unconditional_input
+from .calibration import Calibration, PipelineCalibration, unconditional_input
 from .config import CalibrationConfig, PruneConfig
 from .distributed import World
-from .methods import GROUP_METHODS, LAYER_METHODS
-from .packages import hessian_layers, plan_packages
-from .precision import Precision, check_device_dtype, release_freed_memory
+from .hooks import collect_hessians
+from .packages import PackagePlan, activation_bytes, hessian_layers, plan_packages
+from .precision import DTYPES, Precision, check_device_dtype, release_freed_memory
 from .prompts import prompts_sha256, resolve_prompts
-from .report import LayerRecord, PackageRecord, PruneReport, StructureRecord, count_parameters, peak_memory_bytes, reset_peak_memory
+from .report import (
+    PackageRecord,
+    PruneReport,
+    count_parameters,
+    peak_memory_bytes,
+    reset_peak_memory,
+)
+from .solving import SiteSolver, UnitResult, share_result, unit_cost
 from .steps import StepClock
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
 class ProgressEvent:
     """What the engine is doing: ``stage`` ``package`` (a package starts), ``trajectories`` (a
-    calibration batch finished) or ``solve`` (a site was solved); ``done`` of ``total``."""
+    calibration batch finished) or ``solve`` (a unit was solved); ``done`` of ``total``."""
 
     stage: Literal["package", "trajectories", "solve"]
     package: int
@@ -80,195 +87,33 @@ class PruneResult:
         return surgery.structure_of(self.model, self.adapter)
 
 
-@contextmanager
-def collect_hessians(
-    model: nn.Module,
-    layers: list[str],
-    weight: Callable[[], float],
-    precision: AccumulationPrecision = "fp32",
-    timer: list[float] | None = None,
-    device: torch.device | None = None,
-) -> Iterator[dict[str, HessianAccumulator]]:
-    """Hook the inputs of ``layers``; every call adds ``2·α·XᵀX`` with ``α = weight()``.
-
-    Yields the accumulators, kept on ``device`` (default: each layer's); the hooks are removed
-    on exit. ``timer[0]`` (if given) accumulates the seconds spent inside the hooks.
-    """
-    accumulators: dict[str, HessianAccumulator] = {}
-    with ExitStack() as stack:
-        for path in layers:
-            linear = model.get_submodule(path)
-            acc = HessianAccumulator(linear.in_features, device=device or linear.weight.device, precision=precision)
-            accumulators[path] = acc
-
-            def hook(module: nn.Module, args: tuple, acc: HessianAccumulator = acc) -> None:
-                start = time.perf_counter()
-                acc.add(args[0], weight())
-                if timer is not None:
-                    timer[0] += time.perf_counter() - start
-
-            stack.callback(linear.register_forward_pre_hook(hook).remove)
-        yield accumulators
-
-
-def relative_error(W: torch.Tensor, W_new: torch.Tensor, H: torch.Tensor) -> float:
-    """``‖(W−Ŵ)X‖² / ‖WX‖²`` computed from the Hessian, so no activations are kept."""
-    W, W_new, H = W.float(), W_new.float().to(W.device), H.to(W.device)
-    delta = W - W_new
-    denominator = float((W @ H * W).sum())
-    return float((delta @ H * delta).sum()) / denominator if denominator > 0 else 0.0
-
-
 @dataclass
-class UnitResult:
-    """What solving one basic unit produced; applied on every rank."""
+class Run:
+    """What one run carries from :func:`setup` to :func:`finish`."""
 
-    weights: dict[str, torch.Tensor] = field(default_factory=dict)  # layer path → solved weight
-    kept: dict[str, list[int]] = field(default_factory=dict)  # coupling key → kept heads/neurons
-    layers: list[LayerRecord] = field(default_factory=list)
-    structure: list[StructureRecord] = field(default_factory=list)
+    config: PruneConfig
+    pipeline: Any | None
+    adapter: ArchitectureAdapter
+    device: torch.device
+    world: World
+    precision: Precision
+    calibrate: Calibration
+    alphas: torch.Tensor
+    plan: PackagePlan
+    report: PruneReport
+    solver: SiteSolver
+    dense: nn.Module | None = None  # asymmetric calibration: the dense copy run alongside
+    progress: ProgressCallback | None = None
+    state: PackageState | None = None
 
+    @property
+    def model(self) -> nn.Module:
+        """The denoiser being pruned, in the compute dtype on the run device."""
+        return self.precision.working
 
-class SiteSolver:
-    """Applies one config's method to the sites of a unit, through the run's :class:`Precision`."""
-
-    def __init__(self, precision: Precision, config: PruneConfig) -> None:
-        self.precision = precision
-        self.config = config
-        self.counts: dict[str, int] = {}  # allocated removals: layer path or coupling key → count
-
-    def weight(self, path: str) -> torch.Tensor:
-        """The weight to prune: the checkpoint values (the master copy when there is one)."""
-        models = self.precision.models
-        return models[-1].get_submodule(path).weight.data.to(models[0].get_submodule(path).weight.device)
-
-    def target(self, path: str, H: torch.Tensor, G: torch.Tensor | None) -> torch.Tensor:
-        """What the solve fits: the weight itself, or with a cross term the dense network's outputs."""
-        W = self.weight(path)
-        return W if G is None else asymmetric_target(W, H, G, self.config.percdamp)
-
-    def solve(self, unit: BlockUnit, hessians: dict[str, torch.Tensor], cross_terms: dict[str, torch.Tensor] | None = None) -> UnitResult:
-        result = UnitResult()
-        cross_terms = cross_terms or {}
-        for site in unit.sites:
-            if isinstance(site, LinearSite):
-                self._solve_linear(unit.block, site, hessians[site.hessian_layer], cross_terms.get(site.hessian_layer), result)
-            else:
-                self._solve_structured(unit.block, site, hessians, cross_terms, result)
-        return result
-
-    def _solve_linear(self, block: int, site: LinearSite, H: torch.Tensor, G: torch.Tensor | None, result: UnitResult) -> None:
-        cfg = self.config
-        weights = [self.weight(p) for p in site.layers]
-        targets = [self.target(p, H, G) for p in site.layers] if G is not None else weights
-        counts = [self.counts[p] for p in site.layers] if self.counts else None
-        solved = LAYER_METHODS[cfg.method](targets, H, [cfg.sparsity_for(block)] * len(weights), cfg, counts)
-        for path, W, (W_new, mask) in zip(site.layers, weights, solved):
-            result.weights[path] = W_new
-            result.layers.append(LayerRecord(path, block, tuple(W.shape), float(mask.float().mean()), relative_error(W, W_new, H)))
-
-    def _solve_structured(
-        self, block: int, site: StructuredSite, hessians: dict[str, torch.Tensor], cross_terms: dict[str, torch.Tensor], result: UnitResult
-    ) -> None:
-        cfg = self.config
-        ratio = cfg.sparsity_for(block)
-        working = self.precision.working
-        weights = [self.weight(p) for p in site.out_layers]
-        targets = [self.target(p, hessians[p], cross_terms.get(p)) for p in site.out_layers] if cross_terms else weights
-        groups, head_ids, neuron_ids = site.column_groups(working)
-
-        def count(coupling: HeadCoupling | NeuronCoupling | None, ids: range) -> int:
-            if coupling is None or not ids:
-                return 0
-            return self.counts.get(coupling.key, surgery.removal_count(len(ids), ratio))
-
-        selections = [
-            GroupSelection(tuple(head_ids), count(site.heads, head_ids)),
-            GroupSelection(tuple(neuron_ids), count(site.neurons, neuron_ids), cfg.neuron_batch),
-        ]
-        solved, (gone_heads, gone_neurons) = GROUP_METHODS[cfg.method](targets, [hessians[p] for p in site.out_layers], groups, selections, cfg)
-        for path, W, W_new in zip(site.out_layers, weights, solved):
-            result.weights[path] = W_new
-            zeroed = float((W_new == 0).all(0).float().mean())
-            result.layers.append(LayerRecord(path, block, tuple(W.shape), zeroed, relative_error(W, W_new, hessians[path])))
-        for coupling, ids, gone, offset in ((site.heads, head_ids, gone_heads, 0), (site.neurons, neuron_ids, gone_neurons, len(head_ids))):
-            if coupling is None:
-                continue
-            result.kept[coupling.key] = sorted(g - offset for g in ids if g not in set(gone))
-            kind = "heads" if isinstance(coupling, HeadCoupling) else "neurons"
-            result.structure.append(StructureRecord(coupling.key, block, kind, len(ids), len(result.kept[coupling.key])))
-
-    def apply(self, unit: BlockUnit, result: UnitResult, report: PruneReport) -> None:
-        """Write the solved weights, then delete removed heads/neurons, in every model the run carries."""
-        for path, W in result.weights.items():
-            self.precision.write(path, W)
-        for site in unit.sites:
-            if not isinstance(site, StructuredSite):
-                continue
-            for coupling in (site.heads, site.neurons):
-                if coupling is None or coupling.key not in result.kept:
-                    continue
-                keep = torch.tensor(result.kept[coupling.key], dtype=torch.long)
-                shrink = surgery.keep_heads if isinstance(coupling, HeadCoupling) else surgery.keep_neurons
-                for model in self.precision.models:
-                    shrink(model, coupling, keep)  # type: ignore[arg-type]
-        report.layers += result.layers
-        report.structure += result.structure
-
-
-def _share(world: World, result: UnitResult | None, owner: int, device: torch.device) -> UnitResult:
-    """The owner's result of one unit, on every rank."""
-    weights = world.broadcast_tensors(result.weights if result is not None else None, owner, device)
-    meta = world.broadcast_json(
-        {"kept": result.kept, "layers": [asdict(r) for r in result.layers], "structure": [asdict(r) for r in result.structure]}
-        if result is not None
-        else None,
-        owner,
-    )
-    return UnitResult(
-        weights,
-        meta["kept"],
-        [LayerRecord(**{**r, "shape": tuple(r["shape"])}) for r in meta["layers"]],
-        [StructureRecord(**r) for r in meta["structure"]],
-    )
-
-
-def _sum_over_ranks(world: World, accumulators: dict[str, Any]) -> None:
-    """All-reduce the Hessian (or cross-term) sums and their normalisers, so every rank holds the global ones."""
-    if world.size == 1:
-        return
-    for acc in accumulators.values():
-        world.all_reduce_(acc.sum)
-    totals = torch.tensor([[a.total_weight, float(a.num_samples)] for a in accumulators.values()], dtype=torch.float64)
-    world.all_reduce_(totals)
-    for acc, (weight, samples) in zip(accumulators.values(), totals.tolist()):
-        acc.total_weight, acc.num_samples = weight, int(samples)
-
-
-def _unit_cost(model: nn.Module, unit: BlockUnit) -> float:
-    """Solve cost of a unit: per Hessian ``n³ + rows·n²`` (factorisation and updates)."""
-    cost = 0.0
-    for site in unit.sites:
-        paths = site.layers if isinstance(site, LinearSite) else site.out_layers
-        n = model.get_submodule(paths[0]).in_features
-        rows = sum(model.get_submodule(p).out_features for p in paths)
-        cost += n**3 + rows * n**2
-    return cost
-
-
-def _activation_bytes(model: nn.Module, device: torch.device, batch: int, resolution: int | None) -> int:
-    """Peak memory of one calibration-sized forward (CUDA), what packages must leave free."""
-    if device.type != "cuda":
-        return 0
-    latent = resolution // 8 if resolution else None
-    inputs = example_inputs(model, batch=batch, latent_size=latent, tokens=77)
-    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else {kk: vv.to(device) for kk, vv in v.items()} for k, v in inputs.items()}
-    torch.cuda.synchronize(device)
-    before = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    with torch.inference_mode():
-        run_denoiser(model, inputs, 500.0)
-    return int(torch.cuda.max_memory_allocated(device) - before)
+    def tell(self, stage: Literal["package", "trajectories", "solve"], package: int, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(ProgressEvent(stage, package, len(self.plan.packages), done, total))
 
 
 def prune(
@@ -298,30 +143,52 @@ def prune(
     Returns the pruned model (structured results as their ``OBSDiff*`` class, with the
     pruned shapes and provenance in the config; the pipeline, if any, holds it).
     """
+    run = setup(target, config, calibration=calibration, steps=steps, device=device, dtype=dtype, progress=progress, state=state)
+    first = state.completed if state is not None else 0
+    for index, package in enumerate(run.plan.packages):
+        if index >= first:
+            hessians, crosses, record = calibrate_package(run, index, package)
+            solve_package(run, index, package, hessians, crosses, record)
+    return finish(run)
+
+
+def _calibration_settings(
+    pipeline: Any | None, calibration: Any, steps: int | None, dtype: str | torch.dtype | None
+) -> tuple[CalibrationConfig | None, int, torch.dtype | None]:
+    """The calibration config (None for a callable), the steps per trajectory and the compute dtype asked for."""
+    if callable(calibration) and not isinstance(calibration, (CalibrationConfig, dict)):
+        if steps is None:
+            raise InputError("a calibration callable needs `steps`, the sampling steps of each trajectory")
+        return None, steps, DTYPES[dtype] if isinstance(dtype, str) else dtype
+    if pipeline is None:
+        raise InputError("a bare denoiser needs a calibration callable calibrate(model, set_step)")
+    settings = CalibrationConfig.coerce(calibration)
+    if dtype is None and settings.dtype != "auto":
+        dtype = settings.dtype
+    return settings, settings.steps, DTYPES[dtype] if isinstance(dtype, str) else dtype
+
+
+def setup(
+    target: Any,
+    config: PruneConfig | dict[str, Any],
+    *,
+    calibration: Any = None,
+    steps: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: str | torch.dtype | None = None,
+    progress: ProgressCallback | None = None,
+    state: PackageState | None = None,
+) -> Run:
+    """Everything before the first trajectory: settings checked, the model in its compute dtype
+    on the run device, the processes joined, prompts encoded, units packed into packages."""
     cfg = PruneConfig.coerce(config)
     pipeline = None if isinstance(target, nn.Module) else target
     model = target if pipeline is None else denoiser_of(pipeline)
     adapter = adapter_for(model)
     run_device = World.local_device(torch.device(device)) if device is not None else next(model.parameters()).device
-
-    callable_calibration = callable(calibration) and not isinstance(calibration, (CalibrationConfig, dict))
-    cal_cfg: CalibrationConfig | None = None
-    if not callable_calibration:
-        cal_cfg = calibration if isinstance(calibration, CalibrationConfig) else CalibrationConfig.model_validate(calibration or {})
-    if dtype is None and cal_cfg is not None and cal_cfg.dtype != "auto":
-        dtype = cal_cfg.dtype
-    compute = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    settings, num_steps, compute = _calibration_settings(pipeline, calibration, steps, dtype)
     check_device_dtype(run_device, compute or torch.float32)
-    if callable_calibration:
-        if steps is None:
-            raise ValueError("a calibration callable needs `steps`, the sampling steps of each trajectory")
-        num_steps = steps
-    elif pipeline is None:
-        raise ValueError("a bare denoiser needs a calibration callable calibrate(model, set_step)")
-    else:
-        num_steps = cal_cfg.steps  # type: ignore[union-attr]
     world = World.from_environment(run_device)
-
     precision = Precision(model, compute, run_device)
     model = precision.working.eval()  # calibration is inference: no dropout in the trajectories
     report = (state.previous_report if state is not None else None) or PruneReport(
@@ -331,118 +198,137 @@ def prune(
     report.world_size = world.size
     reset_peak_memory(run_device)
 
-    calibrate: Any = calibration
-    if not callable_calibration:
-        assert cal_cfg is not None
+    calibrate: Calibration = calibration
+    batch, latent = 1, None
+    if settings is not None:
         if isinstance(getattr(pipeline, "vae", None), nn.Module):
             pipeline.vae.to(run_device)  # diffusers takes the sampling device from the first component
-        prompts = resolve_prompts(cal_cfg.prompts)
-        calibrate = PipelineCalibration(pipeline, cal_cfg, prompts, run_device, precision.compute, world.shard(len(prompts)))
+        prompts = resolve_prompts(settings.prompts)
+        calibrate = PipelineCalibration(pipeline, settings, prompts, run_device, precision.compute, world.shard(len(prompts)))
         report.calibration = {
             "prompts": len(prompts),
             "prompts_sha256": prompts_sha256(prompts),
-            "unconditional": unconditional_input(pipeline, cal_cfg.negative_prompt) if calibrate.uses_cfg else "none (no classifier-free guidance)",
+            "unconditional": unconditional_input(pipeline, settings.negative_prompt) if calibrate.uses_cfg else "none (no classifier-free guidance)",
         }
+        batch = settings.batch_size * (2 if calibrate.uses_cfg else 1)
+        latent = settings.resolution // pipeline_vae_scale(pipeline) if settings.resolution else None
 
     units = adapter.units(model, cfg.block_ids(len(adapter.blocks(model))), cfg.granularity == "structured")
-    batch = (cal_cfg.batch_size * (2 if calibrate.uses_cfg else 1)) if cal_cfg is not None else 1
-    activations = _activation_bytes(model, run_device, batch, cal_cfg.resolution if cal_cfg else None) if cfg.packages == "auto" else 0
-    asymmetric = cfg.calibration_target == "dense"  # a cross term per Hessian, and a dense copy alongside
-    store = torch.device("cpu") if cfg.hessian_device == "cpu" else None  # where the Hessian sums live (default: beside each layer)
-    plan = plan_packages(model, units, cfg.packages, cfg.memory_budget_gb, run_device, activations, hessian_factor=2 if asymmetric else 1, hessian_device=store)
-    report.package_plan = plan.summary()
-    # What this run should peak at on the device: the model as calibrated (twice, asymmetric), then the package plan's needs.
-    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    report.package_plan["predicted_peak_bytes"] = model_bytes * (2 if asymmetric else 1) + activations + plan.extra_bytes()
-    dense = copy.deepcopy(model).eval() if asymmetric else None
-    count = len(plan.packages)
-    first = state.completed if state is not None else 0
-
+    plan = _plan(model, units, cfg, run_device, report, batch, latent)
+    run = Run(
+        config=cfg, pipeline=pipeline, adapter=adapter, device=run_device, world=world, precision=precision, calibrate=calibrate,
+        alphas=timestep_weights(cfg.weighting, num_steps, cfg.alpha_min, cfg.alpha_max), plan=plan, report=report,
+        solver=SiteSolver(precision, cfg), dense=copy.deepcopy(model).eval() if cfg.calibration_target == "dense" else None,
+        progress=progress, state=state,
+    )
     if isinstance(calibrate, PipelineCalibration):
         t0 = time.perf_counter()
         with world.together("encoding prompts"):
             calibrate.encode()
         report.stages["prompt_encoding_s"] = report.stages.get("prompt_encoding_s", 0.0) + time.perf_counter() - t0
-    solver = SiteSolver(precision, cfg)
-    alphas = timestep_weights(cfg.weighting, num_steps, cfg.alpha_min, cfg.alpha_max)
-    for index, package in enumerate(plan.packages):
-        if index < first:
-            continue
-        if progress:
-            progress(ProgressEvent("package", index, count, index, count))
-        layers = [p for unit in package for p in hessian_layers(unit)]
-        clock = StepClock(alphas)
-        hook_time = [0.0]
-        t0 = time.perf_counter()
-        # Each stage's local work ends with the ranks agreeing it went well, before any other collective.
-        with world.together(f"calibrating package {index + 1}"):
-            with (
-                collect_hessians(model, layers, lambda: clock.alpha, cfg.hessian_precision, hook_time, store) as accumulators,
-                # before any package is pruned X̂ = X: the cross term is zero and the dense forward is skipped
-                dense_targets(model, dense, layers, lambda: clock.alpha, store) if dense is not None and index > 0 else nullcontext({}) as crosses,
-            ):
-                if isinstance(calibrate, PipelineCalibration):
-                    total, done = len(calibrate.batches), [0]
+    return run
 
-                    def batch_done() -> None:
-                        done[0] += 1
-                        if progress:
-                            progress(ProgressEvent("trajectories", index, count, done[0], total))
 
-                    calibrate(model, clock.set_step, on_batch=batch_done)
-                else:
-                    with torch.inference_mode():
-                        calibrate(model, clock.set_step)
-            clock.check()
-        _sum_over_ranks(world, accumulators)
-        _sum_over_ranks(world, crosses)
-        calibration_s = time.perf_counter() - t0
+def _plan(model: nn.Module, units: list[BlockUnit], cfg: PruneConfig, device: torch.device, report: PruneReport, batch: int, latent: int | None) -> PackagePlan:
+    """Units packed into packages (by count, or the fewest that fit the memory), and the peak the
+    run should reach on the device: the model (twice when asymmetric), a calibration forward, the plan's needs."""
+    asymmetric = cfg.calibration_target == "dense"  # a cross term per Hessian, and a dense copy alongside
+    activations = activation_bytes(model, device, batch, latent) if cfg.packages == "auto" else 0
+    store = torch.device("cpu") if cfg.hessian_device == "cpu" else None  # where the Hessian sums live (default: beside each layer)
+    plan = plan_packages(model, units, cfg.packages, cfg.memory_budget_gb, device, activations, hessian_factor=2 if asymmetric else 1, hessian_device=store)
+    report.package_plan = plan.summary()
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    report.package_plan["predicted_peak_bytes"] = model_bytes * (2 if asymmetric else 1) + activations + plan.extra_bytes()
+    return plan
 
-        t0 = time.perf_counter()
-        if cfg.allocation == "error":  # the same on every rank: same Hessians, same weights
-            solver.counts = allocate_package(model, package, solver.weight, lambda p: accumulators[p].hessian(), cfg)
-        owners = world.owners([_unit_cost(model, unit) for unit in package])
-        pending: list[tuple[int, UnitResult | None]] = []
-        with world.together(f"solving package {index + 1}"):
-            for position, unit in enumerate(package):
-                result = None
-                mine = owners[position] == world.rank
-                hessians = {p: accumulators[p].hessian().to(run_device) for p in hessian_layers(unit)} if mine else {}
-                cross_terms = {p: crosses[p].cross_term().to(run_device) for p in hessian_layers(unit)} if mine and crosses else {}
-                for p in hessian_layers(unit):
-                    accumulators[p].release()  # the normalised copies are all the solve needs
-                    if crosses:
-                        crosses[p].release()
-                if mine:
-                    result = solver.solve(unit, hessians, cross_terms)
-                del hessians, cross_terms
-                if world.size == 1:
-                    solver.apply(unit, result, report)  # type: ignore[arg-type]
-                else:
-                    pending.append((position, result))
-                if progress:
-                    progress(ProgressEvent("solve", index, count, position + 1, len(package)))
-        for position, result in pending:
-            solver.apply(package[position], _share(world, result, owners[position], run_device), report)
-        del accumulators, crosses
-        release_freed_memory()
-        report.packages.append(
-            PackageRecord(index, len(package), len(layers), plan.package_bytes[index], calibration_s, hook_time[0], time.perf_counter() - t0)
-        )
-        if state is not None and world.is_main:
-            state.package_done(index, precision.models[-1], report)
 
+def calibrate_package(run: Run, index: int, package: list[BlockUnit]) -> tuple[dict[str, HessianAccumulator], dict[str, Any], PackageRecord]:
+    """Run every calibration trajectory once with hooks on the package's layer inputs; the
+    Hessians (and, asymmetric, cross terms) summed over processes, and the package's record so far."""
+    cfg = run.config
+    run.tell("package", index, index, len(run.plan.packages))
+    layers = [p for unit in package for p in hessian_layers(unit)]
+    clock = StepClock(run.alphas)
+    hook_time = [0.0]
+    store = torch.device("cpu") if cfg.hessian_device == "cpu" else None
+    t0 = time.perf_counter()
+    # Each stage's local work ends with the ranks agreeing it went well, before any other collective.
+    with run.world.together(f"calibrating package {index + 1}"):
+        with (
+            collect_hessians(run.model, layers, lambda: clock.alpha, cfg.hessian_precision, hook_time, store) as hessians,
+            # before any package is pruned X̂ = X: the cross term is zero and the dense forward is skipped
+            dense_targets(run.model, run.dense, layers, lambda: clock.alpha, store) if run.dense is not None and index > 0 else nullcontext({}) as crosses,
+        ):
+            if isinstance(run.calibrate, PipelineCalibration):
+                total, done = len(run.calibrate.batches), [0]
+
+                def batch_done() -> None:
+                    done[0] += 1
+                    run.tell("trajectories", index, done[0], total)
+
+                run.calibrate(run.model, clock.set_step, on_batch=batch_done)
+            else:
+                with torch.inference_mode():
+                    run.calibrate(run.model, clock.set_step)
+        clock.check()
+    run.world.sum_accumulators(hessians)
+    run.world.sum_accumulators(crosses)
+    record = PackageRecord(index, len(package), len(layers), run.plan.package_bytes[index], time.perf_counter() - t0, hook_time[0], 0.0)
+    return hessians, crosses, record
+
+
+def solve_package(
+    run: Run, index: int, package: list[BlockUnit], hessians: dict[str, HessianAccumulator], crosses: dict[str, Any], record: PackageRecord
+) -> None:
+    """Solve every unit of the package on the rank that owns it, apply the results on every rank,
+    free the Hessians, and record the package (and save it, when the run is resumable)."""
+    t0 = time.perf_counter()
+    world, solver = run.world, run.solver
+    if run.config.allocation == "error":  # the same on every rank: same Hessians, same weights
+        solver.counts = allocate_package(run.model, package, solver.weight, lambda p: hessians[p].hessian(), run.config)
+    owners = world.owners([unit_cost(run.model, unit) for unit in package])
+    pending: list[tuple[int, UnitResult | None]] = []
+    with world.together(f"solving package {index + 1}"):
+        for position, unit in enumerate(package):
+            mine = owners[position] == world.rank
+            layers = hessian_layers(unit)
+            unit_hessians = {p: hessians[p].hessian().to(run.device) for p in layers} if mine else {}
+            cross_terms = {p: crosses[p].cross_term().to(run.device) for p in layers} if mine and crosses else {}
+            for p in layers:  # the normalised copies are all the solve needs
+                hessians[p].release()
+                if crosses:
+                    crosses[p].release()
+            result = solver.solve(unit, unit_hessians, cross_terms) if mine else None
+            del unit_hessians, cross_terms
+            if world.size == 1:
+                solver.apply(unit, result, run.report)  # type: ignore[arg-type]
+            else:
+                pending.append((position, result))
+            run.tell("solve", index, position + 1, len(package))
+    for position, result in pending:
+        solver.apply(package[position], share_result(world, result, owners[position], run.device), run.report)
+    hessians.clear()
+    crosses.clear()
+    release_freed_memory()
+    record.solve_s = time.perf_counter() - t0
+    run.report.packages.append(record)
+    if run.state is not None and world.is_main:
+        run.state.package_done(index, run.precision.models[-1], run.report)
+
+
+def finish(run: Run) -> PruneResult:
+    """Stage times and peak memory into the report; the pruned model in its checkpoint dtype, as
+    its ``OBSDiff*`` class when shapes were pruned; the pipeline's components back on the run device."""
+    report, cfg = run.report, run.config
     report.stages["trajectories_s"] = sum(p.calibration_s - p.hessian_s for p in report.packages)
     report.stages["hessian_accumulation_s"] = sum(p.hessian_s for p in report.packages)
     report.stages["solve_s"] = sum(p.solve_s for p in report.packages)
     report.stages["total_s"] = sum(p.calibration_s + p.solve_s for p in report.packages) + report.stages.get("prompt_encoding_s", 0.0)
-    report.peak_memory_bytes = peak_memory_bytes(run_device)
-
-    pruned = promote(precision.result(), provenance(method=cfg.method, granularity=cfg.granularity, sparsity=cfg.ratio_label))
+    report.peak_memory_bytes = peak_memory_bytes(run.device)
+    pruned = promote(run.precision.result(), provenance(method=cfg.method, granularity=cfg.granularity, sparsity=cfg.ratio_label))
     report.params_after = count_parameters(pruned)
-    if isinstance(calibrate, PipelineCalibration):
-        calibrate.restore_devices()
-    if pipeline is not None:
-        pipeline.register_modules(**{denoiser_name(pipeline): pruned})
-    return PruneResult(model=pruned, report=report, pipeline=pipeline, adapter=adapter)
-
+    if isinstance(run.calibrate, PipelineCalibration):
+        run.calibrate.restore_devices()
+    if run.pipeline is not None:
+        run.pipeline.register_modules(**{denoiser_name(run.pipeline): pruned})
+    return PruneResult(model=pruned, report=report, pipeline=run.pipeline, adapter=run.adapter)

@@ -8,12 +8,15 @@ Hessians fit the memory left on the device.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .adapters import BlockUnit, LinearSite
+from ..architectures import BlockUnit, LinearSite
+from ..architectures.inputs import example_inputs, run_denoiser
+from ..errors import InputError
 
 GiB = 1024**3
 
@@ -95,9 +98,21 @@ def free_memory_bytes(device: torch.device) -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import os
-
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def activation_bytes(model: nn.Module, device: torch.device, batch: int, latent_size: int | None) -> int:
+    """Peak memory of one calibration-sized forward (CUDA), what packages must leave free; 0 elsewhere."""
+    if device.type != "cuda":
+        return 0
+    inputs = example_inputs(model, batch=batch, latent_size=latent_size, tokens=77)
+    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else {kk: vv.to(device) for kk, vv in v.items()} for k, v in inputs.items()}
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode():
+        run_denoiser(model, inputs, 500.0)
+    return int(torch.cuda.max_memory_allocated(device) - before)
 
 
 def plan_packages(
@@ -119,7 +134,7 @@ def plan_packages(
     """
     store = hessian_device or device
     if not units:
-        raise ValueError("no layers to prune: the block selection is empty")
+        raise InputError("no layers to prune: the block selection (`prune.blocks`) is empty")
     sizes = [hessian_factor * hessian_bytes(model, u) for u in units]
     if packages != "auto":
         count = min(int(packages), len(units))

@@ -18,6 +18,9 @@ import ctypes
 import torch
 from torch import nn
 
+from ..errors import InputError, UnsupportedEnvironmentError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _WIDENS_EXACTLY = {
     (torch.float16, torch.float32),
     (torch.bfloat16, torch.float32),
@@ -43,7 +46,7 @@ def floating_dtype(model: nn.Module) -> torch.dtype:
         if p.is_floating_point():
             counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
     if not counts:
-        raise ValueError(f"{type(model).__name__} has no floating-point parameters")
+        raise InputError(f"{type(model).__name__} has no floating-point parameters")
     return max(counts, key=counts.__getitem__)
 
 
@@ -58,13 +61,13 @@ def check_device_dtype(device: torch.device, dtype: torch.dtype) -> None:
     """One-line errors for a device that does not exist here or a dtype it cannot compute in."""
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device} was requested but CUDA is not available here; use --device cpu")
+            raise UnsupportedEnvironmentError(f"device {device} was requested but CUDA is not available here; use the `device` cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise UnsupportedEnvironmentError(f"device {device} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
         if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            raise ValueError(f"{torch.cuda.get_device_name(device)} does not support bfloat16; use float16 or float32")
+            raise UnsupportedEnvironmentError(f"{torch.cuda.get_device_name(device)} does not support bfloat16; use the `dtype` float16 or float32")
     elif device.type != "cpu":
-        raise ValueError(f"unsupported device {device}; use cpu or cuda[:N]")
+        raise InputError(f"unsupported device {device}; use cpu or cuda[:N]")
 
 
 class Precision:

@@ -14,13 +14,15 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
+from ..errors import InputError
+from ..hub import HubClient
 from .config import PromptSource
 
 BUILTIN_PROMPT_SETS = {"captions": "calibration_prompts.txt", "shapes": "shapes_prompts.txt"}
 MAX_PROMPT_FILE_BYTES = 64 * 1024**2
 
 
-class PromptError(ValueError):
+class PromptError(InputError):
     """Prompts that cannot be read; the message names the file and the problem."""
 
 
@@ -79,8 +81,8 @@ def _guess_column(keys: Iterable[str], path: Path) -> str:
         if name in keys:
             return name
     raise PromptError(
-        f"{path}: no prompt, caption or text column; name the column with --prompt-column "
-        f"(recipes: calibration.prompts.column); columns: {', '.join(keys)}"
+        f"{path}: no prompt, caption or text column; name the column with `prompt_column` "
+        f"(recipes: `calibration.prompts.column`); columns: {', '.join(keys)}"
     )
 
 
@@ -115,9 +117,7 @@ def resolve_prompts(source: PromptSource, base_dir: Path | None = None) -> list[
         path = contained_path(source.path or "", base_dir) if base_dir is not None else Path(source.path or "")
         prompts = read_prompt_file(path, source.column)
     else:
-        from huggingface_hub import hf_hub_download
-
-        local = hf_hub_download(source.repo_id or "", source.path or "", repo_type="dataset", revision=source.revision)
+        local = HubClient().download_file(source.repo_id or "", source.path or "", repo_type="dataset", revision=source.revision)
         prompts = read_prompt_file(local, source.column)
     if not prompts:
         raise PromptError("the calibration prompt list is empty")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
+
 
 def pipeline_step(evaluation: int, num_evaluations: int, num_steps: int, order: int) -> int:
     """The sampling step of denoiser call ``evaluation`` (0-based) in a diffusers sampling loop.
@@ -41,30 +43,30 @@ class StepClock:
 
     def set_step(self, step: int) -> None:
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < self.num_steps:
-            raise ValueError(
+            raise InputError(
                 f"calibration set step {step!r}, but the timestep weights cover steps 0..{self.num_steps - 1}; "
                 "set `steps` to the number of sampling steps of each trajectory"
             )
         if step == 0 and self.step != 0:
             self.visited.append(set())
         elif self.step is None or step < self.step:
-            raise ValueError(f"calibration went from step {self.step} to {step}; call set_step(0) to start each trajectory")
+            raise InputError(f"calibration went from step {self.step} to {step}; call set_step(0) to start each trajectory")
         self.step = step
         self.visited[-1].add(step)
 
     @property
     def alpha(self) -> float:
         if self.step is None:
-            raise ValueError("the calibration called the model before set_step(0); call set_step(i) before step i")
+            raise InputError("the calibration called the model before set_step(0); call set_step(i) before step i")
         return self.alphas[self.step]
 
     def check(self) -> int:
         """Raise unless every trajectory ran all steps; returns the number of trajectories."""
         if not self.visited:
-            raise ValueError("the calibration ran no trajectory (set_step was never called)")
+            raise InputError("the calibration ran no trajectory (set_step was never called)")
         for index, steps in enumerate(self.visited):
             if len(steps) != self.num_steps:
-                raise ValueError(
+                raise InputError(
                     f"calibration trajectory {index + 1} ran {len(steps)} of the {self.num_steps} sampling steps the "
                     f"timestep weights cover; set `steps` to the number of steps each trajectory runs"
                 )

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ..errors import InputError
+
 SHAPES = ("circle", "square", "triangle")
 COLORS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (235, 215, 40), "purple": (150, 60, 200)}
 SIZES = {"small": 7, "large": 12}  # half-width in pixels
@@ -39,12 +41,12 @@ class Scene:
         """The scene a caption describes ("a large blue triangle on the top"); the inverse of ``caption``."""
         words = caption.split()
         if len(words) < 6 or words[0] != "a":
-            raise ValueError(f"not a shapes caption: {caption!r}")
+            raise InputError(f"not a shapes caption: {caption!r}")
         size, color, shape = words[1:4]
         position = "center" if words[-1] == "center" else words[-1]
         scene = cls(shape, color, size, position)
         if scene.caption != caption or shape not in SHAPES or color not in COLORS or size not in SIZES or position not in POSITIONS:
-            raise ValueError(f"not a shapes caption: {caption!r}")
+            raise InputError(f"not a shapes caption: {caption!r}")
         return scene
 
     def labels(self) -> dict[str, int]:

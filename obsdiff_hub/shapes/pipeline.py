@@ -7,8 +7,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.utils import logging
+from PIL import Image
 from safetensors.torch import load_file
 
+from ..errors import UnsupportedEnvironmentError
 from .dataset import ATTRIBUTES, Scene, evaluation_scenes
 from .scorer import ShapeClassifier, caption_accuracy
 
@@ -23,8 +27,6 @@ def quiet_truncation_warnings() -> Iterator[None]:
     captions exceed its 16 positions; the model was trained with exactly that truncation.
     The notice would otherwise print every padded batch.
     """
-    from diffusers.utils import logging
-
     logger = logging.get_logger("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -36,11 +38,9 @@ def quiet_truncation_warnings() -> Iterator[None]:
 
 def load_shapes_pipeline(torch_dtype: torch.dtype = torch.float32) -> Any:
     """The trained tiny Stable Diffusion pipeline, with the usual ``from_pretrained``."""
-    from diffusers import StableDiffusionPipeline
-
     folder = WEIGHTS / "pipeline"
     if not (folder / "model_index.json").is_file():
-        raise FileNotFoundError(f"{folder} is missing; train it with `python -m obsdiff_hub.shapes.train`")
+        raise UnsupportedEnvironmentError(f"{folder} is missing from this installation; train it with `python -m obsdiff_hub.shapes.train`")
     return StableDiffusionPipeline.from_pretrained(folder, dtype=torch_dtype, safety_checker=None, requires_safety_checker=False)
 
 
@@ -75,8 +75,6 @@ def evaluate(pipeline: Any, reference: torch.Tensor | None = None, scenes: list[
     return scores, images
 
 
-def to_pil(images: torch.Tensor):
-    from PIL import Image
-
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
     array = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     return [Image.fromarray(a) for a in array]

@@ -26,7 +26,7 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from safetensors.torch import save_file
-from transformers import CLIPTextModel
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..tiny import clip_text_config, clip_vocab
 from .dataset import ATTRIBUTES, COLORS, POSITIONS, SHAPES, SIZES, sample_batch
@@ -35,9 +35,7 @@ from .scorer import ShapeClassifier, caption_accuracy
 WORDS = ("a", "the", "on", "in", "small", "large", "left", "right", "top", "bottom", "center") + SHAPES + tuple(COLORS)
 
 
-def make_tokenizer():
-    from transformers import CLIPTokenizer
-
+def make_tokenizer() -> CLIPTokenizer:
     vocab, merges = clip_vocab(WORDS)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16)
 

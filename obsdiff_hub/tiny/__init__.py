@@ -4,7 +4,7 @@ No weights can be downloaded in tests or CI, so these build each family from con
 the real diffusers module types, only narrower, and write their own tokenizers.
 """
 
-from ..pruning.adapters.inputs import example_inputs, run_denoiser
+from ..architectures.inputs import example_inputs, run_denoiser
 from .models import (
     TINY_DENOISERS,
     TINY_PIPELINES,
@@ -20,7 +20,12 @@ from .models import (
     tiny_sdxl_unet,
     toy_calibration,
 )
-from .tokenizers import TOKENIZER_WORDS, clip_vocab, make_clip_tokenizer, make_t5_tokenizer
+from .tokenizers import (
+    TOKENIZER_WORDS,
+    clip_vocab,
+    make_clip_tokenizer,
+    make_t5_tokenizer,
+)
 
 __all__ = [
     "TINY_DENOISERS",

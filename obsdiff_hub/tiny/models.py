@@ -33,8 +33,10 @@ from transformers import (
     T5EncoderModel,
 )
 
-from ..pruning.adapters.inputs import run_denoiser
+from ..architectures.inputs import run_denoiser
+from ..errors import InputError
 from .tokenizers import make_clip_tokenizer, make_t5_tokenizer
+
 
 def clip_text_config(hidden: int, projection: int, vocab_size: int, heads: int = 2, max_length: int = 77) -> CLIPTextConfig:
     """A two-layer CLIP text encoder config for the project's own tokenizer (bos 0, eos/pad 1)."""
@@ -117,7 +119,7 @@ def tiny_sd3_transformer(variant: str = "sd3", joint_attention_dim: int = 64) ->
     if variant == "sd35-medium":
         extra["dual_attention_layers"] = (0, 1, 2)
     elif variant not in ("sd3", "sd35-large"):
-        raise ValueError(f"unknown SD3 variant {variant!r}; choose sd3, sd35-large or sd35-medium")
+        raise InputError(f"unknown SD3 variant {variant!r}; choose sd3, sd35-large or sd35-medium")
     return SD3Transformer2DModel(
         sample_size=16,
         patch_size=2,
@@ -275,7 +277,7 @@ def _inference_mode(pipeline):
 def save_tiny_pipeline(name: str, directory: str | Path | None = None, seed: int = 0) -> Path:
     """Build a tiny pipeline and save it in the diffusers layout (so it loads via ``from_pretrained``)."""
     if name not in TINY_PIPELINES:
-        raise ValueError(f"unknown tiny pipeline {name!r}; choose one of {', '.join(TINY_PIPELINES)}")
+        raise InputError(f"unknown tiny pipeline {name!r}; choose one of {', '.join(TINY_PIPELINES)}")
     target = Path(directory) if directory else Path(tempfile.mkdtemp(prefix=f"tiny-{name}-"))
     TINY_PIPELINES[name](seed=seed).save_pretrained(target)
     return target

@@ -1,1 +1,2 @@
-"""The zoo: versioned recipes, recipe runs, resumable progress, model cards, the Hub."""
+"""The zoo: versioned recipes, recipe runs, resumable progress, evaluation and its metrics,
+benchmarks, model cards, and publishing on the Hub."""

@@ -6,12 +6,15 @@ seeded inputs (``batch`` latents at ``resolution``, 77 text tokens). Whole-denoi
 otherwise), median and quartiles. Per block: each transformer block's inputs are captured
 from one forward, then the block alone is timed the same way. FLOPs come from the same
 counter as ``plan``, for the forward that was timed; peak memory is the accelerator's allocator peak.
+The resolution defaults to the pipeline's own (1024 for SDXL, SD3 and Flux; 32 for the shapes model).
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,36 +22,143 @@ import torch
 from torch import nn
 
 from .._version import __version__
+from ..architectures import adapter_for
+from ..architectures.components import (
+    default_resolution,
+    denoiser_of,
+    pipeline_vae_scale,
+    vae_scale_factor,
+)
+from ..architectures.inputs import example_inputs, run_denoiser
+from ..architectures.sparse_kernels import enable_sparse_kernels
 from ..checkpoints.inspection import denoiser_folder
-from ..checkpoints.loading import read_json, resolve_source
-from ..checkpoints.plan import costs
+from ..errors import InputError
+from ..hub import resolve_source
 from ..models import pruned_class_for
-from ..pruning.adapters import adapter_for
-from ..pruning.adapters.inputs import example_inputs, run_denoiser
+from ..pruning.plan import costs
+from ..storage.files import read_json
+from ..storage.outputs import add_owned, read_marker, write_atomic
+from .sampling import load_pipeline
 
 BENCH_FILE = "bench.json"
+MIN_REPEATS = 10
 
 
-def vae_scale_factor(vae_config: dict[str, Any] | None) -> int:
-    """Pixels per latent, as diffusers' pipelines compute it (``2 ** (len(block_out_channels) - 1)``);
-    8, the factor of every supported family, when there is no VAE config to read."""
-    channels = (vae_config or {}).get("block_out_channels")
-    if not isinstance(channels, (list, tuple)) or not 1 <= len(channels) <= 8:
-        return 8
-    return 2 ** (len(channels) - 1)
+@dataclass
+class Timing:
+    """Milliseconds of ``repeats`` timed runs: median and quartiles."""
+
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+    repeats: int
+
+    @classmethod
+    def of(cls, times: list[float]) -> Timing:
+        ordered = sorted(times)
+        quartiles = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else [ordered[0]] * 3
+        return cls(statistics.median(ordered), quartiles[0], quartiles[2], len(ordered))
 
 
-def load_denoiser(source: str, device: torch.device, dtype: torch.dtype, sparse_kernels: bool = False) -> tuple[nn.Module, dict[str, Any], int]:
+@dataclass
+class BlockTiming:
+    block: str
+    dense_ms: float
+    pruned_ms: float
+    speedup: float
+
+
+@dataclass
+class Measured:
+    """One model measured: the whole denoiser, each block, parameters, FLOPs and peak memory (CUDA)."""
+
+    denoiser: Timing
+    blocks: dict[str, Timing]
+    params: int
+    flops: float
+    peak_memory_bytes: int | None
+
+
+@dataclass
+class BenchResult:
+    """Dense and pruned side by side; ``to_dict`` is the ``bench.json`` record."""
+
+    model: str
+    base: str
+    device: str
+    dtype: str
+    resolution: int
+    latent_size: int
+    batch: int
+    warmup: int
+    sparse_kernels: bool
+    dense: Measured
+    pruned: Measured
+
+    @property
+    def speedup(self) -> float:
+        return self.dense.denoiser.median_ms / self.pruned.denoiser.median_ms
+
+    @property
+    def blocks(self) -> list[BlockTiming]:
+        return [
+            BlockTiming(path, timing.median_ms, self.pruned.blocks[path].median_ms, timing.median_ms / self.pruned.blocks[path].median_ms)
+            for path, timing in self.dense.blocks.items()
+            if path in self.pruned.blocks
+        ]
+
+    @property
+    def median_block_speedup(self) -> float | None:
+        speedups = sorted(b.speedup for b in self.blocks)
+        return speedups[len(speedups) // 2] if speedups else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "obsdiff_hub_version": __version__,
+            "model": self.model,
+            "base": self.base,
+            "device": self.device,
+            "dtype": self.dtype,
+            "resolution": self.resolution,
+            "latent_size": self.latent_size,
+            "batch": self.batch,
+            "warmup": self.warmup,
+            "sparse_kernels": self.sparse_kernels,
+            "denoiser": {"dense": asdict(self.dense.denoiser), "pruned": asdict(self.pruned.denoiser), "speedup": self.speedup},
+            "blocks": [asdict(b) for b in self.blocks],
+            "params": {"dense": self.dense.params, "pruned": self.pruned.params},
+            "flops": {"dense": self.dense.flops, "pruned": self.pruned.flops,
+                      "convention": "the timed forward (latent_size², batch, 77 text tokens), multiply-add = 2 (as plan)"},
+            "peak_memory_bytes": {"dense": self.dense.peak_memory_bytes, "pruned": self.pruned.peak_memory_bytes},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchResult:
+        """A ``bench.json`` record read back (per-block timings keep only their medians)."""
+
+        def side(which: str) -> Measured:
+            blocks = {b["block"]: Timing(b[f"{which}_ms"], b[f"{which}_ms"], b[f"{which}_ms"], data["denoiser"][which]["repeats"]) for b in data["blocks"]}
+            return Measured(Timing(**data["denoiser"][which]), blocks, data["params"][which], data["flops"][which], data["peak_memory_bytes"][which])
+
+        fields = {k: data[k] for k in ("model", "base", "device", "dtype", "resolution", "latent_size", "batch", "warmup", "sparse_kernels")}
+        return cls(**fields, dense=side("dense"), pruned=side("pruned"))
+
+
+@dataclass
+class LoadedDenoiser:
+    model: nn.Module
+    config: dict[str, Any]
+    vae_scale: int  # the pipeline's pixels per latent
+
+
+def load_denoiser(source: str, device: torch.device, dtype: torch.dtype, sparse_kernels: bool = False) -> LoadedDenoiser:
     """The denoiser of a checkpoint folder, a Hub repo (pipeline or component layout) or a
     ``builtin:`` model, its config, and the pipeline's pixels per latent."""
     if source.startswith("builtin:"):
-        from ..pruning.calibration import denoiser_of
-        from .sampling import load_pipeline
-
         pipeline = load_pipeline(source)
         model = denoiser_of(pipeline).to(device=device, dtype=dtype).eval()
         config = {**model.config, "_class_name": type(model).__name__}
-        scale = vae_scale_factor(dict(pipeline.vae.config) if getattr(pipeline, "vae", None) is not None else None)
+        scale = pipeline_vae_scale(pipeline)
     else:
         root = resolve_source(source)
         folder = denoiser_folder(root)
@@ -58,10 +168,8 @@ def load_denoiser(source: str, device: torch.device, dtype: torch.dtype, sparse_
         vae = Path(root) / "vae" / "config.json"
         scale = vae_scale_factor(read_json(vae) if vae.is_file() else None)
     if sparse_kernels:
-        from ..checkpoints.sparse import enable_sparse_kernels
-
         enable_sparse_kernels(model)
-    return model, config, scale
+    return LoadedDenoiser(model, config, scale)
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], Any], int, int], list[float]]:
@@ -92,12 +200,6 @@ def _timer(device: torch.device) -> Callable[[Callable[[], Any], int, int], list
     return cuda if device.type == "cuda" else cpu
 
 
-def summary(times: list[float]) -> dict[str, float]:
-    ordered = sorted(times)
-    quartiles = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else [ordered[0]] * 3
-    return {"median_ms": statistics.median(ordered), "p25_ms": quartiles[0], "p75_ms": quartiles[2], "repeats": len(ordered)}
-
-
 def _block_inputs(model: nn.Module, inputs: dict, paths: list[str]) -> dict[str, tuple[tuple, dict]]:
     """Every block's positional and keyword inputs from one forward."""
     captured: dict[str, tuple[tuple, dict]] = {}
@@ -114,7 +216,7 @@ def _block_inputs(model: nn.Module, inputs: dict, paths: list[str]) -> dict[str,
     return captured
 
 
-def measure(model: nn.Module, config: dict[str, Any], device: torch.device, *, latent_size: int, batch: int, warmup: int, repeats: int) -> dict[str, Any]:
+def measure(model: nn.Module, config: dict[str, Any], device: torch.device, *, latent_size: int, batch: int, warmup: int, repeats: int) -> Measured:
     timer = _timer(device)
     dtype = next(model.parameters()).dtype
     inputs = example_inputs(model, batch=batch, latent_size=latent_size, tokens=77)
@@ -125,80 +227,71 @@ def measure(model: nn.Module, config: dict[str, Any], device: torch.device, *, l
     with torch.inference_mode():
         whole = timer(lambda: run_denoiser(model, inputs, 500.0), warmup, repeats)
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
-    paths = adapter_for(model).blocks(model)
     blocks = {}
-    for path, (args, kwargs) in _block_inputs(model, inputs, paths).items():
+    for path, (args, kwargs) in _block_inputs(model, inputs, adapter_for(model).blocks(model)).items():
         block = model.get_submodule(path)
         with torch.inference_mode():
-            blocks[path] = summary(timer(lambda b=block, a=args, k=kwargs: b(*a, **k), warmup, repeats))
+            blocks[path] = Timing.of(timer(lambda b=block, a=args, k=kwargs: b(*a, **k), warmup, repeats))
     params, flops = costs(config, latent_size, batch)  # the forward that was timed, counted as plan counts
-    return {"denoiser": summary(whole), "blocks": blocks, "params": params, "flops": flops, "peak_memory_bytes": peak}
+    return Measured(Timing.of(whole), blocks, params, flops, peak)
 
 
 def bench(
     model: str,
     base: str,
     *,
-    resolution: int = 1024,
+    resolution: int | None = None,
     batch: int = 1,
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
     warmup: int = 2,
-    repeats: int = 10,
+    repeats: int = MIN_REPEATS,
     sparse_kernels: bool = False,
-) -> dict[str, Any]:
-    """Measure the dense ``base`` and the pruned ``model`` the same way; the ``bench.json`` record."""
-    if repeats < 10:
-        raise ValueError(f"repeats must be at least 10 for a median and quartiles, got {repeats}")
+) -> BenchResult:
+    """Measure the dense ``base`` and the pruned ``model`` the same way. ``resolution``: the image
+    side the latents stand for (default: the pipeline's own)."""
+    if repeats < MIN_REPEATS:
+        raise InputError(f"`repeats` must be at least {MIN_REPEATS} for a median and quartiles, got {repeats}")
+    if batch < 1:
+        raise InputError(f"`batch_size` must be at least 1, got {batch}")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-    results, scales = {}, {}
+    results: dict[str, Measured] = {}
+    scales: dict[str, int] = {}
     for which, source in (("dense", base), ("pruned", model)):
-        denoiser, config, scales[which] = load_denoiser(source, device, dtype, sparse_kernels=sparse_kernels and which == "pruned")
-        if resolution % scales[which]:
-            raise ValueError(f"--resolution must be a multiple of {scales[which]} (the VAE's pixels per latent), got {resolution}")
-        results[which] = measure(denoiser, config, device, latent_size=resolution // scales[which], batch=batch, warmup=warmup, repeats=repeats)
-        del denoiser
+        loaded = load_denoiser(source, device, dtype, sparse_kernels=sparse_kernels and which == "pruned")
+        scales[which] = loaded.vae_scale
+        resolution = resolution or default_resolution(loaded.model.config, loaded.vae_scale)
+        if resolution % loaded.vae_scale:
+            raise InputError(f"`resolution` must be a multiple of {loaded.vae_scale} (the VAE's pixels per latent), got {resolution}")
+        results[which] = measure(loaded.model, loaded.config, device, latent_size=resolution // loaded.vae_scale, batch=batch, warmup=warmup, repeats=repeats)
+        del loaded
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if scales["dense"] != scales["pruned"]:
-        raise ValueError(f"{model} and {base} have different VAEs ({scales['pruned']} vs {scales['dense']} pixels per latent): not one base and its pruned model")
-    dense, pruned = results["dense"], results["pruned"]
-    blocks = [
-        {"block": path, "dense_ms": dense["blocks"][path]["median_ms"], "pruned_ms": pruned["blocks"][path]["median_ms"],
-         "speedup": dense["blocks"][path]["median_ms"] / pruned["blocks"][path]["median_ms"]}
-        for path in dense["blocks"] if path in pruned["blocks"]
-    ]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''})"
-    return {
-        "obsdiff_hub_version": __version__,
-        "model": model,
-        "base": base,
-        "device": name,
-        "dtype": str(dtype).removeprefix("torch."),
-        "resolution": resolution,
-        "latent_size": resolution // scales["pruned"],
-        "batch": batch,
-        "warmup": warmup,
-        "sparse_kernels": sparse_kernels,
-        "denoiser": {"dense": dense["denoiser"], "pruned": pruned["denoiser"], "speedup": dense["denoiser"]["median_ms"] / pruned["denoiser"]["median_ms"]},
-        "blocks": blocks,
-        "params": {"dense": dense["params"], "pruned": pruned["params"]},
-        "flops": {"dense": dense["flops"], "pruned": pruned["flops"], "convention": "the timed forward (latent_size², batch, 77 text tokens), multiply-add = 2 (as plan)"},
-        "peak_memory_bytes": {"dense": dense["peak_memory_bytes"], "pruned": pruned["peak_memory_bytes"]},
-    }
+        raise InputError(f"{model} and {base} have different VAEs ({scales['pruned']} vs {scales['dense']} pixels per latent): not one base and its pruned model")
+    threads = torch.get_num_threads()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({threads} thread{'s' if threads != 1 else ''})"
+    return BenchResult(model, base, name, str(dtype).removeprefix("torch."), resolution, resolution // scales["pruned"], batch, warmup,  # type: ignore[operator]
+                       sparse_kernels, results["dense"], results["pruned"])
 
 
 def results_folder(model: str, out: Path | None) -> Path:
     """Where bench.json / eval.json go: ``out`` (created only when the results are written, so a
     failed run leaves nothing), or the model's own folder when it is an output of this tool;
-    anything else needs ``--out`` (no writes into a stranger's folder)."""
-    from ..checkpoints.outputs import read_marker
-
+    anything else needs an ``out`` folder (no writes into a stranger's folder)."""
     if out is not None:
         if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {out} is a file; give a folder for the results")
+            raise InputError(f"{out} is a file; give a folder as the `out` for the results")
         return out
     if Path(model).is_dir() and read_marker(Path(model)) is not None:
         return Path(model)
-    raise ValueError(f"{model} is not a checkpoint folder written by obsdiff-hub: pass --out FOLDER for the results")
+    raise InputError(f"{model} is not a checkpoint folder written by obsdiff-hub: pass `out` FOLDER for the results")
+
+
+def write_bench(result: BenchResult, folder: Path) -> Path:
+    """``bench.json`` into ``folder`` (atomically; recorded as this tool's file); returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / BENCH_FILE, json.dumps(result.to_dict(), indent=2) + "\n")
+    add_owned(folder, [BENCH_FILE])
+    return folder / BENCH_FILE

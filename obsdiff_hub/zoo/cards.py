@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import yaml
+from huggingface_hub import EvalResult as HubEvalResult
 from huggingface_hub import ModelCard, ModelCardData
 
+from ..architectures import ADAPTERS
+from ..errors import InputError
 from ..models import PRUNED_CLASSES, base_class_for
-from ..pruning.adapters import ADAPTERS
 from ..pruning.report import PruneReport
 from ..resources import data_dir
+from ..storage.outputs import add_owned, write_atomic
 from ..units import human
-from .recipes import Recipe
+from .bench import BENCH_FILE, BenchResult
+from .evaluation import EVAL_FILE, EvalResult
+from .recipes import Recipe, load_recipe
 
 CARD_TEMPLATE = "obsdiff.md"
 # The Hub's base_model_relation values are adapter, merge, quantized, finetune; none means
@@ -21,7 +27,7 @@ CARD_TEMPLATE = "obsdiff.md"
 TAGS = ["obs-diff", "pruned", "text-to-image", "diffusers"]
 
 
-class CardError(ValueError):
+class CardError(InputError):
     """A card that would not be valid on the Hub; the message names the missing field."""
 
 
@@ -35,8 +41,8 @@ def render_card(
     *,
     repo_id: str | None = None,
     plan: dict[str, Any] | None = None,
-    evaluation: dict[str, Any] | None = None,
-    bench: dict[str, Any] | None = None,
+    evaluation: EvalResult | None = None,
+    bench: BenchResult | None = None,
     base_revision: str | None = None,
 ) -> ModelCard:
     """Render and validate the card for one pruned checkpoint from its effective recipe, its
@@ -106,9 +112,9 @@ def render_card(
         derived_from=recipe.derived_from,
         metrics=metrics,
         evaluation_settings=_settings_text(evaluation) if evaluation else None,
-        sample_grid=(evaluation or {}).get("grid"),
+        sample_grid=evaluation.grid if evaluation else None,
         speed=_speed_rows(bench) if bench else None,
-        speed_settings=f"{bench['device']}, {bench['dtype']}, {bench['resolution']}², batch {bench['batch']}, median of {bench['denoiser']['dense']['repeats']} after {bench['warmup']} warm-up runs" if bench else None,
+        speed_settings=f"{bench.device}, {bench.dtype}, {bench.resolution}², batch {bench.batch}, median of {bench.dense.denoiser.repeats} after {bench.warmup} warm-up runs" if bench else None,
         usage_pipeline=usage_pipeline,
         usage_component=usage_component,
         loading_note=loading_note,
@@ -153,86 +159,89 @@ def calibration_rows(recipe: Recipe, report: PruneReport) -> list[tuple[str, str
     return rows
 
 
-def _metric_rows(evaluation: dict[str, Any] | None) -> list[dict[str, str]]:
+def _metric_rows(evaluation: EvalResult | None) -> list[dict[str, str]]:
     """eval.json metrics as table rows: value, 95% interval and sample count."""
     rows = []
-    for m in (evaluation or {}).get("metrics", []):
-        low, high = m["ci95"]
+    for m in evaluation.metrics if evaluation else []:
+        low, high = m.ci95
         rows.append({
-            "name": m["label"],
-            "dense": "–" if m.get("dense") is None else f"{m['dense']:.4g}",
-            "pruned": f"{m['pruned']:.4g}",
+            "name": m.label,
+            "dense": "–" if m.dense is None else f"{m.dense:.4g}",
+            "pruned": f"{m.pruned:.4g}",
             "interval": f"[{low:.4g}, {high:.4g}]",
-            "samples": str(m["samples"]),
+            "samples": str(m.samples),
         })
     return rows
 
 
-def _speed_rows(bench: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+def _change(dense: float, pruned: float) -> str:
+    return f"{100 * (pruned / dense - 1):+.2f}%"
+
+
+def _speed_rows(bench: BenchResult) -> list[tuple[str, str, str, str]]:
     """bench.json as table rows: what, dense, pruned, change."""
-    d = bench["denoiser"]
+    d, p = bench.dense, bench.pruned
     rows = [("denoiser forward (ms, median [p25, p75])",
-             f"{d['dense']['median_ms']:.2f} [{d['dense']['p25_ms']:.2f}, {d['dense']['p75_ms']:.2f}]",
-             f"{d['pruned']['median_ms']:.2f} [{d['pruned']['p25_ms']:.2f}, {d['pruned']['p75_ms']:.2f}]", f"{d['speedup']:.2f}×")]
-    if bench["blocks"]:
-        speedups = sorted(b["speedup"] for b in bench["blocks"])
-        rows.append(("transformer block (median speed-up over blocks)", "", "", f"{speedups[len(speedups) // 2]:.2f}×"))
-    rows.append(("parameters", _billions(bench["params"]["dense"]), _billions(bench["params"]["pruned"]), f"{100 * (bench['params']['pruned'] / bench['params']['dense'] - 1):+.2f}%"))
-    if bench["flops"]["dense"]:
-        rows.append(("FLOPs per timed forward", human(bench["flops"]["dense"], "FLOPs"), human(bench["flops"]["pruned"], "FLOPs"), f"{100 * (bench['flops']['pruned'] / bench['flops']['dense'] - 1):+.2f}%"))
-    peak = bench["peak_memory_bytes"]
-    if peak["dense"]:
-        rows.append(("peak memory", f"{peak['dense'] / 1e9:.2f} GB", f"{peak['pruned'] / 1e9:.2f} GB", f"{100 * (peak['pruned'] / peak['dense'] - 1):+.2f}%"))
+             f"{d.denoiser.median_ms:.2f} [{d.denoiser.p25_ms:.2f}, {d.denoiser.p75_ms:.2f}]",
+             f"{p.denoiser.median_ms:.2f} [{p.denoiser.p25_ms:.2f}, {p.denoiser.p75_ms:.2f}]", f"{bench.speedup:.2f}×")]
+    if bench.median_block_speedup is not None:
+        rows.append(("transformer block (median speed-up over blocks)", "", "", f"{bench.median_block_speedup:.2f}×"))
+    rows.append(("parameters", _billions(d.params), _billions(p.params), _change(d.params, p.params)))
+    if d.flops:
+        rows.append(("FLOPs per timed forward", human(d.flops, "FLOPs"), human(p.flops, "FLOPs"), _change(d.flops, p.flops)))
+    if d.peak_memory_bytes:
+        rows.append(("peak memory", f"{d.peak_memory_bytes / 1e9:.2f} GB", f"{(p.peak_memory_bytes or 0) / 1e9:.2f} GB", _change(d.peak_memory_bytes, p.peak_memory_bytes or 0)))
     return rows
 
 
-def _settings_text(evaluation: dict[str, Any]) -> str:
-    s = evaluation["settings"]
+def _settings_text(evaluation: EvalResult) -> str:
+    s = evaluation.settings
     return (
         f"{s['num']} prompts ({s['prompts']}), image i with seed {s['seed']} + i for both models, {s['steps']} steps, "
         f"guidance {s['guidance_scale'] if s['guidance_scale'] is not None else 'default'}, resolution {s['resolution'] or 'default'}"
     )
 
 
-def _eval_results(evaluation: dict[str, Any]) -> list[Any]:
+def _eval_results(evaluation: EvalResult) -> list[HubEvalResult]:
     """``model-index`` entries for the pruned model's measured metrics (the Hub renders them)."""
-    from huggingface_hub import EvalResult
-
     settings = _settings_text(evaluation)
+    prompts = evaluation.settings["prompts"]
     return [
-        EvalResult(
+        HubEvalResult(
             task_type="text-to-image",
-            dataset_type=evaluation["settings"]["prompts"],
-            dataset_name=f"{evaluation['settings']['prompts']} ({evaluation['settings']['num']} prompts)",
-            metric_type=m["name"],
-            metric_name=m["label"],
-            metric_value=round(float(m["pruned"]), 6),
+            dataset_type=prompts,
+            dataset_name=f"{prompts} ({evaluation.settings['num']} prompts)",
+            metric_type=m.name,
+            metric_name=m.label,
+            metric_value=round(float(m.pruned), 6),
             metric_config=settings,
         )
-        for m in evaluation["metrics"]
-        if m["pruned"] is not None and abs(m["pruned"]) != float("inf")
+        for m in evaluation.metrics
+        if m.pruned is not None and abs(m.pruned) != float("inf")
     ]
 
 
 def card_for_folder(directory: Path, repo_id: str | None = None) -> str:
-    """The card of a pruned checkpoint folder, from its recipe.yaml, report.json and eval.json."""
-    import json
-
-    from .bench import BENCH_FILE
-    from .evaluation import EVAL_FILE
-    from .recipes import load_recipe
-
+    """The card of a pruned checkpoint folder, from its recipe.yaml, report.json, eval.json and bench.json."""
     missing = [n for n in ("recipe.yaml", "report.json") if not (directory / n).is_file()]
     if missing:
         raise CardError(f"{directory} is not a pruned checkpoint (no {missing[0]}); run obsdiff-hub prune first")
     recipe = load_recipe(directory / "recipe.yaml")
     data = json.loads((directory / "report.json").read_text())
     report = PruneReport.from_dict({k: v for k, v in data.items() if k not in ("provenance", "plan")})
-    evaluation = json.loads((directory / EVAL_FILE).read_text()) if (directory / EVAL_FILE).is_file() else None
-    bench = json.loads((directory / BENCH_FILE).read_text()) if (directory / BENCH_FILE).is_file() else None
+    evaluation = EvalResult.from_dict(json.loads((directory / EVAL_FILE).read_text())) if (directory / EVAL_FILE).is_file() else None
+    bench = BenchResult.from_dict(json.loads((directory / BENCH_FILE).read_text())) if (directory / BENCH_FILE).is_file() else None
     card = render_card(recipe, report, repo_id=repo_id, plan=data.get("plan"), evaluation=evaluation, bench=bench,
                        base_revision=data.get("provenance", {}).get("base_revision"))
     return card.content
+
+
+def write_card(directory: Path, repo_id: str | None = None) -> Path:
+    """Render the folder's card into its ``README.md`` (for review before a push); returns the path."""
+    content = card_for_folder(directory, repo_id)
+    write_atomic(directory / "README.md", content)
+    add_owned(directory, ["README.md"])
+    return directory / "README.md"
 
 
 def validate_card(content: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError
 
+from ..errors import InputError
 from ..pruning.config import CalibrationConfig, PruneConfig, StrictModel, describe_error
 from ..resources import data_dir
 
@@ -27,7 +28,7 @@ SCHEMA_VERSION = 1
 MAX_RECIPE_BYTES = 1024**2
 
 
-class RecipeError(ValueError):
+class RecipeError(InputError):
     """A recipe that cannot be found or does not validate; the message says what to change."""
 
 
@@ -161,17 +162,3 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     recipe = validate_recipe(data, str(path))
     recipe._folder = None if shipped else path.resolve().parent
     return recipe
-
-
-def parse_assignments(assignments: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs (``prune.sparsity=0.4``), values read as YAML scalars or lists."""
-    changes: dict[str, Any] = {}
-    for item in assignments:
-        key, sep, raw = item.partition("=")
-        if not sep or not key or not all(part.isidentifier() for part in key.split(".")):
-            raise RecipeError(f"--set {item!r}: use SECTION.FIELD=VALUE, e.g. prune.sparsity=0.4")
-        try:
-            changes[key] = yaml.safe_load(raw) if raw else None
-        except yaml.YAMLError as error:
-            raise RecipeError(f"--set {item!r}: the value is not valid YAML ({str(error).splitlines()[0]})") from error
-    return changes

@@ -18,18 +18,40 @@ from typing import Any
 
 from torch import nn
 
-from ..checkpoints.loading import read_json
-from ..checkpoints.outputs import OutputError, apply_umask_modes, first_foreign_file, mark_owned, read_marker, remove_owned, write_atomic
 from ..checkpoints.saving import write_safetensors
+from ..errors import InputError
 from ..models import STRUCTURE_KEY, pruned_class_for
 from ..pruning.precision import floating_dtype
 from ..pruning.report import PruneReport
+from ..storage.files import read_json
+from ..storage.outputs import (
+    OutputError,
+    apply_umask_modes,
+    first_foreign_file,
+    mark_owned,
+    read_marker,
+    remove_owned,
+    write_atomic,
+)
 
 PROGRESS = "progress.json"
 
 
-class ResumeError(ValueError):
+class ResumeError(InputError):
     """A partial run that cannot be resumed; the message says what to do."""
+
+
+def partial_folder(out: Path) -> Path:
+    """Where a run writing ``out`` keeps its progress: ``<out>.partial`` beside it."""
+    return out.with_name(out.name + ".partial")
+
+
+def saved_packages(out: Path) -> int:
+    """Packages whose progress a run writing ``out`` has saved (0 when none, or nothing readable)."""
+    try:
+        return int(read_json(partial_folder(out) / PROGRESS)["completed"])
+    except (ValueError, KeyError, TypeError):  # a CheckpointError is a ValueError
+        return 0
 
 
 class DiskState:
@@ -56,16 +78,16 @@ class DiskState:
             return
         if not self.directory.exists() and not self.directory.is_symlink():
             if resume:
-                raise ResumeError(f"nothing to resume: {self.directory} does not exist; run without --resume")
+                raise ResumeError(f"nothing to resume: {self.directory} does not exist; run without `resume`")
             return
         record = read_marker(self.directory)
         if record is None:
             raise OutputError(
                 f"{self.directory} exists but was not created by obsdiff-hub, so it is left untouched; "
-                "move it away or choose another --out"
+                "move it away or choose another `out`"
             )
         if record.get("kind") != "partial":
-            raise OutputError(f"{self.directory} is an obsdiff-hub checkpoint, not saved progress; move it away or choose another --out")
+            raise OutputError(f"{self.directory} is an obsdiff-hub checkpoint, not saved progress; move it away or choose another `out`")
         foreign = first_foreign_file(self.directory)
         if foreign is not None:
             raise OutputError(f"{self.directory} holds {foreign}, which obsdiff-hub did not write; move it away, then rerun")
@@ -73,16 +95,16 @@ class DiskState:
         done = int(progress["completed"]) if progress else 0
         if resume:
             if not done:
-                raise ResumeError(f"nothing to resume in {self.directory}; run without --resume")
+                raise ResumeError(f"nothing to resume in {self.directory}; run without `resume`")
             if progress["run_id"] != self.run_id:
                 raise ResumeError(
-                    f"{self.directory} holds a run of a different recipe or settings; pass --restart to discard it"
+                    f"{self.directory} holds a run of a different recipe or settings; pass `restart` to discard it"
                 )
             return
         if done and not restart:
             raise OutputError(
                 f"{self.directory} holds saved progress of an interrupted run ({done} package(s) done); "
-                "pass --resume to continue or --restart to discard it"
+                "pass `resume` to continue or `restart` to discard it"
             )
         self.clear()
 
@@ -112,7 +134,7 @@ class DiskState:
         """Restore the denoiser saved after the last finished package; returns the model to use."""
         progress = self._progress()
         if progress is None:
-            raise ResumeError(f"nothing to resume in {self.directory}; run without --resume")
+            raise ResumeError(f"nothing to resume in {self.directory}; run without `resume`")
         config = read_json(self.state_dir / "config.json")
         cls = pruned_class_for(model) if config.get(STRUCTURE_KEY) else type(model)
         parameter = next(model.parameters())

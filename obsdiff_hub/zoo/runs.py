@@ -4,7 +4,7 @@ This is what ``obsdiff-hub prune`` calls; it holds no CLI code, so notebooks can
 Every input is checked before calibration starts (output folder, progress folder, device,
 dtype, prompts, model family, resolution). The output folder (pipeline layout,
 ``recipe.yaml`` as run, ``report.json``, evaluation, ``README.md``) is assembled in a temp
-folder and appears in one rename; progress for ``--resume`` lives in ``<out>.partial/``.
+folder and appears in one rename; progress for ``resume`` lives in ``<out>.partial/``.
 The saved ``recipe.yaml`` is the *effective* recipe: every override applied, the packages
 and dtype actually used, the prompts pinned by count and sha256 (file prompts inline), and
 ``derived_from`` naming the recipe it came from. Running it again gives the same weights.
@@ -19,25 +19,39 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from diffusers import DiffusionPipeline
 
-from ..checkpoints.loading import explained_pipeline_failure, hub_errors, local_folder_or_repo, safetensors_header
-from ..checkpoints.outputs import atomic_output, check_writable_target
+from ..architectures import adapter_for
+from ..architectures.components import (
+    check_resolution,
+    default_resolution,
+    denoiser_of,
+    pipeline_vae_scale,
+    resolution_multiple,
+)
 from ..checkpoints.saving import write_pruned
+from ..errors import InputError
+from ..hub import HubClient, local_folder_or_repo
 from ..models import provenance
-from ..pruning.adapters import adapter_for
-from ..pruning.calibration import denoiser_of
 from ..pruning.config import PromptSource
-from ..pruning.distributed import World
-from ..pruning.engine import DTYPES, ProgressCallback, PruneResult, prune
-from ..pruning.precision import check_device_dtype
+from ..pruning.distributed import World, resolve_device
+from ..pruning.engine import ProgressCallback, PruneResult, prune
+from ..pruning.plan import PlanResult, plan
+from ..pruning.precision import DTYPES, check_device_dtype
 from ..pruning.prompts import prompts_sha256, resolve_prompts
 from ..resources import data_dir
+from ..storage.diagnostics import explained_pipeline_failure
+from ..storage.files import stored_dtype
+from ..storage.outputs import atomic_output, check_writable_target
+from . import cards
+from .evaluation import EvalResult, eval_prompts, evaluate_checkpoint
+from .metrics import check_metrics
 from .recipes import Recipe, RecipeError
-from .resume import DiskState
+from .resume import DiskState, partial_folder
 from .sampling import load_pipeline
 
 
-class ModelMismatchError(ValueError):
+class ModelMismatchError(InputError):
     """The model given does not belong to the recipe's family, or cannot run the recipe's settings."""
 
 
@@ -46,43 +60,9 @@ class RunOutput:
     directory: Path
     result: PruneResult
     recipe: Recipe  # the effective recipe, as saved
-    plan: dict[str, Any] | None
-    evaluation: dict[str, Any] | None = None
+    plan: PlanResult | None
+    evaluation: EvalResult | None = None
     distinct_prompts: int = 0  # a source with fewer prompts than asked for is cycled
-
-
-def parse_device(device: str | None) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N`` (default: cuda when available), or a one-line error."""
-    try:
-        parsed = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    except RuntimeError as error:
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from error
-    return World.local_device(parsed)
-
-
-def checkpoint_dtype(folder: Path) -> torch.dtype:
-    """The dtype most of a component's weights are stored in (safetensors headers only)."""
-    counts: dict[str, int] = {}
-    for path in folder.glob("*.safetensors"):
-        with safetensors_header(path) as f:
-            for key in f.keys():
-                part = f.get_slice(key)
-                numel = 1
-                for dim in part.get_shape():
-                    numel *= dim
-                counts[part.get_dtype()] = counts.get(part.get_dtype(), 0) + numel
-    names = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-    floating = {k: v for k, v in counts.items() if k in names}
-    return names[max(floating, key=floating.__getitem__)] if floating else torch.float32
-
-
-def _resolution_multiple(pipeline: Any) -> int:
-    """The image sides the pipeline's denoiser accepts are multiples of this."""
-    scale = getattr(pipeline, "vae_scale_factor", 8)
-    denoiser = denoiser_of(pipeline)
-    if hasattr(denoiser.config, "patch_size") and denoiser.config.patch_size:
-        return scale * denoiser.config.patch_size * (2 if adapter_for(denoiser).family == "flux" else 1)
-    return scale * 2 ** (len(denoiser.config.block_out_channels) - 1)
 
 
 def load_base_pipeline(recipe: Recipe) -> Any:
@@ -91,17 +71,13 @@ def load_base_pipeline(recipe: Recipe) -> Any:
     if source.startswith("builtin:"):
         pipeline = load_pipeline(source)
     else:
-        from diffusers import DiffusionPipeline
-
-        from .. import models  # noqa: F401 - makes the OBSDiff classes resolvable from model_index.json
-
         # Download exactly the files from_pretrained reads (not every variant), then read the dtype.
         folder = local_folder_or_repo(source)
         if folder is None:
-            with hub_errors(source=source, maybe_folder=True):
+            with HubClient().errors(source, maybe_folder=True):
                 folder = Path(DiffusionPipeline.download(source, revision=recipe.base_model.revision))
-        dtype = checkpoint_dtype(folder / recipe.base_model.component)
-        with explained_pipeline_failure(folder):
+        dtype = stored_dtype(folder / recipe.base_model.component)
+        with explained_pipeline_failure(source, folder):
             pipeline = DiffusionPipeline.from_pretrained(folder, dtype=dtype)
     found = adapter_for(denoiser_of(pipeline)).family
     if found != recipe.base_model.family:
@@ -110,45 +86,29 @@ def load_base_pipeline(recipe: Recipe) -> Any:
             "pick a recipe of that family (`obsdiff-hub recipes list`)"
         )
     resolution = recipe.calibration.resolution
-    multiple = _resolution_multiple(pipeline)
+    multiple = resolution_multiple(denoiser_of(pipeline), pipeline_vae_scale(pipeline))
     if resolution is not None and resolution % multiple:
         raise ModelMismatchError(f"calibration resolution {resolution} is not a multiple of {multiple}, which this model needs")
     return pipeline
 
 
-def plan_recipe(recipe: Recipe, resolution: int | None = None) -> Any:
+def plan_recipe(recipe: Recipe, resolution: int | None = None) -> PlanResult:
     """Offline parameter/FLOP plan of a recipe from its shipped base config, or from the built-in
-    model itself. ``resolution``: image side for the FLOP count (default: 1024, or the built-in
-    model's own)."""
-    from ..checkpoints.plan import plan
-
+    model itself. ``resolution``: image side for the FLOP count (default: the model's own, 1024
+    for the shipped public configs)."""
     base = recipe.base_model
-    scale, multiple = 8, 64
     if base.config:
-        config = base.config
+        config, scale, multiple, default = base.config, 8, 64, 1024
     elif base.repo_id.startswith("builtin:"):
         pipeline = load_pipeline(base.repo_id)
         denoiser = denoiser_of(pipeline)
         config = {**denoiser.config, "_class_name": type(denoiser).__name__}
-        scale, multiple = pipeline.vae_scale_factor, _resolution_multiple(pipeline)
-        # the pipeline's default image side (Flux pipelines hold it; UNet and SD3 configs say sample_size)
-        resolution = resolution or (getattr(pipeline, "default_sample_size", None) or denoiser.config.sample_size) * scale
+        scale = pipeline_vae_scale(pipeline)
+        multiple, default = resolution_multiple(denoiser, scale), default_resolution(denoiser.config, scale)
     else:
-        raise ValueError(f"recipe {recipe.name} names no shipped base config, so it cannot be planned offline")
-    resolution = resolution or 1024
-    if resolution % multiple:
-        raise ValueError(f"--resolution must be a positive multiple of {multiple} for this model, got {resolution}")
-    prune_cfg = recipe.prune
-    return plan(
-        config,
-        sparsity=prune_cfg.sparsity,
-        granularity=prune_cfg.granularity,
-        blocks=prune_cfg.blocks,
-        block_sparsity=prune_cfg.block_sparsity,
-        resolution=resolution,
-        n_m=(prune_cfg.n, prune_cfg.m),
-        vae_scale_factor=scale,
-    )
+        raise InputError(f"recipe {recipe.name} names no shipped base config, so it cannot be planned offline")
+    resolution = check_resolution(resolution or default, multiple)
+    return plan(config, recipe.prune, resolution=resolution, vae_scale_factor=scale)
 
 
 def _resolved_revision(pipeline: Any) -> str | None:
@@ -168,7 +128,7 @@ def requested_recipe(
     packages: int | Literal["auto"] | None = None,
     changes: dict[str, Any] | None = None,
 ) -> Recipe:
-    """``recipe`` with the CLI's overrides and ``--set`` changes applied (validated as a whole)."""
+    """``recipe`` with the run's overrides and dotted-path ``changes`` applied (validated as a whole)."""
     updates = dict(changes or {})
     named = {
         "base_model.repo_id": model,
@@ -211,13 +171,13 @@ def run_recipe(
 ) -> RunOutput:
     """Run ``recipe`` and write the finished checkpoint to ``out`` (see module docstring)."""
     if resume and restart:
-        raise ValueError("--resume and --restart exclude each other")
+        raise InputError("`resume` and `restart` exclude each other")
     out = Path(out)
     requested = requested_recipe(
         recipe, model=model, revision=revision, dtype=dtype, num_prompts=num_prompts, prompt_column=prompt_column, packages=packages, changes=changes
     )
     check_writable_target(out, overwrite)
-    run_device = parse_device(device)
+    run_device = resolve_device(device)
     cal = requested.calibration
     check_device_dtype(run_device, DTYPES.get(cal.dtype, torch.float32))
     if prompts_file:
@@ -226,16 +186,14 @@ def run_recipe(
     else:
         source = cal.prompts
         if source.source == "file" and requested.folder is None:
-            raise RecipeError("a shipped recipe cannot name a prompt file; pass --prompts FILE")
+            raise RecipeError("a shipped recipe cannot name a prompt file; give the `prompts` file")
         prompts = resolve_prompts(source, requested.folder)
     pinned = pinned_prompts(source, prompts)
     if requested.evaluation is not None:  # its prompts and metrics are checked now, not after the pruning
-        from .evaluation import check_metrics, eval_prompts
-
         check_metrics(requested.evaluation, eval_prompts(requested.evaluation, requested.folder or data_dir("recipes")))
     world = World.from_environment(run_device)
     run_id = hashlib.sha256(f"{requested.sha256}:{pinned.sha256}".encode()).hexdigest()
-    state = DiskState(out.with_name(out.name + ".partial"), run_id, writer=world.is_main)
+    state = DiskState(partial_folder(out), run_id, writer=world.is_main)
     with world.together("checking the run's inputs"):
         state.prepare(resume=resume, restart=restart)
         pipeline = load_base_pipeline(requested)
@@ -262,7 +220,7 @@ def run_recipe(
         }
     )
     effective = type(effective).model_validate(effective.model_dump())  # re-validated as saved
-    plan_info = plan_recipe(effective, 1024).to_dict() if requested.prune.granularity == "structured" and requested.base_model.config else None
+    plan_info = plan_recipe(effective, 1024) if requested.prune.granularity == "structured" and requested.base_model.config else None
     base_revision = _resolved_revision(pipeline) or requested.base_model.revision
     record = provenance(
         recipe=effective.name,
@@ -278,20 +236,16 @@ def run_recipe(
     )
     evaluation = None
     if world.is_main:
-        from .cards import render_card
-
         with atomic_output(out, overwrite=overwrite) as tmp:
             write_pruned(pipeline, tmp, record=record, variant=effective.output.variant, torch_dtype=DTYPES[effective.output.dtype])
             if effective.evaluation is not None:
-                from .evaluation import evaluate_checkpoint
-
                 evaluation = evaluate_checkpoint(
                     tmp, requested.base_model.repo_id, effective.evaluation, tmp, base_revision=base_revision,
                     prompt_folder=requested.folder or data_dir("recipes"),
                 )
-            card = render_card(effective, report, plan=plan_info, evaluation=evaluation, base_revision=base_revision)
+            card = cards.render_card(effective, report, plan=plan_info.to_dict() if plan_info else None, evaluation=evaluation, base_revision=base_revision)
             (tmp / "recipe.yaml").write_text(effective.to_yaml())
-            (tmp / "report.json").write_text(json.dumps({**report.to_dict(), "provenance": record, "plan": plan_info}, indent=2))
+            (tmp / "report.json").write_text(json.dumps({**report.to_dict(), "provenance": record, "plan": plan_info.to_dict() if plan_info else None}, indent=2))
             (tmp / "README.md").write_text(card.content, encoding="utf-8")
         state.clear()
     world.close()

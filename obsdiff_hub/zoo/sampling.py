@@ -6,16 +6,21 @@ import textwrap
 from typing import Any, Callable
 
 import torch
+from diffusers import DiffusionPipeline
 from PIL import Image, ImageDraw, ImageFont
+
+from .. import models  # noqa: F401 - registers the OBSDiff classes, so model_index.json entries naming them resolve
+from ..errors import InputError
+from ..hub import HubClient, fetch_verified, local_folder_or_repo
+from ..shapes.pipeline import load_shapes_pipeline
+from ..storage.diagnostics import explained_pipeline_failure
+from ..tiny import TINY_PIPELINES
 
 
 def _builtins() -> dict[str, Callable[[], Any]]:
     """The shipped models, each loaded in its own checkpoint dtype."""
-    from .. import tiny
-    from ..shapes.pipeline import load_shapes_pipeline
-
     registry: dict[str, Callable[[], Any]] = {"tiny-shapes": lambda: load_shapes_pipeline(torch.float16)}
-    registry.update({f"tiny-{name}": factory for name, factory in tiny.TINY_PIPELINES.items()})
+    registry.update({f"tiny-{name}": factory for name, factory in TINY_PIPELINES.items()})
     return registry
 
 
@@ -40,18 +45,14 @@ def load_pipeline(
         name = source.removeprefix("builtin:")
         registry = _builtins()
         if name not in registry:
-            raise ValueError(f"unknown built-in model {source!r}; built-ins: {', '.join('builtin:' + n for n in registry)}")
+            raise InputError(f"unknown built-in model {source!r}; built-ins: {', '.join('builtin:' + n for n in registry)}")
         pipeline = registry[name]()
     else:
-        from diffusers import DiffusionPipeline
-
-        from .. import models  # noqa: F401 - makes the OBSDiff classes resolvable from model_index.json
-        from ..checkpoints.loading import explained_pipeline_failure, hub_errors, local_folder_or_repo, verify_source
-
         folder = local_folder_or_repo(source)
+        client = HubClient(token=kwargs.get("token"))
         if verify:
-            verify_source(source, {"revision": revision, **kwargs})
-        with hub_errors(token=kwargs.get("token"), source=source, maybe_folder=True) if folder is None else explained_pipeline_failure(folder):
+            fetch_verified(source, revision=revision, cache_dir=kwargs.get("cache_dir"), local_files_only=bool(kwargs.get("local_files_only")), client=client)
+        with explained_pipeline_failure(source, folder), client.errors(source, maybe_folder=True):
             pipeline = DiffusionPipeline.from_pretrained(folder or source, revision=None if folder else revision, dtype=torch_dtype, **kwargs)
         return pipeline.to(device) if device is not None else pipeline
     if torch_dtype is not None:

@@ -1,9 +1,18 @@
-"""Architecture adapters: which layers of each diffusers family OBS-Diff prunes, and how they couple."""
+"""What this package knows of each diffusers model family, and nothing else.
+
+Per family (``unet``, ``mmdit``, ``flux``): which linear layers OBS-Diff targets, how they group
+into basic units, which heads and FFN neurons couple which rows and columns (``base``); how to
+remove heads and neurons physically and rebuild pruned shapes (``surgery``); seeded forward
+inputs (``inputs``); which pipeline component is the denoiser (``components``); 2:4 sparse
+kernels (``sparse_kernels``). The engine, the model classes and the loaders all read models
+through this description.
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
+from ..errors import InputError
 from .base import (
     ArchitectureAdapter,
     BasicUnit,
@@ -22,12 +31,12 @@ ADAPTERS: tuple[ArchitectureAdapter, ...] = (UNetAdapter(), MMDiTAdapter(), Flux
 
 
 def adapter_for(model: nn.Module) -> ArchitectureAdapter:
-    """The adapter for ``model``, or a ``ValueError`` that lists the supported classes."""
+    """The adapter for ``model``, or an :class:`InputError` that lists the supported classes."""
     for adapter in ADAPTERS:
         if adapter.matches(model):
             return adapter
     supported = ", ".join(a.model_class_name for a in ADAPTERS)
-    raise ValueError(f"unsupported model class {type(model).__name__}; obsdiff-hub prunes {supported} (and subclasses)")
+    raise InputError(f"unsupported model class {type(model).__name__}; obsdiff-hub prunes {supported} (and subclasses)")
 
 
 __all__ = [

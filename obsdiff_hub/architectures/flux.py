@@ -19,6 +19,7 @@ from .mmdit import joint_block_units
 class FluxAdapter(ArchitectureAdapter):
     family = "flux"
     model_class_name = "FluxTransformer2DModel"
+    latent_packing = 2
 
     def blocks(self, model: nn.Module) -> list[str]:
         double = [f"transformer_blocks.{i}" for i in range(len(model.transformer_blocks))]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.sparse import to_sparse_semi_structured
+
+from ..errors import InputError, UnsupportedEnvironmentError
 
 
 def is_2_of_4(weight: torch.Tensor) -> bool:
@@ -19,19 +22,17 @@ def enable_sparse_kernels(model: nn.Module) -> int:
     Returns the number of layers converted. Needs the model on a CUDA GPU with compute
     capability ≥ 8.0 in fp16 or bf16 (PyTorch's semi-structured kernels); raises otherwise.
     """
-    from torch.sparse import to_sparse_semi_structured
-
     params = list(model.parameters())
     device, dtype = params[0].device, params[0].dtype
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
-        raise ValueError("sparse_kernels=True needs the model on a CUDA GPU with compute capability >= 8.0; pass device_map='cuda'")
+        raise UnsupportedEnvironmentError("`sparse_kernels` needs the model on a CUDA GPU with compute capability >= 8.0; load it with device_map='cuda'")
     if dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"sparse_kernels=True needs torch_dtype float16 or bfloat16, got {dtype}")
+        raise InputError(f"`sparse_kernels` needs the dtype float16 or bfloat16, got {dtype}")
     converted = 0
     for module in model.modules():
         if isinstance(module, nn.Linear) and is_2_of_4(module.weight) and min(module.weight.shape) >= 64:
             module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach()), requires_grad=False)
             converted += 1
     if converted == 0:
-        raise ValueError("no 2:4-sparse Linear layers found; sparse_kernels=True only applies to N:M (2:4) checkpoints")
+        raise InputError("no 2:4-sparse Linear layers found; `sparse_kernels` only applies to N:M (2:4) checkpoints")
     return converted

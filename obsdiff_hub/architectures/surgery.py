@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .adapters.base import ArchitectureAdapter, HeadCoupling, NeuronCoupling
+from ..errors import InputError
+from .base import ArchitectureAdapter, HeadCoupling, NeuronCoupling
 
 
 def _sliced_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
@@ -43,7 +44,7 @@ def keep_heads(model: nn.Module, coupling: HeadCoupling, keep: torch.Tensor) -> 
     attn = model.get_submodule(coupling.attention)
     d = coupling.head_dim
     if len(keep) < 1:
-        raise ValueError(f"{coupling.attention}: at least one head must remain")
+        raise InputError(f"{coupling.attention}: at least one head must remain")
     head_cols = (keep.unsqueeze(1) * d + torch.arange(d)).flatten()
     for path in coupling.row_layers:
         _replace(model, path, rows=head_cols)
@@ -67,7 +68,7 @@ def keep_neurons(model: nn.Module, coupling: NeuronCoupling, keep: torch.Tensor)
     trailing ``width`` columns (Flux's ``proj_out`` puts the attention heads first).
     """
     if len(keep) < 1:
-        raise ValueError(f"{coupling.owner}: at least one neuron must remain")
+        raise InputError(f"{coupling.owner}: at least one neuron must remain")
     in_layer = model.get_submodule(coupling.in_layer)
     width = in_layer.out_features // 2 if coupling.geglu else in_layer.out_features
     rows = torch.cat([keep, keep + width]) if coupling.geglu else keep
@@ -77,11 +78,6 @@ def keep_neurons(model: nn.Module, coupling: NeuronCoupling, keep: torch.Tensor)
     owner = model.get_submodule(coupling.owner)
     if hasattr(owner, "mlp_hidden_dim"):
         owner.mlp_hidden_dim = len(keep)
-
-
-def removal_count(count: int, ratio: float) -> int:
-    """Heads or neurons to remove from ``count`` at ``ratio``: ``round(count·ratio)``, keeping at least one."""
-    return min(round(count * ratio), count - 1)
 
 
 def structure_of(model: nn.Module, adapter: ArchitectureAdapter) -> dict[str, int]:
@@ -98,12 +94,12 @@ def apply_structure(model: nn.Module, adapter: ArchitectureAdapter, structure: d
     couplings = {c.key: c for c in adapter.couplings(model)}
     unknown = sorted(set(structure) - set(couplings))
     if unknown:
-        raise ValueError(f"pruned structure names modules this {adapter.model_class_name} does not have: {', '.join(unknown[:3])}")
+        raise InputError(f"pruned structure names modules this {adapter.model_class_name} does not have: {', '.join(unknown[:3])}")
     for key, count in structure.items():
         c = couplings[key]
         dense = c.count(model)
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= dense:
-            raise ValueError(f"{key}: pruned size {count} must be between 1 and the dense {dense}")
+            raise InputError(f"{key}: pruned size {count} must be between 1 and the dense {dense}")
         if count == dense:
             continue
         if isinstance(c, HeadCoupling):

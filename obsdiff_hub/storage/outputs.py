@@ -19,10 +19,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from ..errors import InputError
+
 MARKER = ".obsdiff-hub.json"
 
 
-class OutputError(ValueError):
+class OutputError(InputError):
     """An output location that cannot be used; the message says why and what to do."""
 
 
@@ -146,12 +148,12 @@ def check_writable_target(target: Path, overwrite: bool) -> None:
         raise OutputError(f"{target} exists and is not a folder; choose another output directory")
     if target.exists():
         if not overwrite:
-            raise OutputError(f"output directory {target} already exists; pass --overwrite or choose another --out")
+            raise OutputError(f"output directory {target} already exists; pass `overwrite` to replace it or choose another `out`")
         foreign = first_foreign_file(target)
         if foreign is not None:
             raise OutputError(
-                f"{target} holds {foreign}, which obsdiff-hub did not write; --overwrite only replaces an empty folder "
-                "or an earlier obsdiff-hub output. Move your files or choose another --out"
+                f"{target} holds {foreign}, which obsdiff-hub did not write; `overwrite` only replaces an empty folder "
+                "or an earlier obsdiff-hub output. Move your files or choose another `out`"
             )
     ancestor = target.parent
     while not ancestor.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from diffusers.models.attention import BasicTransformerBlock
 from torch import nn
 
 from .base import (
@@ -22,8 +23,6 @@ class UNetAdapter(ArchitectureAdapter):
     model_class_name = "UNet2DConditionModel"
 
     def blocks(self, model: nn.Module) -> list[str]:
-        from diffusers.models.attention import BasicTransformerBlock
-
         # Registration order is down, up, mid; the forward order is down, mid, up.
         stage = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
         paths = [p for p, m in model.named_modules() if isinstance(m, BasicTransformerBlock)]

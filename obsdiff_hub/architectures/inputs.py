@@ -9,6 +9,8 @@ from diffusers import (
     UNet2DConditionModel,
 )
 
+from ..errors import InputError
+
 
 def example_inputs(
     model: torch.nn.Module, batch: int = 2, seed: int = 0, latent_size: int | None = None, tokens: int = 7
@@ -55,7 +57,7 @@ def example_inputs(
         if cfg.guidance_embeds:
             inputs["guidance"] = torch.full((batch,), 3.5)
         return inputs
-    raise ValueError(f"no example inputs for {type(model).__name__}")
+    raise InputError(f"no example inputs for {type(model).__name__}")
 
 
 def run_denoiser(model: torch.nn.Module, inputs: dict, timestep: float) -> torch.Tensor:

@@ -17,12 +17,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Collection
 
 from .._version import __version__
+from ..errors import CheckpointError
 
 MANIFEST = "obsdiff-manifest.json"
 WEIGHT_SUFFIXES = (".safetensors",)
 
 
-class ManifestError(ValueError):
+class ManifestError(CheckpointError):
     """A manifest that cannot be trusted, or a file that does not match it; nothing was used."""
 
 

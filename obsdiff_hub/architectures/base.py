@@ -10,8 +10,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Union
 
+import diffusers
 import torch
+from diffusers.models.activations import GEGLU
 from torch import nn
+
+from ..errors import InputError
 
 QKV = ("to_q", "to_k", "to_v")
 
@@ -115,10 +119,9 @@ class ArchitectureAdapter(ABC):
 
     family: str
     model_class_name: str
+    latent_packing: int = 1  # latents per token side (Flux packs 2×2 latent patches into one token)
 
     def matches(self, model: nn.Module) -> bool:
-        import diffusers
-
         return isinstance(model, getattr(diffusers, self.model_class_name))
 
     @abstractmethod
@@ -134,7 +137,7 @@ class ArchitectureAdapter(ABC):
         chosen = range(len(paths)) if block_ids is None else block_ids
         for b in chosen:
             if not 0 <= b < len(paths):
-                raise ValueError(f"block {b} is out of range: this {self.family} model has blocks 0..{len(paths) - 1}")
+                raise InputError(f"block {b} is out of range: this {self.family} model has blocks 0..{len(paths) - 1}")
         return [
             BlockUnit(b, unit) for b in sorted(set(chosen)) for unit in self.block_units(model, paths[b], structured) if unit
         ]
@@ -166,8 +169,6 @@ def head_coupling(model: nn.Module, attn_path: str, row_names: tuple[str, ...], 
 
 def feed_forward_coupling(model: nn.Module, ff_path: str) -> NeuronCoupling:
     """diffusers ``FeedForward``: ``net.0.proj`` (GELU or GEGLU) → ``net.2``."""
-    from diffusers.models.activations import GEGLU
-
     ff = model.get_submodule(ff_path)
     out = ff.net[2]
     return NeuronCoupling(ff_path, f"{ff_path}.net.0.proj", f"{ff_path}.net.2", out.in_features, isinstance(ff.net[0], GEGLU))

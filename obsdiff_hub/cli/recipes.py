@@ -1,0 +1,73 @@
+"""``obsdiff-hub recipes list|show`` and ``obsdiff-hub plan``: the zoo's recipes, and what one would do, offline."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from ..zoo.recipes import Recipe, load_recipe, recipe_names
+from ..zoo.runs import plan_recipe
+from .display import change, human, print_json, print_table
+from .errors import reports_errors
+from .options import JsonOpt, positive
+
+recipes_app = typer.Typer(help="List and show the versioned pruning recipes.", no_args_is_help=True)
+
+
+def recipe_record(recipe: Recipe) -> dict[str, Any]:
+    return {"name": recipe.name, "version": recipe.version, "sha256": recipe.sha256, "recipe": recipe.model_dump(mode="json")}
+
+
+@recipes_app.command("list")
+@reports_errors
+def list_recipes(as_json: JsonOpt = False) -> None:
+    """Every shipped recipe, with its method and ratio."""
+    recipes = [load_recipe(name) for name in recipe_names()]
+    if as_json:
+        print_json([recipe_record(r) for r in recipes])
+        return
+    table = Table()
+    for column in ("name", "version", "base model", "granularity", "ratio", "blocks"):
+        table.add_column(column, no_wrap=True)
+    for r in recipes:
+        table.add_row(r.name, str(r.version), r.base_model.repo_id, r.prune.granularity, r.prune.ratio_label, str(r.prune.blocks or "all"))
+    print_table(table)
+
+
+@recipes_app.command("show")
+@reports_errors
+def show_recipe(name: Annotated[str, typer.Argument(help="Recipe name or path.")], as_json: JsonOpt = False) -> None:
+    """Print a recipe as YAML with its identity (version and sha256)."""
+    recipe = load_recipe(name)
+    if as_json:
+        print_json(recipe_record(recipe))
+        return
+    typer.echo(f"# {recipe.name} v{recipe.version} sha256 {recipe.sha256}")
+    typer.echo(recipe.to_yaml(), nl=False)
+
+
+def plan(
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe name or path.")],
+    resolution: Annotated[Optional[int], typer.Option(help="Image resolution for the FLOP count (default: 1024, or a built-in model's own).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Parameters and FLOPs before/after a recipe, offline (from the shipped public config)."""
+    positive(resolution, "--resolution")
+    result = plan_recipe(load_recipe(recipe), resolution)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    table = Table(title=f"{recipe} (FLOPs: {result.convention}, {result.resolution}²)")
+    for column in ("", "dense", "pruned", "change"):
+        table.add_column(column, justify="right")
+    table.add_row("parameters", human(result.params_before), human(result.params_after), change(result.params_before, result.params_after))
+    if result.zeroed_weights:
+        nonzero = result.params_after - result.zeroed_weights
+        table.add_row("non-zero parameters", human(result.params_before), human(nonzero), change(result.params_before, nonzero))
+    reduction = result.flop_reduction or 0.0
+    table.add_row("FLOPs (dense kernels)", human(result.flops_before or 0), human(result.flops_after or 0), f"{-100 * reduction + 0.0:+.2f}%")
+    table.add_row("heads removed", "", str(result.heads_removed), "")
+    table.add_row("FFN neurons removed", "", str(result.neurons_removed), "")
+    print_table(table)

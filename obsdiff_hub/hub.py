@@ -1,0 +1,323 @@
+"""Every request this package makes to the Hugging Face Hub, in one place.
+
+One validator of repo ids, one :class:`HubClient` carrying the endpoint and the token (from
+the argument, else huggingface_hub's usual places: ``HF_TOKEN``, the login cache), one
+translation of Hub failures into a :class:`~obsdiff_hub.errors.HubError` line that names the
+repo and the fix and never the token, and one body for downloading a snapshot and checking it
+against its sha256 manifest (``pull`` and ``from_pretrained(verify=True)`` both use it).
+
+A manifest is checked against the file list of exactly the commit that was downloaded, never the
+branch head: a push that moves the branch during a long download cannot make a manifest entry
+look like a repo file (see ``storage/manifest.py``).
+``push`` uploads a folder plus files built in memory (card, manifest) as one commit and tags
+it; token, repo, branch and tag are checked before anything is created.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from huggingface_hub import (
+    CommitOperationAdd,
+    HfApi,
+    constants,
+    get_session,
+    get_token,
+    hf_hub_download,
+    snapshot_download,
+)
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    LocalTokenNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import validate_repo_id
+
+from .errors import HubError, InputError
+from .storage.manifest import MANIFEST, build_manifest, manifest_bytes, verify_manifest
+
+# The HTTP library huggingface_hub uses (httpx, or httpx2 in 2.x): its transport errors.
+_TRANSPORT_ERROR: type[Exception] = importlib.import_module(type(get_session()).__module__.split(".")[0]).TransportError
+_KNOWN = (LocalTokenNotFoundError, HfHubHTTPError, _TRANSPORT_ERROR, LocalEntryNotFoundError, ConnectionError)  # offline mode is a ConnectionError
+
+
+def looks_like_local_path(source: str) -> bool:
+    """What the Hub would never accept as a repo id: absolute or relative paths, ``~``,
+    backslashes, or more than one ``/`` (a repo id is ``name`` or ``namespace/name``)."""
+    return (
+        os.path.isabs(source)
+        or source.startswith((".", "~"))
+        or "\\" in source
+        or source.count("/") > 1
+        or os.sep in source and os.sep != "/"
+    )
+
+
+def check_repo_id(repo_id: str, *, namespaced: bool = False) -> str:
+    """``repo_id`` if the Hub accepts it (``namespaced``: it must be ``NAMESPACE/NAME``), else an :class:`InputError`."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise InputError(f"invalid repo id {repo_id!r}: {str(error).splitlines()[0]}") from None
+    if namespaced and "/" not in repo_id:
+        raise InputError(f"invalid repo id {repo_id!r}: use NAMESPACE/NAME")
+    return repo_id
+
+
+def local_folder_or_repo(source: str) -> Path | None:
+    """A local folder (as a Path), or None for a valid Hub repo id; a one-line error otherwise.
+
+    A path that does not exist is reported as a missing folder, not as a malformed repo id.
+    """
+    if os.path.exists(source):
+        if not os.path.isdir(source):
+            raise InputError(f"{source} is a file; give the checkpoint's folder")
+        return Path(source)
+    if looks_like_local_path(source):
+        raise InputError(f"local folder {source} does not exist")
+    try:
+        validate_repo_id(source)
+    except HFValidationError as error:
+        raise InputError(f"{source!r} is neither a local folder nor a valid Hub repo id ({str(error).splitlines()[0]})") from None
+    return None
+
+
+@dataclass(frozen=True)
+class PushResult:
+    commit: str
+    tag: str
+    url: str
+
+
+@dataclass(frozen=True)
+class HubClient:
+    """The Hub at ``endpoint`` (default: ``HF_ENDPOINT`` or huggingface.co), as ``token`` (default:
+    ``HF_TOKEN`` or the login cache). Every request of this package goes through one of these."""
+
+    endpoint: str | None = None
+    token: str | None = None
+    api: HfApi = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "api", HfApi(endpoint=self.endpoint, token=self.token))
+
+    @property
+    def url(self) -> str:
+        return self.endpoint or constants.ENDPOINT
+
+    def scrub(self, message: str) -> str:
+        """``message`` without any token this process could have sent (servers may echo it)."""
+        for secret in {self.token, os.environ.get("HF_TOKEN"), get_token()}:
+            if secret:
+                message = message.replace(secret, "***")
+        return message
+
+    @contextmanager
+    def errors(self, source: str | None = None, *, maybe_folder: bool = False) -> Iterator[None]:
+        """Hub failures inside the block as one :class:`HubError` line that names the endpoint, the
+        repo ``source`` if given, and the fix: a missing token, a missing or private repo, a missing
+        revision, an unreachable Hub. ``maybe_folder``: ``source`` could also have meant a local
+        folder (which does not exist), the likelier mistake offline. Other errors pass through."""
+        try:
+            yield
+        except (_TRANSPORT_ERROR, OSError) as raised:
+            # diffusers re-raises Hub failures as its own OSError, with the Hub's error as the cause
+            # (explicit causes only: an unrelated local error raised while handling one is not one)
+            chain: list[BaseException] = [raised]
+            while len(chain) < 16 and chain[-1].__cause__ is not None:
+                chain.append(chain[-1].__cause__)
+            error = next((e for e in chain if isinstance(e, _KNOWN)), None)
+            if error is None:
+                raise
+            raise HubError(self.scrub(self._explain(error, source, maybe_folder))) from None
+
+    def _explain(self, error: BaseException, source: str | None, maybe_folder: bool) -> str:
+        what = f"{source}: " if source else ""
+        if isinstance(error, LocalTokenNotFoundError):
+            return f"{what}no Hub token: set HF_TOKEN, pass `token`, or run `hf auth login`"
+        if isinstance(error, RepositoryNotFoundError):  # also gated and private repos the token cannot see
+            return f"{what}no such repo on {self.url}, or it is private or gated: check the name and your token (HF_TOKEN)"
+        if isinstance(error, RevisionNotFoundError):
+            return f"{what}that revision does not exist on {self.url}; check the `revision`"
+        if isinstance(error, HfHubHTTPError):
+            status = error.response.status_code if error.response is not None else "?"
+            detail = ((error.server_message or str(error)).strip().splitlines() or ["no detail"])[0]
+            return f"{what}{self.url} refused the request ({status}): {detail}"
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        where = "no local folder has that name, and " if maybe_folder else ""
+        cache = ", nor find it in the cache" if source else ""
+        return f"{what}{where}cannot reach the Hub at {self.url}{cache} ({reason}); check the name, the endpoint and your connection"
+
+    # ------------------------------------------------------------------ reads
+
+    def commit_of(self, repo_id: str, revision: str | None, repo_type: str = "model") -> str:
+        """The commit sha a branch, tag or sha names now."""
+        info = self.api.repo_info(repo_id, revision=revision or "main", repo_type=repo_type)
+        return str(info.sha)
+
+    def files_at(self, repo_id: str, commit: str) -> set[str]:
+        """The files the repository holds at ``commit`` (the Hub's own list, not a local folder)."""
+        info = self.api.model_info(repo_id, revision=commit)
+        return {s.rfilename for s in info.siblings or []}
+
+    def snapshot(
+        self,
+        repo_id: str,
+        *,
+        revision: str | None = None,
+        local_dir: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        maybe_folder: bool = False,
+    ) -> tuple[Path, set[str] | None]:
+        """Download ``repo_id`` at ``revision``; returns the folder and the file list of exactly the
+        commit that was downloaded (None when only the local cache was read)."""
+        with self.errors(repo_id, maybe_folder=maybe_folder):
+            if local_files_only:
+                path = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_dir=local_dir, local_files_only=True)
+                return Path(path), None
+            if local_dir is None:
+                # The cache names each snapshot folder by the commit it holds, and records the
+                # branch or tag, so an offline load of the same revision finds it later.
+                path = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=self.token, endpoint=self.endpoint))
+                commit = path.name
+            else:
+                commit = self.commit_of(repo_id, revision)
+                path = Path(snapshot_download(repo_id, revision=commit, local_dir=local_dir, token=self.token, endpoint=self.endpoint))
+            return path, self.files_at(repo_id, commit)
+
+    def download_file(self, repo_id: str, filename: str, *, repo_type: str = "model", revision: str | None = None) -> Path:
+        """One file of a repository (e.g. calibration prompts from a dataset repo)."""
+        with self.errors(repo_id):
+            return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision, token=self.token, endpoint=self.endpoint))
+
+    # ------------------------------------------------------------------ writes
+
+    def push(
+        self,
+        directory: Path,
+        repo_id: str,
+        *,
+        in_memory: dict[str, bytes],
+        tag: str,
+        commit_message: str,
+        tag_message: str,
+        private: bool = False,
+        branch: str | None = None,
+    ) -> PushResult:
+        """One commit of every regular, non-hidden file under ``directory`` plus ``in_memory``
+        (path in repo → bytes, taking precedence), then ``tag`` on it. The token, the repo's refs
+        and the tag are checked first, so a failed push leaves the repo as it was."""
+        check_repo_id(repo_id, namespaced=True)
+        operations = [
+            CommitOperationAdd(path_in_repo=relative, path_or_fileobj=str(path))
+            for path in sorted(directory.rglob("*"))
+            if path.is_file()
+            and not path.is_symlink()
+            and not any(part.startswith(".") for part in path.relative_to(directory).parts)
+            and (relative := path.relative_to(directory).as_posix()) not in in_memory
+        ]
+        operations += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in in_memory.items()]
+        with self.errors():
+            self.api.whoami()  # a wrong or missing token fails here, before anything is created
+            try:
+                refs = self.api.list_repo_refs(repo_id)
+                branches, tags = {b.name for b in refs.branches}, {t.name for t in refs.tags}
+            except RepositoryNotFoundError:
+                branches, tags = set(), set()
+            if tag in tags:
+                raise HubError(f"tag {tag} already exists on {repo_id}; choose another `tag` (nothing was committed)")
+            self.api.create_repo(repo_id, private=private, exist_ok=True)
+            if branch and branch not in branches:
+                self.api.create_branch(repo_id, branch=branch, exist_ok=True)
+            info = self.api.create_commit(repo_id, operations=operations, commit_message=commit_message, revision=branch)
+            self.api.create_tag(repo_id, tag=tag, revision=info.oid, tag_message=tag_message)
+        return PushResult(info.oid, tag, info.commit_url)
+
+
+def resolve_source(source: str, revision: str | None = None, client: HubClient | None = None) -> Path:
+    """A local folder as is; a Hub repo id through a snapshot download (cache, token from the environment)."""
+    folder = local_folder_or_repo(source)
+    if folder is not None:
+        return folder
+    return (client or HubClient()).snapshot(source, revision=revision, maybe_folder=True)[0]
+
+
+def cached_snapshot(source: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """The folder a ``from_pretrained(source)`` read: a local directory, or its snapshot in the
+    Hub cache; None when nothing of it is local."""
+    if os.path.isdir(source):
+        return Path(source)
+    try:
+        return Path(snapshot_download(source, revision=revision, cache_dir=cache_dir, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, OSError, ValueError):
+        return None
+
+
+def fetch_verified(
+    source: str,
+    *,
+    revision: str | None = None,
+    subfolder: str | None = None,
+    local_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    client: HubClient | None = None,
+) -> tuple[Path, int]:
+    """A checkpoint checked against its ``obsdiff-manifest.json`` (only the files under
+    ``subfolder``, if given): the folder and how many files were checked.
+
+    A local folder is only checked; nothing in it is ever deleted. A Hub repo is downloaded at
+    the commit its revision names, every manifest entry must be a file of that commit, and a
+    file that does not match is deleted from that fresh download (a later load cannot pick it up).
+    """
+    folder = local_folder_or_repo(source)
+    if folder is not None:
+        return folder, verify_manifest(folder, subfolder)
+    path, listed = (client or HubClient()).snapshot(
+        source, revision=revision, local_dir=local_dir, cache_dir=cache_dir, local_files_only=local_files_only, maybe_folder=True
+    )
+    return path, verify_manifest(path, subfolder, repo_files=listed, delete=listed is not None)
+
+
+def pull(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    local_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    verify: bool = True,
+) -> Path:
+    """Download a revision (branch, tag or sha) of a published checkpoint, checked against its
+    manifest unless ``verify`` is off; returns the folder."""
+    check_repo_id(repo_id)
+    client = HubClient(endpoint, token)
+    if not verify:
+        return client.snapshot(repo_id, revision=revision, local_dir=local_dir, cache_dir=cache_dir)[0]
+    return fetch_verified(repo_id, revision=revision, local_dir=local_dir, cache_dir=cache_dir, client=client)[0]
+
+
+__all__ = [
+    "MANIFEST",
+    "HubClient",
+    "PushResult",
+    "build_manifest",
+    "cached_snapshot",
+    "check_repo_id",
+    "fetch_verified",
+    "local_folder_or_repo",
+    "looks_like_local_path",
+    "manifest_bytes",
+    "pull",
+    "resolve_source",
+]
