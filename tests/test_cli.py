@@ -184,7 +184,7 @@ def test_unknown_recipe_suggests_names():
 
 def test_recipe_for_another_family(tmp_path):
     model = oh.tiny.save_tiny_pipeline("flux", tmp_path / "flux")
-    result = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--model", model, "--out", tmp_path / "o")
+    result = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--base", model, "--out", tmp_path / "o")
     assert result.exit_code == 2
     assert "is for mmdit models" in result.output and "FluxTransformer2DModel" in result.output
 
@@ -246,16 +246,17 @@ def test_generate_seeded_grid_dense_vs_pruned(tmp_path):
 
     assert invoke("prune", "--recipe", "tiny-sdxl-structured-30", "--out", tmp_path / "pruned", "--quiet").exit_code == 0
     dense = oh.tiny.save_tiny_pipeline("sdxl", tmp_path / "dense")
-    args = ["generate", "--model", tmp_path / "pruned", "--compare", dense, "--prompt", "a red circle", "--prompt", "a blue square",
-            "--steps", "2", "--resolution", "32", "--seed", "5"]
+    args = ["generate", tmp_path / "pruned", "--base", dense, "--prompt", "a red circle", "--prompt", "a blue square",
+            "--num-inference-steps", "2", "--resolution", "32", "--seed", "5"]
     first = invoke(*args, "--out", tmp_path / "a.png")
     assert first.exit_code == 0, first.output
     assert invoke(*args, "--out", tmp_path / "b.png").exit_code == 0
     a, b = Image.open(tmp_path / "a.png"), Image.open(tmp_path / "b.png")
-    assert a.height == 2 * 32 and a.width > 2 * 32  # two prompts across (after the row labels), dense above pruned
+    side = 128  # 32-pixel images shown 4× larger, every pixel visible
+    assert a.height > 2 * side and a.width > 2 * side  # two prompts across (after the row labels), dense above pruned, captions below
     assert a.tobytes() == b.tobytes()  # seeded: identical reruns
-    left = a.width - 64
-    top, bottom = a.crop((left, 0, a.width, 32)).tobytes(), a.crop((left, 32, a.width, 64)).tobytes()
+    left = a.width - 2 * side
+    top, bottom = a.crop((left, 0, a.width, side)).tobytes(), a.crop((left, side, a.width, 2 * side)).tobytes()
     assert top != bottom  # the pruned model really differs from the dense one
 
 
@@ -271,10 +272,10 @@ def test_convert_legacy_command(tmp_path):
 def test_generate_from_a_builtin_model(tmp_path):
     from PIL import Image
 
-    result = invoke("generate", "--model", "builtin:tiny-sd3", "--prompt", "a red circle", "--steps", "2", "--resolution", "32", "--out", tmp_path / "g.png")
+    result = invoke("generate", "builtin:tiny-sd3", "--prompt", "a red circle", "--num-inference-steps", "2", "--resolution", "32", "--out", tmp_path / "g.png")
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "g.png").size == (32, 32)
-    bad = invoke("generate", "--model", "builtin:tiny-nope", "--prompt", "x", "--out", tmp_path / "b.png")
+    bad = invoke("generate", "builtin:tiny-nope", "--prompt", "x", "--out", tmp_path / "b.png")
     assert bad.exit_code == 2 and "unknown built-in model 'builtin:tiny-nope'" in bad.output
 
 
@@ -400,14 +401,14 @@ def test_plan_runs_for_every_builtin_family(name):
         (["prune", "--recipe", "tiny-sd3-unstructured-50", "--set", "calibration.resolution=38", "--out", "{tmp}/o"], "not a multiple of 4"),
         (["prune", "--recipe", "tiny-sd3-unstructured-50", "--resume", "--restart", "--out", "{tmp}/o"], "exclude each other"),
         (["inspect", "{trunc}"], "truncated or corrupted"),
-        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--model", "{trunc_pipe}", "--out", "{tmp}/o"], "transformer/diffusion_pytorch_model.safetensors: truncated or corrupted"),
-        (["generate", "--model", "{trunc_pipe}", "--prompt", "x", "--out", "{tmp}/g.png"], "transformer/diffusion_pytorch_model.safetensors: truncated or corrupted"),
+        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--base", "{trunc_pipe}", "--out", "{tmp}/o"], "transformer/diffusion_pytorch_model.safetensors: truncated or corrupted"),
+        (["generate", "{trunc_pipe}", "--prompt", "x", "--out", "{tmp}/g.png"], "transformer/diffusion_pytorch_model.safetensors: truncated or corrupted"),
         (["prune", "--recipe", "tiny-sd3-unstructured-50", "--set", "prune.sparsty=0.4", "--out", "{tmp}/o"], "prune.sparsty: Extra inputs are not permitted; did you mean prune.sparsity?"),
         (["prune", "--recipe", "tiny-sd3-unstructured-50", "--packages", "0", "--out", "{tmp}/o"], "--packages must be a positive count or auto"),
         (["inspect", "./no/such/folder"], "local folder ./no/such/folder does not exist"),
         (["inspect", "not a repo!!"], "neither a local folder nor a valid Hub repo id"),
         (["convert-legacy", "{tmp}/missing.pth", "--out", "{tmp}/c"], "is not a file"),
-        (["generate", "--model", "builtin:tiny-sd3", "--prompt", "x", "--steps", "0", "--out", "{tmp}/g.png"], "--steps must be at least 1"),
+        (["generate", "builtin:tiny-sd3", "--prompt", "x", "--num-inference-steps", "0", "--out", "{tmp}/g.png"], "--num-inference-steps must be positive"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(args, message, tmp_path, truncated_checkpoint, truncated_pipeline):

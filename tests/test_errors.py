@@ -103,7 +103,7 @@ def test_bench_defaults_to_the_pipelines_own_resolution(tmp_path):
     out = tmp_path / "shapes"
     assert invoke("prune", "--recipe", "tiny-shapes-structured-30", "--out", out, "--quiet", "--set", "evaluation=null",
                   "--set", "calibration.prompts.count=8", "--set", "calibration.steps=4").exit_code == 0
-    result = invoke("bench", "--model", out)
+    result = invoke("bench", out)
     assert result.exit_code == 0, result.output
     record = __import__("json").loads((out / "bench.json").read_text())
     assert record["resolution"] == 32 and record["latent_size"] == 16  # the shapes model's 16 latents × its VAE's 2 pixels each

@@ -182,7 +182,8 @@ def test_card_command_renders_locally(checkpoint):
     text = (checkpoint / "README.md").read_text()
     meta = validate_card(text)
     assert meta["library_name"] == "diffusers" and "obs-diff" in meta["tags"]
-    assert 'from_pretrained("builtin:' not in text and 'StableDiffusionXLPipeline.from_pretrained("zoo/preview", unet=unet' in text  # runnable snippets
+    assert 'from_pretrained("builtin:' not in text  # runnable snippets: the pruned UNet goes into the shipped dense pipeline
+    assert 'OBSDiffUNet.from_pretrained("zoo/preview", subfolder="unet"' in text and 'obsdiff_hub.load_pipeline("builtin:tiny-sdxl"' in text
 
 
 def test_prompts_from_a_hub_dataset_through_olah(hub):
@@ -205,8 +206,8 @@ def test_prompts_from_a_hub_dataset_through_olah(hub):
     [
         ["pull", "zoo/no-such-repo"],
         ["inspect", "zoo/no-such-repo"],
-        ["generate", "--model", "zoo/no-such-repo", "--prompt", "x", "--steps", "1", "--out", "{tmp}/g.png"],
-        ["prune", "--recipe", "tiny-shapes-unstructured-50", "--model", "zoo/no-such-repo", "--out", "{tmp}/o"],
+        ["generate", "zoo/no-such-repo", "--prompt", "x", "--num-inference-steps", "1", "--out", "{tmp}/g.png"],
+        ["prune", "--recipe", "tiny-shapes-unstructured-50", "--base", "zoo/no-such-repo", "--out", "{tmp}/o"],
     ],
 )
 def test_a_repo_the_hub_does_not_have_is_one_line_naming_it(hub, tmp_path, args):
@@ -226,7 +227,7 @@ def test_push_without_any_token_says_so(hub, checkpoint, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "args",
-    [["inspect", "nomodel"], ["prune", "--recipe", "tiny-shapes-unstructured-50", "--model", "me/nomodel", "--out", "{tmp}/o"]],
+    [["inspect", "nomodel"], ["prune", "--recipe", "tiny-shapes-unstructured-50", "--base", "me/nomodel", "--out", "{tmp}/o"]],
 )
 def test_a_name_that_is_neither_a_folder_nor_reachable_says_both(tmp_path, args):
     with socket.socket() as s:

@@ -4,6 +4,7 @@ The README's table of layers lists exactly these layers, in this order."""
 
 import ast
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ PACKAGE = ROOT / "obsdiff_hub"
 
 # Bottom up. A module may import from its own layer and the layers below it.
 LAYERS = [
-    ("errors", ["_version", "errors", "units", "resources", "registration"]),
+    ("errors", ["_version", "errors", "units", "resources", "registration", "verbosity"]),
     ("maths", ["maths"]),
     ("architectures", ["architectures"]),
     ("tiny", ["tiny"]),
@@ -39,18 +40,21 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
-def imports(name: str) -> list[tuple[str, bool, int]]:
-    """(imported module, inside a function, line) for every import statement of a module."""
+def imports(name: str) -> list[tuple[str, bool, int, bool]]:
+    """(imported module, inside a function, line, lazy) for every import of a module: import
+    statements, and the command line's lazy bindings ``library("zoo.runs")`` (``cli/lazy.py``)."""
     path = MODULES[name]
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree = ast.parse(path.read_text(), str(path))
     found = []
     functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     nested = {id(node) for f in functions for node in ast.walk(f) if node is not f}
+    checking = [n for n in ast.walk(tree) if isinstance(n, ast.If) and getattr(n.test, "id", None) == "TYPE_CHECKING"]
+    type_only = {id(node) for block in checking for node in ast.walk(block)}  # never run: lazy too
     for node in ast.walk(tree):
         inside = id(node) in nested
         if isinstance(node, ast.Import):
-            found += [(alias.name, inside, node.lineno) for alias in node.names]
+            found += [(alias.name, inside, node.lineno, id(node) in type_only) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
@@ -59,7 +63,9 @@ def imports(name: str) -> list[tuple[str, bool, int]]:
                 base = ".".join(anchor + ([node.module] if node.module else []))
             for alias in node.names:
                 target = f"{base}.{alias.name}"
-                found.append((target if target in MODULES else base, inside, node.lineno))
+                found.append((target if target in MODULES else base, inside, node.lineno, id(node) in type_only))
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "library" and node.args and isinstance(node.args[0], ast.Constant):
+            found.append((f"{FACADE}.{node.args[0].value}", inside, node.lineno, True))
     return found
 
 
@@ -81,7 +87,7 @@ def test_no_module_imports_from_a_layer_above_its_own():
     for name in MODULES:
         if name == FACADE:
             continue
-        for target, _, line in imports(name):
+        for target, _, line, _ in imports(name):
             module = own(target)
             if module is not None and (module == FACADE or layer_of(module) > layer_of(name)):
                 upward.append(f"{name}:{line} imports {module}")
@@ -89,7 +95,7 @@ def test_no_module_imports_from_a_layer_above_its_own():
 
 
 def test_no_import_cycle():
-    graph = {name: {own(t) for t, _, _ in imports(name)} - {None, name, FACADE} for name in MODULES if name != FACADE}
+    graph = {name: {own(t) for t, *_ in imports(name)} - {None, name, FACADE} for name in MODULES if name != FACADE}
     state: dict[str, int] = {}
     stack: list[str] = []
 
@@ -114,7 +120,7 @@ def test_no_import_inside_a_function_except_optional_packages():
     hidden = [
         f"{name}:{line} imports {target}"
         for name in MODULES
-        for target, inside, line in imports(name)
+        for target, inside, line, _ in imports(name)
         if inside and target.split(".")[0] not in OPTIONAL
     ]
     assert hidden == []
@@ -125,10 +131,27 @@ def test_the_maths_imports_torch_only():
         f"{name}:{line} imports {target}"
         for name in MODULES
         if name.startswith("obsdiff_hub.maths")
-        for target, _, line in imports(name)
+        for target, _, line, _ in imports(name)
         if target.split(".")[0] not in sys.stdlib_module_names and not any(target == m or target.startswith(m + ".") for m in MATHS_MAY_IMPORT)
     ]
     assert foreign == []
+
+
+def test_the_command_line_binds_the_library_lazily():
+    """``--help`` and usage errors must not load torch or diffusers: the CLI reaches the library
+    only through ``library(...)`` bindings and the dependency-free ``errors`` and ``units``."""
+    direct = [
+        f"{name}:{line} imports {module}"
+        for name in MODULES
+        if name.startswith("obsdiff_hub.cli")
+        for target, _, line, lazy in imports(name)
+        if (module := own(target)) is not None and not lazy and not module.startswith("obsdiff_hub.cli")
+        and module not in ("obsdiff_hub.errors", "obsdiff_hub.units", "obsdiff_hub._version")
+    ]
+    assert direct == []
+    probe = "import sys, obsdiff_hub.cli; print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"
 
 
 def test_the_readme_table_lists_these_layers_in_order():

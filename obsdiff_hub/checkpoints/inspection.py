@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..architectures import adapter_for
+from ..architectures import HeadCoupling, adapter_for
 from ..architectures.surgery import structure_of
 from ..errors import CheckpointError, InputError
 from ..hub import resolve_source
@@ -36,13 +36,14 @@ def denoiser_folder(folder: Path) -> Path:
 @dataclass
 class CheckpointInfo:
     """What ``obsdiff-hub inspect`` shows: where, which class and how to load it, provenance, the
-    pruned shapes (module → [dense, now]) and the zero fraction of the targeted weights."""
+    pruned shapes (module → ``{"kind": "heads" or "neurons", "dense": n, "now": m}``) and the zero
+    fraction of the targeted weights."""
 
     path: str
     class_name: str
     load_with: str
     provenance: dict[str, str]
-    structure: dict[str, list[int]]
+    structure: dict[str, dict[str, Any]]
     sparsity: float
     targeted_weights: int
 
@@ -60,6 +61,7 @@ def inspect_checkpoint(source: str, revision: str | None = None) -> CheckpointIn
     skeleton = build_model(config)
     adapter = adapter_for(skeleton)
     dense = structure_of(skeleton, adapter)
+    kinds = {c.key: "heads" if isinstance(c, HeadCoupling) else "neurons" for c in adapter.couplings(skeleton)}
     recorded = config.get(STRUCTURE_KEY) or {}
     now = {**dense, **{k: int(v) for k, v in recorded.items()}}
     tensor_shapes(folder)  # a truncated file is one clear error, not a traceback
@@ -83,7 +85,7 @@ def inspect_checkpoint(source: str, revision: str | None = None) -> CheckpointIn
         class_name=name,
         load_with=f"obsdiff_hub.{loader.__name__}" if recorded else f"diffusers.{loader.__name__} (or obsdiff_hub.{pruned_class_for(base).__name__})",
         provenance=record,
-        structure={k: [dense[k], now[k]] for k in dense if dense[k] != now[k]},
+        structure={k: {"kind": kinds[k], "dense": dense[k], "now": now[k]} for k in dense if dense[k] != now[k]},
         sparsity=zeros / total if total else 0.0,
         targeted_weights=tensors,
     )

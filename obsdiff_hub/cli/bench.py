@@ -8,33 +8,59 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..checkpoints.inspection import base_model_of
-from ..pruning.distributed import resolve_device
-from ..pruning.precision import DTYPES
-from ..zoo.bench import MIN_REPEATS, results_folder, write_bench
-from ..zoo.bench import bench as measure
-from .display import change, console, human, print_table
-from .options import DeviceOpt, dtype_option, positive
+from .display import change, console, human, print_json, print_table
+from .lazy import library
+from .options import (
+    BaseOpt,
+    DeviceOpt,
+    ModelAlias,
+    ModelArg,
+    QuietOpt,
+    ResolutionOpt,
+    checkpoint,
+    dtype_option,
+    positive,
+)
+
+distributed = library("pruning.distributed")
+inspection = library("checkpoints.inspection")
+measurement = library("zoo.bench")
+precision = library("pruning.precision")
 
 
 def bench(
-    model: Annotated[str, typer.Option(help="Pruned checkpoint: folder or Hub repo id.")],
-    base: Annotated[Optional[str], typer.Option(help="Dense base (folder or Hub id; default: the checkpoint's provenance).")] = None,
-    resolution: Annotated[Optional[int], typer.Option(help="Image side the latents correspond to (default: the pipeline's own).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Latents per forward.")] = 1,
-    repeats: Annotated[int, typer.Option(help=f"Timed repetitions (after 2 warm-up runs); at least {MIN_REPEATS}.")] = MIN_REPEATS,
+    model_argument: ModelArg = None,
+    model: ModelAlias = None,
+    base: BaseOpt = None,
+    resolution: ResolutionOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", metavar="INT", help="Latents per forward.")] = 1,
+    repeats: Annotated[int, typer.Option("--repeats", metavar="INT", help="Timed repetitions after 2 warm-up runs (10 or more for steady quartiles).")] = 10,
     device: DeviceOpt = None,
-    dtype: Annotated[Optional[str], typer.Option(help="float16, bfloat16 or float32 (default: float16 on CUDA, float32 on CPU).")] = None,
-    sparse_kernels: Annotated[bool, typer.Option(help="2:4 checkpoints: time with semi-structured sparse kernels (CUDA).")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Where bench.json goes (default: the checkpoint's folder).")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", metavar="DTYPE", help="float16, bfloat16 or float32 (default: float16 on CUDA, float32 on CPU).")] = None,
+    sparse_kernels: Annotated[bool, typer.Option("--sparse-kernels", help="2:4 checkpoints: time with semi-structured sparse kernels (CUDA).")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Where bench.json goes (default: the checkpoint's folder).")] = None,
+    quiet: QuietOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the bench.json record.")] = False,
 ) -> None:
-    """Latency (whole denoiser and per block), peak memory, parameters and FLOPs, dense vs pruned."""
+    """Latency (whole denoiser and per block), peak memory, parameters and FLOPs, dense vs pruned.
+
+    \b
+    Example: obsdiff-hub bench tiny-out
+    """
+    source = checkpoint(model_argument, model, "bench")
     dtype = dtype_option(dtype)
     positive(resolution, "--resolution")
-    folder = results_folder(model, out)
-    result = measure(model, base or base_model_of(model), resolution=resolution, batch=batch_size, device=resolve_device(device),
-                     dtype=DTYPES[dtype] if dtype else None, repeats=repeats, sparse_kernels=sparse_kernels)
-    path = write_bench(result, folder)
+    folder = measurement.results_folder(source, out)
+    result = measurement.bench(source, base or inspection.base_model_of(source), resolution=resolution, batch=batch_size,
+                               device=distributed.resolve_device(device), dtype=precision.DTYPES[dtype] if dtype else None,
+                               repeats=repeats, sparse_kernels=sparse_kernels)
+    path = measurement.write_bench(result, folder)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    if quiet:
+        typer.echo(str(path))
+        return
     dense, pruned = result.dense, result.pruned
     table = Table(title=f"{result.device}, {result.dtype}, {result.resolution}², batch {batch_size} (median of {repeats}, ms)")
     for column in ("", "dense", "pruned", "change"):
@@ -44,6 +70,8 @@ def bench(
     table.add_row("FLOPs per forward", human(dense.flops), human(pruned.flops), change(dense.flops, pruned.flops))
     if dense.peak_memory_bytes is not None and pruned.peak_memory_bytes is not None:
         table.add_row("peak memory", human(dense.peak_memory_bytes, "B"), human(pruned.peak_memory_bytes, "B"), change(dense.peak_memory_bytes, pruned.peak_memory_bytes))
+    else:
+        table.add_row("peak memory", "not measured on CPU", "", "")
     if result.median_block_speedup is not None:
         table.add_row("blocks (median speed-up)", "", "", f"{result.median_block_speedup:.2f}×")
     print_table(table)

@@ -7,18 +7,26 @@ from typing import Annotated
 
 import typer
 
-from ..checkpoints.legacy import convert_legacy as convert
 from ..errors import InputError
 from .display import console
+from .lazy import library
+from .options import OverwriteOpt, QuietOpt
+
+legacy = library("checkpoints.legacy")
 
 
 def convert_legacy(
-    path: Annotated[Path, typer.Argument(help="Reference project's whole-module .pth file.")],
-    out: Annotated[Path, typer.Option(help="Output directory (safetensors + config).")],
-    overwrite: Annotated[bool, typer.Option(help="Replace an earlier output of this tool.")] = False,
+    path: Annotated[Path, typer.Argument(metavar="FILE", help="The reference project's whole-module .pth file.")],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Output folder (safetensors and config).")],
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Convert a legacy pickle into safetensors without executing anything in it."""
+    """Convert a legacy pickle into safetensors without executing anything in it.
+
+    \b
+    Example: obsdiff-hub convert-legacy model.pth --out converted/
+    """
     if not path.is_file():
         raise InputError(f"{path} is not a file")
-    model = convert(path, out, overwrite=overwrite)
-    console.print(f"converted {path} → {out} ({type(model).__name__})")
+    model = legacy.convert_legacy(path, out, overwrite=overwrite)
+    typer.echo(str(out)) if quiet else console.print(f"converted {path} → {out} ({type(model).__name__})")

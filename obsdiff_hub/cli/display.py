@@ -7,8 +7,9 @@ display; where it is not (a log file, CI), one plain line per finished step with
 from __future__ import annotations
 
 import json
+import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -21,11 +22,23 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from typer.core import TyperCommand
 
-from ..pruning.engine import ProgressEvent
 from ..units import human
 
+if TYPE_CHECKING:
+    from ..pruning.engine import ProgressEvent
+
 console = Console(highlight=False, soft_wrap=True)  # paths and class names are never wrapped
+
+
+class Command(TyperCommand):
+    """A command whose help names an argument by its metavar alone: typer (0.29) appends the
+    Python type to every argument (``MODEL <str>``), which means nothing to a user."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        super().format_help(ctx, formatter)
+        formatter.buffer[:] = [re.sub(r"^(\s+[A-Z_]+) <[a-z\[\]]+>", r"\1", line) for line in formatter.buffer]
 
 
 def print_table(table: Table) -> None:
@@ -115,4 +128,4 @@ class ImageProgress(Bars):
         self.update(f"{which} images", done, total)
 
 
-__all__ = ["Bars", "ImageProgress", "PruneProgress", "change", "console", "human", "print_json", "print_table"]
+__all__ = ["Bars", "Command", "ImageProgress", "PruneProgress", "change", "console", "human", "print_json", "print_table"]

@@ -16,21 +16,24 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import sys
 import typing
 from typing import Any, Callable
 
-import torch
 import typer
 from typer.models import ArgumentInfo, OptionInfo
 
 from ..errors import ObsDiffError
+from .lazy import library
+
+verbosity = library("verbosity")
 
 USER_ERROR = 2
 INTERNAL_ERROR = 1
 INTERRUPTED = 130
 _PARAMETER = re.compile(r"`([A-Za-z_][A-Za-z0-9_.]*)`")
 
-settings = {"debug": False}
+settings = {"debug": False, "verbose": False}
 
 
 def first_line(error: BaseException) -> str:
@@ -64,7 +67,8 @@ def explain(error: BaseException, flags: dict[str, str]) -> tuple[str, int]:
     """The line to print and the exit code for an exception that ended a command."""
     if isinstance(error, ObsDiffError):
         return f"error: {with_flags(first_line(error), flags)}", USER_ERROR
-    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+    torch = sys.modules.get("torch")  # imported by then if the failure came from it
+    if isinstance(error, MemoryError) or (torch is not None and isinstance(error, torch.OutOfMemoryError)):
         return f"error: out of memory ({first_line(error)})", USER_ERROR
     return (
         f"internal error: {type(error).__name__}: {first_line(error)}. This is a bug in obsdiff-hub; "
@@ -81,6 +85,8 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            if not settings["verbose"]:
+                verbosity.quiet_libraries()
             return command(*args, **kwargs)
         except (typer.Exit, typer.Abort, typer.TyperException):  # the command line's own control flow and usage errors
             raise

@@ -4,28 +4,44 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 
-from ..checkpoints.inspection import base_model_of
-from ..errors import InputError
-from ..pruning.config import describe_error
-from ..pruning.distributed import resolve_device
-from ..zoo.bench import results_folder
-from ..zoo.evaluation import EVAL_FILE, EvalResult, evaluate_checkpoint
-from ..zoo.recipes import EvaluationSpec
-from .display import ImageProgress, console, print_table
-from .options import DeviceOpt, QuietOpt
+from .display import ImageProgress, console, print_json, print_table
+from .lazy import library
+from .options import (
+    BaseOpt,
+    DeviceOpt,
+    GuidanceAlias,
+    GuidanceOpt,
+    JsonOpt,
+    ModelAlias,
+    ModelArg,
+    QuietOpt,
+    ResolutionOpt,
+    SeedOpt,
+    StepsAlias,
+    StepsOpt,
+    checkpoint,
+    renamed,
+)
+
+bench = library("zoo.bench")
+distributed = library("pruning.distributed")
+evaluation = library("zoo.evaluation")
+inspection = library("checkpoints.inspection")
+
+if TYPE_CHECKING:
+    from ..zoo.evaluation import EvalResult
 
 
-def print_metrics(evaluation: EvalResult) -> None:
+def print_metrics(result: EvalResult) -> None:
     scores = Table(title="quality (reloaded from disk, same prompts and seeds as dense)")
     for column in ("metric", "dense", "pruned", "95% interval", "images"):
         scores.add_column(column)
-    for m in evaluation.metrics:
+    for m in result.metrics:
         low, high = m.ci95
         dense = "–" if m.dense is None else f"{m.dense:.4g}"
         scores.add_row(m.label, dense, f"{m.pruned:.4g}", f"[{low:.4g}, {high:.4g}]", str(m.samples))
@@ -33,40 +49,61 @@ def print_metrics(evaluation: EvalResult) -> None:
 
 
 def evaluate(
-    model: Annotated[str, typer.Option(help="Pruned checkpoint: folder or Hub repo id.")],
-    base: Annotated[Optional[str], typer.Option(help="Dense base (folder, Hub id or builtin:NAME; default: the checkpoint's provenance).")] = None,
-    metrics: Annotated[str, typer.Option(help="Comma-separated: psnr, clip, fid, imagereward, shapes.")] = "psnr,clip",
-    prompts: Annotated[str, typer.Option(help="builtin:captions, builtin:shapes, or a prompt file.")] = "builtin:captions",
-    num: Annotated[int, typer.Option(help="Images per model.")] = 60,
-    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 25,
-    guidance: Annotated[Optional[float], typer.Option(help="Guidance scale (default: the pipeline's).")] = None,
-    resolution: Annotated[Optional[int], typer.Option(help="Height and width (default: the pipeline's).")] = None,
-    seed: Annotated[int, typer.Option(help="Image i uses seed + i, for both models.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Images per sampling call.")] = 8,
-    reference: Annotated[Optional[Path], typer.Option(help="Folder of reference images for FID (e.g. MS-COCO 2014 val).")] = None,
-    fid_features: Annotated[str, typer.Option(help="inception (standard FID) or clip.")] = "inception",
-    clip_model: Annotated[Optional[str], typer.Option(help="CLIP for the clip metric (default: OpenAI ViT-B/16, pinned revision).")] = None,
+    model_argument: ModelArg = None,
+    model: ModelAlias = None,
+    base: BaseOpt = None,
+    metrics: Annotated[Optional[str], typer.Option("--metrics", metavar="LIST", help="Comma-separated: psnr, clip, fid, imagereward, shapes (default: the recipe's, else psnr,clip; psnr when offline).")] = None,
+    prompts: Annotated[Optional[str], typer.Option("--prompts", metavar="SOURCE", help="builtin:captions, builtin:shapes or a prompt file (default: the recipe's).")] = None,
+    num_prompts: Annotated[Optional[int], typer.Option("--num-prompts", metavar="INT", help="Images per model (default: the recipe's, else 60).")] = None,
+    num: Annotated[Optional[int], typer.Option("--num", hidden=True, help="Old spelling of --num-prompts.")] = None,
+    num_inference_steps: StepsOpt = None,
+    steps: StepsAlias = None,
+    guidance_scale: GuidanceOpt = None,
+    guidance: GuidanceAlias = None,
+    resolution: ResolutionOpt = None,
+    seed: SeedOpt = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", metavar="INT", help="Images per sampling call.")] = None,
+    reference: Annotated[Optional[Path], typer.Option("--reference", metavar="DIR", help="Folder of reference images for FID (e.g. MS-COCO 2014 val).")] = None,
+    fid_features: Annotated[Optional[str], typer.Option("--fid-features", metavar="KIND", help="inception (standard FID) or clip.")] = None,
+    clip_model: Annotated[Optional[str], typer.Option("--clip-model", metavar="MODEL", help="CLIP for the clip metric: a Hub id or folder (default: OpenAI ViT-B/16, pinned revision).")] = None,
     device: DeviceOpt = None,
-    out: Annotated[Optional[Path], typer.Option(help="Where eval.json and samples.png go (default: the checkpoint's folder).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Where eval.json and samples.png go (default: the checkpoint's folder).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier eval.json there.")] = False,
     quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Measure quality next to the dense model (same prompts and seeds): eval.json with 95% intervals, a captioned grid."""
-    try:
-        spec = EvaluationSpec.model_validate({
-            "metrics": [m.strip() for m in metrics.split(",") if m.strip()], "prompts": prompts, "num": num, "steps": steps,
-            "guidance_scale": guidance, "resolution": resolution, "seed": seed, "batch_size": batch_size,
-            "reference": str(reference) if reference else None, "fid_features": fid_features, "clip_model": clip_model,
-        })
-    except ValidationError as error:
-        raise InputError(f"eval option {describe_error(error, EvaluationSpec)}") from None
-    run_device = resolve_device(device)
-    folder = results_folder(model, out)
-    base = base or base_model_of(model)
-    display = None if quiet else ImageProgress()
+    """Measure quality next to the dense model (same prompts and seeds): eval.json with 95% intervals, a captioned grid.
+
+    Settings not given come from the checkpoint's recipe (what prune measured), then the pipeline.
+
+    \b
+    Example: obsdiff-hub eval tiny-out --metrics psnr,shapes --prompts builtin:shapes --overwrite
+    """
+    source = checkpoint(model_argument, model, "eval")
+    given = {
+        "metrics": [m.strip() for m in metrics.split(",") if m.strip()] if metrics is not None else None,
+        "prompts": prompts,
+        "num": renamed(num_prompts, num, "--num-prompts", "--num"),
+        "steps": renamed(num_inference_steps, steps, "--num-inference-steps", "--steps"),
+        "guidance_scale": renamed(guidance_scale, guidance, "--guidance-scale", "--guidance"),
+        "resolution": resolution,
+        "seed": seed,
+        "batch_size": batch_size,
+        "reference": str(reference) if reference else None,
+        "fid_features": fid_features,
+        "clip_model": clip_model,
+    }
+    spec = evaluation.evaluation_settings(source, given)
+    run_device = distributed.resolve_device(device)
+    folder = bench.results_folder(source, out)
+    base = base or inspection.base_model_of(source)
+    display = None if quiet or as_json else ImageProgress()
     with display if display is not None else nullcontext():
-        record = evaluate_checkpoint(model, base, spec, folder, device=run_device, on_image=display)
-    if quiet:
-        typer.echo(str(folder / EVAL_FILE))
-        return
-    print_metrics(record)
-    console.print(f"wrote {folder / EVAL_FILE} and {folder / record.grid}")
+        result = evaluation.evaluate_checkpoint(source, base, spec, folder, device=run_device, on_image=display, overwrite=overwrite)
+    if as_json:
+        print_json(result.to_dict())
+    elif quiet:
+        typer.echo(str(folder / evaluation.EVAL_FILE))
+    else:
+        print_metrics(result)
+        console.print(f"wrote {folder / evaluation.EVAL_FILE} and {folder / result.grid}")

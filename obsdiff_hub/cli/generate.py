@@ -1,4 +1,4 @@
-"""``obsdiff-hub generate``: seeded samples, optionally side by side with the dense model."""
+"""``obsdiff-hub generate``: seeded samples, optionally side by side with the dense base."""
 
 from __future__ import annotations
 
@@ -8,29 +8,76 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InputError
-from ..pruning.distributed import resolve_device
-from ..zoo.sampling import generate_images, image_grid
 from .display import console
-from .options import DeviceOpt
+from .lazy import library
+from .options import (
+    BaseOpt,
+    DeviceOpt,
+    DtypeOpt,
+    GuidanceAlias,
+    GuidanceOpt,
+    ModelAlias,
+    QuietOpt,
+    ResolutionOpt,
+    SeedOpt,
+    StepsAlias,
+    StepsOpt,
+    checkpoint,
+    dtype_option,
+    positive,
+    renamed,
+)
+
+distributed = library("pruning.distributed")
+outputs = library("storage.outputs")
+precision = library("pruning.precision")
+sampling = library("zoo.sampling")
 
 
 def generate(
-    model: Annotated[str, typer.Option(help="Pipeline directory, Hub repo id, or builtin:NAME.")],
-    prompt: Annotated[list[str], typer.Option(help="Prompt (repeat for several).")],
-    out: Annotated[Path, typer.Option(help="Output PNG.")] = Path("samples.png"),
-    compare: Annotated[Optional[str], typer.Option(help="Dense base pipeline: write a dense (top) vs pruned (bottom) grid.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")] = 0,
-    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 25,
-    guidance: Annotated[Optional[float], typer.Option(help="Guidance scale (default: the pipeline's).")] = None,
-    resolution: Annotated[Optional[int], typer.Option(help="Height and width.")] = None,
+    model_argument: Annotated[Optional[str], typer.Argument(metavar="MODEL", help="A pipeline: folder, Hub repo id or builtin:NAME.", show_default=False)] = None,
+    model: ModelAlias = None,
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", metavar="TEXT", help="A prompt (repeat for several images).")] = None,
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="The image to write: .png, .jpg or .webp.")] = Path("samples.png"),
+    base: BaseOpt = None,
+    compare: Annotated[Optional[str], typer.Option("--compare", hidden=True, help="Old spelling of --base.")] = None,
+    seed: SeedOpt = None,
+    num_inference_steps: StepsOpt = None,
+    steps: StepsAlias = None,
+    guidance_scale: GuidanceOpt = None,
+    guidance: GuidanceAlias = None,
+    resolution: ResolutionOpt = None,
     device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Sample images with fixed seeds (optionally side by side with the dense model)."""
-    if steps < 1:
-        raise InputError(f"--steps must be at least 1, got {steps}")
-    run_device = str(resolve_device(device))
-    settings = dict(seed=seed, steps=steps, guidance=guidance, resolution=resolution, device=run_device)
-    rows = [generate_images(compare, prompt, **settings)] if compare else []
-    rows.append(generate_images(model, prompt, **settings))
-    image_grid(rows, row_labels=["dense", "pruned"] if compare else None).save(out)
-    console.print(f"wrote {out}")
+    """Sample images with fixed seeds: one image as sampled, or a captioned grid of several prompts,
+    with --base the dense base's row above the model's.
+
+    \b
+    Example: obsdiff-hub generate tiny-out --base builtin:tiny-shapes -p "a small red circle on the left" --out grid.png
+    """
+    source = checkpoint(model_argument, model, "generate")
+    if not prompt:
+        raise InputError('give at least one prompt: --prompt "..." (repeatable)')
+    fmt = sampling.image_format(out)
+    outputs.check_writable_file(out)  # before any sampling
+    base = renamed(base, compare, "--base", "--compare")
+    steps = positive(renamed(num_inference_steps, steps, "--num-inference-steps", "--steps"), "--num-inference-steps")
+    dtype = dtype_option(dtype)
+    settings = dict(
+        seed=seed or 0, steps=steps or 25, guidance=renamed(guidance_scale, guidance, "--guidance-scale", "--guidance"),
+        resolution=positive(resolution, "--resolution"), device=str(distributed.resolve_device(device)),
+        dtype=precision.DTYPES[dtype] if dtype else None,
+    )
+    rows = [sampling.generate_images(base, prompt, **settings)] if base else []
+    rows.append(sampling.generate_images(source, prompt, **settings))
+    if len(rows) == 1 and len(prompt) == 1:
+        image = rows[0][0]  # one image: written as sampled
+    else:
+        image = sampling.image_grid(rows, captions=prompt, row_labels=["dense", "pruned"] if base else None)
+    outputs.write_atomic(out, sampling.image_bytes(image, fmt))
+    if quiet:
+        typer.echo(str(out))
+    else:
+        console.print(f"wrote {out}")

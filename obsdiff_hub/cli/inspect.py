@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
 from rich.table import Table
 
-from ..checkpoints.inspection import inspect_checkpoint
 from .display import console, print_json, print_table
-from .options import JsonOpt, RevisionOpt
+from .lazy import library
+from .options import JsonOpt, ModelAlias, ModelArg, RevisionOpt, checkpoint
+
+inspection = library("checkpoints.inspection")
 
 
-def inspect(
-    source: Annotated[str, typer.Argument(help="Checkpoint directory or Hub repo id.")],
-    revision: RevisionOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Class (and how to load it), shapes per block, sparsity and provenance of a checkpoint."""
-    info = inspect_checkpoint(source, revision=revision)
+def inspect(model_argument: ModelArg = None, model: ModelAlias = None, revision: RevisionOpt = None, as_json: JsonOpt = False) -> None:
+    """Class (and how to load it), shapes per block, sparsity and provenance of a checkpoint.
+
+    \b
+    Example: obsdiff-hub inspect tiny-out
+    """
+    info = inspection.inspect_checkpoint(checkpoint(model_argument, model, "inspect"), revision=revision)
     if as_json:
         print_json(info.to_dict())
         return
@@ -31,9 +30,9 @@ def inspect(
     print_table(table)
     if info.structure:
         table = Table(title="pruned shapes")
-        for column in ("module", "dense", "now"):
-            table.add_column(column)
-        for module, (dense, now) in info.structure.items():
-            table.add_row(module, str(dense), str(now))
+        for column in ("module", "what", "dense", "now"):
+            table.add_column(column, justify="left" if column in ("module", "what") else "right")
+        for module, shape in info.structure.items():
+            table.add_row(module, "attention heads" if shape["kind"] == "heads" else "FFN neurons", str(shape["dense"]), str(shape["now"]))
         print_table(table)
     console.print(f"zero fraction of attention/FFN weights: {info.sparsity:.4f} over {info.targeted_weights} tensors")

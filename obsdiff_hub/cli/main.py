@@ -1,26 +1,44 @@
-"""The ``obsdiff-hub`` application: global options, the commands, and the entry point."""
+"""The ``obsdiff-hub`` application: global options, the commands, and the entry point.
+
+Nothing here imports torch or diffusers: the commands bind the library lazily (``lazy.py``), so
+``--help`` and usage errors answer at once (``benchmarks/startup.py`` measures it).
+"""
 
 from __future__ import annotations
 
+import os
 import sys
-import warnings
-from typing import Annotated
+from typing import Annotated, Any
 
-import diffusers
-import transformers
 import typer
-from huggingface_hub.utils import disable_progress_bars
-from huggingface_hub.utils import logging as hub_logging
+from typer.core import TyperGroup
 
 from .._version import __version__
 from . import bench, convert, evaluate, generate, inspect, prune, publish, recipes
+from .display import Command
 from .errors import INTERRUPTED, reports_errors, settings
+
+GLOBAL_FLAGS = ("--debug", "--verbose")
+
+
+class Commands(TyperGroup):
+    """The command group; ``--debug`` and ``--verbose`` are accepted after the command too."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        cut = args.index("--") if "--" in args else len(args)
+        hoisted = [a for a in args[:cut] if a in GLOBAL_FLAGS]
+        rest = [a for a in args[:cut] if a not in GLOBAL_FLAGS] + args[cut:]
+        return super().parse_args(ctx, hoisted + rest)
+
 
 app = typer.Typer(
     name="obsdiff-hub",
+    cls=Commands,
     help="Prune diffusion models with OBS-Diff and publish them as diffusers checkpoints.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(recipes.recipes_app, name="recipes")
 for name, command in (
@@ -35,19 +53,7 @@ for name, command in (
     ("pull", publish.pull),
     ("card", publish.card),
 ):
-    app.command(name)(reports_errors(command))
-
-
-def quiet_libraries() -> None:
-    """No tqdm bars, info logs or known deprecation warnings from diffusers, transformers and the Hub client."""
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    disable_progress_bars()
-    hub_logging.set_verbosity_error()  # e.g. its retry lines: a failure ends in one error line of ours
-    for category in (FutureWarning, DeprecationWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=category)
+    app.command(name, cls=Command)(reports_errors(command))
 
 
 def _version(value: bool) -> None:
@@ -58,13 +64,14 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Show the libraries' own logs, bars and warnings.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks (anywhere on the line).")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show the libraries' own logs, bars and warnings (anywhere on the line).")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ) -> None:
     settings["debug"] = debug
-    if not verbose:
-        quiet_libraries()
+    settings["verbose"] = verbose
+    if not verbose:  # before the libraries are imported: transformers reads it then
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def main() -> None:

@@ -4,85 +4,141 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
-from ..pruning.distributed import is_main_process
-from ..zoo.recipes import load_recipe
-from ..zoo.resume import partial_folder, saved_packages
-from ..zoo.runs import RunOutput, run_recipe
-from .display import PruneProgress, console, human, print_table
+from .display import PruneProgress, console, human, print_json, print_table
 from .errors import INTERRUPTED
 from .evaluate import print_metrics
-from .options import DeviceOpt, QuietOpt, assignments, dtype_option, packages_option
+from .lazy import library
+from .options import (
+    DeviceOpt,
+    JsonOpt,
+    OverwriteOpt,
+    QuietOpt,
+    RevisionOpt,
+    assignments,
+    dtype_option,
+    packages_option,
+    renamed,
+)
+
+distributed = library("pruning.distributed")
+recipes = library("zoo.recipes")
+resume_state = library("zoo.resume")
+runs = library("zoo.runs")
+
+if TYPE_CHECKING:
+    from ..zoo.runs import RunOutput
 
 
 def prune(
-    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe name (see `recipes list`) or path to a recipe YAML.")],
-    model: Annotated[Optional[str], typer.Option(help="Base model repo id or local dir (default: the recipe's).")] = None,
-    revision: Annotated[Optional[str], typer.Option(help="Base model revision (default: the recipe's).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: ./RECIPE).")] = None,
+    recipe: Annotated[str, typer.Option("--recipe", "-r", metavar="RECIPE", help="A shipped recipe's name (see `recipes list`) or a recipe YAML file.")],
+    base: Annotated[Optional[str], typer.Option("--base", metavar="BASE", help="The dense model to prune: Hub repo id or folder (default: the recipe's).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", hidden=True, help="Old spelling of --base.")] = None,
+    revision: RevisionOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Output folder (default: ./RECIPE).")] = None,
     device: DeviceOpt = None,
-    dtype: Annotated[Optional[str], typer.Option(help="Calibration dtype: float32, float16, bfloat16 (default: the checkpoint's).")] = None,
-    prompts: Annotated[Optional[Path], typer.Option(help="Calibration prompts: .txt, .jsonl, .csv or .tsv.")] = None,
-    prompt_column: Annotated[Optional[str], typer.Option(help="Column of --prompts (csv/tsv/jsonl) that holds the prompts.")] = None,
-    num_prompts: Annotated[Optional[int], typer.Option(help="Number of calibration prompts.")] = None,
-    packages: Annotated[Optional[str], typer.Option(help="Module packages: a count P, or auto (the fewest that fit in memory); default: the recipe's.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Change any recipe field: SECTION.FIELD=VALUE (repeatable).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished package.")] = False,
-    restart: Annotated[bool, typer.Option(help="Discard the saved progress of an interrupted run and start over.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an earlier output of this tool (never a folder with other files).")] = False,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", metavar="DTYPE", help="Calibration dtype: float32, float16 or bfloat16 (default: the checkpoint's own).")] = None,
+    prompts: Annotated[Optional[str], typer.Option("--prompts", metavar="SOURCE", help="Calibration prompts: a .txt/.jsonl/.csv/.tsv file, or builtin:captions / builtin:shapes.")] = None,
+    prompt_column: Annotated[Optional[str], typer.Option("--prompt-column", metavar="COLUMN", help="Column of a .csv/.tsv/.jsonl prompt file.")] = None,
+    num_prompts: Annotated[Optional[int], typer.Option("--num-prompts", metavar="INT", help="Calibration prompts to use (a shorter source is cycled).")] = None,
+    packages: Annotated[Optional[str], typer.Option("--packages", metavar="P|auto", help="Module packages: a count, or auto (the fewest that fit in memory).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="FIELD=VALUE", help="Change any recipe field, e.g. prune.sparsity=0.4 (repeatable).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last finished package.")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard the saved progress of an interrupted run and start over.")] = False,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Prune a model with a recipe and write a loadable checkpoint, its effective recipe, report and card."""
-    loaded = load_recipe(recipe)
+    """Prune a model with a recipe and write a loadable checkpoint, its effective recipe, report and card.
+
+    \b
+    Example: obsdiff-hub prune -r tiny-shapes-unstructured-50 --out tiny-out
+    """
+    loaded = recipes.load_recipe(recipe)
     target = out or Path(loaded.name)
-    main = is_main_process()  # under torchrun / accelerate, rank 0 reports
-    display = PruneProgress() if main and not quiet else None
+    main = distributed.is_main_process()  # under torchrun / accelerate, rank 0 reports
+    display = PruneProgress() if main and not quiet and not as_json else None
     try:
         with display if display is not None else nullcontext():
-            result = run_recipe(
-                loaded, target, model=model, revision=revision, device=device, dtype=dtype_option(dtype),
-                prompts_file=str(prompts) if prompts else None, prompt_column=prompt_column, num_prompts=num_prompts,
+            result = runs.run_recipe(
+                loaded, target, base=renamed(base, model, "--base", "--model"), revision=revision, device=device,
+                dtype=dtype_option(dtype), prompts=prompts, prompt_column=prompt_column, num_prompts=num_prompts,
                 packages=packages_option(packages), changes=assignments(set_ or []), resume=resume, restart=restart,
                 overwrite=overwrite, progress=display,
             )
     except KeyboardInterrupt:
-        done = saved_packages(target)
-        where = partial_folder(target)
+        done = resume_state.saved_packages(target)
+        where = resume_state.partial_folder(target)
         saved = f"progress of {done} finished package(s) is saved in {where}: rerun with --resume" if done else "no package had finished, nothing was saved"
         typer.echo(f"interrupted: {saved}", err=True)
         raise typer.Exit(INTERRUPTED) from None
     if not main:
         return
-    if quiet:
+    if as_json:
+        print_json(summary_record(result))
+    elif quiet:
         typer.echo(str(target))
-        return
-    print_summary(result, target)
+    else:
+        print_summary(result)
 
 
-def print_summary(result: RunOutput, target: Path) -> None:
+def summary_record(result: RunOutput) -> dict[str, Any]:
+    """What the summary table shows, as data."""
     report = result.result.report
-    table = Table(title=f"{result.recipe.name} v{result.recipe.version} → {target}")
+    return {
+        "out": str(result.directory),
+        "recipe": result.recipe.name,
+        "recipe_version": result.recipe.version,
+        "params_before": report.params_before,
+        "params_after": report.params_after,
+        "nonzero_params_after": report.params_after - report.zeroed_weights,
+        "heads_removed": report.removed("heads"),
+        "neurons_removed": report.removed("neurons"),
+        "mean_sparsity": report.mean_sparsity,
+        "mean_relative_error": report.mean_relative_error,
+        "mean_start_error": report.mean_start_error,
+        "calibration_prompts": result.recipe.calibration.prompts.count,
+        "distinct_prompts": result.distinct_prompts,
+        "packages": report.package_plan.get("packages"),
+        "dtypes": {**report.precision, "saved": result.recipe.output.dtype},
+        "stages_s": report.stages,
+        "peak_memory_bytes": report.peak_memory_bytes,
+        "evaluation": result.evaluation.to_dict() if result.evaluation else None,
+    }
+
+
+def print_summary(result: RunOutput) -> None:
+    report = result.result.report
+    table = Table(title=f"{result.recipe.name} v{result.recipe.version} → {result.directory}")
     table.add_column("")
     table.add_column("value", justify="right")
     table.add_row("parameters", f"{human(report.params_before)} → {human(report.params_after)}")
+    if report.zeroed_weights:
+        table.add_row("non-zero parameters", f"{human(report.params_before)} → {human(report.params_after - report.zeroed_weights)}")
+    if report.structure:
+        table.add_row("heads removed", str(report.removed("heads")))
+        table.add_row("FFN neurons removed", str(report.removed("neurons")))
     count = result.recipe.calibration.prompts.count
     repeats = f" ({result.distinct_prompts} distinct, cycled)" if result.distinct_prompts < count else ""
     table.add_row("calibration prompts", f"{count}{repeats}")
     table.add_row("mean sparsity (targeted layers)", f"{report.mean_sparsity:.3f}")
     table.add_row("mean relative reconstruction error", f"{report.mean_relative_error:.4g}")
+    if report.mean_start_error is not None:
+        table.add_row(f"  before {result.recipe.prune.solver} (the obs result)", f"{report.mean_start_error:.4g}")
     if result.plan is not None and result.plan.flops_before:
         table.add_row("FLOPs per forward (1024², batch 1)", f"{human(result.plan.flops_before)} → {human(result.plan.flops_after or 0)}")
     plan = report.package_plan
     table.add_row("module packages", f"{plan['packages']} ({plan['mode']}; Hessians {human(plan['hessian_bytes_total'], 'B')})")
-    table.add_row("dtypes", f"calibration {report.precision['compute']}, checkpoint {report.precision['checkpoint']}")
+    table.add_row("dtypes", f"calibration {report.precision['compute']}, base checkpoint {report.precision['checkpoint']}, saved {result.recipe.output.dtype}")
     for stage, seconds in report.stages.items():
         table.add_row(stage.removesuffix("_s").replace("_", " "), f"{seconds:.2f} s")
-    table.add_row("peak memory", human(report.peak_memory_bytes, "B"))
+    on_gpu = next(result.result.model.parameters()).is_cuda
+    table.add_row("peak GPU memory" if on_gpu else "peak memory (process RSS)", human(report.peak_memory_bytes, "B"))
     print_table(table)
     if result.evaluation:
         print_metrics(result.evaluation)
-    console.print(f"wrote {target}")
+    console.print(f"wrote {result.directory}")

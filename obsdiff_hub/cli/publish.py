@@ -7,44 +7,89 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..hub import pull as pull_verified
-from ..zoo.cards import write_card
-from ..zoo.publishing import publish
-from .display import console
-from .options import CheckpointArg, EndpointOpt, RepoIdArg, RevisionOpt, TokenOpt
+from ..errors import InputError
+from .display import console, print_json
+from .lazy import library
+from .options import (
+    EndpointOpt,
+    JsonOpt,
+    ModelAlias,
+    ModelArg,
+    QuietOpt,
+    RevisionOpt,
+    TokenOpt,
+    checkpoint,
+)
+
+cards = library("zoo.cards")
+hub = library("hub")
+publishing = library("zoo.publishing")
+
+RepoIdOpt = Annotated[Optional[str], typer.Option("--repo-id", metavar="NAMESPACE/NAME", help="The Hub repo.")]
 
 
 def card(
-    directory: CheckpointArg,
-    repo_id: Annotated[Optional[str], typer.Option("--repo-id", help="Repo id used in the usage snippets.")] = None,
+    model_argument: ModelArg = None,
+    model: ModelAlias = None,
+    repo_id: RepoIdOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a README.md this tool did not write.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Render the model card locally (writes DIR/README.md) for review before pushing."""
-    console.print(f"wrote {write_card(directory, repo_id)}")
+    """Render the model card into the checkpoint's README.md, for review before pushing.
+
+    \b
+    Example: obsdiff-hub card tiny-out --repo-id me/tiny-shapes-50
+    """
+    path = cards.write_card(Path(checkpoint(model_argument, model, "card")), repo_id, overwrite=overwrite)
+    typer.echo(str(path)) if quiet else console.print(f"wrote {path}")
 
 
 def push(
-    directory: CheckpointArg,
-    repo_id: Annotated[str, typer.Option("--repo-id", help="NAMESPACE/NAME on the Hub.")],
-    private: Annotated[bool, typer.Option(help="Create the repo private.")] = False,
-    branch: Annotated[Optional[str], typer.Option(help="Push to this branch (created if needed).")] = None,
-    tag: Annotated[Optional[str], typer.Option(help="Tag for the commit (default: RECIPE-vVERSION).")] = None,
-    commit_message: Annotated[Optional[str], typer.Option(help="Commit message.")] = None,
+    model_argument: ModelArg = None,
+    model: ModelAlias = None,
+    repo_id: RepoIdOpt = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
+    branch: Annotated[Optional[str], typer.Option("--branch", metavar="BRANCH", help="Push to this branch (created if needed).")] = None,
+    tag: Annotated[Optional[str], typer.Option("--tag", metavar="TAG", help="Tag for the commit (default: RECIPE-vVERSION).")] = None,
+    commit_message: Annotated[Optional[str], typer.Option("--commit-message", metavar="TEXT", help="Commit message.")] = None,
     token: TokenOpt = None,
     endpoint: EndpointOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Publish a pruned checkpoint: card, recipe, report, manifest and weights in one tagged commit."""
-    result = publish(directory, repo_id, private=private, branch=branch, tag=tag, commit_message=commit_message, token=token, endpoint=endpoint)
-    console.print(f"pushed {directory} to {repo_id} at {result.commit[:12]} (tag {result.tag})")
+    """Publish a pruned checkpoint: card, recipe, report, manifest and weights in one tagged commit.
+
+    \b
+    Example: obsdiff-hub push tiny-out --repo-id me/tiny-shapes-50
+    """
+    folder = checkpoint(model_argument, model, "push")
+    if repo_id is None:
+        raise InputError("give the repo to publish to: --repo-id NAMESPACE/NAME")
+    result = publishing.publish(folder, repo_id, private=private, branch=branch, tag=tag, commit_message=commit_message, token=token, endpoint=endpoint)
+    if as_json:
+        print_json({"repo_id": repo_id, "commit": result.commit, "tag": result.tag, "url": result.url})
+    else:
+        console.print(f"pushed {folder} to {repo_id} at {result.commit[:12]} (tag {result.tag})")
 
 
 def pull(
-    repo_id: RepoIdArg,
+    repo_id: Annotated[str, typer.Argument(metavar="REPO_ID", help="NAMESPACE/NAME on the Hub.")],
     revision: RevisionOpt = None,
-    local_dir: Annotated[Optional[Path], typer.Option(help="Download here instead of the Hub cache.")] = None,
+    local_dir: Annotated[Optional[Path], typer.Option("--local-dir", metavar="DIR", help="Download here instead of the Hub cache.")] = None,
     token: TokenOpt = None,
     endpoint: EndpointOpt = None,
-    verify: Annotated[bool, typer.Option(help="Check every weight file against the push-time sha256 manifest.")] = True,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check every weight file against the push-time sha256 manifest.")] = True,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Download a published checkpoint and verify it."""
-    path = pull_verified(repo_id, revision=revision, local_dir=local_dir, token=token, endpoint=endpoint, verify=verify)
-    console.print(f"{repo_id} → {path}" + (" (verified)" if verify else ""))
+    """Download a published checkpoint and verify it.
+
+    \b
+    Example: obsdiff-hub pull me/tiny-shapes-50 --revision tiny-shapes-unstructured-50-v1
+    """
+    path = hub.pull(repo_id, revision=revision, local_dir=local_dir, token=token, endpoint=endpoint, verify=verify)
+    if as_json:
+        print_json({"repo_id": repo_id, "path": str(path), "verified": verify})
+    elif quiet:
+        typer.echo(str(path))
+    else:
+        console.print(f"{repo_id} → {path}" + (" (verified)" if verify else ""))

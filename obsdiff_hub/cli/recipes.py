@@ -2,45 +2,59 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from ..zoo.recipes import Recipe, load_recipe, recipe_names
-from ..zoo.runs import plan_recipe
-from .display import change, human, print_json, print_table
+from .display import Command, change, human, print_json, print_table
 from .errors import reports_errors
-from .options import JsonOpt, positive
+from .lazy import library
+from .options import JsonOpt, ResolutionOpt, positive
 
-recipes_app = typer.Typer(help="List and show the versioned pruning recipes.", no_args_is_help=True)
+recipes = library("zoo.recipes")
+runs = library("zoo.runs")
+
+if TYPE_CHECKING:
+    from ..zoo.recipes import Recipe
+
+recipes_app = typer.Typer(help="List and show the versioned pruning recipes.", no_args_is_help=True, rich_markup_mode=None)
+RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", metavar="RECIPE", help="A shipped recipe's name or a recipe YAML file.")]
 
 
 def recipe_record(recipe: Recipe) -> dict[str, Any]:
     return {"name": recipe.name, "version": recipe.version, "sha256": recipe.sha256, "recipe": recipe.model_dump(mode="json")}
 
 
-@recipes_app.command("list")
+@recipes_app.command("list", cls=Command)
 @reports_errors
 def list_recipes(as_json: JsonOpt = False) -> None:
-    """Every shipped recipe, with its method and ratio."""
-    recipes = [load_recipe(name) for name in recipe_names()]
+    """Every shipped recipe, with its method and ratio.
+
+    \b
+    Example: obsdiff-hub recipes list --json
+    """
+    shipped = [recipes.load_recipe(name) for name in recipes.recipe_names()]
     if as_json:
-        print_json([recipe_record(r) for r in recipes])
+        print_json([recipe_record(r) for r in shipped])
         return
     table = Table()
     for column in ("name", "version", "base model", "granularity", "ratio", "blocks"):
         table.add_column(column, no_wrap=True)
-    for r in recipes:
+    for r in shipped:
         table.add_row(r.name, str(r.version), r.base_model.repo_id, r.prune.granularity, r.prune.ratio_label, str(r.prune.blocks or "all"))
     print_table(table)
 
 
-@recipes_app.command("show")
+@recipes_app.command("show", cls=Command)
 @reports_errors
-def show_recipe(name: Annotated[str, typer.Argument(help="Recipe name or path.")], as_json: JsonOpt = False) -> None:
-    """Print a recipe as YAML with its identity (version and sha256)."""
-    recipe = load_recipe(name)
+def show_recipe(name: Annotated[str, typer.Argument(metavar="RECIPE", help="A shipped recipe's name or a recipe YAML file.")], as_json: JsonOpt = False) -> None:
+    """Print a recipe as YAML with its identity (version and sha256).
+
+    \b
+    Example: obsdiff-hub recipes show sdxl-30
+    """
+    recipe = recipes.load_recipe(name)
     if as_json:
         print_json(recipe_record(recipe))
         return
@@ -48,14 +62,14 @@ def show_recipe(name: Annotated[str, typer.Argument(help="Recipe name or path.")
     typer.echo(recipe.to_yaml(), nl=False)
 
 
-def plan(
-    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe name or path.")],
-    resolution: Annotated[Optional[int], typer.Option(help="Image resolution for the FLOP count (default: 1024, or a built-in model's own).")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Parameters and FLOPs before/after a recipe, offline (from the shipped public config)."""
+def plan(recipe: RecipeOpt, resolution: ResolutionOpt = None, as_json: JsonOpt = False) -> None:
+    """Parameters and FLOPs before and after a recipe, offline (from the shipped public config).
+
+    \b
+    Example: obsdiff-hub plan -r sdxl-30
+    """
     positive(resolution, "--resolution")
-    result = plan_recipe(load_recipe(recipe), resolution)
+    result = runs.plan_recipe(recipes.load_recipe(recipe), resolution)
     if as_json:
         print_json(result.to_dict())
         return

@@ -20,9 +20,10 @@ HEADER = (
 
 
 def _option_line(param: Any) -> str:
-    names = ", ".join(f"`{o}`" for o in [*param.opts, *param.secondary_opts])
+    value = f" {param.metavar}" if param.param_type_name == "option" and not param.is_flag and param.metavar else ""
+    names = ", ".join(f"`{o}{value}`" for o in [*param.opts, *param.secondary_opts])
     if param.param_type_name == "argument":
-        names = f"`{param.name.upper()}`"
+        names = f"`{param.metavar or param.name.upper()}`"
     text = " ".join((getattr(param, "help", None) or "").split())
     if param.required:
         text += " (required)"
@@ -32,8 +33,14 @@ def _option_line(param: Any) -> str:
 
 
 def _section(command: Any, path: list[str]) -> list[str]:
-    lines = [f"## `{' '.join(path)}`", "", " ".join((command.help or "").split()), ""]
-    params = [p for p in command.params if p.name not in ("help", "install_completion", "show_completion")]
+    lines = [f"## `{' '.join(path)}`", ""]
+    for paragraph in (command.help or "").replace("\b\n", "").split("\n\n"):
+        text = " ".join(paragraph.split())
+        if text.startswith("Example: "):
+            lines += ["```console", "$ " + text.removeprefix("Example: "), "```", ""]
+        elif text:
+            lines += [text, ""]
+    params = [p for p in command.params if p.name not in ("help", "install_completion", "show_completion") and not getattr(p, "hidden", False)]
     if params:
         lines += [_option_line(p) for p in params] + [""]
     for name, sub in getattr(command, "commands", {}).items():

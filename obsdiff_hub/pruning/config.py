@@ -100,6 +100,14 @@ class PruneConfig(StrictModel):
     )
     allocation: Literal["uniform", "error"] = Field("uniform", description="error: per-layer sparsity from measured sensitivity, same total")
     allocation_spread: float = Field(0.1, ge=0.0, lt=1.0, description="with allocation error: each layer within ratio ± spread")
+    solver: Literal["obs", "obs+lsq", "admm"] = Field(
+        "obs", description="obs: the paper's greedy pass; obs+lsq: its mask with the kept weights re-fitted to the optimum; "
+        "admm: mask and weights refined by ADMM from the obs result, then re-fitted (unstructured and N:M)"
+    )
+    admm_iterations: int = Field(60, ge=1, le=10_000, description="with solver admm: ADMM steps at most")
+    admm_rho: float = Field(0.1, gt=0, description="with solver admm: the first penalty, relative to the scaled Hessian's unit diagonal")
+    refit_iterations: int = Field(100, ge=1, le=100_000, description="with solver obs+lsq or admm: conjugate-gradient steps at most")
+    refit_tolerance: float = Field(1e-6, gt=0, lt=1, description="with solver obs+lsq or admm: relative residual at which the re-fit stops")
 
     @field_validator("block_sparsity")
     @classmethod
@@ -131,6 +139,8 @@ class PruneConfig(StrictModel):
             raise ValueError(f"alpha_min ({self.alpha_min}) must not exceed alpha_max ({self.alpha_max})")
         if self.calibration_target == "dense" and self.method != "obs-diff":
             raise ValueError("calibration_target 'dense' applies to method obs-diff (the baselines do not compensate)")
+        if self.solver != "obs" and (self.method != "obs-diff" or self.granularity == "structured"):
+            raise ValueError(f"solver {self.solver!r} refines method obs-diff with granularity unstructured or n:m")
         if self.allocation == "error" and (self.method != "obs-diff" or self.granularity == "n:m"):
             raise ValueError("allocation 'error' applies to method obs-diff with granularity unstructured or structured")
         if self.memory_budget_gb is not None and self.packages != "auto":

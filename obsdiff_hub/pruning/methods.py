@@ -1,9 +1,10 @@
 """The pruning methods the engine can apply, by name: one signature per kind.
 
 A *layer method* prunes layers that share one input Hessian (unstructured or N:M) and
-returns ``(W_pruned, mask)`` per layer. A *group method* removes column groups (heads,
-neurons) from the output projections of a structured site. The engine calls exactly these
-functions; the maths tests call the same ones.
+returns ``(W_pruned, mask)`` per layer; a *refiner* improves such a result (``solver: obs+lsq``
+or ``admm``). A *group method* removes column groups (heads, neurons) from the output
+projections of a structured site. The engine calls exactly these functions; the maths tests
+call the same ones.
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ from typing import Callable, Sequence
 import torch
 
 from ..maths import baselines, solvers
+from ..maths.admm import AdmmSettings, refine
 from ..maths.solvers import GroupSelection
 from .config import PruneConfig
 
 LayerMethod = Callable[
     [Sequence[torch.Tensor], torch.Tensor, Sequence[float], PruneConfig, Sequence[int] | None], list[tuple[torch.Tensor, torch.Tensor]]
+]
+Refiner = Callable[
+    [Sequence[torch.Tensor], torch.Tensor, Sequence[tuple[torch.Tensor, torch.Tensor]], PruneConfig], list[tuple[torch.Tensor, torch.Tensor]]
 ]
 GroupMethod = Callable[
     [Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[GroupSelection], PruneConfig],
@@ -57,6 +62,24 @@ LAYER_METHODS: dict[str, LayerMethod] = {
     "magnitude": _each_layer(baselines.magnitude_prune),
     "wanda": _each_layer(baselines.wanda_prune),
     "dsnot": _each_layer(baselines.dsnot_prune),
+}
+
+def _refiner(search: bool) -> Refiner:
+    """:func:`obsdiff_hub.maths.admm.refine` with the run's settings; ``search``: ADMM over masks too."""
+
+    def method(
+        weights: Sequence[torch.Tensor], H: torch.Tensor, starts: Sequence[tuple[torch.Tensor, torch.Tensor]], cfg: PruneConfig
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        settings = AdmmSettings(cfg.admm_iterations, cfg.admm_rho, cfg.refit_iterations, cfg.refit_tolerance)
+        return refine(weights, H, [w for w, _ in starts], [k for _, k in starts], search=search, n=cfg.n, m=cfg.m,
+                      percdamp=cfg.percdamp, settings=settings)
+
+    return method
+
+
+REFINERS: dict[str, Refiner] = {
+    "obs+lsq": _refiner(search=False),
+    "admm": _refiner(search=True),
 }
 
 GROUP_METHODS: dict[str, GroupMethod] = {

@@ -18,6 +18,7 @@ class LayerRecord:
     shape: tuple[int, int]
     sparsity: float  # fraction of zero weights (structured: of zeroed input columns before removal)
     relative_error: float  # ‖(W−Ŵ)X‖² / ‖WX‖² on the calibration Hessian
+    start_error: float | None = None  # solver obs+lsq or admm: the same for the obs result it started from
 
 
 @dataclass
@@ -67,6 +68,24 @@ class PruneReport:
     @property
     def mean_relative_error(self) -> float:
         return sum(r.relative_error for r in self.layers) / max(len(self.layers), 1)
+
+    @property
+    def mean_start_error(self) -> float | None:
+        """Mean relative error of the obs results a refining solver started from (None for ``solver: obs``)."""
+        starts = [r.start_error for r in self.layers if r.start_error is not None]
+        return sum(starts) / len(starts) if starts else None
+
+    @property
+    def zeroed_weights(self) -> int:
+        """Weights an unstructured or N:M run set to zero (shapes unchanged; 0 for structured runs,
+        whose removed heads and neurons are gone from the shapes)."""
+        if self.config.get("granularity") == "structured":
+            return 0
+        return sum(round(r.sparsity * r.shape[0] * r.shape[1]) for r in self.layers)
+
+    def removed(self, kind: str) -> int:
+        """Heads (``kind="heads"``) or FFN neurons (``"neurons"``) a structured run removed."""
+        return sum(r.before - r.after for r in self.structure if r.kind == kind)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruneReport:

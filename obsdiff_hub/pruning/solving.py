@@ -26,7 +26,7 @@ from ..maths.counts import group_removal_count
 from ..maths.solvers import GroupSelection, asymmetric_target
 from .config import PruneConfig
 from .distributed import World
-from .methods import GROUP_METHODS, LAYER_METHODS
+from .methods import GROUP_METHODS, LAYER_METHODS, REFINERS
 from .precision import Precision
 from .report import LayerRecord, PruneReport, StructureRecord
 
@@ -94,9 +94,13 @@ class SiteSolver:
         targets = [self.target(p, H, G) for p in site.layers] if G is not None else weights
         counts = [self.counts[p] for p in site.layers] if self.counts else None
         solved = LAYER_METHODS[cfg.method](targets, H, [cfg.sparsity_for(block)] * len(weights), cfg, counts)
-        for path, W, (W_new, mask) in zip(site.layers, weights, solved):
+        starts: list[float | None] = [None] * len(weights)
+        if cfg.solver != "obs":  # refine the greedy result; record where it started
+            starts = [relative_error(W, W_start, H) for W, (W_start, _) in zip(weights, solved)]
+            solved = REFINERS[cfg.solver](targets, H, solved, cfg)
+        for path, W, (W_new, mask), start in zip(site.layers, weights, solved, starts):
             result.weights[path] = W_new
-            result.layers.append(LayerRecord(path, block, tuple(W.shape), float(mask.float().mean()), relative_error(W, W_new, H)))
+            result.layers.append(LayerRecord(path, block, tuple(W.shape), float(mask.float().mean()), relative_error(W, W_new, H), start))
 
     def _solve_structured(
         self, block: int, site: StructuredSite, hessians: dict[str, torch.Tensor], cross_terms: dict[str, torch.Tensor], result: UnitResult

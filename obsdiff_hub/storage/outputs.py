@@ -78,6 +78,18 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         raise
 
 
+def check_writable_file(path: Path) -> None:
+    """Fail before any work unless ``path`` can be written: its folder exists and is writable, and
+    ``path`` is not itself a folder."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{parent} is not an existing folder, so {path} cannot be written; create it or choose another `out`")
+    if path.is_dir() and not path.is_symlink():
+        raise OutputError(f"{path} is a folder; give a file name as the `out`")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{parent} is not writable, so {path} cannot be written; choose another `out`")
+
+
 def mark_owned(folder: Path, files: list[str] | None = None, kind: str = "checkpoint") -> None:
     """Write the marker: ``files`` (default: everything in ``folder`` now) are this tool's, an
     entry ending in ``/`` with everything below it; ``kind`` is ``checkpoint`` (an output

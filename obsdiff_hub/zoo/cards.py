@@ -13,9 +13,11 @@ from huggingface_hub import ModelCard, ModelCardData
 from ..architectures import ADAPTERS
 from ..errors import InputError
 from ..models import PRUNED_CLASSES, base_class_for
+from ..pruning.prompts import builtin_prompts
 from ..pruning.report import PruneReport
 from ..resources import data_dir
-from ..storage.outputs import add_owned, write_atomic
+from ..shapes.dataset import evaluation_scenes
+from ..storage.outputs import add_owned, owned_files, write_atomic
 from ..units import human
 from .bench import BENCH_FILE, BenchResult
 from .evaluation import EVAL_FILE, EvalResult
@@ -62,23 +64,27 @@ def render_card(
         model_name=recipe.name if metrics else None,
         eval_results=_eval_results(evaluation) if metrics else None,
     )
-    heads = sum(r.before - r.after for r in report.structure if r.kind == "heads")
-    neurons = sum(r.before - r.after for r in report.structure if r.kind == "neurons")
-    import_line = f"from obsdiff_hub import {pruned_cls}\n" if structured else ""
+    heads, neurons = report.removed("heads"), report.removed("neurons")
     usage_pipeline = (
         ("import obsdiff_hub  # registers the pruned classes with DiffusionPipeline\n" if structured else "")
         + "import torch\nfrom diffusers import DiffusionPipeline\n\n"
         + f'pipe = DiffusionPipeline.from_pretrained("{repo}", dtype=torch.float16).to("cuda")\n'
-        + 'image = pipe("a photo of an astronaut riding a horse").images[0]'
+        + f"image = pipe({json.dumps(example_prompt(recipe), ensure_ascii=False)}).images[0]"
     )
     loader = pruned_cls if structured else f"diffusers.{pruned_cls}"
-    usage_component = (
-        f"import torch\n{import_line}from diffusers import {base.pipeline}"
-        + ("" if structured else f", {pruned_cls}")
-        + f'\n\n{base.component} = {pruned_cls}.from_pretrained("{repo}", subfolder="{base.component}", dtype=torch.float16)\n'
-        # a built-in base has no Hub id: the checkpoint is itself a whole pipeline to put the component into
-        + f'pipe = {base.pipeline}.from_pretrained("{repo if base.repo_id.startswith("builtin:") else base.repo_id}", {base.component}={base.component}, dtype=torch.float16)'
-    )
+    load_component = f'{base.component} = {pruned_cls}.from_pretrained("{repo}", subfolder="{base.component}", dtype=torch.float16)\n'
+    component_import = f"from obsdiff_hub import {pruned_cls}" if structured else f"from diffusers import {pruned_cls}"
+    if base.repo_id.startswith("builtin:"):  # no Hub id: the shipped dense pipeline takes the pruned component
+        usage_component = (
+            f"import torch\nimport obsdiff_hub\n{component_import}\n\n{load_component}"
+            f'pipe = obsdiff_hub.load_pipeline("{base.repo_id}", torch_dtype=torch.float16)  # the dense base\n'
+            f"pipe.register_modules({base.component}={base.component})"
+        )
+    else:
+        usage_component = (
+            f"import torch\nfrom diffusers import {base.pipeline}\n{component_import}\n\n{load_component}"
+            f'pipe = {base.pipeline}.from_pretrained("{base.repo_id}", {base.component}={base.component}, dtype=torch.float16)'
+        )
     loading_note = (
         "Structured pruning gives every block its own head count and FFN width, recorded in `config.json`\n"
         f"(`obsdiff_structure`); `{loader}` rebuilds those shapes, so `pip install obsdiff-hub` is needed."
@@ -104,7 +110,9 @@ def render_card(
         params_before=_billions(report.params_before),
         params_after=_billions(report.params_after),
         mean_sparsity=f"{report.mean_sparsity:.4f}",
-        mean_error=f"{report.mean_relative_error:.4g}",
+        mean_error=f"{report.mean_relative_error:.4g}" + (
+            f" (the obs result it was refined from: {report.mean_start_error:.4g})" if report.mean_start_error is not None else ""
+        ),
         heads_removed=heads,
         neurons_removed=neurons,
         sparsity_note=sparsity_note,
@@ -136,6 +144,18 @@ def render_card(
     return card
 
 
+def example_prompt(recipe: Recipe) -> str:
+    """A prompt the model was made for: the first of its evaluation or calibration prompts."""
+    evaluation, prompts = recipe.evaluation, recipe.calibration.prompts
+    if evaluation is not None and evaluation.prompts == "builtin:shapes":
+        return evaluation_scenes(1)[0].caption
+    if prompts.source == "inline" and prompts.texts:
+        return prompts.texts[0]
+    if prompts.source == "builtin":
+        return builtin_prompts(prompts.path or "captions")[0]
+    return "a photo of an astronaut riding a horse"
+
+
 def calibration_rows(recipe: Recipe, report: PruneReport) -> list[tuple[str, str]]:
     """The effective calibration settings, as run (from the effective recipe and the report)."""
     cal, prune = recipe.calibration, recipe.prune
@@ -149,7 +169,9 @@ def calibration_rows(recipe: Recipe, report: PruneReport) -> list[tuple[str, str
         ("dtypes", f"calibration {report.precision.get('compute', cal.dtype)}, checkpoint {report.precision.get('checkpoint', '?')}, saved {recipe.output.dtype}"),
         ("timestep weighting", f"{prune.weighting} ({prune.alpha_min} → {prune.alpha_max})"),
         ("module packages", f"{len(report.packages) or prune.packages}" + (" (chosen by memory)" if report.package_plan.get("mode") == "auto" else "")),
-        ("solver", f"percdamp {prune.percdamp}, blocksize {prune.blocksize}, Hessian accumulation {prune.hessian_precision}"),
+        ("solver", {"obs": "OBS (the paper's greedy pass)", "obs+lsq": "OBS, then its kept weights re-fitted to the least-squares optimum",
+                    "admm": f"OBS, then masks and weights refined by ADMM ({prune.admm_iterations} steps at most) and re-fitted; no layer kept worse than OBS"}[prune.solver]
+         + f"; percdamp {prune.percdamp}, blocksize {prune.blocksize}, Hessian accumulation {prune.hessian_precision}"),
         ("layer targets", "the dense network's outputs (asymmetric, `calibration_target: dense`)" if prune.calibration_target == "dense"
          else "each layer's own outputs on the pruned network's inputs (OBS-Diff)"),
         ("sparsity allocation", f"error-driven per package, ratio ± {prune.allocation_spread}, same total" if prune.allocation == "error" else "uniform"),
@@ -236,8 +258,12 @@ def card_for_folder(directory: Path, repo_id: str | None = None) -> str:
     return card.content
 
 
-def write_card(directory: Path, repo_id: str | None = None) -> Path:
-    """Render the folder's card into its ``README.md`` (for review before a push); returns the path."""
+def write_card(directory: Path, repo_id: str | None = None, *, overwrite: bool = False) -> Path:
+    """Render the folder's card into its ``README.md`` (for review before a push); returns the path.
+    A ``README.md`` this tool did not write is replaced only with ``overwrite``."""
+    readme = directory / "README.md"
+    if (readme.exists() or readme.is_symlink()) and "README.md" not in owned_files(directory) and not overwrite:
+        raise CardError(f"{readme} was not written by obsdiff-hub; pass `overwrite` to replace it")
     content = card_for_folder(directory, repo_id)
     write_atomic(directory / "README.md", content)
     add_owned(directory, ["README.md"])

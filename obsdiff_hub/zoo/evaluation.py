@@ -6,12 +6,16 @@ another metric, or the same base against another checkpoint, reuses them. Every 
 ``eval.json`` carries its sample count and a bootstrap 95% interval (1000 resamples of the
 images, seed 0). The metrics themselves live in :mod:`.metrics`, one module each; metric models
 download from the Hub like any model, and settings name them so tests can use small local ones.
+
+Settings left open come from the checkpoint's own recipe (its ``evaluation`` section: the
+numbers ``prune`` already published), then from the pipeline (its guidance scale and image
+size); ``eval.json`` records every value used, and an earlier evaluation is never replaced
+unless asked.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -19,22 +23,91 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from huggingface_hub import constants as hub_constants
 from PIL import Image
+from pydantic import ValidationError
 
 from .._version import __version__
-from ..hub import resolve_source
+from ..errors import InputError
+from ..hub import local_folder_or_repo, resolve_source
+from ..pruning.config import describe_error
 from ..pruning.prompts import builtin_prompts, contained_path, read_prompt_file
 from ..shapes.dataset import evaluation_scenes
 from ..storage.manifest import sha256_file
 from ..storage.outputs import add_owned, write_atomic
 from .metrics import METRICS, MetricRow, Samples, check_metrics
-from .recipes import EvaluationSpec
-from .sampling import default_device, generate_images, image_grid
+from .metrics.clip import CLIP_MODEL
+from .recipes import EvaluationSpec, RecipeError, load_recipe
+from .sampling import (
+    default_device,
+    generate_images,
+    image_bytes,
+    image_grid,
+    pipeline_defaults,
+)
 
 EVAL_FILE = "eval.json"
 GRID_FILE = "samples.png"
 # What changes the images (the cache key): not the metrics or their models.
 IMAGE_SETTINGS = ("prompts", "num", "steps", "guidance_scale", "resolution", "seed", "batch_size")
+ONLINE_METRICS = ["psnr", "clip"]
+OFFLINE_METRICS = ["psnr"]  # what needs no download
+
+
+def recipe_evaluation(checkpoint: str) -> EvaluationSpec | None:
+    """The ``evaluation`` section of a local checkpoint folder's ``recipe.yaml``, if it has one."""
+    folder = local_folder_or_repo(checkpoint)
+    recipe_file = folder / "recipe.yaml" if folder is not None else None
+    if recipe_file is None or not recipe_file.is_file():
+        return None
+    try:
+        return load_recipe(recipe_file).evaluation
+    except RecipeError:
+        return None  # a recipe this version cannot read: the defaults apply
+
+
+def evaluation_settings(checkpoint: str, given: dict[str, Any]) -> EvaluationSpec:
+    """The settings to evaluate ``checkpoint`` with: ``given`` (spec fields), else its recipe's
+    ``evaluation`` section, else the defaults; metrics default to ones that need no download when
+    the Hub is offline (``HF_HUB_OFFLINE``)."""
+    base = recipe_evaluation(checkpoint)
+    fields = {**(base.model_dump(exclude_unset=False) if base is not None else {}), **{k: v for k, v in given.items() if v is not None}}
+    if "metrics" not in fields:
+        fields["metrics"] = OFFLINE_METRICS if hub_constants.HF_HUB_OFFLINE else ONLINE_METRICS
+    unknown = [m for m in fields["metrics"] if m not in METRICS]
+    if unknown:
+        raise InputError(f"unknown metric {unknown[0]!r} in `metrics`; available: {', '.join(METRICS)}")
+    try:
+        return EvaluationSpec.model_validate(fields)
+    except ValidationError as error:
+        raise InputError(f"evaluation setting {describe_error(error, EvaluationSpec)}") from None
+
+
+def resolved(spec: EvaluationSpec, base: str) -> EvaluationSpec:
+    """``spec`` with what it leaves open made explicit: the base pipeline's guidance scale and
+    image size, and the CLIP model and revision when a metric uses CLIP."""
+    updates: dict[str, Any] = {}
+    if spec.guidance_scale is None or spec.resolution is None:
+        defaults = pipeline_defaults(base)
+        if spec.guidance_scale is None and defaults.guidance_scale is not None:
+            updates["guidance_scale"] = float(defaults.guidance_scale)
+        if spec.resolution is None:
+            updates["resolution"] = defaults.resolution
+    if "clip" in spec.metrics or ("fid" in spec.metrics and spec.fid_features == "clip"):
+        if spec.clip_model is None:
+            updates.update(clip_model=CLIP_MODEL[0], clip_revision=spec.clip_revision or CLIP_MODEL[1])
+        elif spec.clip_revision is None and not Path(spec.clip_model).is_dir():
+            updates["clip_revision"] = CLIP_MODEL[1]
+    return spec.model_copy(update=updates)
+
+
+def revision_of(source: str) -> str:
+    """What exactly ``source`` was: the commit of a Hub repo's snapshot, a local folder, or this version's built-in."""
+    if source.startswith("builtin:"):
+        return f"built-in of obsdiff-hub {__version__}"
+    if local_folder_or_repo(source) is not None:
+        return "local folder"
+    return resolve_source(source).name  # the Hub cache names each snapshot by its commit
 
 
 @dataclass
@@ -109,9 +182,7 @@ def cached_images(
     )
     folder.mkdir(parents=True, exist_ok=True)
     for image, path in zip(images, paths):
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        write_atomic(path, buffer.getvalue())
+        write_atomic(path, image_bytes(image))
     return images
 
 
@@ -129,6 +200,7 @@ def evaluate(
     reports generation progress."""
     prompts = eval_prompts(spec, folder)
     check_metrics(spec, prompts)
+    spec = resolved(spec, base)
 
     def progress(which: str) -> Callable[[int], None] | None:
         return (lambda done: on_image(which, done, len(prompts))) if on_image else None
@@ -137,7 +209,8 @@ def evaluate(
         prompts, cached_images(base, prompts, spec, device, progress("dense")), cached_images(model, prompts, spec, device, progress("pruned"))
     )
     rows = [row for metric in spec.metrics for row in METRICS[metric](samples, spec)]
-    settings = {**spec.model_dump(), "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
+    used = {k: v for k, v in spec.model_dump().items() if v is not None}  # every setting that applied, none left open
+    settings = {**used, "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
     return EvalResult(__version__, model, base, settings, rows), samples
 
 
@@ -151,24 +224,23 @@ def evaluate_checkpoint(
     prompt_folder: Path | None = None,
     device: torch.device | None = None,
     on_image: Callable[[str, int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> EvalResult:
     """Evaluate the checkpoint ``model`` against ``base``; write ``eval.json`` and the captioned
-    grid (dense row on top, pruned below, at most 8 columns) into ``out_folder``."""
+    grid (dense row on top, pruned below, at most 8 columns) into ``out_folder``. An earlier
+    ``eval.json`` there is replaced only with ``overwrite`` (checked before any sampling).
+    ``base_revision``: what the base was (default: found from ``base``)."""
+    if (out_folder / EVAL_FILE).exists() and not overwrite:
+        raise InputError(
+            f"{out_folder / EVAL_FILE} holds an earlier evaluation; pass `overwrite` to replace it, or write elsewhere with `out`"
+        )
     result, samples = evaluate(str(model), base, spec, folder=prompt_folder, device=device, on_image=on_image)
     result.model = "this checkpoint" if Path(model) == out_folder else str(model)
-    result.base_revision = base_revision
+    result.base_revision = base_revision or revision_of(base)
     columns = min(8, len(samples.prompts))
-    scale = max(1, 128 // samples.dense[0].width)
-    grow = (lambda im: im.resize((im.width * scale, im.height * scale), resample=Image.NEAREST))
-    grid = image_grid(
-        [[grow(i) for i in samples.dense[:columns]], [grow(i) for i in samples.pruned[:columns]]],
-        captions=samples.prompts[:columns],
-        row_labels=["dense", "pruned"],
-    )
-    buffer = io.BytesIO()
-    grid.save(buffer, format="PNG")
+    grid = image_grid([samples.dense[:columns], samples.pruned[:columns]], captions=samples.prompts[:columns], row_labels=["dense", "pruned"])
     out_folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_folder / GRID_FILE, buffer.getvalue())
+    write_atomic(out_folder / GRID_FILE, image_bytes(grid))
     write_atomic(out_folder / EVAL_FILE, json.dumps(result.to_dict(), indent=2) + "\n")
     add_owned(out_folder, [GRID_FILE, EVAL_FILE])
     return result

@@ -120,7 +120,7 @@ def _resolved_revision(pipeline: Any) -> str | None:
 def requested_recipe(
     recipe: Recipe,
     *,
-    model: str | None = None,
+    base: str | None = None,
     revision: str | None = None,
     dtype: str | None = None,
     num_prompts: int | None = None,
@@ -131,7 +131,7 @@ def requested_recipe(
     """``recipe`` with the run's overrides and dotted-path ``changes`` applied (validated as a whole)."""
     updates = dict(changes or {})
     named = {
-        "base_model.repo_id": model,
+        "base_model.repo_id": base,
         "base_model.revision": revision,
         "calibration.dtype": dtype,
         "calibration.prompts.count": num_prompts,
@@ -142,6 +142,13 @@ def requested_recipe(
     if packages is not None:
         updates["prune.memory_budget_gb"] = None
     return recipe.with_changes(updates) if updates else recipe
+
+
+def prompt_source(prompts: str, column: str | None, count: int) -> PromptSource:
+    """A prompt file given directly (any path), or ``builtin:NAME`` for a shipped set."""
+    if prompts.startswith("builtin:"):
+        return PromptSource(source="builtin", path=prompts.removeprefix("builtin:"), count=count)
+    return PromptSource(source="file", path=prompts, column=column, count=count)
 
 
 def pinned_prompts(source: PromptSource, prompts: list[str]) -> PromptSource:
@@ -155,11 +162,11 @@ def run_recipe(
     recipe: Recipe,
     out: str | Path,
     *,
-    model: str | None = None,
+    base: str | None = None,
     revision: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
-    prompts_file: str | None = None,
+    prompts: str | None = None,
     prompt_column: str | None = None,
     num_prompts: int | None = None,
     packages: int | Literal["auto"] | None = None,
@@ -169,26 +176,29 @@ def run_recipe(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
 ) -> RunOutput:
-    """Run ``recipe`` and write the finished checkpoint to ``out`` (see module docstring)."""
+    """Run ``recipe`` and write the finished checkpoint to ``out`` (see module docstring).
+
+    ``base``: the dense model instead of the recipe's (Hub repo id or folder); ``prompts``: a
+    prompt file or ``builtin:NAME`` instead of the recipe's calibration prompts."""
     if resume and restart:
         raise InputError("`resume` and `restart` exclude each other")
     out = Path(out)
     requested = requested_recipe(
-        recipe, model=model, revision=revision, dtype=dtype, num_prompts=num_prompts, prompt_column=prompt_column, packages=packages, changes=changes
+        recipe, base=base, revision=revision, dtype=dtype, num_prompts=num_prompts, prompt_column=prompt_column, packages=packages, changes=changes
     )
     check_writable_target(out, overwrite)
     run_device = resolve_device(device)
     cal = requested.calibration
     check_device_dtype(run_device, DTYPES.get(cal.dtype, torch.float32))
-    if prompts_file:
-        source = PromptSource(source="file", path=str(prompts_file), column=prompt_column, count=cal.prompts.count)
-        prompts = resolve_prompts(source)
+    if prompts:
+        source = prompt_source(prompts, prompt_column, cal.prompts.count)
+        texts = resolve_prompts(source)
     else:
         source = cal.prompts
         if source.source == "file" and requested.folder is None:
             raise RecipeError("a shipped recipe cannot name a prompt file; give the `prompts` file")
-        prompts = resolve_prompts(source, requested.folder)
-    pinned = pinned_prompts(source, prompts)
+        texts = resolve_prompts(source, requested.folder)
+    pinned = pinned_prompts(source, texts)
     if requested.evaluation is not None:  # its prompts and metrics are checked now, not after the pruning
         check_metrics(requested.evaluation, eval_prompts(requested.evaluation, requested.folder or data_dir("recipes")))
     world = World.from_environment(run_device)
@@ -200,7 +210,7 @@ def run_recipe(
         component = requested.base_model.component
         if resume:
             pipeline.register_modules(**{component: state.load(getattr(pipeline, component))})
-    calibration = cal.model_copy(update={"prompts": PromptSource(source="inline", texts=prompts, count=len(prompts))})
+    calibration = cal.model_copy(update={"prompts": PromptSource(source="inline", texts=texts, count=len(texts))})
     result = prune(
         pipeline,
         requested.prune,
@@ -249,4 +259,4 @@ def run_recipe(
             (tmp / "README.md").write_text(card.content, encoding="utf-8")
         state.clear()
     world.close()
-    return RunOutput(out, result, effective, plan_info, evaluation, len(set(prompts)))
+    return RunOutput(out, result, effective, plan_info, evaluation, len(set(texts)))

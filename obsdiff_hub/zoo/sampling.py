@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import inspect
+import io
 import textwrap
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
+import diffusers
 import torch
 from diffusers import DiffusionPipeline
 from PIL import Image, ImageDraw, ImageFont
 
 from .. import models  # noqa: F401 - registers the OBSDiff classes, so model_index.json entries naming them resolve
-from ..errors import InputError
-from ..hub import HubClient, fetch_verified, local_folder_or_repo
+from ..architectures.components import (
+    DENOISERS,
+    default_resolution,
+    denoiser_of,
+    pipeline_vae_scale,
+    vae_scale_factor,
+)
+from ..errors import CheckpointError, InputError
+from ..hub import HubClient, fetch_verified, local_folder_or_repo, resolve_source
 from ..shapes.pipeline import load_shapes_pipeline
 from ..storage.diagnostics import explained_pipeline_failure
+from ..storage.files import read_json
 from ..tiny import TINY_PIPELINES
+
+MIN_GRID_SIDE = 128  # grids show small images (32-pixel shapes) at least this large
 
 
 def _builtins() -> dict[str, Callable[[], Any]]:
@@ -60,6 +75,42 @@ def load_pipeline(
     return pipeline.to(device) if device is not None else pipeline
 
 
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What a pipeline samples with when not told: its ``guidance_scale`` and image side."""
+
+    guidance_scale: float | None
+    resolution: int
+
+
+def _call_default(pipeline_class: type, name: str) -> Any:
+    parameter = inspect.signature(pipeline_class.__call__).parameters.get(name)
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
+def pipeline_defaults(source: str) -> SamplingDefaults:
+    """The guidance scale and resolution ``source`` samples with by default, read from its
+    ``model_index.json`` and component configs (a built-in is loaded; no weights are read otherwise)."""
+    if source.startswith("builtin:"):
+        pipeline = load_pipeline(source)
+        denoiser = denoiser_of(pipeline)
+        return SamplingDefaults(_call_default(type(pipeline), "guidance_scale"), default_resolution(denoiser.config, pipeline_vae_scale(pipeline)))
+    folder = resolve_source(source)
+    index = read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else None
+    if index is None:
+        raise InputError(f"{source} is not a pipeline (no model_index.json); sampling needs a whole pipeline")
+    name = str(index.get("_class_name", ""))
+    pipeline_class = getattr(diffusers, name, None) if name.endswith("Pipeline") else None
+    if not (isinstance(pipeline_class, type) and issubclass(pipeline_class, DiffusionPipeline)):
+        raise CheckpointError(f"{folder / 'model_index.json'}: {name!r} is not a diffusers pipeline class")
+    denoiser = next((folder / d for d in DENOISERS if (folder / d / "config.json").is_file()), None)
+    if denoiser is None:
+        raise CheckpointError(f"{folder}: no unet/ or transformer/ folder with a config.json")
+    vae = folder / "vae" / "config.json"
+    scale = vae_scale_factor(read_json(vae) if vae.is_file() else None)
+    return SamplingDefaults(_call_default(pipeline_class, "guidance_scale"), default_resolution(read_json(denoiser / "config.json"), scale))
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -78,13 +129,15 @@ def generate_images(
     guidance: float | None = None,
     resolution: int | None = None,
     device: str | None = None,
+    dtype: torch.dtype | None = None,
     batch_size: int = 1,
     on_image: Callable[[int], None] | None = None,
 ) -> list[Image.Image]:
     """One image per prompt; image i uses ``torch.Generator().manual_seed(seed + i)`` on the CPU,
-    so the same prompt and seed give the same noise for a dense and a pruned model."""
+    so the same prompt and seed give the same noise for a dense and a pruned model. ``dtype``:
+    default fp16 on CUDA, fp32 on the CPU."""
     run_device = torch.device(device) if device else default_device()
-    pipeline = load_pipeline(source, torch_dtype=sampling_dtype(run_device), device=run_device)
+    pipeline = load_pipeline(source, torch_dtype=dtype or sampling_dtype(run_device), device=run_device)
     pipeline.set_progress_bar_config(disable=True)
     images: list[Image.Image] = []
     if on_image is not None:
@@ -107,12 +160,16 @@ def generate_images(
 
 
 def image_grid(rows: list[list[Image.Image]], captions: list[str] | None = None, row_labels: list[str] | None = None) -> Image.Image:
-    """Rows of equally sized images in one picture (row 0 on top), with a caption under each
-    column and a label left of each row when given."""
+    """Rows of equally sized images in one picture (row 0 on top), small images enlarged to at
+    least 128 pixels (nearest neighbour: every pixel stays visible), with a caption under each
+    column (at most three lines, ``…`` where it is cut) and a label left of each row when given."""
+    scale = max(1, -(-MIN_GRID_SIDE // min(rows[0][0].size)))
+    if scale > 1:
+        rows = [[image.resize((image.width * scale, image.height * scale), resample=Image.NEAREST) for image in row] for row in rows]
     width, height = rows[0][0].size
     columns = max(len(r) for r in rows)
     font = ImageFont.load_default()
-    lines = [textwrap.wrap(c, max(8, width // 7))[:3] for c in captions] if captions else []
+    lines = [textwrap.wrap(c, max(8, width // 7), max_lines=3, placeholder=" …") for c in captions] if captions else []
     caption_height = 12 * max((len(x) for x in lines), default=0) + (4 if captions else 0)
     label_width = 8 + 7 * max((len(x) for x in row_labels), default=0) if row_labels else 0
     grid = Image.new("RGB", (label_width + width * columns, height * len(rows) + caption_height), "white")
@@ -126,3 +183,20 @@ def image_grid(rows: list[list[Image.Image]], captions: list[str] | None = None,
         for i, line in enumerate(wrapped):
             pen.text((label_width + x * width + 2, height * len(rows) + 2 + 12 * i), line, fill="black", font=font)
     return grid
+
+
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def image_format(path: Path) -> str:
+    """The format an image path's suffix names, or an :class:`InputError` listing the ones written."""
+    fmt = IMAGE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(f"{path}: an image needs a .png, .jpg or .webp name, given in `out`")
+    return fmt
+
+
+def image_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()

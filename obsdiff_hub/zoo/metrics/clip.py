@@ -33,7 +33,7 @@ def _load_clip(source: str, revision: str | None) -> tuple[Any, Any, str]:
     except OSError as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise InputError(
-            f"CLIP model {source} cannot be loaded ({reason}); give a local copy as the `clip_model`, or leave clip out of the `metrics`"
+            f"CLIP model {source} cannot be loaded ({reason}); give a local copy with `clip_model`, or leave clip out of `metrics`"
         ) from None
     return model, processor, f"{source}@{revision}" if revision else source
 

@@ -1,0 +1,177 @@
+"""Closer to the layer optimum than the greedy pass: the mask-fixed least-squares re-fit, and ADMM
+over masks and weights. Imports torch only.
+
+The layer problem (SPEC §1) for layers that read one input: minimise
+``f(Ŵ) = ½ tr((Ŵ − W) H (Ŵ − W)ᵀ)`` over ``Ŵ`` in the sparsity set ``S`` (an exact count of zeros
+per layer, or ``n`` zeros in every group of ``m`` consecutive inputs of a row). OBS-Diff's solver
+(SparseGPT's) walks the columns once, fixing each column's mask and compensating only the
+columns to its right, so its result is neither the best weights for its own mask nor the best
+mask. Two refinements, both started from that result:
+
+- :func:`refit` keeps the mask and solves the kept weights to the optimum. For a fixed mask the
+  rows are independent quadratic problems ``w_K H_KK = (W H)_K``; preconditioned conjugate
+  gradients (Jacobi preconditioner) solves all rows at once.
+- :func:`admm_masks` alternates, in the scaled problem (``D⁻¹ H D⁻¹`` with unit diagonal, so a
+  weight's magnitude is its diagonal saliency), a ridge step
+  ``B = (W H − V + ρ Z)(H + ρ I)⁻¹`` with a projection ``Z = proj_S(B + V/ρ)`` and a dual step
+  ``V += ρ (B − Z)``, growing ρ as the mask settles (ALPS, Meng et al. 2024; Boža 2024). One
+  eigendecomposition of ``H`` serves every ρ. The final mask is then re-fitted exactly, and the
+  result is kept only where it beats the starting point on the layer's own objective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..errors import InputError
+from .solvers import damp_hessian
+
+
+@dataclass(frozen=True)
+class AdmmSettings:
+    """``iterations``: ADMM steps at most; ``rho``: the first penalty, relative to the unit
+    diagonal of the scaled Hessian; ``refit_iterations`` / ``refit_tolerance``: conjugate-gradient
+    steps at most, and the relative residual at which the re-fit stops."""
+
+    iterations: int = 60
+    rho: float = 0.1
+    refit_iterations: int = 100
+    refit_tolerance: float = 1e-6
+    check_every: int = 4  # host syncs: the mask's change rate is read every few steps
+
+
+def layer_error(W: torch.Tensor, W_new: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """``tr((Ŵ − W) H (Ŵ − W)ᵀ)`` per row (the layer objective, times two)."""
+    delta = W_new - W
+    return ((delta @ H) * delta).sum(1)
+
+
+def refit(W: torch.Tensor, H: torch.Tensor, keep: torch.Tensor, start: torch.Tensor | None = None, iterations: int = 100, tolerance: float = 1e-6) -> torch.Tensor:
+    """The kept weights solved to the optimum of ``tr((Ŵ − W) H (Ŵ − W)ᵀ)`` with the pruned ones
+    (``keep`` False) at zero: ``Ŵ_K H_KK = (W H)_K`` per row, by Jacobi-preconditioned conjugate
+    gradients over all rows at once. ``H`` must be positive definite on every kept set (damped).
+    ``start``: the initial guess (default: ``W`` masked). Computes in ``W``'s dtype, at least fp32."""
+    dtype = torch.promote_types(W.dtype, torch.float32)
+    W, H, keep = W.to(dtype), H.to(device=W.device, dtype=dtype), keep.to(W.device)
+    mask = keep.to(dtype)
+    X = (start.to(dtype) if start is not None else W) * mask
+    inverse_diag = 1.0 / torch.diagonal(H)
+    R = ((W - X) @ H) * mask  # the negative gradient on the kept weights
+    Z = R * inverse_diag
+    P = Z.clone()
+    rz = (R * Z).sum(1)
+    scale = ((W @ H) * mask).norm(dim=1).clamp_min(torch.finfo(dtype).tiny)
+    for step in range(iterations):
+        Q = (P @ H) * mask
+        curvature = (P * Q).sum(1)
+        alpha = torch.where(curvature > 0, rz / curvature.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(rz))
+        X.addcmul_(alpha.unsqueeze(1), P)
+        R.addcmul_(alpha.unsqueeze(1), Q, value=-1)
+        if (step + 1) % 8 == 0 and bool((R.norm(dim=1) <= tolerance * scale).all()):
+            break
+        Z = R * inverse_diag
+        rz_new = (R * Z).sum(1)
+        beta = torch.where(rz > 0, rz_new / rz.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(rz))
+        P = Z + beta.unsqueeze(1) * P
+        rz = rz_new
+    return X * mask
+
+
+def project(values: torch.Tensor, bounds: Sequence[int], pruned: Sequence[int], n: int = 0, m: int = 0) -> torch.Tensor:
+    """The sparsity pattern closest to ``values`` (True = kept): per layer (rows ``bounds[i]:bounds[i+1]``)
+    the ``pruned[i]`` smallest magnitudes zeroed, or with ``m`` the ``n`` smallest of every group of
+    ``m`` consecutive columns of each row."""
+    magnitude = values.abs()
+    keep = torch.ones_like(values, dtype=torch.bool)
+    if m:
+        rows, cols = values.shape
+        grouped = magnitude.reshape(rows, cols // m, m)
+        smallest = torch.topk(grouped, n, dim=-1, largest=False).indices
+        return keep.view(rows, cols // m, m).scatter_(-1, smallest, False).view(rows, cols)
+    for (r1, r2), count in zip(zip(bounds, bounds[1:]), pruned):
+        if count:
+            layer = magnitude[r1:r2].reshape(-1)
+            keep[r1:r2].view(-1)[torch.topk(layer, count, largest=False, sorted=False).indices] = False
+    return keep
+
+
+def refine(
+    weights: Sequence[torch.Tensor],
+    H: torch.Tensor,
+    starts: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor],
+    *,
+    search: bool = True,
+    n: int = 0,
+    m: int = 0,
+    percdamp: float = 0.01,
+    settings: AdmmSettings = AdmmSettings(),
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Refine layers that share ``H``, each from its pruned start (``starts``, ``masks`` True where
+    pruned). ``search``: ADMM looks for a better mask first (:func:`admm_prune`); otherwise the
+    start's mask is kept and only the weights are re-fitted (``solver: obs+lsq``). Per layer the
+    better of the result and its start on ``tr((Ŵ − W) H (Ŵ − W)ᵀ)`` (undamped ``H``) is returned,
+    so no layer gets worse. Each layer keeps its start's zero count (unstructured) or N:M pattern.
+    Returns ``[(Ŵ, mask), ...]`` like the solvers."""
+    if not weights:
+        return []
+    if len(starts) != len(weights) or len(masks) != len(weights):
+        raise InputError(f"{len(weights)} layers but {len(starts)} starting points and {len(masks)} masks")
+    device = weights[0].device
+    W = torch.cat([w.detach().to(device=device, dtype=torch.float32) for w in weights])
+    start = torch.cat([s.detach().to(device=device, dtype=torch.float32) for s in starts])
+    pruned = torch.cat([k.to(device) for k in masks])
+    bounds = torch.tensor([0] + [w.shape[0] for w in weights]).cumsum(0).tolist()
+    H = H.detach().to(device=device, dtype=torch.float32)
+    Hd, dead = damp_hessian(H, percdamp, device)
+    W[:, dead] = 0.0  # inputs that never carry signal: their weights are zeros, pruned first
+    if search:
+        counts = [int(pruned[r1:r2].sum()) for r1, r2 in zip(bounds, bounds[1:])]
+        keep, guess = admm_masks(W, Hd, start, ~pruned, bounds, counts, n, m, settings)
+    else:
+        keep, guess = ~pruned, start
+    refined = refit(W, Hd, keep, start=guess, iterations=settings.refit_iterations, tolerance=settings.refit_tolerance)
+    out = []
+    for (r1, r2), w, s, k in zip(zip(bounds, bounds[1:]), weights, starts, masks):
+        better = float(layer_error(W[r1:r2], refined[r1:r2], H).sum()) <= float(layer_error(W[r1:r2], start[r1:r2], H).sum())
+        out.append((refined[r1:r2].to(w.dtype), ~keep[r1:r2]) if better else (s.to(w.dtype), k.to(device)))
+    return out
+
+
+def admm_masks(
+    W: torch.Tensor,
+    Hd: torch.Tensor,
+    start: torch.Tensor,
+    keep: torch.Tensor,
+    bounds: Sequence[int],
+    counts: Sequence[int],
+    n: int,
+    m: int,
+    settings: AdmmSettings,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ADMM from ``start`` on the scaled problem (unit-diagonal ``D⁻¹ Hd D⁻¹``): the mask it
+    settles on (True = kept) and its weights, unscaled (a starting guess for the re-fit)."""
+    d = torch.sqrt(torch.diagonal(Hd))
+    Hs = Hd / d.unsqueeze(0) / d.unsqueeze(1)
+    eigenvalues, Q = torch.linalg.eigh(Hs)  # one factorisation serves every ρ
+    target = (W * d) @ Hs  # W H in the scaled variables
+    Z = start * d
+    V = torch.zeros_like(Z)
+    rho, checked, settled = settings.rho, keep, 0
+    kept = max(int(keep.sum()), 1)
+    for step in range(settings.iterations):
+        B = (((target - V + rho * Z) @ Q) / (eigenvalues + rho)) @ Q.T
+        keep = project(B + V / rho, bounds, counts, n, m)
+        Z = (B + V / rho) * keep
+        V.add_(B - Z, alpha=rho)
+        if (step + 1) % settings.check_every == 0:  # grow ρ faster the less the mask still moves
+            changed = int((keep != checked).sum())
+            rho *= 1.1 if changed > 0.01 * kept else 1.2 if changed else 1.5
+            settled = settled + 1 if not changed else 0
+            checked = keep
+            if settled >= 3:
+                break
+    return keep, Z / d
