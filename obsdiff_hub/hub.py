@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +44,9 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 
 from .errors import HubError, InputError
+from .storage.files import is_regular_file
 from .storage.manifest import MANIFEST, build_manifest, manifest_bytes, verify_manifest
+from .storage.outputs import real_folders
 
 # The HTTP library huggingface_hub uses (httpx, or httpx2 in 2.x): its transport errors.
 _TRANSPORT_ERROR: type[Exception] = importlib.import_module(type(get_session()).__module__.split(".")[0]).TransportError
@@ -88,6 +92,25 @@ def local_folder_or_repo(source: str) -> Path | None:
     except HFValidationError as error:
         raise InputError(f"{source!r} is neither a local folder nor a valid Hub repo id ({str(error).splitlines()[0]})") from None
     return None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A downloaded revision: where it is, the commit it holds, and the files that commit lists."""
+
+    path: Path
+    commit: str | None
+    files: set[str] | None
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A checkpoint made available: its folder, the commit it holds (None for a local folder), and
+    how many files were checked against its manifest."""
+
+    path: Path
+    commit: str | None
+    checked: int
 
 
 @dataclass(frozen=True)
@@ -142,7 +165,7 @@ class HubClient:
     def _explain(self, error: BaseException, source: str | None, maybe_folder: bool) -> str:
         what = f"{source}: " if source else ""
         if isinstance(error, LocalTokenNotFoundError):
-            return f"{what}no Hub token: set HF_TOKEN, pass `token`, or run `hf auth login`"
+            return f"{what}no Hub token: set HF_TOKEN (or pass a `token`), or run `hf auth login`"
         if isinstance(error, RepositoryNotFoundError):  # also gated and private repos the token cannot see
             return f"{what}no such repo on {self.url}, or it is private or gated: check the name and your token (HF_TOKEN)"
         if isinstance(error, RevisionNotFoundError):
@@ -173,29 +196,30 @@ class HubClient:
         repo_id: str,
         *,
         revision: str | None = None,
-        local_dir: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool = False,
         maybe_folder: bool = False,
-    ) -> tuple[Path, set[str] | None]:
-        """Download ``repo_id`` at ``revision``; returns the folder and the file list of exactly the
-        commit that was downloaded (None when only the local cache was read)."""
+        listing: bool = True,
+    ) -> Snapshot:
+        """``repo_id`` at ``revision`` in the Hub cache: its folder, the commit it holds, and (with
+        ``listing``, online) that commit's file list. The cache names each snapshot folder by its
+        commit and records the branch or tag, so an offline load finds it later."""
         with self.errors(repo_id, maybe_folder=maybe_folder):
-            if local_files_only:
-                path = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_dir=local_dir, local_files_only=True)
-                return Path(path), None
-            if local_dir is None:
-                # The cache names each snapshot folder by the commit it holds, and records the
-                # branch or tag, so an offline load of the same revision finds it later.
-                path = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=self.token, endpoint=self.endpoint))
-                commit = path.name
-            else:
-                commit = self.commit_of(repo_id, revision)
-                path = Path(snapshot_download(repo_id, revision=commit, local_dir=local_dir, token=self.token, endpoint=self.endpoint))
-            return path, self.files_at(repo_id, commit)
+            path = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=self.token, endpoint=self.endpoint,
+                                          local_files_only=local_files_only))
+            listed = listing and not local_files_only and not constants.HF_HUB_OFFLINE
+            return Snapshot(path, path.name, self.files_at(repo_id, path.name) if listed else None)
+
+    def staged_snapshot(self, repo_id: str, stage: Path, *, revision: str | None = None, maybe_folder: bool = False) -> Snapshot:
+        """``repo_id`` at the commit ``revision`` names now, downloaded into the fresh folder ``stage``."""
+        with self.errors(repo_id, maybe_folder=maybe_folder):
+            commit = self.commit_of(repo_id, revision)
+            snapshot_download(repo_id, revision=commit, local_dir=stage, token=self.token, endpoint=self.endpoint)
+            return Snapshot(stage, commit, self.files_at(repo_id, commit))
 
     def download_file(self, repo_id: str, filename: str, *, repo_type: str = "model", revision: str | None = None) -> Path:
         """One file of a repository (e.g. calibration prompts from a dataset repo)."""
+        check_repo_id(repo_id)
         with self.errors(repo_id):
             return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision, token=self.token, endpoint=self.endpoint))
 
@@ -248,7 +272,7 @@ def resolve_source(source: str, revision: str | None = None, client: HubClient |
     folder = local_folder_or_repo(source)
     if folder is not None:
         return folder
-    return (client or HubClient()).snapshot(source, revision=revision, maybe_folder=True)[0]
+    return (client or HubClient()).snapshot(source, revision=revision, maybe_folder=True, listing=False).path
 
 
 def cached_snapshot(source: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path | None:
@@ -262,7 +286,19 @@ def cached_snapshot(source: str, revision: str | None = None, cache_dir: str | o
         return None
 
 
-def fetch_verified(
+def move_into(stage: Path, folder: Path) -> None:
+    """Every file of a staged download into ``folder``, by rename: each destination's folders must be
+    real folders (checked for all files before the first moves), and a link at a destination name is
+    replaced, never followed. The download's own ``.cache`` bookkeeping stays behind."""
+    files = [p for p in sorted(stage.rglob("*")) if is_regular_file(p) and p.relative_to(stage).parts[0] != ".cache"]
+    for file in files:
+        real_folders((folder / file.relative_to(stage)).parent, folder, create=False)
+    for file in files:
+        real_folders((folder / file.relative_to(stage)).parent, folder)
+        os.replace(file, folder / file.relative_to(stage))
+
+
+def fetch(
     source: str,
     *,
     revision: str | None = None,
@@ -270,22 +306,37 @@ def fetch_verified(
     local_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
+    verify: bool = True,
+    hub_only: bool = False,
     client: HubClient | None = None,
-) -> tuple[Path, int]:
-    """A checkpoint checked against its ``obsdiff-manifest.json`` (only the files under
-    ``subfolder``, if given): the folder and how many files were checked.
+) -> Fetched:
+    """A checkpoint, checked against its ``obsdiff-manifest.json`` (only the files under
+    ``subfolder``, if given) unless ``verify`` is off.
 
-    A local folder is only checked; nothing in it is ever deleted. A Hub repo is downloaded at
-    the commit its revision names, every manifest entry must be a file of that commit, and a
-    file that does not match is deleted from that fresh download (a later load cannot pick it up).
+    A local folder is only checked; nothing in it is ever deleted. A Hub repo is downloaded once;
+    every manifest entry must be a file of exactly the commit downloaded, and a file that does not
+    match is deleted from that fresh download (a later load cannot pick it up). With ``local_dir``
+    the download is staged in a fresh folder inside it, verified there, and only then moved in.
+    ``hub_only``: ``source`` is a repo id even if a local folder has that name (``pull``).
     """
-    folder = local_folder_or_repo(source)
+    folder = local_folder_or_repo(source) if not hub_only else None
     if folder is not None:
-        return folder, verify_manifest(folder, subfolder)
-    path, listed = (client or HubClient()).snapshot(
-        source, revision=revision, local_dir=local_dir, cache_dir=cache_dir, local_files_only=local_files_only, maybe_folder=True
-    )
-    return path, verify_manifest(path, subfolder, repo_files=listed, delete=listed is not None)
+        return Fetched(folder, None, verify_manifest(folder, subfolder) if verify else 0)
+    client = client or HubClient()
+    if local_dir is None:
+        snapshot = client.snapshot(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, maybe_folder=not hub_only)
+        checked = verify_manifest(snapshot.path, subfolder, repo_files=snapshot.files, delete=snapshot.files is not None) if verify else 0
+        return Fetched(snapshot.path, snapshot.commit, checked)
+    target = Path(local_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".obsdiff-pull-", dir=target))
+    try:
+        snapshot = client.staged_snapshot(source, stage, revision=revision, maybe_folder=not hub_only)
+        checked = verify_manifest(stage, subfolder, repo_files=snapshot.files, delete=True) if verify else 0
+        move_into(stage, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return Fetched(target, snapshot.commit, checked)
 
 
 def pull(
@@ -297,14 +348,11 @@ def pull(
     token: str | None = None,
     endpoint: str | None = None,
     verify: bool = True,
-) -> Path:
+) -> Fetched:
     """Download a revision (branch, tag or sha) of a published checkpoint, checked against its
-    manifest unless ``verify`` is off; returns the folder."""
-    check_repo_id(repo_id)
-    client = HubClient(endpoint, token)
-    if not verify:
-        return client.snapshot(repo_id, revision=revision, local_dir=local_dir, cache_dir=cache_dir)[0]
-    return fetch_verified(repo_id, revision=revision, local_dir=local_dir, cache_dir=cache_dir, client=client)[0]
+    manifest unless ``verify`` is off: where it is, and the commit it holds."""
+    check_repo_id(repo_id, namespaced=True)
+    return fetch(repo_id, revision=revision, local_dir=local_dir, cache_dir=cache_dir, verify=verify, hub_only=True, client=HubClient(endpoint, token))
 
 
 __all__ = [
@@ -314,7 +362,8 @@ __all__ = [
     "build_manifest",
     "cached_snapshot",
     "check_repo_id",
-    "fetch_verified",
+    "fetch",
+    "move_into",
     "local_folder_or_repo",
     "looks_like_local_path",
     "manifest_bytes",

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any, Callable
+import warnings
+from typing import Any, Callable, Mapping, Sequence
 
+import torch
 from accelerate import init_empty_weights
 from diffusers import (
     FluxTransformer2DModel,
@@ -25,19 +27,33 @@ from diffusers import (
     SD3Transformer2DModel,
     UNet2DConditionModel,
 )
+from diffusers.loaders.lora_base import _fetch_state_dict
+from diffusers.utils import convert_unet_state_dict_to_peft
 
 from ._version import __version__
 from .architectures import adapter_for
+from .architectures.dense_adapters import (
+    map_lora_state_dict,
+    slice_ip_adapter_processors,
+)
+from .architectures.kept import Selection, compose, decode, dense_selections
 from .architectures.sparse_kernels import enable_sparse_kernels
 from .architectures.surgery import apply_structure, structure_of
-from .errors import CheckpointError, InputError
-from .hub import HubClient, cached_snapshot, fetch_verified
+from .errors import CheckpointError, InputError, ObsDiffError
+from .hub import HubClient, cached_snapshot, fetch
 from .storage.diagnostics import diagnose
+from .storage.files import check_config_bounds
 
 STRUCTURE_KEY = "obsdiff_structure"
 # Leading underscore: diffusers keeps private config keys through save/load without passing
 # them to __init__, so plain classes load unstructured checkpoints without warnings.
 PROVENANCE_KEY = "_obsdiff_provenance"
+# Which heads and neurons of the dense base a structured checkpoint kept (architectures.kept).
+KEPT_KEY = "_obsdiff_kept"
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _pruned_init(base: type[ModelMixin]) -> Callable[..., None]:
@@ -53,6 +69,7 @@ def _pruned_init(base: type[ModelMixin]) -> Callable[..., None]:
         obsdiff_structure: dict[str, int] | None = None,
         **kwargs: Any,
     ) -> None:
+        check_config_bounds({**kwargs, STRUCTURE_KEY: obsdiff_structure}, f"{type(self).__name__} config")
         base.__init__(self, *args, **kwargs)
         self.register_to_config(obsdiff_structure=obsdiff_structure or {})
         if obsdiff_structure:
@@ -86,39 +103,96 @@ class _PrunedLoading:
         A failing load is explained in one line when the cause is found (missing shard,
         truncated file, config/weights mismatch naming the module).
         """
+        if kwargs.get("use_safetensors") is False:
+            raise InputError("obsdiff-hub loads safetensors only (pickled weights can run code); leave `use_safetensors` at True")
+        kwargs["use_safetensors"] = True
         source = str(pretrained_model_name_or_path)
         if verify:
-            fetch_verified(
+            fetch(
                 source, revision=kwargs.get("revision"), subfolder=kwargs.get("subfolder"), cache_dir=kwargs.get("cache_dir"),
                 local_files_only=bool(kwargs.get("local_files_only", False)), client=HubClient(token=kwargs.get("token")),
             )
         try:
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)  # type: ignore[misc]
+            with HubClient(token=kwargs.get("token")).errors(source, maybe_folder=True):
+                model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)  # type: ignore[misc]
+        except (ObsDiffError, MemoryError, torch.OutOfMemoryError):
+            raise
         except Exception as error:
             snapshot = cached_snapshot(source, kwargs.get("revision"), kwargs.get("cache_dir"))
             folder = snapshot / (kwargs.get("subfolder") or "") if snapshot is not None else None
-            reason = diagnose(folder, cls) if folder is not None and folder.is_dir() else None
-            if reason is None:
+            if folder is None or not folder.is_dir():
                 raise
+            reason = diagnose(folder, cls) or f"{folder}: does not load as {cls.__name__} ({type(error).__name__}: {first_line(error)})"
             raise CheckpointError(reason) from error
         if sparse_kernels:
             enable_sparse_kernels(model)
         return model
 
 
-class OBSDiffUNet(_PrunedLoading, UNet2DConditionModel):
+class _DenseAdapters:
+    """Adapters made for the dense base work on the pruned model: LoRA tensors and IP-Adapter
+    projections are restricted to the kept heads and neurons; fusing into a sparse checkpoint warns."""
+
+    def kept_selections(self) -> tuple[dict[str, Selection], bool]:
+        """Per reshaped layer, the dense rows and columns it kept; and whether the checkpoint
+        records its kept indices at all (checkpoints from before 0.3 do not)."""
+        record = self.config.get(KEPT_KEY)  # type: ignore[attr-defined]
+        if not isinstance(record, Mapping):
+            return {}, not self.config.get(STRUCTURE_KEY)  # type: ignore[attr-defined]
+        kept = {key: decode(entry, f"{type(self).__name__} config {KEPT_KEY}[{key!r}]") for key, entry in record.items()}
+        dense = {key: int(entry["of"]) for key, entry in record.items()}
+        return dense_selections(self, adapter_for(self), kept, dense), True  # type: ignore[arg-type]
+
+    def load_lora_adapter(self, pretrained_model_name_or_path_or_dict: Any, prefix: str | None = "transformer", hotswap: bool = False, **kwargs: Any) -> None:
+        """diffusers' ``load_lora_adapter`` (every argument), for a LoRA of the dense base or of this
+        pruned model: tensors of reshaped layers are restricted to the kept rows and columns first."""
+        state_dict = pretrained_model_name_or_path_or_dict
+        if not isinstance(state_dict, dict):
+            fetch_args = ("weight_name", "use_safetensors", "local_files_only", "cache_dir", "force_download", "proxies", "token", "revision", "subfolder")
+            state_dict, metadata = _fetch_state_dict(
+                pretrained_model_name_or_path_or_dict=state_dict, allow_pickle=False, metadata=kwargs.pop("metadata", None),
+                user_agent={"file_type": "attn_procs_weights", "framework": "pytorch"}, **{k: kwargs.pop(k, None) for k in fetch_args},
+            )
+            kwargs["metadata"] = metadata
+        if state_dict and not any("lora_A" in k or ".lokr_" in k for k in state_dict):
+            state_dict = convert_unet_state_dict_to_peft(state_dict)
+        selections, recorded = self.kept_selections()
+        state_dict = map_lora_state_dict(state_dict, self, selections, prefix, recorded)  # type: ignore[arg-type]
+        super().load_lora_adapter(state_dict, prefix=prefix, hotswap=hotswap, **kwargs)  # type: ignore[misc]
+
+    def _convert_ip_adapter_attn_to_diffusers(self, state_dicts: list[dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        processors = super()._convert_ip_adapter_attn_to_diffusers(state_dicts, *args, **kwargs)  # type: ignore[misc]
+        selections, recorded = self.kept_selections()
+        slice_ip_adapter_processors(self, processors, selections, recorded)  # type: ignore[arg-type]
+        return processors
+
+    def fuse_lora(self, *args: Any, **kwargs: Any) -> None:
+        """diffusers' ``fuse_lora``; on an unstructured or N:M checkpoint it warns that the fused
+        weights are dense (the LoRA delta fills the pruned zeros)."""
+        granularity = (self.config.get(PROVENANCE_KEY) or {}).get("granularity")  # type: ignore[attr-defined]
+        if granularity in ("unstructured", "n:m"):
+            warnings.warn(
+                f"fusing a LoRA into this {granularity}-sparse model fills its pruned zeros (the weights become dense "
+                "and sparse kernels no longer apply); keep the adapter unfused (load_lora_weights + set_adapters) to stay sparse",
+                UserWarning,
+                stacklevel=2,
+            )
+        super().fuse_lora(*args, **kwargs)  # type: ignore[misc]
+
+
+class OBSDiffUNet(_DenseAdapters, _PrunedLoading, UNet2DConditionModel):
     """``UNet2DConditionModel`` (SD 2.1, SDXL) with per-block head counts and GEGLU widths."""
 
     __init__ = _pruned_init(UNet2DConditionModel)
 
 
-class OBSDiffSD3Transformer(_PrunedLoading, SD3Transformer2DModel):
+class OBSDiffSD3Transformer(_DenseAdapters, _PrunedLoading, SD3Transformer2DModel):
     """``SD3Transformer2DModel`` (SD3, SD3.5) with per-block joint-attention heads and FFN widths."""
 
     __init__ = _pruned_init(SD3Transformer2DModel)
 
 
-class OBSDiffFluxTransformer(_PrunedLoading, FluxTransformer2DModel):
+class OBSDiffFluxTransformer(_DenseAdapters, _PrunedLoading, FluxTransformer2DModel):
     """``FluxTransformer2DModel`` with per-block heads, FFN widths and single-block MLP widths."""
 
     __init__ = _pruned_init(FluxTransformer2DModel)
@@ -162,11 +236,25 @@ def plain_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_model(
-    config: dict[str, Any], *, structure: dict[str, int] | None = None, empty: bool = True, base: type[ModelMixin] | None = None
+    config: dict[str, Any],
+    *,
+    structure: dict[str, int] | None = None,
+    empty: bool = True,
+    base: type[ModelMixin] | None = None,
+    source: str | None = None,
 ) -> ModelMixin:
     """The one place a model is built from a config: the dense base class (``base``, or the one
     ``_class_name`` names), or its OBSDiff class when ``structure`` prunes anything.
-    ``empty``: parameters on the meta device (no memory)."""
+    ``empty``: parameters on the meta device (no memory). ``source``: the file the config came
+    from; a config that does not build is then a :class:`CheckpointError` naming it."""
+    check_config_bounds(config, source or f"{config.get('_class_name', 'model')} config")
+    if source is not None:
+        try:
+            return build_model(config, structure=structure, empty=empty, base=base)
+        except ObsDiffError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError) as error:
+            raise CheckpointError(f"{source}: does not build a model ({type(error).__name__}: {first_line(error)})") from None
     base = base or base_class_for(str(config.get("_class_name", "")))
     cls, extra = (PRUNED_CLASSES[base], {STRUCTURE_KEY: dict(structure)}) if structure else (base, {})
     if not empty:
@@ -181,16 +269,21 @@ def dense_structure(config: dict[str, Any], base: type[ModelMixin] | None = None
     return structure_of(skeleton, adapter_for(skeleton))
 
 
-def promote(model: ModelMixin, provenance: dict[str, str] | None = None) -> ModelMixin:
+def promote(
+    model: ModelMixin, provenance: dict[str, str] | None = None, kept: Mapping[str, tuple[int, Sequence[int]]] | None = None
+) -> ModelMixin:
     """``model`` as the class its checkpoint must be loaded with, provenance in its config.
 
     A model whose shapes were pruned becomes a new instance of its OBSDiff class, built on
     the meta device from the config plus the pruned structure, that takes over the existing
     tensors (no copy); others are returned as they are. The config then describes the
     shapes, so ``save_pretrained`` and ``push_to_hub`` write loadable checkpoints.
+    ``kept``: per coupling pruned by this run, (units before, indices kept), recorded relative to
+    the dense base (through the model's own record when it was pruned before).
     """
-    structure = structure_of(model, adapter_for(model))
     config = dict(model.config)
+    record = kept_record(config, kept or {})
+    structure = structure_of(model, adapter_for(model))
     base = base_class_for(model)
     pruned = structure != dense_structure(config, base)
     if pruned and not isinstance(model, tuple(PRUNED_CLASSES.values())):
@@ -206,9 +299,27 @@ def promote(model: ModelMixin, provenance: dict[str, str] | None = None) -> Mode
         model = promoted.train(model.training)
     elif pruned:
         model.register_to_config(**{STRUCTURE_KEY: structure})
+    if record is not None:
+        model.register_to_config(**{KEPT_KEY: record})
+    recorded = model.config.get(KEPT_KEY)
+    if provenance is not None and isinstance(recorded, Mapping):
+        provenance = {**provenance, "kept_indices": f"{len(recorded)} pruned modules, in config {KEPT_KEY}"}
     if provenance is not None:
         model.register_to_config(**{PROVENANCE_KEY: dict(provenance)})
     return model
+
+
+def kept_record(config: Mapping[str, Any], kept: Mapping[str, tuple[int, Sequence[int]]]) -> dict[str, Any] | None:
+    """The config's kept-indices record updated with ``kept``; None when nothing was removed, or when
+    the model was pruned before by a version that did not record its indices (no true record exists)."""
+    removed = {key: value for key, value in kept.items() if 0 < len(value[1]) < value[0]}
+    previous = config.get(KEPT_KEY)
+    if not removed or (config.get(STRUCTURE_KEY) and not isinstance(previous, Mapping)):
+        return None
+    record = dict(previous or {})
+    for key, (before, indices) in removed.items():
+        record[key] = compose(record.get(key), indices, before, f"{KEPT_KEY}[{key!r}]")
+    return record
 
 
 __all__ = [

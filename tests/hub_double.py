@@ -74,6 +74,17 @@ class GitRepo:
         return sha
 
 
+def repo_claiming(mirror_root: Path, name: str, claimed: str) -> GitRepo:
+    """A hostile model repo ``evil/<name>`` in the olah mirror whose manifest lists ``claimed``, a
+    file the repo does not hold (a pull must never delete a user's file of that name)."""
+    repo = GitRepo(mirror_root / "mirrors" / "models" / "evil" / name)
+    repo.path.mkdir(parents=True)
+    repo.git("init", "-q", "-b", "main")
+    manifest = {"files": {claimed: {"sha256": "0" * 64, "size": 3}}}
+    repo.commit("main", {"obsdiff-manifest.json": json.dumps(manifest).encode(), "model_index.json": b"{}"}, "hostile")
+    return repo
+
+
 class HubWriteDouble:
     def __init__(self, mirrors: Path, token: str, host: str = "127.0.0.1") -> None:
         self.mirrors = mirrors

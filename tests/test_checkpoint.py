@@ -86,8 +86,8 @@ def test_config_records_structure_and_provenance(saved):
     model, out = saved
     config = json.loads((out / "config.json").read_text())
     assert config["_class_name"] == type(model).__name__
-    assert config["_obsdiff_provenance"] == RECORD
-    assert config["obsdiff_structure"] == model.config["obsdiff_structure"]
+    assert config["_obsdiff_provenance"] == {**RECORD, "kept_indices": f"{len(config['_obsdiff_kept'])} pruned modules, in config _obsdiff_kept"}
+    assert config["obsdiff_structure"] == model.config["obsdiff_structure"] and config["_obsdiff_kept"] == model.config["_obsdiff_kept"]
     assert any(v < 4 for k, v in config["obsdiff_structure"].items() if "attn" in k)
 
 

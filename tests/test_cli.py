@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 from diffusers import DiffusionPipeline, SD3Transformer2DModel
+from interrupts import interrupted_after_pruning
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -298,12 +299,14 @@ def test_every_prune_config_field_round_trips_through_a_recipe_file(tmp_path):
         rrf_k=30, head_saliency="exact", neuron_batch=8, hessian_precision="tf32", hessian_device="cpu",
     )
     refined = dict(granularity="structured", calibration_target="dense", allocation="error", allocation_spread=0.2)  # obs-diff only
+    solved = dict(solver="admm", admm_iterations=30, admm_rho=0.2, refit_iterations=50, refit_tolerance=1e-5)  # obs-diff, not structured
     defaults = PruneConfig().model_dump()
-    assert set(changed) | set(refined) | {"n", "m", "memory_budget_gb"} == set(defaults)  # every field, n:m and auto-only ones below
-    assert all(changed[k] != defaults[k] for k in changed) and all(refined[k] != defaults[k] for k in refined)
+    groups = (changed, refined, solved)
+    assert set().union(*groups) | {"n", "m", "memory_budget_gb"} == set(defaults)  # every field, n:m and auto-only ones below
+    assert all(group[k] != defaults[k] for group in groups for k in group)
     base = load_recipe("tiny-sd3-unstructured-50")
     path = tmp_path / "r.yaml"
-    for fields in (changed, refined):
+    for fields in groups:
         path.write_text(base.with_changes({f"prune.{k}": v for k, v in fields.items()}).to_yaml())
         assert load_recipe(path).prune == PruneConfig(**{**base.prune.model_dump(), **fields})
     nm = base.with_changes({"prune.granularity": "n:m", "prune.n": 4, "prune.m": 8, "prune.packages": "auto", "prune.memory_budget_gb": 2.5})
@@ -430,10 +433,7 @@ def test_usage_errors_are_one_line_through_the_entry_point(tmp_path):
 def test_an_interrupted_run_leaves_no_output_folder(tmp_path, monkeypatch):
     from obsdiff_hub.zoo import cards
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(cards, "render_card", interrupted)  # the last step, after the weights are written
+    monkeypatch.setattr(cards, "render_card", interrupted_after_pruning(cards.render_card))  # after the weights are written
     result = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--out", tmp_path / "o", "--quiet")
     assert result.exit_code == 130
     assert not (tmp_path / "o").exists() and [p.name for p in tmp_path.iterdir() if not p.name.endswith(".partial")] == []

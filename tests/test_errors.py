@@ -4,6 +4,7 @@ says so, --debug shows the traceback, and library messages name parameters, neve
 import ast
 import importlib
 import inspect
+import json
 import pkgutil
 import re
 import subprocess
@@ -14,6 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 import obsdiff_hub
+import obsdiff_hub as oh
+import obsdiff_hub.tiny  # noqa: F401 - oh.tiny
+import obsdiff_hub.zoo.recipes  # noqa: F401 - oh.zoo.recipes
 from obsdiff_hub.cli import app
 from obsdiff_hub.cli.errors import flags_of, with_flags
 from obsdiff_hub.cli.prune import prune
@@ -68,7 +72,7 @@ def test_parameters_named_by_the_library_become_this_commands_flags():
     flags = flags_of(prune)
     assert flags["overwrite"] == "--overwrite" and flags["set_"] == "--set" and flags["recipe"] == "--recipe"
     message = "output directory o already exists; pass `overwrite` to replace it or choose another `out`; see `prune.sparsity`"
-    assert with_flags(message, flags) == "output directory o already exists; pass --overwrite to replace it or choose another --out; see prune.sparsity"
+    assert with_flags(message, flags) == "output directory o already exists; pass --overwrite to replace it or choose another --out; see `prune.sparsity`"
 
 
 def test_every_error_class_of_the_package_is_an_obsdiff_error():
@@ -114,3 +118,30 @@ def test_running_out_of_memory_is_one_line_exit_2(error):
     from obsdiff_hub.cli.errors import explain
 
     assert explain(error, {}) == ("error: out of memory (cannot allocate 48 GB)", 2)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["prune", "-r", "tiny-sdxl-structured-30", "--set", "calibration.prompts.source=hub-dataset", "--set", "calibration.prompts.path=p.txt",
+          "--set", "calibration.prompts.repo_id=bad repo!!", "--out", "{tmp}/o"], "invalid repo id 'bad repo!!'"),
+        (["prune", "-r", "tiny-sdxl-structured-30", "--out", "/proc/obsdiff-out"], "nothing can be written in /proc"),
+        (["generate", "builtin:tiny-sdxl", "--prompt", "x", "--resolution", "33", "--out", "{tmp}/g.png"], "--resolution must be a positive multiple of"),
+        (["generate", "builtin:tiny-sdxl", "--prompt", "x", "--device", "mps", "--out", "{tmp}/g.png"], "unsupported device mps"),
+        (["bench", "{noweights}", "--base", "builtin:tiny-sdxl", "--out", "{tmp}/b"], "does not load as OBSDiffUNet"),
+        (["card", "{corrupt}"], "report.json: not readable JSON"),
+    ],
+)
+def test_mistakes_found_by_review_are_user_errors(args, message, tmp_path):
+    noweights = tmp_path / "noweights"
+    noweights.mkdir()
+    (noweights / "config.json").write_text(json.dumps({**dict(oh.tiny.tiny_sdxl_unet().config), "_class_name": "UNet2DConditionModel"}))
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "recipe.yaml").write_text(oh.zoo.recipes.load_recipe("tiny-sdxl-structured-30").to_yaml())
+    (corrupt / "report.json").write_text("{not json")
+    filled = [a.format(tmp=tmp_path, noweights=noweights, corrupt=corrupt) for a in args]
+    result = invoke(*filled)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "b").exists()

@@ -177,7 +177,7 @@ def test_a_card_with_measurements_round_trips_and_publishes(hub, shapes_checkpoi
     assert "95% interval" in card.text and "samples.png" in card.text
     pushed = invoke("push", shapes_checkpoint, "--repo-id", "zoo/shapes-50", "--token", hub.token, "--endpoint", hub.write_endpoint)
     assert pushed.exit_code == 0, pushed.output
-    path = pull("zoo/shapes-50", local_dir=tmp_path / "pulled")
+    path = pull("zoo/shapes-50", local_dir=tmp_path / "pulled").path
     assert (path / "eval.json").is_file() and (path / "samples.png").is_file()
     remote = ModelCard.load("zoo/shapes-50")
     assert {r.metric_type for r in remote.data.eval_results} == set(measured)

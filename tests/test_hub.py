@@ -51,7 +51,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def test_push_pull_from_pretrained_equals_local(hub, checkpoint, pushed):
     local = DiffusionPipeline.from_pretrained(checkpoint)
-    path = pull(pushed, revision="main")
+    path = pull(pushed, revision="main").path
     for name in ("model_index.json", "recipe.yaml", "report.json", "README.md", "obsdiff-manifest.json"):
         assert (path / name).is_file(), name
     assert not (path / ".obsdiff-hub.json").exists()  # the local ownership marker is not published
@@ -74,7 +74,7 @@ def test_tag_branch_and_sha_resolve(hub, checkpoint, pushed, tmp_path):
     assert repo.resolve(f"refs/tags/{RECIPE}-v1") == main_sha
     assert repo.resolve("refs/tags/dev-build-1") == dev_sha != main_sha
     for revision, sha in ((f"{RECIPE}-v1", main_sha), ("dev", dev_sha), ("dev-build-1", dev_sha), (main_sha, main_sha)):
-        path = pull(pushed, revision=revision, local_dir=tmp_path / revision)
+        path = pull(pushed, revision=revision, local_dir=tmp_path / revision).path
         assert (path / "unet" / "config.json").is_file()
         snapshot = Path(snapshot_download(pushed, revision=revision))
         assert snapshot.name == sha
@@ -222,7 +222,7 @@ def test_push_without_any_token_says_so(hub, checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))  # no login cache either
     result = invoke("push", checkpoint, "--repo-id", "zoo/x", "--endpoint", hub.write_endpoint)
     assert result.exit_code == 2, result.output
-    assert result.output.strip() == "error: no Hub token: set HF_TOKEN, pass --token, or run `hf auth login`"
+    assert result.output.strip() == "error: no Hub token: set HF_TOKEN (or pass a --token), or run `hf auth login`"
 
 
 @pytest.mark.parametrize(
@@ -257,3 +257,18 @@ def test_local_failures_inside_a_hub_call_are_not_reworded_as_hub_failures():
     with pytest.raises(HubError, match="^zoo/x: cannot reach the Hub at .*, nor find it in the cache"):
         with HubClient().errors("zoo/x"):
             raise OSError("wrapped") from LocalEntryNotFoundError("offline")
+
+
+def test_a_cached_repo_works_offline_and_pull_always_means_the_hub(hub, pushed, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    pull(pushed)  # now in the cache
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    offline = invoke("inspect", pushed, "--json")
+    assert offline.exit_code == 0, offline.output  # read from the cache, no listing asked of the Hub
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / pushed).mkdir(parents=True)  # a local folder named like the repo is not what pull means
+    assert pull(pushed).commit == hub.double.repo(pushed).resolve("refs/heads/main")
+    single = invoke("pull", "justaname")
+    assert single.exit_code == 2 and "use NAMESPACE/NAME" in single.output

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from interrupts import interrupted_after_pruning
 from typer.testing import CliRunner
 
 import obsdiff_hub as oh
@@ -274,11 +275,8 @@ def test_overwrite_replaces_an_earlier_output_only_once_the_new_one_is_complete(
     assert prune_tiny(out).exit_code == 0
     earlier = _snapshot(out)
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
     with monkeypatch.context() as patch:
-        patch.setattr(cards, "render_card", interrupted)
+        patch.setattr(cards, "render_card", interrupted_after_pruning(cards.render_card))
         assert prune_tiny(out, "--overwrite", "--set", "prune.sparsity=0.6").exit_code == 130
     assert _snapshot(out) == earlier
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.partial"]
@@ -330,15 +328,11 @@ def test_a_recipe_cannot_make_the_evaluation_read_a_file_outside_its_folder(tmp_
 
 
 def test_pull_into_a_local_dir_never_deletes_a_file_the_repo_does_not_hold(hub, tmp_path):
-    from hub_double import GitRepo
+    from hub_double import repo_claiming
 
     from obsdiff_hub.hub import pull
 
-    repo = GitRepo(hub.root / "mirrors" / "models" / "evil" / "localdir")
-    repo.path.mkdir(parents=True)
-    repo.git("init", "-q", "-b", "main")
-    manifest = {"files": {"thesis.tex": {"sha256": "0" * 64, "size": 7}}}
-    repo.commit("main", {MANIFEST: json.dumps(manifest).encode(), "model_index.json": b"{}"}, "hostile")
+    repo_claiming(hub.root, "localdir", "thesis.tex")
     project = tmp_path / "myproject"
     project.mkdir()
     (project / "thesis.tex").write_text("thesis\n")
@@ -346,7 +340,7 @@ def test_pull_into_a_local_dir_never_deletes_a_file_the_repo_does_not_hold(hub, 
         pull("evil/localdir", local_dir=project)
     assert (project / "thesis.tex").read_text() == "thesis\n"
     # verify=True on a folder the user points at checks, and never deletes
-    (project / MANIFEST).write_text(json.dumps(manifest))
+    (project / MANIFEST).write_text(json.dumps({"files": {"thesis.tex": {"sha256": "0" * 64, "size": 7}}}))
     with pytest.raises(ManifestError, match="it was not used"):
         verify_manifest(project)
     assert (project / "thesis.tex").read_text() == "thesis\n"

@@ -13,7 +13,8 @@ from ..errors import InputError
 from .base import ArchitectureAdapter, HeadCoupling, NeuronCoupling
 
 
-def _sliced_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+def sliced_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+    """A new Linear holding ``rows`` of the weight (and bias) and ``cols`` of its inputs; no dense copy is kept."""
     weight = linear.weight
     if rows is not None:
         weight = weight.index_select(0, rows.to(weight.device))
@@ -30,7 +31,7 @@ def _sliced_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: to
 
 
 def _replace(model: nn.Module, path: str, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> None:
-    model.set_submodule(path, _sliced_linear(model.get_submodule(path), rows, cols))
+    model.set_submodule(path, sliced_linear(model.get_submodule(path), rows, cols))
 
 
 def keep_heads(model: nn.Module, coupling: HeadCoupling, keep: torch.Tensor) -> None:

@@ -7,17 +7,26 @@ from pathlib import Path
 from typing import Any
 
 from ..architectures import HeadCoupling, adapter_for
+from ..architectures.kept import decode, ranges
 from ..architectures.surgery import structure_of
 from ..errors import CheckpointError, InputError
 from ..hub import resolve_source
 from ..models import (
+    KEPT_KEY,
     PROVENANCE_KEY,
     STRUCTURE_KEY,
     base_class_for,
     build_model,
     pruned_class_for,
 )
-from ..storage.files import read_json, read_metadata, safetensors_header, tensor_shapes
+from ..storage.files import (
+    check_config_bounds,
+    checkpoint_files,
+    read_json,
+    read_metadata,
+    safetensors_header,
+    tensor_shapes,
+)
 
 
 def denoiser_folder(folder: Path) -> Path:
@@ -36,8 +45,8 @@ def denoiser_folder(folder: Path) -> Path:
 @dataclass
 class CheckpointInfo:
     """What ``obsdiff-hub inspect`` shows: where, which class and how to load it, provenance, the
-    pruned shapes (module → ``{"kind": "heads" or "neurons", "dense": n, "now": m}``) and the zero
-    fraction of the targeted weights."""
+    pruned shapes (module → ``{"kind": "heads" or "neurons", "dense": n, "now": m, "kept": "0-2,5"}``),
+    the zero fraction of the targeted weights, and whether adapters of the dense base map onto it."""
 
     path: str
     class_name: str
@@ -46,27 +55,29 @@ class CheckpointInfo:
     structure: dict[str, dict[str, Any]]
     sparsity: float
     targeted_weights: int
+    adapters: str
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "class": self.class_name, "load_with": self.load_with, "provenance": self.provenance,
-                "structure": self.structure, "sparsity": self.sparsity, "targeted_weights": self.targeted_weights}
+                "structure": self.structure, "sparsity": self.sparsity, "targeted_weights": self.targeted_weights, "adapters": self.adapters}
 
 
 def inspect_checkpoint(source: str, revision: str | None = None) -> CheckpointInfo:
     """Class, how to load it, pruned shapes (dense → now), zero fraction of the targeted weights, provenance."""
     folder = denoiser_folder(resolve_source(source, revision))
     config = read_json(folder / "config.json")
+    check_config_bounds(config, str(folder / "config.json"))
     name = str(config.get("_class_name", ""))
     base = base_class_for(name)
-    skeleton = build_model(config)
+    skeleton = build_model(config, source=str(folder / "config.json"))
     adapter = adapter_for(skeleton)
     dense = structure_of(skeleton, adapter)
     kinds = {c.key: "heads" if isinstance(c, HeadCoupling) else "neurons" for c in adapter.couplings(skeleton)}
     recorded = config.get(STRUCTURE_KEY) or {}
-    now = {**dense, **{k: int(v) for k, v in recorded.items()}}
+    now = {**dense, **recorded}
     tensor_shapes(folder)  # a truncated file is one clear error, not a traceback
     targeted = {f"{p}.weight" for u in adapter.units(skeleton, None, False) for s in u.sites for p in s.layers}
-    files = sorted(folder.glob("*.safetensors"))
+    files = checkpoint_files(folder, (".safetensors",), recursive=False)
     zeros = total = tensors = 0
     for path in files:
         with safetensors_header(path) as f:
@@ -80,14 +91,24 @@ def inspect_checkpoint(source: str, revision: str | None = None) -> CheckpointIn
     if files:
         record.update({k: v for k, v in read_metadata(files[0]).items() if k != "format"})
     loader = pruned_class_for(base) if recorded else base
+    pruned = {k for k in dense if dense[k] != now[k]}
+    kept_record = config.get(KEPT_KEY)
+    kept = {k: ranges(decode(v, f"{folder / 'config.json'} {KEPT_KEY}[{k!r}]").tolist()) for k, v in kept_record.items()} if isinstance(kept_record, dict) else {}
+    if not pruned:
+        adapters = "shapes unchanged: adapters of the dense base load as they are"
+    elif kept:
+        adapters = f"kept indices recorded for {len(kept)} pruned modules: LoRAs and IP-Adapters of the dense base map onto it"
+    else:
+        adapters = "kept indices not recorded (saved before obsdiff-hub 0.3): adapters of the dense base cannot be mapped onto it"
     return CheckpointInfo(
         path=str(folder),
         class_name=name,
         load_with=f"obsdiff_hub.{loader.__name__}" if recorded else f"diffusers.{loader.__name__} (or obsdiff_hub.{pruned_class_for(base).__name__})",
         provenance=record,
-        structure={k: {"kind": kinds[k], "dense": dense[k], "now": now[k]} for k in dense if dense[k] != now[k]},
+        structure={k: {"kind": kinds[k], "dense": dense[k], "now": now[k], "kept": kept.get(k, "not recorded")} for k in sorted(pruned, key=list(dense).index)},
         sparsity=zeros / total if total else 0.0,
         targeted_weights=tensors,
+        adapters=adapters,
     )
 
 

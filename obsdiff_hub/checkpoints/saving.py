@@ -23,7 +23,7 @@ from ..architectures.components import denoiser_name
 from ..errors import InputError
 from ..models import promote, provenance
 from ..storage.files import write_safetensors_file
-from ..storage.outputs import atomic_output
+from ..storage.outputs import atomic_output, write_atomic
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
@@ -65,7 +65,7 @@ def write_safetensors(
         write_safetensors_file(directory / filename, {n: stored(state[n]) for n in names}, header)
     if split.is_sharded:
         index = {"metadata": dict(split.metadata), "weight_map": split.tensor_to_filename}
-        (directory / with_variant(INDEX_NAME, variant)).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        write_atomic(directory / with_variant(INDEX_NAME, variant), json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 def save_components(pipeline: Any, directory: Path, denoiser: str, write_denoiser: Callable[[Path], None], **kwargs: Any) -> None:
@@ -86,9 +86,7 @@ def _extra_file(folder: Path, name: str) -> Path:
     posix = PurePosixPath(name)
     if posix.is_absolute() or not posix.parts or any(part in ("", ".", "..") for part in posix.parts):
         raise InputError(f"extra file name {name!r} must be a relative path inside the checkpoint")
-    path = folder / Path(*posix.parts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return folder / Path(*posix.parts)
 
 
 def save_pruned(
@@ -113,7 +111,7 @@ def save_pruned(
     with atomic_output(directory, overwrite=overwrite) as tmp:
         write_pruned(target, tmp, record=record, variant=variant, torch_dtype=torch_dtype, max_shard_size=max_shard_size)
         for file_name, content in (extra_files or {}).items():
-            _extra_file(tmp, file_name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+            write_atomic(_extra_file(tmp, file_name), content, root=tmp)
     return Path(directory)
 
 

@@ -58,9 +58,9 @@ def flags_of(command: Callable[..., Any]) -> dict[str, str]:
 
 
 def with_flags(message: str, flags: dict[str, str]) -> str:
-    """``message`` with every backquoted parameter the command takes replaced by its flag; other
-    backquoted names (recipe fields, library-only arguments) lose their quotes."""
-    return _PARAMETER.sub(lambda match: flags.get(match[1], match[1]), message)
+    """``message`` with every backquoted parameter the command takes replaced by its flag; any other
+    backquoted text (recipe fields, library-only arguments, another library's words) stays as it is."""
+    return _PARAMETER.sub(lambda match: flags.get(match[1], match[0]), message)
 
 
 def explain(error: BaseException, flags: dict[str, str]) -> tuple[str, int]:
@@ -71,7 +71,7 @@ def explain(error: BaseException, flags: dict[str, str]) -> tuple[str, int]:
     if isinstance(error, MemoryError) or (torch is not None and isinstance(error, torch.OutOfMemoryError)):
         return f"error: out of memory ({first_line(error)})", USER_ERROR
     return (
-        f"internal error: {type(error).__name__}: {first_line(error)}. This is a bug in obsdiff-hub; "
+        f"internal error: {type(error).__name__}: {first_line(error).rstrip('.')}. This is a bug in obsdiff-hub; "
         "please report it with the traceback that --debug prints",
         INTERNAL_ERROR,
     )

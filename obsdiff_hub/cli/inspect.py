@@ -30,9 +30,11 @@ def inspect(model_argument: ModelArg = None, model: ModelAlias = None, revision:
     print_table(table)
     if info.structure:
         table = Table(title="pruned shapes")
-        for column in ("module", "what", "dense", "now"):
-            table.add_column(column, justify="left" if column in ("module", "what") else "right")
+        for column in ("module", "what", "dense", "now", "kept"):
+            table.add_column(column, justify="right" if column in ("dense", "now") else "left")
         for module, shape in info.structure.items():
-            table.add_row(module, "attention heads" if shape["kind"] == "heads" else "FFN neurons", str(shape["dense"]), str(shape["now"]))
+            what = "attention heads" if shape["kind"] == "heads" else "FFN neurons"
+            table.add_row(module, what, str(shape["dense"]), str(shape["now"]), shape["kept"])
         print_table(table)
     console.print(f"zero fraction of attention/FFN weights: {info.sparsity:.4f} over {info.targeted_weights} tensors")
+    console.print(f"adapters: {info.adapters}")

@@ -86,10 +86,11 @@ def pull(
     \b
     Example: obsdiff-hub pull me/tiny-shapes-50 --revision tiny-shapes-unstructured-50-v1
     """
-    path = hub.pull(repo_id, revision=revision, local_dir=local_dir, token=token, endpoint=endpoint, verify=verify)
+    fetched = hub.pull(repo_id, revision=revision, local_dir=local_dir, token=token, endpoint=endpoint, verify=verify)
     if as_json:
-        print_json({"repo_id": repo_id, "path": str(path), "verified": verify})
+        print_json({"repo_id": repo_id, "commit": fetched.commit, "path": str(fetched.path), "verified_files": fetched.checked if verify else None})
     elif quiet:
-        typer.echo(str(path))
+        typer.echo(str(fetched.path))
     else:
-        console.print(f"{repo_id} → {path}" + (" (verified)" if verify else ""))
+        checked = f" ({fetched.checked} weight files verified)" if verify else " (not verified)"
+        console.print(f"{repo_id} @ {fetched.commit} → {fetched.path}{checked}")

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import InputError, ObsDiffError, UnsupportedEnvironmentError
+from .precision import check_device_dtype
 
 
 class RankFailure(ObsDiffError):
@@ -41,7 +42,9 @@ def resolve_device(name: str | None) -> torch.device:
         device = torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     except RuntimeError:
         raise InputError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    return World.local_device(device)
+    device = World.local_device(device)
+    check_device_dtype(device, torch.float32)  # one that exists here
+    return device
 
 
 class World:

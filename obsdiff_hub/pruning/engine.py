@@ -325,7 +325,8 @@ def finish(run: Run) -> PruneResult:
     report.stages["solve_s"] = sum(p.solve_s for p in report.packages)
     report.stages["total_s"] = sum(p.calibration_s + p.solve_s for p in report.packages) + report.stages.get("prompt_encoding_s", 0.0)
     report.peak_memory_bytes = peak_memory_bytes(run.device)
-    pruned = promote(run.precision.result(), provenance(method=cfg.method, granularity=cfg.granularity, sparsity=cfg.ratio_label))
+    kept = {r.module: (r.before, r.kept) for r in report.structure}
+    pruned = promote(run.precision.result(), provenance(method=cfg.method, granularity=cfg.granularity, sparsity=cfg.ratio_label), kept)
     report.params_after = count_parameters(pruned)
     if isinstance(run.calibrate, PipelineCalibration):
         run.calibrate.restore_devices()

@@ -9,7 +9,7 @@ without CFG; a multiply-add is 2 FLOPs).
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,6 +25,7 @@ from ..errors import InputError
 from ..maths.counts import group_removal_count, layer_removal_count
 from ..models import STRUCTURE_KEY, build_model
 from ..resources import data_dir
+from ..storage.files import is_regular_file, read_json
 from .config import PruneConfig
 
 TOKENS = 77  # text length used for FLOPs (CLIP's; T5-based models see more, which adds little)
@@ -53,11 +54,12 @@ class PlanResult:
 
 
 def builtin_config(name: str) -> dict[str, Any]:
-    """A shipped public model config (``recipes/configs/NAME.json``), for offline planning."""
+    """A shipped public model config (``recipes/configs/NAME.json``), for offline planning; ``name``
+    is a plain name, never a path (a recipe from a stranger must not make this tool read anything else)."""
     path = data_dir("recipes") / "configs" / f"{name}.json"
-    if not path.is_file():
-        raise InputError(f"no shipped model config {name!r}")
-    return json.loads(path.read_text())
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._\-]*", name) or not is_regular_file(path):
+        raise InputError(f"no shipped model config {name!r}; the shipped ones are in recipes/configs")
+    return read_json(path)
 
 
 def planned_structure(model: torch.nn.Module, prune: PruneConfig) -> dict[str, int]:
@@ -97,7 +99,7 @@ def _flops(model: torch.nn.Module, latent_size: int, batch: int = 1) -> float:
 
 def _model_config(config: Mapping[str, Any] | str | Path) -> dict[str, Any]:
     if isinstance(config, Path) or (isinstance(config, str) and config.endswith(".json")):
-        return json.loads(Path(config).read_text())
+        return read_json(Path(config))
     if isinstance(config, str):
         return builtin_config(config)
     return dict(config)
@@ -120,7 +122,7 @@ def plan(
     prune = PruneConfig.coerce(prune)
     latent = resolution // vae_scale_factor if resolution else None
     with FakeTensorMode(allow_non_fake_inputs=True):
-        model = build_model(_model_config(config), empty=False).eval()
+        model = build_model(_model_config(config), empty=False, source="the model config").eval()
         params_before = sum(p.numel() for p in model.parameters())
         flops_before = _flops(model, latent) if latent else None
         heads = neurons = zeroed = 0
@@ -147,7 +149,7 @@ def costs(config: dict[str, Any], latent_size: int, batch: int = 1) -> tuple[int
     """Parameters and FLOPs of one forward (``batch`` latents of ``latent_size``², counted as
     :func:`plan` counts) of the model a config describes, pruned shapes included (``obsdiff_structure``)."""
     with FakeTensorMode(allow_non_fake_inputs=True):
-        model = build_model(config, structure=config.get(STRUCTURE_KEY) or None, empty=False).eval()
+        model = build_model(config, structure=config.get(STRUCTURE_KEY) or None, empty=False, source="the checkpoint's config").eval()
         params = sum(p.numel() for p in model.parameters())
         flops = _flops(model, latent_size, batch)
     return params, flops

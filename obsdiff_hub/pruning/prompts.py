@@ -20,6 +20,7 @@ from .config import PromptSource
 
 BUILTIN_PROMPT_SETS = {"captions": "calibration_prompts.txt", "shapes": "shapes_prompts.txt"}
 MAX_PROMPT_FILE_BYTES = 64 * 1024**2
+MAX_PROMPT_CHARS = 4096  # T5's 512 tokens are about 2,000 characters; CLIP reads 77 tokens
 
 
 class PromptError(InputError):
@@ -47,7 +48,10 @@ def read_prompt_file(path: str | Path, column: str | None = None) -> list[str]:
         raise PromptError(f"cannot read prompt file {path}: {error.strerror if isinstance(error, OSError) else error}") from error
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ","))
+        try:
+            rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ","))
+        except csv.Error as error:
+            raise PromptError(f"{path}: not a readable {suffix[1:]} file ({error}); a prompt is at most {MAX_PROMPT_CHARS} characters") from None
         key = column or _guess_column(rows[0].keys() if rows else [], path)
         if rows and key not in rows[0]:
             raise PromptError(f"{path}: no column {key!r}; columns are {', '.join(rows[0])}")
@@ -72,6 +76,15 @@ def read_prompt_file(path: str | Path, column: str | None = None) -> list[str]:
     prompts = [p.strip() for p in prompts if p and p.strip()]
     if not prompts:
         raise PromptError(f"{path}: contains no prompts")
+    return check_lengths(prompts, str(path))
+
+
+def check_lengths(prompts: list[str], where: str) -> list[str]:
+    """``prompts``, unless one is longer than any text encoder reads (checked before tokenising:
+    a tokenizer fed a 60 MB line takes gigabytes)."""
+    for number, prompt in enumerate(prompts, 1):
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise PromptError(f"{where}: prompt {number} has {len(prompt):,} characters, more than the {MAX_PROMPT_CHARS} a prompt may have")
     return prompts
 
 
@@ -112,7 +125,7 @@ def resolve_prompts(source: PromptSource, base_dir: Path | None = None) -> list[
     if source.source == "builtin":
         prompts = builtin_prompts(source.path or "captions")
     elif source.source == "inline":
-        prompts = [t.strip() for t in source.texts or [] if t.strip()]
+        prompts = check_lengths([t.strip() for t in source.texts or [] if t.strip()], "the inline prompts")
     elif source.source == "file":
         path = contained_path(source.path or "", base_dir) if base_dir is not None else Path(source.path or "")
         prompts = read_prompt_file(path, source.column)

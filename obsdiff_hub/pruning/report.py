@@ -28,6 +28,7 @@ class StructureRecord:
     kind: str  # "heads" or "neurons"
     before: int
     after: int
+    kept: list[int] = field(default_factory=list)  # indices (of the ``before`` units) that remain
 
 
 @dataclass

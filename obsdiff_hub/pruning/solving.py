@@ -130,7 +130,8 @@ class SiteSolver:
                 continue
             result.kept[coupling.key] = sorted(g - offset for g in ids if g not in set(gone))
             kind = "heads" if isinstance(coupling, HeadCoupling) else "neurons"
-            result.structure.append(StructureRecord(coupling.key, block, kind, len(ids), len(result.kept[coupling.key])))
+            kept = result.kept[coupling.key]
+            result.structure.append(StructureRecord(coupling.key, block, kind, len(ids), len(kept), list(kept)))
 
     def apply(self, unit: BlockUnit, result: UnitResult, report: PruneReport) -> None:
         """Write the solved weights, then delete removed heads/neurons, in every model the run carries."""

@@ -25,9 +25,9 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from safetensors.torch import save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from ..storage.files import write_safetensors_file
 from ..tiny import clip_text_config, clip_vocab
 from .dataset import ATTRIBUTES, COLORS, POSITIONS, SHAPES, SIZES, sample_batch
 from .scorer import ShapeClassifier, caption_accuracy
@@ -172,7 +172,7 @@ def main() -> None:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     pipeline.to(torch.float16).save_pretrained(args.out / "pipeline")
-    save_file({k: v.half().contiguous() for k, v in classifier.state_dict().items()}, args.out / "scorer.safetensors")
+    write_safetensors_file(args.out / "scorer.safetensors", {k: v.half().contiguous() for k, v in classifier.state_dict().items()})
     log(f"saved to {args.out}; sizes {SIZES} positions {tuple(POSITIONS)}")
 
 

@@ -12,18 +12,46 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import diffusers
 import torch
+import transformers
 from accelerate import init_empty_weights
 
 from ..errors import CheckpointError, ObsDiffError
-from .files import read_json, tensor_shapes
+from .files import check_config_bounds, checkpoint_files, read_json, tensor_shapes
+
+LIBRARIES = {"diffusers": diffusers, "transformers": transformers}  # what a model_index.json names most
 
 
 def expected_shapes(model_class: Any, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """The tensor shapes ``model_class`` builds from ``config`` (on the meta device: nothing is allocated)."""
+    check_config_bounds(config, "config.json")
     with init_empty_weights():
         skeleton = model_class.from_config({k: v for k, v in config.items() if not k.startswith("_")})
     return {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+
+
+def check_pipeline_configs(folder: Path) -> None:
+    """A pipeline folder checked before anything is built from it: every component ``model_index.json``
+    declares is a ``[library, class]`` pair whose class really is a class of a library diffusers loads
+    from (nothing a file names is called), and every component config asks for sane sizes
+    (:func:`~obsdiff_hub.storage.files.check_config_bounds`); and no file in it is a special file or
+    a link out of it (:func:`~obsdiff_hub.storage.files.readable_file`)."""
+    checkpoint_files(folder)
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return
+    for name, value in read_json(index).items():
+        if name.startswith("_") or not isinstance(value, list):
+            continue
+        if len(value) != 2 or not all(v is None or isinstance(v, str) for v in value):
+            raise CheckpointError(f"{index}: component {name} must be declared as [library, class]")
+        library, class_name = value
+        if library in LIBRARIES and class_name is not None and not isinstance(getattr(LIBRARIES[library], class_name, None), type):
+            raise CheckpointError(f"{index}: component {name} is declared as {library}.{class_name}, which is not a class; the pipeline cannot load")
+        config = folder / name / "config.json"
+        if config.is_file():
+            check_config_bounds(read_json(config), str(config))
 
 
 def diagnose(folder: Path, model_class: Any) -> str | None:
@@ -45,8 +73,8 @@ def diagnose(folder: Path, model_class: Any) -> str | None:
         expected = expected_shapes(model_class, read_json(config_path))
     except CheckpointError as error:
         return str(error)
-    except ValueError as error:
-        return f"{folder / 'config.json'}: {str(error).splitlines()[0]}"
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as error:
+        return f"{folder / 'config.json'}: {(str(error).splitlines() or [type(error).__name__])[0]}"
     for key, shape in shapes.items():
         if key in expected and expected[key] != shape:
             module = key.rsplit(".", 1)[0]

@@ -18,6 +18,7 @@ from typing import Any, Collection
 
 from .._version import __version__
 from ..errors import CheckpointError
+from .files import checkpoint_files, hub_cache_blob
 
 MANIFEST = "obsdiff-manifest.json"
 WEIGHT_SUFFIXES = (".safetensors",)
@@ -38,25 +39,12 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 def build_manifest(directory: str | Path) -> dict[str, Any]:
     """sha256 and size of every weight file under ``directory`` (hidden entries skipped)."""
     root = Path(directory)
-    files = {
-        p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.suffix in WEIGHT_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    }
+    files = {p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size} for p in checkpoint_files(root, WEIGHT_SUFFIXES)}
     return {"algorithm": "sha256", "obsdiff_hub_version": __version__, "files": files}
 
 
 def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-
-
-def _blob_of(file: Path, root: Path) -> Path | None:
-    """The Hub cache blob a snapshot file links to (``<repo>/blobs/<hash>``), if it is one."""
-    target = file.resolve()
-    blobs = (root.resolve().parent.parent / "blobs").resolve()
-    if root.resolve().parent.name == "snapshots" and target.parent == blobs and not target.is_symlink():
-        return target
-    return None
 
 
 def _entry(name: object, expected: object, root: Path, repo_files: Collection[str] | None) -> tuple[Path, int, str]:
@@ -76,7 +64,7 @@ def _entry(name: object, expected: object, root: Path, repo_files: Collection[st
         raise ManifestError(f"{MANIFEST}: the folder of {name!r} is a link leading outside the snapshot; refusing it")
     if not file.is_file():
         raise ManifestError(f"{name}: listed in {MANIFEST} but missing; download the repository again")
-    if file.is_symlink() and not file.resolve().is_relative_to(root.resolve()) and _blob_of(file, root) is None:
+    if file.is_symlink() and not file.resolve().is_relative_to(root.resolve()) and hub_cache_blob(file) is None:
         raise ManifestError(f"{MANIFEST}: {name!r} is a link leading outside the snapshot; refusing it")
     return file, expected["size"], expected["sha256"]
 
@@ -107,7 +95,7 @@ def verify_manifest(
         if file.stat().st_size != size or sha256_file(file) != digest:
             if not delete:
                 raise ManifestError(f"{name}: sha256 does not match {MANIFEST} (corrupted or tampered); it was not used")
-            blob = _blob_of(file, root)
+            blob = hub_cache_blob(file)
             file.unlink()
             if blob is not None and blob.exists():
                 blob.unlink()

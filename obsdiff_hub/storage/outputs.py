@@ -1,4 +1,12 @@
-"""Output folders: written atomically, readable by the team, and never anything of the user's deleted.
+"""Every file this tool writes, and the folders it owns: written atomically, never through a link,
+readable by the team, and never anything of the user's deleted.
+
+One write primitive (:func:`atomic_path`, and :func:`write_atomic` for bytes in memory): a fresh
+file with an unpredictable name is created exclusively (``O_CREAT | O_EXCL | O_NOFOLLOW``) in the
+final folder, written, flushed to disk and renamed over the final name, so a link planted at that
+name is replaced, never followed; every folder between the write's root and the file must be a
+real folder (a planted link to a folder is refused). ``tests/test_security.py`` walks the code for
+writes that bypass it.
 
 Every folder this tool writes (a checkpoint, a ``.partial`` progress folder) carries a
 marker, ``.obsdiff-hub.json``, listing the files the tool wrote there and the folder's own
@@ -14,6 +22,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,19 +72,80 @@ def _relative_files(folder: Path) -> list[str]:
     return sorted(out)
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write ``path`` through a fresh temp file in its folder and an atomic rename: an existing
-    link at ``path`` (or at any temp name) is replaced, never followed out of the folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def real_folders(folder: Path, root: Path, *, create: bool = True) -> None:
+    """Make ``folder`` exist as real folders from ``root`` down: a missing one is created (unless
+    ``create`` is off: only checked), a link or a file in the place of one is refused (a planted
+    link must not redirect a write). ``root`` itself is taken as given: it is where the user or
+    this tool chose to write."""
+    folder, root = Path(folder), Path(root)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(tmp, 0o666 & ~current_umask())
+        relative = folder.relative_to(root)
+    except ValueError:
+        raise OutputError(f"{folder} is not inside {root}; refusing to write there") from None
+    current = root
+    for part in relative.parts:
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            if not create:
+                return
+            os.mkdir(current)
+            continue
+        if not stat.S_ISDIR(mode):
+            raise OutputError(f"{current} is a link or a file where a folder belongs; refusing to write through it")
+
+
+@contextmanager
+def atomic_path(path: Path, root: Path | None = None) -> Iterator[Path]:
+    """A fresh file to write ``path`` through, for writers that take a path (safetensors, PIL):
+    created empty, exclusively and never through a link, with an unpredictable name beside
+    ``path``; when the block succeeds it is flushed to disk, given the umask's mode and renamed
+    over ``path`` (a link there is replaced, not followed). Folders from ``root`` (default:
+    ``path``'s own folder) down to ``path`` must be real folders; missing ones are created."""
+    path = Path(path)
+    real_folders(path.parent, root if root is not None else path.parent)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+            break
+        except FileExistsError:
+            continue
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+            os.fchmod(fd, 0o666 & ~current_umask())
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_atomic(path: Path, data: bytes | str, root: Path | None = None) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_path`."""
+    with atomic_path(path, root) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def probe_writable(folder: Path) -> None:
+    """Fail now, not after the work, unless something can be created where ``folder`` is (or would
+    be): a real probe (a temporary folder made and removed in the nearest existing ancestor), since
+    permissions alone do not tell (``/proc`` looks writable to root)."""
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".obsdiff-probe-", dir=ancestor))
+    except OSError as error:
+        raise OutputError(f"nothing can be written in {ancestor} ({error.strerror}), so {folder} cannot be created; choose another `out`") from None
 
 
 def check_writable_file(path: Path) -> None:
@@ -86,8 +156,7 @@ def check_writable_file(path: Path) -> None:
         raise OutputError(f"{parent} is not an existing folder, so {path} cannot be written; create it or choose another `out`")
     if path.is_dir() and not path.is_symlink():
         raise OutputError(f"{path} is a folder; give a file name as the `out`")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{parent} is not writable, so {path} cannot be written; choose another `out`")
+    probe_writable(parent)
 
 
 def mark_owned(folder: Path, files: list[str] | None = None, kind: str = "checkpoint") -> None:
@@ -131,11 +200,16 @@ def read_marker(folder: Path) -> dict | None:
 
 
 def first_foreign_file(folder: Path) -> str | None:
-    """The first entry in ``folder`` this tool did not write (None: empty, or all its own)."""
+    """The first entry in ``folder`` this tool did not write (None: empty, or all its own). A
+    sub-folder is this tool's only if it holds something the marker lists: a folder of empty
+    folders is someone's, not an empty output."""
     if folder.is_symlink():
         return "(the folder itself is a symbolic link)"
     entries = [e for e in _relative_files(folder) if e != MARKER]
-    if not entries:
+    subfolders = sorted(
+        Path(root, name).relative_to(folder).as_posix() for root, dirs, _ in os.walk(folder) for name in dirs if not os.path.islink(os.path.join(root, name))
+    )
+    if not entries and not subfolders:
         return None
     record = read_marker(folder)
     owned = set(record["files"]) if record else set()
@@ -143,6 +217,9 @@ def first_foreign_file(folder: Path) -> str | None:
     for entry in entries:
         if (entry not in owned and not entry.startswith(folders)) or (folder / entry).is_symlink():
             return entry
+    for sub in subfolders:
+        if not any(o.startswith(sub + "/") for o in owned):
+            return sub + "/"
     return None
 
 
@@ -172,8 +249,7 @@ def check_writable_target(target: Path, overwrite: bool) -> None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise OutputError(f"{ancestor} is not a folder, so {target} cannot be created; choose another output directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise OutputError(f"{ancestor} is not writable, so {target} cannot be created; choose another output directory")
+    probe_writable(target.parent)
 
 
 @contextmanager

@@ -37,7 +37,7 @@ from ..hub import resolve_source
 from ..models import pruned_class_for
 from ..pruning.plan import costs
 from ..storage.files import read_json
-from ..storage.outputs import add_owned, read_marker, write_atomic
+from ..storage.outputs import add_owned, probe_writable, read_marker, write_atomic
 from .sampling import load_pipeline
 
 BENCH_FILE = "bench.json"
@@ -282,6 +282,7 @@ def results_folder(model: str, out: Path | None) -> Path:
     if out is not None:
         if out.exists() and not out.is_dir():
             raise InputError(f"{out} is a file; give a folder as the `out` for the results")
+        probe_writable(out)
         return out
     if Path(model).is_dir() and read_marker(Path(model)) is not None:
         return Path(model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from huggingface_hub import EvalResult as HubEvalResult
@@ -17,6 +17,7 @@ from ..pruning.prompts import builtin_prompts
 from ..pruning.report import PruneReport
 from ..resources import data_dir
 from ..shapes.dataset import evaluation_scenes
+from ..storage.files import read_json
 from ..storage.outputs import add_owned, owned_files, write_atomic
 from ..units import human
 from .bench import BENCH_FILE, BenchResult
@@ -144,6 +145,12 @@ def render_card(
     return card
 
 
+def check_card(recipe: Recipe) -> None:
+    """Render and validate the card a run of ``recipe`` will publish, with nothing measured yet, so
+    metadata the Hub would refuse stops the run before any work instead of after it."""
+    render_card(recipe, PruneReport(family=recipe.base_model.family, model_class="", config=recipe.prune.model_dump(), params_before=0))
+
+
 def example_prompt(recipe: Recipe) -> str:
     """A prompt the model was made for: the first of its evaluation or calibration prompts."""
     evaluation, prompts = recipe.evaluation, recipe.calibration.prompts
@@ -249,13 +256,23 @@ def card_for_folder(directory: Path, repo_id: str | None = None) -> str:
     if missing:
         raise CardError(f"{directory} is not a pruned checkpoint (no {missing[0]}); run obsdiff-hub prune first")
     recipe = load_recipe(directory / "recipe.yaml")
-    data = json.loads((directory / "report.json").read_text())
-    report = PruneReport.from_dict({k: v for k, v in data.items() if k not in ("provenance", "plan")})
-    evaluation = EvalResult.from_dict(json.loads((directory / EVAL_FILE).read_text())) if (directory / EVAL_FILE).is_file() else None
-    bench = BenchResult.from_dict(json.loads((directory / BENCH_FILE).read_text())) if (directory / BENCH_FILE).is_file() else None
-    card = render_card(recipe, report, repo_id=repo_id, plan=data.get("plan"), evaluation=evaluation, bench=bench,
-                       base_revision=data.get("provenance", {}).get("base_revision"))
+    data = _record(directory / "report.json", lambda d: d)
+    report = _record(directory / "report.json", lambda d: PruneReport.from_dict({k: v for k, v in d.items() if k not in ("provenance", "plan")}))
+    evaluation = _record(directory / EVAL_FILE, EvalResult.from_dict) if (directory / EVAL_FILE).is_file() else None
+    bench = _record(directory / BENCH_FILE, BenchResult.from_dict) if (directory / BENCH_FILE).is_file() else None
+    provenance = data.get("provenance") if isinstance(data.get("provenance"), dict) else {}
+    card = render_card(recipe, report, repo_id=repo_id, plan=data.get("plan") if isinstance(data.get("plan"), dict) else None,
+                       evaluation=evaluation, bench=bench, base_revision=provenance.get("base_revision"))
     return card.content
+
+
+def _record(path: Path, parse: Callable[[dict[str, Any]], Any]) -> Any:
+    """One of the folder's JSON records, read back; a damaged one is a :class:`CardError` naming it."""
+    data = read_json(path)
+    try:
+        return parse(data)
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        raise CardError(f"{path}: not a record obsdiff-hub wrote ({type(error).__name__}: {error}); run the command that writes it again") from None
 
 
 def write_card(directory: Path, repo_id: str | None = None, *, overwrite: bool = False) -> Path:

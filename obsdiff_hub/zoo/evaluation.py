@@ -33,8 +33,10 @@ from ..hub import local_folder_or_repo, resolve_source
 from ..pruning.config import describe_error
 from ..pruning.prompts import builtin_prompts, contained_path, read_prompt_file
 from ..shapes.dataset import evaluation_scenes
+from ..storage.diagnostics import check_pipeline_configs
+from ..storage.files import checkpoint_files, is_regular_file
 from ..storage.manifest import sha256_file
-from ..storage.outputs import add_owned, write_atomic
+from ..storage.outputs import add_owned, real_folders, write_atomic
 from .metrics import METRICS, MetricRow, Samples, check_metrics
 from .metrics.clip import CLIP_MODEL
 from .recipes import EvaluationSpec, RecipeError, load_recipe
@@ -44,6 +46,7 @@ from .sampling import (
     image_bytes,
     image_grid,
     pipeline_defaults,
+    read_image,
 )
 
 EVAL_FILE = "eval.json"
@@ -159,8 +162,8 @@ def fingerprint(source: str) -> str:
         return hashlib.sha256(f"{source}:{__version__}".encode()).hexdigest()
     folder = resolve_source(source)
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json")):
-        if any(part.startswith(".") for part in path.relative_to(folder).parts) or path.name == EVAL_FILE:
+    for path in checkpoint_files(folder, (".safetensors", ".json")):
+        if path.name == EVAL_FILE:
             continue
         digest.update(f"{path.relative_to(folder).as_posix()}:{sha256_file(path)}\n".encode())
     return digest.hexdigest()
@@ -172,17 +175,19 @@ def cached_images(
     """The images of ``source`` for ``prompts`` (image i: seed + i), from the cache or generated."""
     settings = {k: v for k, v in spec.model_dump().items() if k in IMAGE_SETTINGS}
     key = hashlib.sha256(json.dumps([fingerprint(source), prompts, settings]).encode()).hexdigest()
-    folder = cache_root() / "images" / key
+    root = cache_root()
+    folder = root / "images" / key
     paths = [folder / f"{i:05d}.png" for i in range(len(prompts))]
-    if all(p.is_file() for p in paths):
-        return [Image.open(p).convert("RGB") for p in paths]
+    if all(is_regular_file(p) for p in paths):
+        return [read_image(p) for p in paths]
+    root.mkdir(parents=True, exist_ok=True)
+    real_folders(folder, root)  # before sampling: a link planted in the cache stops the run, not its results
     images = generate_images(
         source, prompts, seed=spec.seed, steps=spec.steps, guidance=spec.guidance_scale, resolution=spec.resolution,
         device=str(device or default_device()), batch_size=spec.batch_size, on_image=on_image,
     )
-    folder.mkdir(parents=True, exist_ok=True)
     for image, path in zip(images, paths):
-        write_atomic(path, image_bytes(image))
+        write_atomic(path, image_bytes(image), root=root)  # the cache may be shared: never through a planted link
     return images
 
 
@@ -200,6 +205,10 @@ def evaluate(
     reports generation progress."""
     prompts = eval_prompts(spec, folder)
     check_metrics(spec, prompts)
+    for source in (base, model):  # configs that cannot be built stop the run before any sampling
+        local = None if source.startswith("builtin:") else local_folder_or_repo(source)
+        if local is not None:
+            check_pipeline_configs(local)
     spec = resolved(spec, base)
 
     def progress(which: str) -> Callable[[int], None] | None:

@@ -26,6 +26,8 @@ from ..resources import data_dir
 
 SCHEMA_VERSION = 1
 MAX_RECIPE_BYTES = 1024**2
+MAX_YAML_NODES = 100_000  # with every alias expanded: a recipe has a few hundred
+CONFIG_NAME = r"^[a-z0-9][a-z0-9._\-]*$"
 
 
 class RecipeError(InputError):
@@ -38,7 +40,7 @@ class BaseModelSpec(StrictModel):
     pipeline: str = Field(description="diffusers pipeline class, e.g. StableDiffusionXLPipeline")
     component: Literal["unet", "transformer"]
     family: Literal["unet", "mmdit", "flux"]
-    config: str | None = Field(None, description="shipped public config (recipes/configs/NAME.json) for offline plan")
+    config: str | None = Field(None, pattern=CONFIG_NAME, description="shipped public config (recipes/configs/NAME.json) for offline plan")
     license: str | None = None
 
 
@@ -136,6 +138,42 @@ def validate_recipe(data: Any, where: str) -> Recipe:
         raise RecipeError(f"{where}: {describe_error(error, Recipe)}") from error
 
 
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """Nodes in ``node`` with every alias expanded (what constructing and validating it touches)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:  # a node that contains itself expands without end
+        return MAX_YAML_NODES + 1
+    open_nodes.add(key)
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes, open_nodes) + _expanded_size(v, sizes, open_nodes) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, sizes, open_nodes) for child in node.value)
+    else:
+        size = 1
+    open_nodes.discard(key)
+    sizes[key] = min(size, MAX_YAML_NODES + 1)
+    return sizes[key]
+
+
+def read_yaml(text: str, where: str) -> Any:
+    """Plain YAML (``SafeLoader``: no Python tags), refused before it is built when its aliases
+    expand to more than 100,000 nodes (a kilobyte "billion laughs" must not become gigabytes)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}, set()) > MAX_YAML_NODES:
+            raise RecipeError(f"{where}: its aliases expand to more than {MAX_YAML_NODES:,} YAML nodes; not a recipe")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise RecipeError(f"{where}: nested too deeply to be a recipe") from None
+    finally:
+        loader.dispose()
+
+
 def recipe_names() -> list[str]:
     return sorted(p.stem for p in (data_dir("recipes")).glob("*.yaml"))
 
@@ -156,7 +194,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     if path.stat().st_size > MAX_RECIPE_BYTES:
         raise RecipeError(f"{path}: larger than {MAX_RECIPE_BYTES >> 10} KiB, not a recipe")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml(path.read_text(encoding="utf-8"), str(path))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise RecipeError(f"{path}: not valid YAML (only plain YAML is read, no Python tags): {error}".splitlines()[0]) from error
     recipe = validate_recipe(data, str(path))

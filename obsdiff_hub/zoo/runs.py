@@ -40,9 +40,9 @@ from ..pruning.plan import PlanResult, plan
 from ..pruning.precision import DTYPES, check_device_dtype
 from ..pruning.prompts import prompts_sha256, resolve_prompts
 from ..resources import data_dir
-from ..storage.diagnostics import explained_pipeline_failure
+from ..storage.diagnostics import check_pipeline_configs, explained_pipeline_failure
 from ..storage.files import stored_dtype
-from ..storage.outputs import atomic_output, check_writable_target
+from ..storage.outputs import atomic_output, check_writable_target, write_atomic
 from . import cards
 from .evaluation import EvalResult, eval_prompts, evaluate_checkpoint
 from .metrics import check_metrics
@@ -75,10 +75,11 @@ def load_base_pipeline(recipe: Recipe) -> Any:
         folder = local_folder_or_repo(source)
         if folder is None:
             with HubClient().errors(source, maybe_folder=True):
-                folder = Path(DiffusionPipeline.download(source, revision=recipe.base_model.revision))
-        dtype = stored_dtype(folder / recipe.base_model.component)
+                folder = Path(DiffusionPipeline.download(source, revision=recipe.base_model.revision, use_safetensors=True))
         with explained_pipeline_failure(source, folder):
-            pipeline = DiffusionPipeline.from_pretrained(folder, dtype=dtype)
+            check_pipeline_configs(folder)
+            dtype = stored_dtype(folder / recipe.base_model.component)
+            pipeline = DiffusionPipeline.from_pretrained(folder, dtype=dtype, use_safetensors=True)
     found = adapter_for(denoiser_of(pipeline)).family
     if found != recipe.base_model.family:
         raise ModelMismatchError(
@@ -199,6 +200,7 @@ def run_recipe(
             raise RecipeError("a shipped recipe cannot name a prompt file; give the `prompts` file")
         texts = resolve_prompts(source, requested.folder)
     pinned = pinned_prompts(source, texts)
+    cards.check_card(requested)  # card metadata too: it must not fail after the pruning
     if requested.evaluation is not None:  # its prompts and metrics are checked now, not after the pruning
         check_metrics(requested.evaluation, eval_prompts(requested.evaluation, requested.folder or data_dir("recipes")))
     world = World.from_environment(run_device)
@@ -254,9 +256,9 @@ def run_recipe(
                     prompt_folder=requested.folder or data_dir("recipes"),
                 )
             card = cards.render_card(effective, report, plan=plan_info.to_dict() if plan_info else None, evaluation=evaluation, base_revision=base_revision)
-            (tmp / "recipe.yaml").write_text(effective.to_yaml())
-            (tmp / "report.json").write_text(json.dumps({**report.to_dict(), "provenance": record, "plan": plan_info.to_dict() if plan_info else None}, indent=2))
-            (tmp / "README.md").write_text(card.content, encoding="utf-8")
+            write_atomic(tmp / "recipe.yaml", effective.to_yaml())
+            write_atomic(tmp / "report.json", json.dumps({**report.to_dict(), "provenance": record, "plan": plan_info.to_dict() if plan_info else None}, indent=2))
+            write_atomic(tmp / "README.md", card.content)
         state.clear()
     world.close()
     return RunOutput(out, result, effective, plan_info, evaluation, len(set(texts)))

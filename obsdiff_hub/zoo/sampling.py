@@ -12,24 +12,28 @@ from typing import Any, Callable
 import diffusers
 import torch
 from diffusers import DiffusionPipeline
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from .. import models  # noqa: F401 - registers the OBSDiff classes, so model_index.json entries naming them resolve
 from ..architectures.components import (
     DENOISERS,
+    check_resolution,
     default_resolution,
     denoiser_of,
     pipeline_vae_scale,
+    resolution_multiple,
     vae_scale_factor,
 )
 from ..errors import CheckpointError, InputError
-from ..hub import HubClient, fetch_verified, local_folder_or_repo, resolve_source
+from ..hub import HubClient, fetch, local_folder_or_repo, resolve_source
+from ..pruning.prompts import check_lengths
 from ..shapes.pipeline import load_shapes_pipeline
-from ..storage.diagnostics import explained_pipeline_failure
+from ..storage.diagnostics import check_pipeline_configs, explained_pipeline_failure
 from ..storage.files import read_json
 from ..tiny import TINY_PIPELINES
 
-MIN_GRID_SIDE = 128  # grids show small images (32-pixel shapes) at least this large
+MIN_GRID_SIDE = 128
+DOWNLOAD_ARGS = ("cache_dir", "token", "variant", "local_files_only", "proxies")  # grids show small images (32-pixel shapes) at least this large
 
 
 def _builtins() -> dict[str, Callable[[], Any]]:
@@ -66,9 +70,15 @@ def load_pipeline(
         folder = local_folder_or_repo(source)
         client = HubClient(token=kwargs.get("token"))
         if verify:
-            fetch_verified(source, revision=revision, cache_dir=kwargs.get("cache_dir"), local_files_only=bool(kwargs.get("local_files_only")), client=client)
-        with explained_pipeline_failure(source, folder), client.errors(source, maybe_folder=True):
-            pipeline = DiffusionPipeline.from_pretrained(folder or source, revision=None if folder else revision, dtype=torch_dtype, **kwargs)
+            fetch(source, revision=revision, cache_dir=kwargs.get("cache_dir"), local_files_only=bool(kwargs.get("local_files_only")), client=client)
+        if kwargs.pop("use_safetensors", True) is False:
+            raise InputError("obsdiff-hub loads safetensors only (pickled weights can run code); leave `use_safetensors` at True")
+        if folder is None:  # download first, so every config is checked before anything is built from it
+            with client.errors(source, maybe_folder=True):
+                folder = Path(DiffusionPipeline.download(source, revision=revision, use_safetensors=True, **{k: kwargs[k] for k in DOWNLOAD_ARGS if k in kwargs}))
+        with explained_pipeline_failure(source, folder):
+            check_pipeline_configs(folder)
+            pipeline = DiffusionPipeline.from_pretrained(folder, dtype=torch_dtype, use_safetensors=True, **kwargs)
         return pipeline.to(device) if device is not None else pipeline
     if torch_dtype is not None:
         pipeline.to(dtype=torch_dtype)
@@ -136,8 +146,11 @@ def generate_images(
     """One image per prompt; image i uses ``torch.Generator().manual_seed(seed + i)`` on the CPU,
     so the same prompt and seed give the same noise for a dense and a pruned model. ``dtype``:
     default fp16 on CUDA, fp32 on the CPU."""
+    check_lengths(prompts, "the prompts")
     run_device = torch.device(device) if device else default_device()
     pipeline = load_pipeline(source, torch_dtype=dtype or sampling_dtype(run_device), device=run_device)
+    if resolution is not None:
+        check_resolution(resolution, resolution_multiple(denoiser_of(pipeline), pipeline_vae_scale(pipeline)))
     pipeline.set_progress_bar_config(disable=True)
     images: list[Image.Image] = []
     if on_image is not None:
@@ -186,6 +199,24 @@ def image_grid(rows: list[list[Image.Image]], captions: list[str] | None = None,
 
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+MAX_IMAGE_PIXELS = 64 * 1024**2  # 8192²: far above any model's output or a reference photo
+
+
+def read_image(path: Path) -> Image.Image:
+    """An image file as RGB, its size checked before it is decoded (a few kilobytes of PNG can
+    claim gigapixels); a file that is not an image, or too large, is one line naming it."""
+    too_large = f"more than the {MAX_IMAGE_PIXELS >> 20} MP an image may have here"
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise InputError(f"{path}: {image.width}×{image.height} pixels, {too_large}")
+            return image.convert("RGB")
+    except Image.DecompressionBombError:
+        raise InputError(f"{path}: claims {too_large}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        if isinstance(error, InputError):
+            raise
+        raise InputError(f"{path}: not a readable image ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
 
 
 def image_format(path: Path) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from huggingface_hub.errors import HFValidationError
 from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
@@ -28,9 +29,9 @@ def clip_model(spec: EvaluationSpec) -> tuple[Any, Any, str]:
 @functools.lru_cache(maxsize=1)  # checked before sampling, then used for both models' images
 def _load_clip(source: str, revision: str | None) -> tuple[Any, Any, str]:
     try:
-        model = CLIPModel.from_pretrained(source, revision=revision).eval()
+        model = CLIPModel.from_pretrained(source, revision=revision, use_safetensors=True).eval()
         processor = CLIPProcessor.from_pretrained(source, revision=revision)
-    except OSError as error:
+    except (OSError, HFValidationError) as error:  # with peft installed, transformers validates a missing path as a repo id
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise InputError(
             f"CLIP model {source} cannot be loaded ({reason}); give a local copy with `clip_model`, or leave clip out of `metrics`"

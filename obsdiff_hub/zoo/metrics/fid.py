@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 
 from ...errors import InputError
+from ...storage.files import checkpoint_files
 from ..recipes import EvaluationSpec
+from ..sampling import read_image
 from .base import MetricRow, Samples, as_array, bootstrap
 from .clip import clip_embeddings
 from .optional import require
@@ -60,10 +62,10 @@ def fid_features(images: list[Image.Image], spec: EvaluationSpec) -> tuple[np.nd
 
 def reference_images(folder: str) -> list[Image.Image]:
     """The images of a reference folder (png, jpg, webp), sorted by name."""
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = [p for p in checkpoint_files(Path(folder), recursive=False) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not paths:
         raise InputError(f"reference folder {folder} holds no png/jpg/webp images")
-    return [Image.open(p).convert("RGB") for p in paths]
+    return [read_image(p) for p in paths]
 
 
 def fid(samples: Samples, spec: EvaluationSpec) -> list[MetricRow]:
