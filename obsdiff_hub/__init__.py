@@ -38,6 +38,7 @@ _LAZY = {
     "PruneConfig": "pruning.config",
     "PruneResult": "pruning.engine",
     "prune": "pruning.engine",
+    "prune_family": "pruning.engine",
     "PlanResult": "pruning.plan",
     "plan": "pruning.plan",
     "OBSDiffFluxTransformer": "models",
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
         provenance,
     )
     from .pruning.config import CalibrationConfig, PruneConfig
-    from .pruning.engine import PruneResult, prune
+    from .pruning.engine import PruneResult, prune, prune_family
     from .pruning.plan import PlanResult, plan
     from .storage.files import read_metadata
     from .zoo.sampling import load_pipeline
@@ -99,6 +100,7 @@ __all__ = [
     "plan",
     "provenance",
     "prune",
+    "prune_family",
     "read_metadata",
     "register_with_diffusers",
     "save_pruned",

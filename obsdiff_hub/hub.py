@@ -116,7 +116,7 @@ class Fetched:
 @dataclass(frozen=True)
 class PushResult:
     commit: str
-    tag: str
+    tag: str | None
     url: str
 
 
@@ -231,15 +231,15 @@ class HubClient:
         repo_id: str,
         *,
         in_memory: dict[str, bytes],
-        tag: str,
+        tag: str | None,
         commit_message: str,
         tag_message: str,
         private: bool = False,
         branch: str | None = None,
     ) -> PushResult:
         """One commit of every regular, non-hidden file under ``directory`` plus ``in_memory``
-        (path in repo → bytes, taking precedence), then ``tag`` on it. The token, the repo's refs
-        and the tag are checked first, so a failed push leaves the repo as it was."""
+        (path in repo → bytes, taking precedence), then ``tag`` (if any) on it. The token, the repo's
+        refs and the tag are checked first, so a failed push leaves the repo as it was."""
         check_repo_id(repo_id, namespaced=True)
         operations = [
             CommitOperationAdd(path_in_repo=relative, path_or_fileobj=str(path))
@@ -263,7 +263,8 @@ class HubClient:
             if branch and branch not in branches:
                 self.api.create_branch(repo_id, branch=branch, exist_ok=True)
             info = self.api.create_commit(repo_id, operations=operations, commit_message=commit_message, revision=branch)
-            self.api.create_tag(repo_id, tag=tag, revision=info.oid, tag_message=tag_message)
+            if tag is not None:
+                self.api.create_tag(repo_id, tag=tag, revision=info.oid, tag_message=tag_message)
         return PushResult(info.oid, tag, info.commit_url)
 
 

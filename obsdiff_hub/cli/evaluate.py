@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
+from ..errors import InputError
 from .display import ImageProgress, console, print_json, print_table
 from .lazy import library
 from .options import (
@@ -31,6 +32,7 @@ from .options import (
 bench = library("zoo.bench")
 distributed = library("pruning.distributed")
 evaluation = library("zoo.evaluation")
+family = library("zoo.family")
 inspection = library("checkpoints.inspection")
 
 if TYPE_CHECKING:
@@ -75,6 +77,7 @@ def evaluate(
     """Measure quality next to the dense model (same prompts and seeds): eval.json with 95% intervals, a captioned grid.
 
     Settings not given come from the checkpoint's recipe (what prune measured), then the pipeline.
+    A family folder (prune -r A -r B --out DIR) is evaluated member by member, sampling the base once.
 
     \b
     Example: obsdiff-hub eval tiny-out --metrics psnr,shapes --prompts builtin:shapes --overwrite
@@ -93,17 +96,23 @@ def evaluate(
         "fid_features": fid_features,
         "clip_model": clip_model,
     }
-    spec = evaluation.evaluation_settings(source, given)
     run_device = distributed.resolve_device(device)
-    folder = bench.results_folder(source, out)
-    base = base or inspection.base_model_of(source)
-    display = None if quiet or as_json else ImageProgress()
-    with display if display is not None else nullcontext():
-        result = evaluation.evaluate_checkpoint(source, base, spec, folder, device=run_device, on_image=display, overwrite=overwrite)
+    members = [str(m.folder) for m in family.family_members(Path(source))] if family.is_family(Path(source)) else [source]
+    if len(members) > 1 and out is not None:
+        raise InputError("a family is evaluated into each member's own folder; leave out --out")
+    records = []
+    for member in members:  # the dense base's images are cached: a family samples the base once
+        spec = evaluation.evaluation_settings(member, given)
+        folder = bench.results_folder(member, out)
+        display = None if quiet or as_json else ImageProgress()
+        with display if display is not None else nullcontext():
+            result = evaluation.evaluate_checkpoint(member, base or inspection.base_model_of(member), spec, folder, device=run_device, on_image=display,
+                                                    overwrite=overwrite)
+        records.append(result.to_dict())
+        if quiet:
+            typer.echo(str(folder / evaluation.EVAL_FILE))
+        elif not as_json:
+            print_metrics(result)
+            console.print(f"wrote {folder / evaluation.EVAL_FILE} and {folder / result.grid}")
     if as_json:
-        print_json(result.to_dict())
-    elif quiet:
-        typer.echo(str(folder / evaluation.EVAL_FILE))
-    else:
-        print_metrics(result)
-        console.print(f"wrote {folder / evaluation.EVAL_FILE} and {folder / result.grid}")
+        print_json(records[0] if len(members) == 1 and not family.is_family(Path(source)) else records)

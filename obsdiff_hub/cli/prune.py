@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 from rich.table import Table
 
+from ..errors import InputError
 from .display import PruneProgress, console, human, print_json, print_table
 from .errors import INTERRUPTED
 from .evaluate import print_metrics
@@ -31,11 +32,11 @@ resume_state = library("zoo.resume")
 runs = library("zoo.runs")
 
 if TYPE_CHECKING:
-    from ..zoo.runs import RunOutput
+    from ..zoo.runs import Overrides, RunOutput
 
 
 def prune(
-    recipe: Annotated[str, typer.Option("--recipe", "-r", metavar="RECIPE", help="A shipped recipe's name (see `recipes list`) or a recipe YAML file.")],
+    recipe: Annotated[list[str], typer.Option("--recipe", "-r", metavar="RECIPE", help="A shipped recipe's name (see `recipes list`) or a recipe YAML file; repeat it for a family of sparsities calibrated once (one folder each under --out).")],
     base: Annotated[Optional[str], typer.Option("--base", metavar="BASE", help="The dense model to prune: Hub repo id or folder (default: the recipe's).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", hidden=True, help="Old spelling of --base.")] = None,
     revision: RevisionOpt = None,
@@ -49,6 +50,8 @@ def prune(
     set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="FIELD=VALUE", help="Change any recipe field, e.g. prune.sparsity=0.4 (repeatable).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last finished package.")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Discard the saved progress of an interrupted run and start over.")] = False,
+    save_hessians: Annotated[Optional[Path], typer.Option("--save-hessians", metavar="DIR", help="Save every package's Hessians (fp32 safetensors) to reuse with --hessians.")] = None,
+    hessians: Annotated[Optional[Path], typer.Option("--hessians", metavar="DIR", help="Take the Hessians from a store --save-hessians wrote (same base and calibration): no trajectories.")] = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -57,18 +60,23 @@ def prune(
 
     \b
     Example: obsdiff-hub prune -r tiny-shapes-unstructured-50 --out tiny-out
+    Family:  obsdiff-hub prune -r sdxl-10 -r sdxl-20 -r sdxl-30 --out zoo
     """
-    loaded = recipes.load_recipe(recipe)
+    if len(recipe) > 1:
+        if save_hessians or hessians:
+            raise InputError("--save-hessians and --hessians apply to single-recipe runs (a family already calibrates its first package once)")
+        family(recipe, overrides(renamed(base, model, "--base", "--model"), revision, dtype, prompts, prompt_column, num_prompts, packages, set_),
+               out=out, device=device, resume=resume or restart, overwrite=overwrite, quiet=quiet, as_json=as_json)
+        return
+    loaded = recipes.load_recipe(recipe[0])
     target = out or Path(loaded.name)
     main = distributed.is_main_process()  # under torchrun / accelerate, rank 0 reports
     display = PruneProgress() if main and not quiet and not as_json else None
     try:
         with display if display is not None else nullcontext():
             result = runs.run_recipe(
-                loaded, target, base=renamed(base, model, "--base", "--model"), revision=revision, device=device,
-                dtype=dtype_option(dtype), prompts=prompts, prompt_column=prompt_column, num_prompts=num_prompts,
-                packages=packages_option(packages), changes=assignments(set_ or []), resume=resume, restart=restart,
-                overwrite=overwrite, progress=display,
+                loaded, target, overrides(renamed(base, model, "--base", "--model"), revision, dtype, prompts, prompt_column, num_prompts, packages, set_),
+                device=device, resume=resume, restart=restart, overwrite=overwrite, progress=display, save_hessians=save_hessians, hessians=hessians,
             )
     except KeyboardInterrupt:
         done = resume_state.saved_packages(target)
@@ -84,6 +92,36 @@ def prune(
         typer.echo(str(target))
     else:
         print_summary(result)
+
+
+def overrides(base: str | None, revision: str | None, dtype: str | None, prompts: str | None, prompt_column: str | None,
+              num_prompts: int | None, packages: str | None, set_: list[str] | None) -> Overrides:
+    """The run options as the library takes them (``zoo.runs.Overrides``), each checked."""
+    return runs.Overrides(base=base, revision=revision, dtype=dtype_option(dtype), prompts=prompts, prompt_column=prompt_column,
+                          num_prompts=num_prompts, packages=packages_option(packages), changes=assignments(set_ or []))
+
+
+def family(names: list[str], options: Overrides, *, out: Path | None, device: str | None, resume: bool, overwrite: bool, quiet: bool, as_json: bool) -> None:
+    """``prune`` with several recipes: one calibration of the first package, a folder per member."""
+    if resume:
+        raise InputError("--resume and --restart apply to single-recipe runs; rerun the member that was interrupted on its own")
+    if out is None:
+        raise InputError("a family run needs --out, the folder that will hold one folder per member")
+    loaded = [recipes.load_recipe(name) for name in names]
+    display = PruneProgress() if not quiet and not as_json else None
+    records: list[dict[str, Any]] = []
+
+    def written(output: RunOutput) -> None:
+        records.append(summary_record(output))
+        if quiet:
+            typer.echo(str(output.directory))
+        elif not as_json:
+            print_summary(output)
+
+    with display if display is not None else nullcontext():
+        runs.run_family(loaded, out, options, device=device, overwrite=overwrite, progress=display, on_output=written)
+    if as_json:
+        print_json(records)
 
 
 def summary_record(result: RunOutput) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from .options import (
 cards = library("zoo.cards")
 hub = library("hub")
 publishing = library("zoo.publishing")
+family = library("zoo.family")
 
 RepoIdOpt = Annotated[Optional[str], typer.Option("--repo-id", metavar="NAMESPACE/NAME", help="The Hub repo.")]
 
@@ -64,6 +65,17 @@ def push(
     folder = checkpoint(model_argument, model, "push")
     if repo_id is None:
         raise InputError("give the repo to publish to: --repo-id NAMESPACE/NAME")
+    if family.is_family(Path(folder)):
+        if branch or tag or commit_message:
+            raise InputError("a family is pushed one branch and tag per member (named after its recipe); --branch, --tag and --commit-message apply to single checkpoints")
+        members, card = family.publish_family(folder, repo_id, private=private, token=token, endpoint=endpoint)
+        if as_json:
+            print_json({"repo_id": repo_id, "members": [{"branch": b, "commit": r.commit, "tag": r.tag} for b, r in members.items()], "card_commit": card.commit})
+        else:
+            for b, r in members.items():
+                console.print(f"pushed {b} to {repo_id} branch {b} at {r.commit[:12]} (tag {r.tag})")
+            console.print(f"family card on {repo_id} main at {card.commit[:12]}")
+        return
     result = publishing.publish(folder, repo_id, private=private, branch=branch, tag=tag, commit_message=commit_message, token=token, endpoint=endpoint)
     if as_json:
         print_json({"repo_id": repo_id, "commit": result.commit, "tag": result.tag, "url": result.url})

@@ -15,9 +15,12 @@ calibration, packages), :func:`calibrate_package`, :func:`solve_package` and :fu
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Literal, Protocol
 
 import torch
@@ -33,6 +36,7 @@ from .asymmetric import dense_targets
 from .calibration import Calibration, PipelineCalibration, unconditional_input
 from .config import CalibrationConfig, PruneConfig
 from .distributed import World
+from .hessian_store import HessianStore, state_sha256
 from .hooks import collect_hessians
 from .packages import PackagePlan, activation_bytes, hessian_layers, plan_packages
 from .precision import DTYPES, Precision, check_device_dtype, release_freed_memory
@@ -105,6 +109,7 @@ class Run:
     dense: nn.Module | None = None  # asymmetric calibration: the dense copy run alongside
     progress: ProgressCallback | None = None
     state: PackageState | None = None
+    store: HessianStore | None = None  # packages' Hessians saved to, or read from, a folder
 
     @property
     def model(self) -> nn.Module:
@@ -126,6 +131,8 @@ def prune(
     dtype: str | torch.dtype | None = None,
     progress: ProgressCallback | None = None,
     state: PackageState | None = None,
+    save_hessians: str | Path | None = None,
+    hessians: str | Path | None = None,
 ) -> PruneResult:
     """Prune a diffusers pipeline or a bare denoiser with OBS-Diff (or a baseline).
 
@@ -139,17 +146,103 @@ def prune(
     that is not pruned bit for bit (:mod:`.precision`). ``progress``: called with
     :class:`ProgressEvent` s. ``state``: resume after ``state.completed`` packages (already
     applied to the model) and get a callback after each package (see ``zoo/resume.py``).
+    ``save_hessians``: a folder to save every package's Hessians in; ``hessians``: such a folder
+    to take them from instead of running trajectories (same base, calibration and earlier
+    packages only, see :mod:`.hessian_store`).
 
     Returns the pruned model (structured results as their ``OBSDiff*`` class, with the
     pruned shapes and provenance in the config; the pipeline, if any, holds it).
     """
     run = setup(target, config, calibration=calibration, steps=steps, device=device, dtype=dtype, progress=progress, state=state)
+    run.store = open_store(run, calibration, save_hessians, hessians)
     first = state.completed if state is not None else 0
     for index, package in enumerate(run.plan.packages):
         if index >= first:
             hessians, crosses, record = calibrate_package(run, index, package)
             solve_package(run, index, package, hessians, crosses, record)
     return finish(run)
+
+
+SPARSITY_FIELDS = frozenset({"sparsity", "block_sparsity", "n", "m"})
+
+
+class _Shared:
+    """A package-1 accumulator shared by every member of a family: solving reads it, never frees it."""
+
+    def __init__(self, accumulator: Any) -> None:
+        self.accumulator = accumulator
+
+    def hessian(self) -> torch.Tensor:
+        return self.accumulator.hessian()
+
+    def cross_term(self) -> torch.Tensor:
+        return self.accumulator.cross_term()
+
+    def release(self) -> None:
+        pass
+
+
+def check_family(configs: list[PruneConfig]) -> None:
+    """Members may differ only in their sparsity fields (then their first packages see the same
+    dense trajectories); anything else is an :class:`InputError` naming the first difference."""
+    if not configs:
+        raise InputError("a family needs at least one member")
+    first = configs[0].model_dump()
+    for i, cfg in enumerate(configs[1:], 2):
+        for key, value in cfg.model_dump().items():
+            if key not in SPARSITY_FIELDS and value != first[key]:
+                raise InputError(f"family member {i} differs from member 1 in prune.{key} ({value!r} vs {first[key]!r}); members may differ only in "
+                                 f"{', '.join(sorted(SPARSITY_FIELDS))}")
+
+
+def prune_family(
+    target: Any,
+    configs: list[PruneConfig | dict[str, Any]],
+    on_member: Callable[[int, PruneResult], None],
+    *,
+    calibration: Calibration | CalibrationConfig | dict[str, Any] | None = None,
+    steps: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: str | torch.dtype | None = None,
+    progress: ProgressCallback | None = None,
+) -> None:
+    """:func:`prune` for several sparsities of one model, calibrating the first package once.
+
+    Members differ only in their sparsity fields (:func:`check_family`), so their first packages
+    calibrate the same dense network on the same trajectories: the Hessians are accumulated once
+    and every member solves from them; later packages calibrate per member, on its own pruned
+    network. Each member starts from a copy of the dense denoiser and is bit for bit what
+    :func:`prune` gives for its config alone. ``on_member(i, result)`` receives each result in turn
+    (the pipeline holds that member's model until the next member starts: save it then).
+    """
+    cfgs = [PruneConfig.coerce(c) for c in configs]
+    check_family(cfgs)
+    pipeline = None if isinstance(target, nn.Module) else target
+    dense = copy.deepcopy(target if pipeline is None else denoiser_of(pipeline))
+    shared: tuple[dict[str, Any], dict[str, Any], PackageRecord] | None = None
+    for member, cfg in enumerate(cfgs):
+        if member:
+            fresh = copy.deepcopy(dense)
+            if pipeline is None:
+                target = fresh
+            else:
+                pipeline.register_modules(**{denoiser_name(pipeline): fresh})
+        run = setup(target, cfg, calibration=calibration, steps=steps, device=device, dtype=dtype, progress=progress)
+        for index, package in enumerate(run.plan.packages):
+            if index == 0 and shared is not None:
+                hessians, crosses = dict(shared[0]), dict(shared[1])
+                record = PackageRecord(0, len(package), shared[2].layers, shared[2].hessian_bytes, 0.0, 0.0, 0.0)
+                run.report.stages["calibration_shared_s"] = shared[2].calibration_s
+                run.tell("package", 0, 0, len(run.plan.packages))
+            else:
+                hessians, crosses, record = calibrate_package(run, index, package)
+                if index == 0:
+                    hessians = {p: _Shared(a) for p, a in hessians.items()}
+                    crosses = {p: _Shared(a) for p, a in crosses.items()}
+                    shared = (hessians, crosses, record)
+                    hessians, crosses = dict(hessians), dict(crosses)
+            solve_package(run, index, package, hessians, crosses, record)
+        on_member(member, finish(run))
 
 
 def _calibration_settings(
@@ -242,6 +335,32 @@ def _plan(model: nn.Module, units: list[BlockUnit], cfg: PruneConfig, device: to
     return plan
 
 
+def open_store(run: Run, calibration: Any, save: str | Path | None, load: str | Path | None) -> HessianStore | None:
+    """The run's Hessian store, its identity checked against a folder to read before any work."""
+    if save is None and load is None:
+        return None
+    if save is not None and load is not None:
+        raise InputError("`save_hessians` and `hessians` exclude each other: save a store, or read one")
+    cfg = run.config
+    if not isinstance(run.calibrate, PipelineCalibration):
+        raise InputError("a Hessian store needs the pipeline's own calibration settings (a calibration callable cannot be identified)")
+    if cfg.calibration_target == "dense" or run.world.size > 1:
+        raise InputError("a Hessian store works with calibration_target: network in one process")
+    settings = CalibrationConfig.coerce(calibration)
+    layout = [[p for unit in package for p in hessian_layers(unit)] for package in run.plan.packages]
+    identity = {
+        "model_class": type(run.model).__name__,
+        "base_sha256": state_sha256(run.model),
+        "prompts_sha256": run.report.calibration["prompts_sha256"],
+        "calibration": json.dumps(settings.model_dump(mode="json", exclude={"prompts"}), sort_keys=True),
+        "compute_dtype": str(run.precision.compute),
+        "timestep_weights": json.dumps([cfg.weighting, cfg.alpha_min, cfg.alpha_max]),
+        "hessian_precision": cfg.hessian_precision,
+        "packages": hashlib.sha256(json.dumps(layout).encode()).hexdigest(),
+    }
+    return HessianStore(save if save is not None else load, identity, write=save is not None)  # type: ignore[arg-type]
+
+
 def calibrate_package(run: Run, index: int, package: list[BlockUnit]) -> tuple[dict[str, HessianAccumulator], dict[str, Any], PackageRecord]:
     """Run every calibration trajectory once with hooks on the package's layer inputs; the
     Hessians (and, asymmetric, cross terms) summed over processes, and the package's record so far."""
@@ -252,6 +371,11 @@ def calibrate_package(run: Run, index: int, package: list[BlockUnit]) -> tuple[d
     hook_time = [0.0]
     store = torch.device("cpu") if cfg.hessian_device == "cpu" else None
     t0 = time.perf_counter()
+    network = state_sha256(run.model) if run.store is not None else ""
+    if run.store is not None and not run.store.write and run.store.holds(index, network):
+        saved = run.store.load(index, network, run.model, layers, store)
+        run.report.package_plan.setdefault("hessians_reused", []).append(index + 1)
+        return saved, {}, PackageRecord(index, len(package), len(layers), run.plan.package_bytes[index], time.perf_counter() - t0, 0.0, 0.0)
     # Each stage's local work ends with the ranks agreeing it went well, before any other collective.
     with run.world.together(f"calibrating package {index + 1}"):
         with (
@@ -273,6 +397,8 @@ def calibrate_package(run: Run, index: int, package: list[BlockUnit]) -> tuple[d
         clock.check()
     run.world.sum_accumulators(hessians)
     run.world.sum_accumulators(crosses)
+    if run.store is not None:
+        run.store.save(index, network, hessians)
     record = PackageRecord(index, len(package), len(layers), run.plan.package_bytes[index], time.perf_counter() - t0, hook_time[0], 0.0)
     return hessians, crosses, record
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from diffusers import DiffusionPipeline
@@ -35,7 +35,13 @@ from ..hub import HubClient, local_folder_or_repo
 from ..models import provenance
 from ..pruning.config import PromptSource
 from ..pruning.distributed import World, resolve_device
-from ..pruning.engine import ProgressCallback, PruneResult, prune
+from ..pruning.engine import (
+    ProgressCallback,
+    PruneResult,
+    check_family,
+    prune,
+    prune_family,
+)
 from ..pruning.plan import PlanResult, plan
 from ..pruning.precision import DTYPES, check_device_dtype
 from ..pruning.prompts import prompts_sha256, resolve_prompts
@@ -159,76 +165,75 @@ def pinned_prompts(source: PromptSource, prompts: list[str]) -> PromptSource:
     return source.model_copy(update={"count": len(prompts), "sha256": prompts_sha256(prompts)})
 
 
-def run_recipe(
-    recipe: Recipe,
-    out: str | Path,
-    *,
-    base: str | None = None,
-    revision: str | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    prompts: str | None = None,
-    prompt_column: str | None = None,
-    num_prompts: int | None = None,
-    packages: int | Literal["auto"] | None = None,
-    changes: dict[str, Any] | None = None,
-    resume: bool = False,
-    restart: bool = False,
-    overwrite: bool = False,
-    progress: ProgressCallback | None = None,
-) -> RunOutput:
-    """Run ``recipe`` and write the finished checkpoint to ``out`` (see module docstring).
+@dataclass(frozen=True)
+class Overrides:
+    """What a user changes of a recipe for one run: ``base`` (the dense model instead of the
+    recipe's: Hub repo id or folder) and its ``revision``, the calibration ``dtype``, ``prompts`` (a
+    file or ``builtin:NAME``) with ``prompt_column`` and ``num_prompts``, ``packages``, and any
+    field through ``changes`` (``{"prune.sparsity": 0.4}``)."""
 
-    ``base``: the dense model instead of the recipe's (Hub repo id or folder); ``prompts``: a
-    prompt file or ``builtin:NAME`` instead of the recipe's calibration prompts."""
-    if resume and restart:
-        raise InputError("`resume` and `restart` exclude each other")
-    out = Path(out)
+    base: str | None = None
+    revision: str | None = None
+    dtype: str | None = None
+    prompts: str | None = None
+    prompt_column: str | None = None
+    num_prompts: int | None = None
+    packages: int | Literal["auto"] | None = None
+    changes: dict[str, Any] | None = None
+
+
+@dataclass
+class Prepared:
+    """A recipe checked and resolved before any work: the run as requested, its prompts, its output."""
+
+    recipe: Recipe  # as given
+    requested: Recipe  # every override applied
+    texts: list[str]
+    pinned: PromptSource
+    out: Path
+
+    @property
+    def calibration(self) -> Any:
+        """The calibration settings with the resolved prompts inline."""
+        cal = self.requested.calibration
+        return cal.model_copy(update={"prompts": PromptSource(source="inline", texts=self.texts, count=len(self.texts))})
+
+
+def prepare(recipe: Recipe, out: Path, run_device: torch.device, overrides: Overrides, *, overwrite: bool = False) -> Prepared:
+    """Every check that needs no model: overrides, output folder, device and dtype, prompts, card
+    metadata and evaluation settings (none of them may fail after the pruning)."""
+    o = overrides
     requested = requested_recipe(
-        recipe, base=base, revision=revision, dtype=dtype, num_prompts=num_prompts, prompt_column=prompt_column, packages=packages, changes=changes
+        recipe, base=o.base, revision=o.revision, dtype=o.dtype, num_prompts=o.num_prompts, prompt_column=o.prompt_column, packages=o.packages, changes=o.changes
     )
     check_writable_target(out, overwrite)
-    run_device = resolve_device(device)
     cal = requested.calibration
     check_device_dtype(run_device, DTYPES.get(cal.dtype, torch.float32))
-    if prompts:
-        source = prompt_source(prompts, prompt_column, cal.prompts.count)
+    if o.prompts:
+        source = prompt_source(o.prompts, o.prompt_column, cal.prompts.count)
         texts = resolve_prompts(source)
     else:
         source = cal.prompts
         if source.source == "file" and requested.folder is None:
             raise RecipeError("a shipped recipe cannot name a prompt file; give the `prompts` file")
         texts = resolve_prompts(source, requested.folder)
-    pinned = pinned_prompts(source, texts)
-    cards.check_card(requested)  # card metadata too: it must not fail after the pruning
-    if requested.evaluation is not None:  # its prompts and metrics are checked now, not after the pruning
+    cards.check_card(requested)
+    if requested.evaluation is not None:
         check_metrics(requested.evaluation, eval_prompts(requested.evaluation, requested.folder or data_dir("recipes")))
-    world = World.from_environment(run_device)
-    run_id = hashlib.sha256(f"{requested.sha256}:{pinned.sha256}".encode()).hexdigest()
-    state = DiskState(partial_folder(out), run_id, writer=world.is_main)
-    with world.together("checking the run's inputs"):
-        state.prepare(resume=resume, restart=restart)
-        pipeline = load_base_pipeline(requested)
-        component = requested.base_model.component
-        if resume:
-            pipeline.register_modules(**{component: state.load(getattr(pipeline, component))})
-    calibration = cal.model_copy(update={"prompts": PromptSource(source="inline", texts=texts, count=len(texts))})
-    result = prune(
-        pipeline,
-        requested.prune,
-        calibration=calibration,
-        device=run_device,
-        progress=progress,
-        state=state,
-    )
+    return Prepared(recipe, requested, texts, pinned_prompts(source, texts), out)
 
+
+def write_run(prepared: Prepared, pipeline: Any, result: PruneResult, *, overwrite: bool = False, is_main: bool = True) -> RunOutput:
+    """The finished checkpoint (pipeline, effective recipe, report, evaluation, card), assembled in a
+    temp folder that appears at ``prepared.out`` in one rename (on the main process only)."""
+    requested, pinned = prepared.requested, prepared.pinned
     report = result.report
     used = requested.prune.model_copy(update={"packages": report.package_plan["packages"], "memory_budget_gb": None})
     effective = requested.model_copy(
         update={
             "prune": used,
-            "calibration": cal.model_copy(update={"prompts": pinned, "dtype": report.precision["compute"]}),
-            "derived_from": requested.derived_from or recipe.identity(),
+            "calibration": requested.calibration.model_copy(update={"prompts": pinned, "dtype": report.precision["compute"]}),
+            "derived_from": requested.derived_from or prepared.recipe.identity(),
         }
     )
     effective = type(effective).model_validate(effective.model_dump())  # re-validated as saved
@@ -247,7 +252,8 @@ def run_recipe(
         prompts_sha256=pinned.sha256,
     )
     evaluation = None
-    if world.is_main:
+    if is_main:
+        out = prepared.out
         with atomic_output(out, overwrite=overwrite) as tmp:
             write_pruned(pipeline, tmp, record=record, variant=effective.output.variant, torch_dtype=DTYPES[effective.output.dtype])
             if effective.evaluation is not None:
@@ -259,6 +265,88 @@ def run_recipe(
             write_atomic(tmp / "recipe.yaml", effective.to_yaml())
             write_atomic(tmp / "report.json", json.dumps({**report.to_dict(), "provenance": record, "plan": plan_info.to_dict() if plan_info else None}, indent=2))
             write_atomic(tmp / "README.md", card.content)
+    return RunOutput(prepared.out, result, effective, plan_info, evaluation, len(set(prepared.texts)))
+
+
+def run_recipe(
+    recipe: Recipe,
+    out: str | Path,
+    overrides: Overrides = Overrides(),
+    *,
+    device: str | None = None,
+    resume: bool = False,
+    restart: bool = False,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    save_hessians: str | Path | None = None,
+    hessians: str | Path | None = None,
+) -> RunOutput:
+    """Run ``recipe`` with ``overrides`` and write the finished checkpoint to ``out`` (see module
+    docstring). ``save_hessians`` / ``hessians``: save every package's Hessians to a folder, or take
+    them from one instead of running trajectories."""
+    if resume and restart:
+        raise InputError("`resume` and `restart` exclude each other")
+    run_device = resolve_device(device)
+    prepared = prepare(recipe, Path(out), run_device, overrides, overwrite=overwrite)
+    world = World.from_environment(run_device)
+    run_id = hashlib.sha256(f"{prepared.requested.sha256}:{prepared.pinned.sha256}".encode()).hexdigest()
+    state = DiskState(partial_folder(prepared.out), run_id, writer=world.is_main)
+    with world.together("checking the run's inputs"):
+        state.prepare(resume=resume, restart=restart)
+        pipeline = load_base_pipeline(prepared.requested)
+        component = prepared.requested.base_model.component
+        if resume:
+            pipeline.register_modules(**{component: state.load(getattr(pipeline, component))})
+    result = prune(pipeline, prepared.requested.prune, calibration=prepared.calibration, device=run_device, progress=progress, state=state,
+                   save_hessians=save_hessians, hessians=hessians)
+    output = write_run(prepared, pipeline, result, overwrite=overwrite, is_main=world.is_main)
+    if world.is_main:
         state.clear()
     world.close()
-    return RunOutput(out, result, effective, plan_info, evaluation, len(set(texts)))
+    return output
+
+
+def run_family(
+    recipes: list[Recipe],
+    out: str | Path,
+    overrides: Overrides = Overrides(),
+    *,
+    device: str | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    on_output: Callable[[RunOutput], None] | None = None,
+) -> list[Path]:
+    """Run several recipes of one model that differ only in sparsity, calibrating their first
+    package once (:func:`obsdiff_hub.pruning.engine.prune_family`); member ``NAME`` is written to
+    ``out/NAME``, bit for bit what :func:`run_recipe` writes for it alone. Everything is checked
+    before any work: members must share the base model, the calibration (prompts included) and
+    every prune field but the sparsity ones. ``on_output`` gets each member's output as it is written."""
+    if not recipes:
+        raise InputError("a family needs at least one recipe")
+    names = [r.name for r in recipes]
+    if len(set(names)) < len(names):
+        raise InputError(f"recipe {next(n for n in names if names.count(n) > 1)} is given twice; every member needs its own name (its folder)")
+    run_device = resolve_device(device)
+    members = [prepare(r, Path(out) / r.name, run_device, overrides, overwrite=overwrite) for r in recipes]
+    first = members[0]
+    for member in members[1:]:
+        for what, mine, theirs in (("base_model", member.requested.base_model, first.requested.base_model),
+                                   ("calibration", member.calibration, first.calibration)):
+            if mine != theirs:
+                raise RecipeError(f"{member.requested.name} and {first.requested.name} differ in {what}; a family shares its base model and calibration")
+    check_family([m.requested.prune for m in members])
+    world = World.from_environment(run_device)
+    if world.size > 1:
+        raise InputError("family runs use one process; run each recipe under the launcher on its own")
+    pipeline = load_base_pipeline(first.requested)
+    written: list[Path] = []
+
+    def finished(index: int, result: PruneResult) -> None:
+        output = write_run(members[index], pipeline, result, overwrite=overwrite)
+        written.append(output.directory)
+        if on_output is not None:
+            on_output(output)
+
+    prune_family(pipeline, [m.requested.prune for m in members], finished, calibration=first.calibration, device=run_device, progress=progress)
+    world.close()
+    return written

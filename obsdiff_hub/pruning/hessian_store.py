@@ -1,0 +1,114 @@
+"""Saved calibration: each module package's Hessian sums as safetensors, with what produced them.
+
+The expensive part of a run is the trajectories; the Hessians they leave are all a solve needs.
+``HessianStore(folder, identity, write=True)`` saves every package's raw fp32 sums (with their
+``Σ α·samples``) as ``package-N.safetensors``; ``write=False`` reads them back so another sparsity,
+damping or solver runs without a trajectory (a later package is reused only when the network it
+calibrates on is the same, i.e. the earlier packages were pruned identically; otherwise it is
+calibrated again). A package's Hessians are valid only for the same
+base weights, calibration (prompts, steps, guidance, resolution, seed, negative prompt, dtype),
+timestep weighting, accumulation precision, package layout and the same network state at the
+start of the package (earlier packages pruned identically): all of it is the *identity* written
+into each file's header, and a store whose identity differs is refused naming the first
+difference. The folder follows the output rules (this tool's marker, atomic writes, nothing of
+anyone else's touched or read through a link).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..maths.hessian import HessianAccumulator
+from ..storage.files import readable_file, safetensors_header, write_safetensors_file
+from ..storage.outputs import add_owned, check_writable_target, mark_owned, read_marker
+
+KIND = "hessians"
+
+
+def state_sha256(model: nn.Module) -> str:
+    """A digest of every parameter's name, dtype, shape and bytes (the network a package calibrates on)."""
+    digest = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        tensor = p.detach().contiguous().cpu()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+class HessianStore:
+    """Where a run saves (``write=True``) or finds (``write=False``) its packages' Hessians."""
+
+    def __init__(self, folder: str | Path, identity: dict[str, str], *, write: bool) -> None:
+        self.folder = Path(folder)
+        self.identity = dict(identity)
+        self.write = write
+        if write:
+            if read_marker(self.folder) is None or read_marker(self.folder).get("kind") != KIND:  # type: ignore[union-attr]
+                check_writable_target(self.folder, overwrite=False)
+                self.folder.mkdir(parents=True)
+                mark_owned(self.folder, [], kind=KIND)
+        else:
+            if not self.folder.is_dir() or (read_marker(self.folder) or {}).get("kind") != KIND:
+                raise InputError(f"{self.folder} is not a Hessian store written by obsdiff-hub (`save_hessians`)")
+            self.check(0, None)
+
+    def path(self, index: int) -> Path:
+        return self.folder / f"package-{index + 1}.safetensors"
+
+    def check(self, index: int, state: str | None) -> None:
+        """Refuse a stored package made by anything else than this run (``state``: the network's digest, None to skip)."""
+        path = self.path(index)
+        if not readable_file(path, self.folder):
+            raise InputError(f"{path} is missing from the Hessian store; it holds fewer packages than this run has")
+        with safetensors_header(path) as f:
+            stored = json.loads((f.metadata() or {}).get("identity", "{}"))
+        expected = {**self.identity, **({"state_sha256": state} if state is not None else {})}
+        for key, value in expected.items():
+            if stored.get(key) != value:
+                raise InputError(
+                    f"{path} was made with {key} = {str(stored.get(key))[:80]!r}, this run has {value[:80]!r}; "
+                    "Hessians are reusable only for the same base, calibration and earlier packages"
+                )
+
+    def holds(self, index: int, state: str) -> bool:
+        """Whether package ``index`` is stored for exactly this network state (later packages of a
+        run with another sparsity calibrate on another network, so they are calibrated again)."""
+        path = self.path(index)
+        if not readable_file(path, self.folder):
+            return False
+        with safetensors_header(path) as f:
+            return json.loads((f.metadata() or {}).get("identity", "{}")).get("state_sha256") == state
+
+    def save(self, index: int, state: str, accumulators: dict[str, HessianAccumulator]) -> None:
+        tensors = {name: acc.sum.detach().to("cpu", torch.float32).contiguous() for name, acc in accumulators.items()}
+        totals = {name: [acc.total_weight, acc.num_samples] for name, acc in accumulators.items()}
+        identity = json.dumps({**self.identity, "state_sha256": state}, sort_keys=True)
+        write_safetensors_file(self.path(index), tensors, metadata={"identity": identity, "totals": json.dumps(totals, sort_keys=True)})
+        add_owned(self.folder, [self.path(index).name])
+
+    def load(self, index: int, state: str, model: nn.Module, layers: list[str], device: torch.device | None) -> dict[str, HessianAccumulator]:
+        """The package's accumulators, exactly as the run that saved them left them."""
+        self.check(index, state)
+        path = self.path(index)
+        accumulators: dict[str, HessianAccumulator] = {}
+        with safetensors_header(path) as f:
+            totals: dict[str, Any] = json.loads((f.metadata() or {}).get("totals", "{}"))
+            missing = sorted(set(layers) - set(f.keys()))
+            if missing:
+                raise InputError(f"{path} has no Hessian for {missing[0]}; it was saved for another package layout")
+            for name in layers:
+                width = model.get_submodule(name).in_features
+                if tuple(f.get_slice(name).get_shape()) != (width, width) or name not in totals:
+                    raise InputError(f"{path}: the Hessian of {name} is not {width}×{width} with its totals; the store is damaged")
+                acc = HessianAccumulator(width, device=device or model.get_submodule(name).weight.device)
+                acc.sum.copy_(f.get_tensor(name))
+                acc.total_weight, acc.num_samples = float(totals[name][0]), int(totals[name][1])
+                accumulators[name] = acc
+        return accumulators
