@@ -10,8 +10,8 @@ Three parts, each side by side in one process:
 - ``real``: real-shape layers: the public SD3-Medium config with seeded random weights (as
   ``benchmarks/full_scale.py`` builds it), Hessians from its own activations (1 prompt × 2 steps at
   256²), ``--block`` only; the sum of relative layer errors per solver at 50% and 2:4.
-- ``time``: solve time of one layer at 1280×5120 (SDXL FFN out) and 2432×9728 (SD3.5-Large),
-  50% and 2:4, on correlated synthetic inputs.
+- ``time``: solve time of one layer at 1280×5120 (SDXL FFN out) and 2432×9728 (SD3.5-Large)
+  (``--shapes``), 50% and 2:4, on correlated synthetic inputs.
 
 Run:
 
@@ -96,11 +96,11 @@ def real(block: int, device: str) -> None:
                   f"| {at_most}/{len(errors)} | {report.stages['solve_s']:.1f} |", flush=True)
 
 
-def timing(device: str) -> None:
+def timing(device: str, shapes: list[tuple[int, int]]) -> None:
     print(f"\n## solve time of one layer (correlated synthetic inputs, {device})\n")
     print("| shape | setting | obs (s) | obs+lsq (s) | admm (s) | admm / obs | error obs+lsq / obs | error admm / obs |")
     print("|---|---|---|---|---|---|---|---|")
-    for rows, cols in ((1280, 5120), (2432, 9728)):
+    for rows, cols in shapes:
         g = torch.Generator().manual_seed(0)
         X = torch.randn(cols, 2 * cols, generator=g)
         X = X + 0.5 * X.roll(1, 0)
@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--block", type=int, default=10)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shapes", default="1280x5120,2432x9728", help="layer shapes of the time part, ROWSxCOLS,...")
     args = parser.parse_args()
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}")
     parts = args.parts.split(",")
@@ -136,7 +137,7 @@ def main() -> None:
     if "real" in parts:
         real(args.block, args.device)
     if "time" in parts:
-        timing(args.device)
+        timing(args.device, [tuple(int(x) for x in shape.split("x")) for shape in args.shapes.split(",")])  # type: ignore[misc]
 
 
 if __name__ == "__main__":

@@ -169,7 +169,8 @@ class _DenseAdapters:
     def fuse_lora(self, *args: Any, **kwargs: Any) -> None:
         """diffusers' ``fuse_lora``; on an unstructured or N:M checkpoint it warns that the fused
         weights are dense (the LoRA delta fills the pruned zeros)."""
-        granularity = (self.config.get(PROVENANCE_KEY) or {}).get("granularity")  # type: ignore[attr-defined]
+        record = self.config.get(PROVENANCE_KEY)  # type: ignore[attr-defined]
+        granularity = record.get("granularity") if isinstance(record, Mapping) else None
         if granularity in ("unstructured", "n:m"):
             warnings.warn(
                 f"fusing a LoRA into this {granularity}-sparse model fills its pruned zeros (the weights become dense "
@@ -313,8 +314,8 @@ def kept_record(config: Mapping[str, Any], kept: Mapping[str, tuple[int, Sequenc
     """The config's kept-indices record updated with ``kept``; None when nothing was removed, or when
     the model was pruned before by a version that did not record its indices (no true record exists)."""
     removed = {key: value for key, value in kept.items() if 0 < len(value[1]) < value[0]}
-    previous = config.get(KEPT_KEY)
-    if not removed or (config.get(STRUCTURE_KEY) and not isinstance(previous, Mapping)):
+    previous = config.get(KEPT_KEY) if isinstance(config.get(KEPT_KEY), Mapping) else None
+    if not removed or (config.get(STRUCTURE_KEY) and previous is None):
         return None
     record = dict(previous or {})
     for key, (before, indices) in removed.items():

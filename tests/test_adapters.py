@@ -319,3 +319,21 @@ def test_a_structured_transformer_exports_to_onnx_smaller_by_exactly_the_removed
         stored[name] = sum(math.prod(i.dims) for i in graph.graph.initializer)
     removed = sum(p.numel() for p in dense.parameters()) - sum(p.numel() for p in pruned.parameters())
     assert removed > 0 and stored["dense"] - stored["pruned"] == removed
+
+
+def test_a_kept_record_that_disagrees_with_the_shapes_is_one_line_in_inspect_and_lora(sdxl, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(sdxl["out"] / "unet", bad)
+    config = json.loads((bad / "config.json").read_text())
+    key = next(iter(config["_obsdiff_kept"]))
+    entry = config["_obsdiff_kept"][key]
+    config["_obsdiff_kept"][key] = {"of": entry["of"], "kept": format((1 << entry["of"]) - 1, "x").zfill(len(entry["kept"]))}  # keeps every unit
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=f"keeps {entry['of']} units") as error:
+        inspect_checkpoint(str(bad))
+    assert "\n" not in str(error.value)
+    unet = oh.OBSDiffUNet.from_pretrained(bad)
+    with pytest.raises(CheckpointError, match="the kept-indices record keeps"):
+        unet.load_lora_adapter(sdxl["lora"], prefix=None)

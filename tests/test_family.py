@@ -183,3 +183,55 @@ def test_evaluating_a_family_samples_the_dense_base_once(tmp_path, monkeypatch):
         spec = evaluation_settings(str(zoo / member), {"metrics": ["psnr"], "num": 2})
         evaluate_checkpoint(str(zoo / member), "builtin:tiny-sd3", spec, zoo / member, on_image=on_image)
     assert sampled == {"dense": 2, "pruned": 4}  # two prompts: the dense base once, each member once
+
+
+def test_hostile_family_and_store_folders_are_one_line_before_any_work(tmp_path):
+    paths = member_recipes(tmp_path, 1, (0.4, 0.6))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("mine")
+    (tmp_path / "link").symlink_to(victim)
+    for out, says in ((tmp_path / "link", "is a link or a file"), (victim, "which is not a member of this family")):
+        result = runner.invoke(app, ["prune", "-r", str(paths[0]), "-r", str(paths[1]), "--out", str(out)])
+        assert result.exit_code == 2 and says in result.output, result.output
+    assert sorted(p.name for p in victim.iterdir()) == ["precious.txt"]
+    result = runner.invoke(app, ["prune", "-r", str(paths[0]), "--out", str(tmp_path / "o"), "--save-hessians", str(tmp_path / "o" / "hs")])
+    assert result.exit_code == 2 and "overlap" in result.output and not (tmp_path / "o").exists()
+    result = runner.invoke(app, ["prune", "-r", str(paths[0]), "--out", str(tmp_path / "o"), "--save-hessians", str(victim)])
+    assert result.exit_code == 2 and "is not a Hessian store obsdiff-hub wrote" in result.output and not (tmp_path / "o").exists()
+
+
+def test_a_forged_store_record_is_one_line(tmp_path):
+    import os
+
+    from obsdiff_hub.storage.files import write_safetensors_file
+    from obsdiff_hub.storage.outputs import mark_owned
+
+    recipe = load_recipe("tiny-sd3-unstructured-50").with_changes({"prune.packages": 1})
+    store = tmp_path / "hs"
+    run_recipe(recipe, tmp_path / "a", save_hessians=store)
+    package = store / "package-1.safetensors"
+    tensors = load_file(package)
+    for forged in ("not json", "[1, 2]"):
+        os.unlink(package)
+        write_safetensors_file(package, tensors, metadata={"identity": forged, "totals": "{}"})
+        mark_owned(store, ["package-1.safetensors"], kind="hessians")
+        result = runner.invoke(app, ["prune", "-r", "tiny-sd3-unstructured-50", "--packages", "1", "--hessians", str(store), "--out", str(tmp_path / "b")])
+        assert result.exit_code == 2 and "identity record is damaged" in result.output, result.output
+
+
+def test_a_family_with_a_damaged_evaluation_or_a_repeated_recipe_pushes_nothing(hub, tmp_path):
+    import shutil
+
+    paths = member_recipes(tmp_path, 1, (0.4, 0.6))
+    zoo = tmp_path / "zoo"
+    run_family([load_recipe(p) for p in paths], zoo)
+    (zoo / "tiny-sd3-60" / "eval.json").write_text(json.dumps({"obsdiff_hub_version": "0", "model": "m", "base": "b", "settings": {},
+                                                               "metrics": [{"name": "psnr", "label": "PSNR", "pruned": float("inf"), "ci95": [1.0], "samples": 2}]}))
+    result = runner.invoke(app, ["push", str(zoo), "--repo-id", "zoo/broken-family", "--token", hub.token, "--endpoint", hub.write_endpoint])
+    assert result.exit_code == 2 and "eval.json" in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    (zoo / "tiny-sd3-60" / "eval.json").unlink()
+    shutil.copytree(zoo / "tiny-sd3-40", zoo / "copy-of-40")
+    result = runner.invoke(app, ["push", str(zoo), "--repo-id", "zoo/broken-family", "--token", hub.token, "--endpoint", hub.write_endpoint])
+    assert result.exit_code == 2 and "made by recipe tiny-sd3-40" in result.output
+    assert not hub.double.repo("zoo/broken-family").path.exists()  # nothing was pushed, not even a first member

@@ -49,10 +49,13 @@ def map_lora_state_dict(
         name = key.removeprefix(f"{prefix}.") if prefix else key
         site = _lora_site(name) if not prefix or key.startswith(f"{prefix}.") else None
         layer = _linear(model, site[0]) if site else None
-        if site is None or layer is None or tensor.ndim <= site[1]:
+        if site is None or layer is None:
             mapped[key] = tensor
             continue
         path, axis = site
+        expected = 1 if key.endswith(".bias") or "lora_magnitude_vector" in key else 2
+        if tensor.ndim != expected:
+            raise InputError(f"LoRA tensor {key} has {tensor.ndim} dimensions, a LoRA of the Linear {path} has {expected}")
         current = layer.out_features if axis == 0 else layer.in_features
         size = tensor.shape[axis]
         selection = selections.get(path)

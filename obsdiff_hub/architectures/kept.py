@@ -41,10 +41,9 @@ def decode(entry: Any, where: str) -> torch.Tensor:
         raise CheckpointError(f"{where}: kept-indices count {str(dense)[:20]} is not between 1 and {MAX_UNITS:,}")
     if not isinstance(mask, str) or len(mask) != (dense + 3) // 4 or not all(c in "0123456789abcdef" for c in mask):
         raise CheckpointError(f"{where}: kept-indices mask is not {(dense + 3) // 4} lower-case hex digits")
-    bits = int(mask, 16)
-    if bits >> dense:
+    kept = [4 * j + b for j, digit in enumerate(reversed(mask)) for b in range(4) if int(digit, 16) >> b & 1]  # linear in the mask's length
+    if kept and kept[-1] >= dense:
         raise CheckpointError(f"{where}: kept-indices mask names units past the {dense} the base has")
-    kept = [i for i in range(dense) if bits >> i & 1]
     if not kept:
         raise CheckpointError(f"{where}: kept-indices mask keeps no unit")
     return torch.tensor(kept, dtype=torch.long)
@@ -107,9 +106,15 @@ def dense_selections(model: nn.Module, adapter: ArchitectureAdapter, kept: Mappi
     """
     rows: dict[str, list[tuple[bool, torch.Tensor]]] = {}
     cols: dict[str, list[tuple[bool, torch.Tensor]]] = {}
-    for coupling in adapter.couplings(model):
+    couplings = adapter.couplings(model)
+    unknown = sorted(set(kept) - {c.key for c in couplings})
+    if unknown:
+        raise CheckpointError(f"the kept-indices record names {unknown[0]}, which this {type(model).__name__} does not have")
+    for coupling in couplings:
         if coupling.key not in kept:
             continue
+        if len(kept[coupling.key]) != coupling.count(model):
+            raise CheckpointError(f"{coupling.key}: the kept-indices record keeps {len(kept[coupling.key])} units, the model has {coupling.count(model)}")
         unit = torch.zeros(dense[coupling.key], dtype=torch.bool)
         unit[kept[coupling.key]] = True
         if isinstance(coupling, HeadCoupling):

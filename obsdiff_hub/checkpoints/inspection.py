@@ -87,17 +87,24 @@ def inspect_checkpoint(source: str, revision: str | None = None) -> CheckpointIn
                     zeros += int((t == 0).sum())
                     total += t.numel()
                     tensors += 1
-    record = {str(k): str(v) for k, v in (config.get(PROVENANCE_KEY) or {}).items()}
+    stored = config.get(PROVENANCE_KEY)
+    record = {str(k): str(v) for k, v in stored.items()} if isinstance(stored, dict) else {}
     if files:
         record.update({k: v for k, v in read_metadata(files[0]).items() if k != "format"})
     loader = pruned_class_for(base) if recorded else base
     pruned = {k for k in dense if dense[k] != now[k]}
     kept_record = config.get(KEPT_KEY)
-    kept = {k: ranges(decode(v, f"{folder / 'config.json'} {KEPT_KEY}[{k!r}]").tolist()) for k, v in kept_record.items()} if isinstance(kept_record, dict) else {}
+    kept = {}
+    for key, entry in (kept_record or {}).items() if isinstance(kept_record, dict) else ():
+        indices = decode(entry, f"{folder / 'config.json'} {KEPT_KEY}[{key!r}]").tolist()
+        if key not in now or len(indices) != now[key]:
+            raise CheckpointError(f"{folder / 'config.json'}: {KEPT_KEY}[{key!r}] keeps {len(indices)} units, the pruned shapes say {now.get(key, 'none')}")
+        kept[key] = ranges(indices)
     if not pruned:
         adapters = "shapes unchanged: adapters of the dense base load as they are"
     elif kept:
-        adapters = f"kept indices recorded for {len(kept)} pruned modules: LoRAs and IP-Adapters of the dense base map onto it"
+        ip = " and IP-Adapters" if name == "UNet2DConditionModel" else ""
+        adapters = f"kept indices recorded for {len(kept)} pruned modules: LoRAs{ip} of the dense base map onto it"
     else:
         adapters = "kept indices not recorded (saved before obsdiff-hub 0.3): adapters of the dense base cannot be mapped onto it"
     return CheckpointInfo(

@@ -103,7 +103,7 @@ def evaluate(
     records = []
     for member in members:  # the dense base's images are cached: a family samples the base once
         spec = evaluation.evaluation_settings(member, given)
-        folder = bench.results_folder(member, out)
+        folder = bench.results_folder(member, out if len(members) == 1 and member == source else Path(member))  # a family: each member's own folder
         display = None if quiet or as_json else ImageProgress()
         with display if display is not None else nullcontext():
             result = evaluation.evaluate_checkpoint(member, base or inspection.base_model_of(member), spec, folder, device=run_device, on_image=display,

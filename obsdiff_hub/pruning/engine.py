@@ -30,7 +30,7 @@ from ..architectures import ArchitectureAdapter, BlockUnit, adapter_for, surgery
 from ..architectures.components import denoiser_name, denoiser_of, pipeline_vae_scale
 from ..errors import InputError
 from ..maths.hessian import HessianAccumulator, timestep_weights
-from ..models import promote, provenance
+from ..models import PRUNED_CLASSES, promote, provenance
 from .allocation import allocate_package
 from .asymmetric import dense_targets
 from .calibration import Calibration, PipelineCalibration, unconditional_input
@@ -278,6 +278,8 @@ def setup(
     pipeline = None if isinstance(target, nn.Module) else target
     model = target if pipeline is None else denoiser_of(pipeline)
     adapter = adapter_for(model)
+    if isinstance(model, tuple(PRUNED_CLASSES.values())):
+        model.kept_selections()  # a pruned base's kept-indices record is checked now, not after the work
     run_device = World.local_device(torch.device(device)) if device is not None else next(model.parameters()).device
     settings, num_steps, compute = _calibration_settings(pipeline, calibration, steps, dtype)
     check_device_dtype(run_device, compute or torch.float32)

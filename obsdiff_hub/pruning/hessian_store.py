@@ -27,7 +27,13 @@ from torch import nn
 from ..errors import InputError
 from ..maths.hessian import HessianAccumulator
 from ..storage.files import readable_file, safetensors_header, write_safetensors_file
-from ..storage.outputs import add_owned, check_writable_target, mark_owned, read_marker
+from ..storage.outputs import (
+    add_owned,
+    first_foreign_file,
+    mark_owned,
+    probe_writable,
+    read_marker,
+)
 
 KIND = "hessians"
 
@@ -49,13 +55,18 @@ class HessianStore:
         self.folder = Path(folder)
         self.identity = dict(identity)
         self.write = write
+        ours = not self.folder.is_symlink() and (read_marker(self.folder) or {}).get("kind") == KIND
         if write:
-            if read_marker(self.folder) is None or read_marker(self.folder).get("kind") != KIND:  # type: ignore[union-attr]
-                check_writable_target(self.folder, overwrite=False)
+            if self.folder.is_symlink() or (self.folder.exists() and not ours):
+                raise InputError(f"{self.folder} exists and is not a Hessian store obsdiff-hub wrote; give `save_hessians` a new folder")
+            if ours and first_foreign_file(self.folder) is not None:
+                raise InputError(f"{self.folder} holds {first_foreign_file(self.folder)}, which obsdiff-hub did not write; give `save_hessians` a new folder")
+            if not ours:
+                probe_writable(self.folder)
                 self.folder.mkdir(parents=True)
                 mark_owned(self.folder, [], kind=KIND)
         else:
-            if not self.folder.is_dir() or (read_marker(self.folder) or {}).get("kind") != KIND:
+            if not ours:
                 raise InputError(f"{self.folder} is not a Hessian store written by obsdiff-hub (`save_hessians`)")
             self.check(0, None)
 
@@ -67,8 +78,7 @@ class HessianStore:
         path = self.path(index)
         if not readable_file(path, self.folder):
             raise InputError(f"{path} is missing from the Hessian store; it holds fewer packages than this run has")
-        with safetensors_header(path) as f:
-            stored = json.loads((f.metadata() or {}).get("identity", "{}"))
+        stored = self._record(path, "identity")
         expected = {**self.identity, **({"state_sha256": state} if state is not None else {})}
         for key, value in expected.items():
             if stored.get(key) != value:
@@ -77,14 +87,26 @@ class HessianStore:
                     "Hessians are reusable only for the same base, calibration and earlier packages"
                 )
 
+    @staticmethod
+    def _record(path: Path, key: str) -> dict[str, Any]:
+        """A JSON object from a store file's header (``identity`` or ``totals``), or an error naming the file."""
+        with safetensors_header(path) as f:
+            text = (f.metadata() or {}).get(key, "{}")
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            raise InputError(f"{path}: its {key} record is damaged; save the store again")
+        return record
+
     def holds(self, index: int, state: str) -> bool:
         """Whether package ``index`` is stored for exactly this network state (later packages of a
         run with another sparsity calibrate on another network, so they are calibrated again)."""
         path = self.path(index)
         if not readable_file(path, self.folder):
             return False
-        with safetensors_header(path) as f:
-            return json.loads((f.metadata() or {}).get("identity", "{}")).get("state_sha256") == state
+        return self._record(path, "identity").get("state_sha256") == state
 
     def save(self, index: int, state: str, accumulators: dict[str, HessianAccumulator]) -> None:
         tensors = {name: acc.sum.detach().to("cpu", torch.float32).contiguous() for name, acc in accumulators.items()}
@@ -98,17 +120,19 @@ class HessianStore:
         self.check(index, state)
         path = self.path(index)
         accumulators: dict[str, HessianAccumulator] = {}
+        totals = self._record(path, "totals")
         with safetensors_header(path) as f:
-            totals: dict[str, Any] = json.loads((f.metadata() or {}).get("totals", "{}"))
             missing = sorted(set(layers) - set(f.keys()))
             if missing:
                 raise InputError(f"{path} has no Hessian for {missing[0]}; it was saved for another package layout")
             for name in layers:
                 width = model.get_submodule(name).in_features
-                if tuple(f.get_slice(name).get_shape()) != (width, width) or name not in totals:
+                total = totals.get(name)
+                valid = isinstance(total, list) and len(total) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in total)
+                if tuple(f.get_slice(name).get_shape()) != (width, width) or not valid or not total[0] > 0:
                     raise InputError(f"{path}: the Hessian of {name} is not {width}×{width} with its totals; the store is damaged")
                 acc = HessianAccumulator(width, device=device or model.get_submodule(name).weight.device)
                 acc.sum.copy_(f.get_tensor(name))
-                acc.total_weight, acc.num_samples = float(totals[name][0]), int(totals[name][1])
+                acc.total_weight, acc.num_samples = float(total[0]), int(total[1])
                 accumulators[name] = acc
         return accumulators

@@ -16,12 +16,13 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from ..errors import InputError
+from ..errors import InputError, ObsDiffError
 from ..hub import HubClient, PushResult, check_repo_id
 from ..pruning.report import PruneReport
 from ..storage.files import is_regular_file, read_json
 from ..storage.manifest import MANIFEST, build_manifest, manifest_bytes
-from .evaluation import EVAL_FILE
+from .cards import card_for_folder
+from .evaluation import EVAL_FILE, EvalResult
 from .publishing import check_checkpoint_folder, publish
 from .recipes import load_recipe
 from .sampling import image_bytes
@@ -54,22 +55,38 @@ def is_family(directory: Path) -> bool:
 
 def family_members(directory: Path) -> list[Member]:
     """The member folders of a family folder (sorted by sparsity), or an :class:`InputError`."""
-    if not directory.is_dir() or (directory / "model_index.json").exists() or (directory / "config.json").exists():
+    if directory.is_symlink() or not directory.is_dir() or (directory / "model_index.json").exists() or (directory / "config.json").exists():
         raise InputError(f"{directory} is not a family folder (one pruned checkpoint per sub-folder, as `prune -r A -r B --out DIR` writes)")
     members = []
-    for folder in sorted(p for p in directory.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")):
+    for folder in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".partial")):
+        if folder.is_symlink():
+            raise InputError(f"{folder} is a link; a family's members are folders inside it")
         check_checkpoint_folder(folder)
         recipe = load_recipe(folder / "recipe.yaml")
         data = read_json(folder / "report.json")
         report = PruneReport.from_dict({k: v for k, v in data.items() if k not in ("provenance", "plan")})
-        evaluation = read_json(folder / EVAL_FILE) if is_regular_file(folder / EVAL_FILE) else {}
+        evaluation = {"metrics": [r.to_dict() for r in _evaluation(folder).metrics]} if is_regular_file(folder / EVAL_FILE) else {}
         prune = recipe.prune
         ratio = prune.n / prune.m if prune.granularity == "n:m" else prune.sparsity
         members.append(Member(folder, recipe.name, recipe.tag, prune.ratio_label, float(ratio), report.params_before, report.params_after,
                               report.zeroed_weights, list(evaluation.get("metrics", []))))
     if not members:
         raise InputError(f"{directory} holds no pruned checkpoint folders")
+    names = [m.name for m in members]
+    if len(set(names)) < len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise InputError(f"two members of {directory} were made by recipe {twice}; a family publishes one member per recipe (its branch and tag)")
     return sorted(members, key=lambda m: (m.ratio, m.name))
+
+
+def _evaluation(folder: Path) -> EvalResult:
+    """A member's ``eval.json``, validated (finite numbers), or an :class:`InputError` naming it."""
+    try:
+        return EvalResult.from_dict(read_json(folder / EVAL_FILE))
+    except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, ObsDiffError):
+            raise
+        raise InputError(f"{folder / EVAL_FILE}: not a record obsdiff-hub wrote ({type(error).__name__}: {error}); evaluate the member again") from None
 
 
 def quality_plot(members: list[Member], width: int = 640, height: int = 400) -> Image.Image | None:
@@ -140,11 +157,13 @@ def publish_family(
     directory = Path(directory)
     check_repo_id(repo_id, namespaced=True)
     members = family_members(directory)
-    pushed = {m.name: publish(m.folder, repo_id, private=private, branch=m.name, token=token, endpoint=endpoint) for m in members}
+    for m in members:  # every card renders and validates before anything is pushed
+        card_for_folder(m.folder, repo_id)
     plot = quality_plot(members)
     in_memory = {"README.md": family_card(members, repo_id, plot is not None).encode("utf-8")}
     if plot is not None:
         in_memory[PLOT_FILE] = image_bytes(plot)
+    pushed = {m.name: publish(m.folder, repo_id, private=private, branch=m.name, token=token, endpoint=endpoint) for m in members}
     with tempfile.TemporaryDirectory() as empty:
         in_memory[MANIFEST] = manifest_bytes(build_manifest(empty))  # no weights on main: pull and verify find nothing to check
         card = HubClient(endpoint, token).push(Path(empty), repo_id, in_memory=in_memory, tag=None, private=private,

@@ -21,6 +21,7 @@ from ..hub import (
     check_repo_id,
     manifest_bytes,
 )
+from ..storage.files import readable_file
 from .cards import card_for_folder
 from .recipes import load_recipe
 
@@ -29,7 +30,7 @@ def check_checkpoint_folder(directory: Path) -> None:
     """A folder ``prune`` wrote: a diffusers layout with its ``recipe.yaml`` and ``report.json``."""
     if not directory.is_dir():
         raise InputError(f"{directory} does not exist or is not a directory")
-    missing = [n for n in ("recipe.yaml", "report.json") if not (directory / n).is_file()]
+    missing = [n for n in ("recipe.yaml", "report.json") if not readable_file(directory / n, directory)]  # never through a link out of it
     if missing or not ((directory / "model_index.json").is_file() or (directory / "config.json").is_file()):
         raise InputError(f"{directory} is not a pruned checkpoint (needs recipe.yaml, report.json and a diffusers layout); run obsdiff-hub prune first")
 

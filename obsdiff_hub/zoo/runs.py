@@ -288,6 +288,9 @@ def run_recipe(
         raise InputError("`resume` and `restart` exclude each other")
     run_device = resolve_device(device)
     prepared = prepare(recipe, Path(out), run_device, overrides, overwrite=overwrite)
+    for name, store in (("save_hessians", save_hessians), ("hessians", hessians)):
+        if store is not None and overlaps(Path(store), prepared.out):
+            raise InputError(f"`{name}` ({store}) and `out` ({prepared.out}) overlap; keep the Hessian store in its own folder")
     world = World.from_environment(run_device)
     run_id = hashlib.sha256(f"{prepared.requested.sha256}:{prepared.pinned.sha256}".encode()).hexdigest()
     state = DiskState(partial_folder(prepared.out), run_id, writer=world.is_main)
@@ -304,6 +307,12 @@ def run_recipe(
         state.clear()
     world.close()
     return output
+
+
+def overlaps(a: Path, b: Path) -> bool:
+    """Whether one folder is, or lies inside, the other (links resolved)."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
 
 
 def run_family(
@@ -326,6 +335,13 @@ def run_family(
     names = [r.name for r in recipes]
     if len(set(names)) < len(names):
         raise InputError(f"recipe {next(n for n in names if names.count(n) > 1)} is given twice; every member needs its own name (its folder)")
+    root = Path(out)
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise InputError(f"{root} is a link or a file; give `out` a folder (it will hold one folder per member)")
+    members_or_progress = set(names) | {f"{n}.partial" for n in names}
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in members_or_progress) if root.exists() else []
+    if foreign:
+        raise InputError(f"{root} holds {foreign[0]}, which is not a member of this family; choose another `out`")
     run_device = resolve_device(device)
     members = [prepare(r, Path(out) / r.name, run_device, overrides, overwrite=overwrite) for r in recipes]
     first = members[0]

@@ -43,7 +43,13 @@ class MetricRow:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MetricRow:
-        return cls(data["name"], data["label"], data["pruned"], data.get("dense"), tuple(data["ci95"]), data["samples"], data.get("model"))
+        """A row read back from ``eval.json``; values that are not finite numbers are a ``ValueError``."""
+        ci95 = tuple(data["ci95"])
+        numbers = [data["pruned"], *ci95, *([data["dense"]] if data.get("dense") is not None else [])]
+        if len(ci95) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+            raise ValueError(f"metric {str(data.get('name'))[:40]!r}: values and its 95% interval must be finite numbers")
+        return cls(str(data["name"]), str(data["label"]), float(data["pruned"]), data.get("dense"), (float(ci95[0]), float(ci95[1])), int(data["samples"]),
+                   data.get("model"))
 
 
 def as_array(images: list[Image.Image]) -> np.ndarray:
