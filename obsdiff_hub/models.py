@@ -161,6 +161,7 @@ class _DenseAdapters:
         super().load_lora_adapter(state_dict, prefix=prefix, hotswap=hotswap, **kwargs)  # type: ignore[misc]
 
     def _convert_ip_adapter_attn_to_diffusers(self, state_dicts: list[dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """diffusers builds the IP-Adapter processors at the dense widths; they are cut to the kept heads here."""
         processors = super()._convert_ip_adapter_attn_to_diffusers(state_dicts, *args, **kwargs)  # type: ignore[misc]
         selections, recorded = self.kept_selections()
         slice_ip_adapter_processors(self, processors, selections, recorded)  # type: ignore[arg-type]

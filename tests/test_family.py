@@ -45,7 +45,7 @@ def counting():
 
 @pytest.mark.parametrize("packages", [1, 2])
 def test_family_members_equal_their_single_runs_and_package_one_calibrates_once(tmp_path, packages):
-    paths = member_recipes(tmp_path, packages)
+    paths = member_recipes(tmp_path, packages, (0.3, 0.7))
     recipes = [load_recipe(p) for p in paths]
     family_counts, progress = counting()
     written = run_family(recipes, tmp_path / "zoo", progress=progress)

@@ -400,7 +400,7 @@ def calibrate_package(run: Run, index: int, package: list[BlockUnit]) -> tuple[d
     run.world.sum_accumulators(hessians)
     run.world.sum_accumulators(crosses)
     if run.store is not None:
-        run.store.save(index, network, hessians)
+        run.store.store_package(index, network, hessians)
     record = PackageRecord(index, len(package), len(layers), run.plan.package_bytes[index], time.perf_counter() - t0, hook_time[0], 0.0)
     return hessians, crosses, record
 

@@ -108,7 +108,7 @@ class HessianStore:
             return False
         return self._record(path, "identity").get("state_sha256") == state
 
-    def save(self, index: int, state: str, accumulators: dict[str, HessianAccumulator]) -> None:
+    def store_package(self, index: int, state: str, accumulators: dict[str, HessianAccumulator]) -> None:
         tensors = {name: acc.sum.detach().to("cpu", torch.float32).contiguous() for name, acc in accumulators.items()}
         totals = {name: [acc.total_weight, acc.num_samples] for name, acc in accumulators.items()}
         identity = json.dumps({**self.identity, "state_sha256": state}, sort_keys=True)

@@ -56,7 +56,7 @@ def is_family(directory: Path) -> bool:
 def family_members(directory: Path) -> list[Member]:
     """The member folders of a family folder (sorted by sparsity), or an :class:`InputError`."""
     if directory.is_symlink() or not directory.is_dir() or (directory / "model_index.json").exists() or (directory / "config.json").exists():
-        raise InputError(f"{directory} is not a family folder (one pruned checkpoint per sub-folder, as `prune -r A -r B --out DIR` writes)")
+        raise InputError(f"{directory} is not a family folder (one pruned checkpoint per sub-folder, as a family run writes it)")
     members = []
     for folder in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".partial")):
         if folder.is_symlink():
