@@ -42,6 +42,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from solvers import error, problem, sparsegpt_baseline, timed  # noqa: E402  (benchmarks/solvers.py)
+
 import obsdiff_hub as oh  # noqa: E402
 from obsdiff_hub import tiny  # noqa: E402
 from obsdiff_hub.architectures import adapter_for  # noqa: E402
@@ -57,19 +59,6 @@ from obsdiff_hub.pruning.plan import builtin_config  # noqa: E402
 
 class Skipped(Exception):
     """A check that cannot run here (it needs CUDA); not a failure."""
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    sync(device)
-    start = time.perf_counter()
-    out = fn()
-    sync(device)
-    return time.perf_counter() - start, out
 
 
 def on(device: torch.device, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -177,8 +166,6 @@ def sparse_kernels(device: torch.device, tiny_run: bool, quick: bool) -> dict[st
 
 
 def solvers(device: torch.device, tiny_run: bool, quick: bool) -> dict[str, Any]:
-    from solvers import error, problem, sparsegpt_baseline
-
     shapes = [(64, 256)] if tiny_run else [(1280, 5120)] if quick else [(1280, 5120), (2432, 9728)]
     results: dict[str, Any] = {}
     for rows, cols in shapes:
@@ -283,8 +270,8 @@ def main() -> None:
                 records[name] = {"status": "passed" if passed else "failed", "seconds": time.perf_counter() - start, "numbers": numbers}
             except Skipped as reason:
                 records[name] = {"status": "skipped", "seconds": time.perf_counter() - start, "reason": str(reason)}
-            except Exception as error:  # a failed check is recorded and the others still run
-                records[name] = {"status": "failed", "seconds": time.perf_counter() - start, "error": f"{type(error).__name__}: {error}",
+            except Exception as failure:  # a failed check is recorded and the others still run
+                records[name] = {"status": "failed", "seconds": time.perf_counter() - start, "error": f"{type(failure).__name__}: {failure}",
                                  "traceback": traceback.format_exc()}
             print(f"{name}: {records[name]['status']} ({records[name]['seconds']:.1f} s)", flush=True)
     (args.out / "gpu.json").write_text(json.dumps({**header, "checks": records}, indent=2, default=str) + "\n")

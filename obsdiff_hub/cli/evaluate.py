@@ -97,13 +97,14 @@ def evaluate(
         "clip_model": clip_model,
     }
     run_device = distributed.resolve_device(device)
-    members = [str(m.folder) for m in family.family_members(Path(source))] if family.is_family(Path(source)) else [source]
-    if len(members) > 1 and out is not None:
+    whole_family = family.is_family(Path(source))
+    if whole_family and out is not None:
         raise InputError("a family is evaluated into each member's own folder; leave out --out")
+    members = [str(m.folder) for m in family.family_members(Path(source))] if whole_family else [source]
     records = []
     for member in members:  # the dense base's images are cached: a family samples the base once
         spec = evaluation.evaluation_settings(member, given)
-        folder = bench.results_folder(member, out if len(members) == 1 and member == source else Path(member))  # a family: each member's own folder
+        folder = bench.results_folder(member, Path(member) if whole_family else out)  # a family: each member's own folder
         display = None if quiet or as_json else ImageProgress()
         with display if display is not None else nullcontext():
             result = evaluation.evaluate_checkpoint(member, base or inspection.base_model_of(member), spec, folder, device=run_device, on_image=display,
@@ -115,4 +116,4 @@ def evaluate(
             print_metrics(result)
             console.print(f"wrote {folder / evaluation.EVAL_FILE} and {folder / result.grid}")
     if as_json:
-        print_json(records[0] if len(members) == 1 and not family.is_family(Path(source)) else records)
+        print_json(records if whole_family else records[0])

@@ -373,7 +373,9 @@ def calibrate_package(run: Run, index: int, package: list[BlockUnit]) -> tuple[d
     hook_time = [0.0]
     store = torch.device("cpu") if cfg.hessian_device == "cpu" else None
     t0 = time.perf_counter()
-    network = state_sha256(run.model) if run.store is not None else ""
+    network = ""  # the digest of the network this package calibrates on (only a store needs it)
+    if run.store is not None:  # before the first package nothing is pruned: the network is the base the store identity hashed
+        network = run.store.identity["base_sha256"] if index == 0 else state_sha256(run.model)
     if run.store is not None and not run.store.write and run.store.holds(index, network):
         saved = run.store.load(index, network, run.model, layers, store)
         run.report.package_plan.setdefault("hessians_reused", []).append(index + 1)

@@ -256,18 +256,22 @@ def card_for_folder(directory: Path, repo_id: str | None = None) -> str:
     if missing:
         raise CardError(f"{directory} is not a pruned checkpoint (no {missing[0]}); run obsdiff-hub prune first")
     recipe = load_recipe(directory / "recipe.yaml")
-    data = _record(directory / "report.json", lambda d: d)
-    report = _record(directory / "report.json", lambda d: PruneReport.from_dict({k: v for k, v in d.items() if k not in ("provenance", "plan")}))
-    evaluation = _record(directory / EVAL_FILE, EvalResult.from_dict) if (directory / EVAL_FILE).is_file() else None
-    bench = _record(directory / BENCH_FILE, BenchResult.from_dict) if (directory / BENCH_FILE).is_file() else None
+    data, report = read_record(directory / "report.json", lambda d: (d, prune_report(d)))
+    evaluation = read_record(directory / EVAL_FILE, EvalResult.from_dict) if (directory / EVAL_FILE).is_file() else None
+    bench = read_record(directory / BENCH_FILE, BenchResult.from_dict) if (directory / BENCH_FILE).is_file() else None
     provenance = data.get("provenance") if isinstance(data.get("provenance"), dict) else {}
     card = render_card(recipe, report, repo_id=repo_id, plan=data.get("plan") if isinstance(data.get("plan"), dict) else None,
                        evaluation=evaluation, bench=bench, base_revision=provenance.get("base_revision"))
     return card.content
 
 
-def _record(path: Path, parse: Callable[[dict[str, Any]], Any]) -> Any:
-    """One of the folder's JSON records, read back; a damaged one is a :class:`CardError` naming it."""
+def prune_report(data: dict[str, Any]) -> PruneReport:
+    """The run's report from a ``report.json`` record (which adds the provenance and plan)."""
+    return PruneReport.from_dict({k: v for k, v in data.items() if k not in ("provenance", "plan")})
+
+
+def read_record(path: Path, parse: Callable[[dict[str, Any]], Any]) -> Any:
+    """One of a checkpoint folder's JSON records, read back; a damaged one is a :class:`CardError` naming it."""
     data = read_json(path)
     try:
         return parse(data)

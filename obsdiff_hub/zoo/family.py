@@ -12,17 +12,16 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from PIL import Image, ImageDraw
 
-from ..errors import InputError, ObsDiffError
+from ..errors import InputError
 from ..hub import HubClient, PushResult, check_repo_id
-from ..pruning.report import PruneReport
-from ..storage.files import is_regular_file, read_json
+from ..storage.files import is_regular_file
 from ..storage.manifest import MANIFEST, build_manifest, manifest_bytes
-from .cards import card_for_folder
+from .cards import card_for_folder, prune_report, read_record
 from .evaluation import EVAL_FILE, EvalResult
+from .metrics import MetricRow
 from .publishing import check_checkpoint_folder, publish
 from .recipes import load_recipe
 from .sampling import image_bytes
@@ -43,7 +42,7 @@ class Member:
     params_before: int
     params_after: int
     zeroed: int
-    metrics: list[dict[str, Any]]
+    metrics: list[MetricRow]
 
 
 def is_family(directory: Path) -> bool:
@@ -63,13 +62,12 @@ def family_members(directory: Path) -> list[Member]:
             raise InputError(f"{folder} is a link; a family's members are folders inside it")
         check_checkpoint_folder(folder)
         recipe = load_recipe(folder / "recipe.yaml")
-        data = read_json(folder / "report.json")
-        report = PruneReport.from_dict({k: v for k, v in data.items() if k not in ("provenance", "plan")})
-        evaluation = {"metrics": [r.to_dict() for r in _evaluation(folder).metrics]} if is_regular_file(folder / EVAL_FILE) else {}
+        report = read_record(folder / "report.json", prune_report)
+        metrics = read_record(folder / EVAL_FILE, EvalResult.from_dict).metrics if is_regular_file(folder / EVAL_FILE) else []
         prune = recipe.prune
         ratio = prune.n / prune.m if prune.granularity == "n:m" else prune.sparsity
         members.append(Member(folder, recipe.name, recipe.tag, prune.ratio_label, float(ratio), report.params_before, report.params_after,
-                              report.zeroed_weights, list(evaluation.get("metrics", []))))
+                              report.zeroed_weights, metrics))
     if not members:
         raise InputError(f"{directory} holds no pruned checkpoint folders")
     names = [m.name for m in members]
@@ -79,27 +77,17 @@ def family_members(directory: Path) -> list[Member]:
     return sorted(members, key=lambda m: (m.ratio, m.name))
 
 
-def _evaluation(folder: Path) -> EvalResult:
-    """A member's ``eval.json``, validated (finite numbers), or an :class:`InputError` naming it."""
-    try:
-        return EvalResult.from_dict(read_json(folder / EVAL_FILE))
-    except (KeyError, TypeError, ValueError) as error:
-        if isinstance(error, ObsDiffError):
-            raise
-        raise InputError(f"{folder / EVAL_FILE}: not a record obsdiff-hub wrote ({type(error).__name__}: {error}); evaluate the member again") from None
-
-
 def quality_plot(members: list[Member], width: int = 640, height: int = 400) -> Image.Image | None:
     """The first metric every member measured, against sparsity, with its 95% intervals (None when
     the members share no metric)."""
-    names = [row["name"] for row in members[0].metrics if all(any(r["name"] == row["name"] for r in m.metrics) for m in members)]
+    names = [row.name for row in members[0].metrics if all(any(r.name == row.name for r in m.metrics) for m in members)]
     if not names or len(members) < 2:
         return None
     name = names[0]
-    rows = [next(r for r in m.metrics if r["name"] == name) for m in members]
+    rows = [next(r for r in m.metrics if r.name == name) for m in members]
     xs = [m.ratio for m in members]
-    lows = [r["ci95"][0] for r in rows]
-    highs = [r["ci95"][1] for r in rows]
+    lows = [r.ci95[0] for r in rows]
+    highs = [r.ci95[1] for r in rows]
     y0, y1 = min(lows), max(highs)
     y0, y1 = (y0 - 1, y1 + 1) if y1 - y0 < 1e-9 else (y0 - 0.05 * (y1 - y0), y1 + 0.05 * (y1 - y0))
     x0, x1 = min(xs), max(xs)
@@ -112,21 +100,21 @@ def quality_plot(members: list[Member], width: int = 640, height: int = 400) -> 
         return left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - top)
 
     draw.line([(left, top), (left, bottom), (right, bottom)], fill="black")
-    draw.text((left, 8), f"{rows[0]['label']} vs sparsity (95% intervals)", fill="black")
+    draw.text((left, 8), f"{rows[0].label} vs sparsity (95% intervals)", fill="black")
     for value in (y0, (y0 + y1) / 2, y1):
         draw.text((4, at(x0, value)[1] - 6), f"{value:.3g}", fill="black")
     for member, low, high, row in zip(members, lows, highs, rows):
-        x, y = at(member.ratio, row["pruned"])
+        x, y = at(member.ratio, row.pruned)
         draw.line([at(member.ratio, low), at(member.ratio, high)], fill="gray", width=2)
         draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill="navy")
         draw.text((x - 12, bottom + 8), member.sparsity, fill="black")
-    draw.line([at(m.ratio, r["pruned"]) for m, r in zip(members, rows)], fill="navy", width=2)
+    draw.line([at(m.ratio, r.pruned) for m, r in zip(members, rows)], fill="navy", width=2)
     return image
 
 
 def family_card(members: list[Member], repo_id: str, plot: bool) -> str:
     """The family card on ``main``: how to load each member, and what each measured."""
-    metric_names = sorted({(r["name"], r["label"]) for m in members for r in m.metrics})
+    metric_names = sorted({(r.name, r.label) for m in members for r in m.metrics})
     header = "| member | load with `revision=` | sparsity | parameters | non-zero parameters |" + "".join(f" {label} |" for _, label in metric_names)
     lines = [
         "---", "library_name: diffusers", "tags:", "- obsdiff-hub", "- pruned", "---", "",
@@ -139,8 +127,8 @@ def family_card(members: list[Member], repo_id: str, plot: bool) -> str:
     for m in members:
         cells = []
         for name, _ in metric_names:
-            row = next((r for r in m.metrics if r["name"] == name), None)
-            cells.append(f"{row['pruned']:.4g} [{row['ci95'][0]:.4g}, {row['ci95'][1]:.4g}]" if row else "not measured")
+            row = next((r for r in m.metrics if r.name == name), None)
+            cells.append(f"{row.pruned:.4g} [{row.ci95[0]:.4g}, {row.ci95[1]:.4g}]" if row else "not measured")
         lines.append(f"| {m.name} | `{m.name}` (tag `{m.tag}`) | {m.sparsity} | {m.params_before:,} → {m.params_after:,} "
                      f"| {m.params_after - m.zeroed:,} |" + "".join(f" {c} |" for c in cells))
     if plot:
