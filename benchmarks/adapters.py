@@ -61,7 +61,9 @@ def train_lora(pipe, steps: int, folder: Path) -> None:
         g = torch.Generator().manual_seed(step)
         with torch.no_grad():
             latents = vae.encode(-images).latent_dist.sample(generator=g) * scaling
-            ids = tokenizer(captions, padding="max_length", max_length=16, truncation=True, return_tensors="pt").input_ids
+            ids = tokenizer(
+                captions, padding="max_length", max_length=16, truncation=True, return_tensors="pt"
+            ).input_ids
             context = text(ids)[0]
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g)
@@ -84,12 +86,16 @@ def lora(steps: int) -> None:
         trained_s = time.perf_counter() - start
         dense.load_lora_weights(root / "lora")
         _, dense_lora = evaluate(dense)
-        print(f"\n## dense LoRA mapped onto pruned shapes checkpoints (LoRA: {steps} steps, {trained_s:.0f} s; 60 captions, same seeds)\n")
+        print(
+            f"\n## dense LoRA mapped onto pruned shapes checkpoints (LoRA: {steps} steps, {trained_s:.0f} s; 60 captions, same seeds)\n"
+        )
         print(f"dense+LoRA vs dense: {psnr(dense_lora, dense_images):.2f} dB (how much the LoRA changes the images)\n")
         print("| checkpoint | pruned vs dense (dB) | pruned+LoRA vs dense+LoRA (dB) | pruned+LoRA vs dense (dB) |")
         print("|---|---|---|---|")
-        for label, settings in (("structured 30%", dict(granularity="structured", sparsity=0.3)),
-                                ("unstructured 50%", dict(granularity="unstructured", sparsity=0.5))):
+        for label, settings in (
+            ("structured 30%", dict(granularity="structured", sparsity=0.3)),
+            ("unstructured 50%", dict(granularity="unstructured", sparsity=0.5)),
+        ):
             pipe = load_shapes_pipeline()
             calibration = dict(prompts={"count": 32}, steps=20, guidance_scale=4.0, resolution=32, batch_size=8)
             oh.prune(pipe, {**settings, "packages": 1}, calibration=calibration)
@@ -98,11 +104,21 @@ def lora(steps: int) -> None:
             _, plain = evaluate(pruned)
             pruned.load_lora_weights(root / "lora")
             _, with_lora = evaluate(pruned)
-            print(f"| {label} | {psnr(plain, dense_images):.2f} | {psnr(with_lora, dense_lora):.2f} | {psnr(with_lora, dense_images):.2f} |", flush=True)
+            print(
+                f"| {label} | {psnr(plain, dense_images):.2f} | {psnr(with_lora, dense_lora):.2f} | {psnr(with_lora, dense_images):.2f} |",
+                flush=True,
+            )
 
 
 def on_meta(inputs: dict) -> dict:
-    return {k: v.to("meta") if torch.is_tensor(v) else {n: t.to("meta") for n, t in v.items()} if isinstance(v, dict) else v for k, v in inputs.items()}
+    return {
+        k: v.to("meta")
+        if torch.is_tensor(v)
+        else {n: t.to("meta") for n, t in v.items()}
+        if isinstance(v, dict)
+        else v
+        for k, v in inputs.items()
+    }
 
 
 def graphs(model: torch.nn.Module, limit: int) -> tuple[int, int]:
@@ -113,7 +129,11 @@ def graphs(model: torch.nn.Module, limit: int) -> tuple[int, int]:
     torch._dynamo.config.recompile_limit = limit
     model.compile_repeated_blocks(backend="eager")
     with torch.no_grad():
-        model(**on_meta(tiny.example_inputs(model, 1, seed=0)), timestep=torch.tensor([500.0], device="meta"), return_dict=False)
+        model(
+            **on_meta(tiny.example_inputs(model, 1, seed=0)),
+            timestep=torch.tensor([500.0], device="meta"),
+            return_dict=False,
+        )
     counters = torch._dynamo.utils.counters
     return int(counters["stats"]["unique_graphs"]), int(counters["frames"]["total"] - counters["frames"]["ok"])
 
@@ -122,7 +142,9 @@ def compile_costs() -> None:
     """Real public configs on the meta device; the pruned structure keeps a random 60-80% of every
     attention's heads and MLP's neurons, as an error-allocated structured run does (every block its own shape)."""
     print("\n## compile_repeated_blocks on per-block shapes (real configs, Dynamo tracing only)\n")
-    print("| model | blocks | graphs dense | graphs pruned (limit 8) | frames left eager | graphs pruned (limit 128) |")
+    print(
+        "| model | blocks | graphs dense | graphs pruned (limit 8) | frames left eager | graphs pruned (limit 128) |"
+    )
     print("|---|---|---|---|---|---|")
     for name in ("sdxl-base-1.0.unet", "flux1-dev.transformer"):
         config = builtin_config(name)
@@ -133,7 +155,10 @@ def compile_costs() -> None:
         dense_graphs, _ = graphs(build_model(config), 8)
         pruned_graphs, eager = graphs(build_model(config, structure=structure), 8)
         unlimited, _ = graphs(build_model(config, structure=structure), 128)
-        print(f"| {name} | {len(adapter.blocks(skeleton))} | {dense_graphs} | {pruned_graphs} | {eager} | {unlimited} |", flush=True)
+        print(
+            f"| {name} | {len(adapter.blocks(skeleton))} | {dense_graphs} | {pruned_graphs} | {eager} | {unlimited} |",
+            flush=True,
+        )
     torch._dynamo.config.recompile_limit = 8
 
 
@@ -142,7 +167,9 @@ def main() -> None:
     parser.add_argument("--parts", default="lora,compile")
     parser.add_argument("--lora-steps", type=int, default=400)
     args = parser.parse_args()
-    print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     parts = args.parts.split(",")
     if "lora" in parts:
         lora(args.lora_steps)

@@ -37,8 +37,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     _, dense_images = evaluate(load_shapes_pipeline())
-    print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, torch {torch.__version__}, shapes model, {args.packages} packages, "
-          f"{args.seeds} calibration seeds (mean ± sd)")
+    print(
+        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, torch {torch.__version__}, shapes model, {args.packages} packages, "
+        f"{args.seeds} calibration seeds (mean ± sd)"
+    )
     print("| granularity | ratio | variant | PSNR vs dense (dB) | caption acc. (all 3) | prune time (s) |")
     print("|---|---|---|---|---|---|")
     for granularity, ratio in SETTINGS:
@@ -47,8 +49,14 @@ def main() -> None:
                 continue
             psnr, accuracy, seconds = [], [], []
             for seed in range(args.seeds):
-                calibration = oh.CalibrationConfig(prompts=builtin_prompts("shapes")[32 * seed : 32 * seed + 32], steps=20, guidance_scale=4.0,
-                                                   resolution=32, batch_size=8, seed=24432 + seed)
+                calibration = oh.CalibrationConfig(
+                    prompts=builtin_prompts("shapes")[32 * seed : 32 * seed + 32],
+                    steps=20,
+                    guidance_scale=4.0,
+                    resolution=32,
+                    batch_size=8,
+                    seed=24432 + seed,
+                )
                 config = {"granularity": granularity, "packages": args.packages, **extra}
                 config.update({"n": 2, "m": 4} if granularity == "n:m" else {"sparsity": ratio})
                 pipe = load_shapes_pipeline()
@@ -59,9 +67,12 @@ def main() -> None:
                 psnr.append(scores["psnr_vs_dense"])
                 accuracy.append(scores["all"])
             label = "2:4" if granularity == "n:m" else f"{ratio:.0%}"
-            spread = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
-            print(f"| {granularity} | {label} | {variant} | {statistics.mean(psnr):.2f} ± {spread(psnr):.2f} | "
-                  f"{statistics.mean(accuracy):.3f} ± {spread(accuracy):.3f} | {statistics.mean(seconds):.1f} |", flush=True)
+            spread = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
+            print(
+                f"| {granularity} | {label} | {variant} | {statistics.mean(psnr):.2f} ± {spread(psnr):.2f} | "
+                f"{statistics.mean(accuracy):.3f} ± {spread(accuracy):.3f} | {statistics.mean(seconds):.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ def main() -> None:
     parser.add_argument("--packages", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}")
+    print(
+        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}"
+    )
     configs = [dict(granularity="unstructured", sparsity=r, packages=args.packages) for r in RATIOS]
 
     singles, single_s = [], 0.0
@@ -53,10 +55,16 @@ def main() -> None:
     oh.prune_family(pipe, configs, keep, calibration=CALIBRATION, device=args.device)
     family_s = time.perf_counter() - start
     equal = all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(members, singles))
-    print(f"\n## {len(RATIOS)} unstructured sparsities ({', '.join(f'{round(r * 100)}%' for r in RATIOS)}), {args.packages} package(s)\n")
-    print("| five single runs (s) | one family run (s) | speed-up | calibration not repeated (s) | members equal to single runs, bit for bit |")
+    print(
+        f"\n## {len(RATIOS)} unstructured sparsities ({', '.join(f'{round(r * 100)}%' for r in RATIOS)}), {args.packages} package(s)\n"
+    )
+    print(
+        "| five single runs (s) | one family run (s) | speed-up | calibration not repeated (s) | members equal to single runs, bit for bit |"
+    )
     print("|---|---|---|---|---|")
-    print(f"| {single_s:.1f} | {family_s:.1f} | {single_s / family_s:.2f}× | {shared[0]:.1f} | {'yes' if equal else 'NO'} |")
+    print(
+        f"| {single_s:.1f} | {family_s:.1f} | {single_s / family_s:.2f}× | {shared[0]:.1f} | {'yes' if equal else 'NO'} |"
+    )
 
 
 if __name__ == "__main__":

@@ -111,16 +111,43 @@ def build_pipeline(recipe):
     vocab = len(tokenizer)
     cls = getattr(diffusers, recipe.base_model.pipeline)
     if recipe.base_model.family == "unet":  # SDXL: CLIP-L (768) and CLIP-bigG (1280, pooled 1280)
-        return cls(vae=vae, text_encoder=small_clip(768, None, vocab), text_encoder_2=small_clip(1280, 1280, vocab),
-                   tokenizer=tokenizer, tokenizer_2=make_clip_tokenizer(), unet=denoiser,
-                   scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1))
+        return cls(
+            vae=vae,
+            text_encoder=small_clip(768, None, vocab),
+            text_encoder_2=small_clip(1280, 1280, vocab),
+            tokenizer=tokenizer,
+            tokenizer_2=make_clip_tokenizer(),
+            unet=denoiser,
+            scheduler=EulerDiscreteScheduler(
+                beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+            ),
+        )
     t5_tokenizer = make_t5_tokenizer()
-    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=config["joint_attention_dim"], d_kv=64, d_ff=256, num_layers=1,
-                                 num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
-    return cls(transformer=denoiser, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
-               text_encoder=small_clip(768, 768, vocab), tokenizer=tokenizer,
-               text_encoder_2=small_clip(1280, 1280, vocab), tokenizer_2=make_clip_tokenizer(),
-               text_encoder_3=t5.eval(), tokenizer_3=t5_tokenizer)
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tokenizer),
+            d_model=config["joint_attention_dim"],
+            d_kv=64,
+            d_ff=256,
+            num_layers=1,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    )
+    return cls(
+        transformer=denoiser,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=small_clip(768, 768, vocab),
+        tokenizer=tokenizer,
+        text_encoder_2=small_clip(1280, 1280, vocab),
+        tokenizer_2=make_clip_tokenizer(),
+        text_encoder_3=t5.eval(),
+        tokenizer_3=t5_tokenizer,
+    )
 
 
 def run_one(name: str, packages: str, device: str) -> dict:
@@ -136,7 +163,14 @@ def run_one(name: str, packages: str, device: str) -> dict:
     pipe = build_pipeline(recipe)
     build_s = time.perf_counter() - t0
     config = recipe.prune.model_copy(update={"packages": packages if packages == "auto" else int(packages)})
-    calibration = recipe.calibration.model_copy(update={"prompts": recipe.calibration.prompts.model_copy(update={"count": 1}), "steps": 2, "resolution": 256, "batch_size": 1})
+    calibration = recipe.calibration.model_copy(
+        update={
+            "prompts": recipe.calibration.prompts.model_copy(update={"count": 1}),
+            "steps": 2,
+            "resolution": 256,
+            "batch_size": 1,
+        }
+    )
     memory.mark("prune")
     after_build = rss_bytes()
     denoiser_bytes = sum(p.numel() * p.element_size() for p in denoiser_of(pipe).parameters())
@@ -192,27 +226,37 @@ def main() -> None:
     if args.child:
         print("RESULT " + json.dumps(run_one(args.recipes[0], args.packages, args.device)), flush=True)
         return
-    print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}, "
-          "1 prompt × 2 steps at 256², CFG, batch 1", flush=True)
+    print(
+        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}, "
+        "1 prompt × 2 steps at 256², CFG, batch 1",
+        flush=True,
+    )
     results = []
     for name in args.recipes:
-        done = subprocess.run([sys.executable, __file__, name, "--child", "--packages", args.packages, "--device", args.device],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, __file__, name, "--child", "--packages", args.packages, "--device", args.device],
+            capture_output=True,
+            text=True,
+        )
         line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:
             print(f"{name}: failed\n{done.stderr[-3000:]}", flush=True)
             continue
         results.append(json.loads(line.removeprefix("RESULT ")))
         print(json.dumps(results[-1]), flush=True)
-    print("| recipe | packages | trajectories (s) | Hessians (s) | Hessians / trajectories (worst package) | solves (s) | save (s) | reload (s) "
-          "| peak RSS (GB) | predicted (GB) | measured / predicted | params after (B) | SPEC §4 |")
+    print(
+        "| recipe | packages | trajectories (s) | Hessians (s) | Hessians / trajectories (worst package) | solves (s) | save (s) | reload (s) "
+        "| peak RSS (GB) | predicted (GB) | measured / predicted | params after (B) | SPEC §4 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         worst = max(h / t for t, h, _ in r["per_package"])
         peak = r["peak_rss_gb"].get("prune", 0)
-        print(f"| {r['recipe']} | {r['packages']} ({r['mode']}) | {r['trajectories_s']:.1f} | {r['hessian_s']:.1f} | {worst:.2f}× | {r['solve_s']:.1f} "
-              f"| {r['save_s']:.1f} | {r['reload_s']:.1f} | {peak:.2f} | {r['predicted_peak_gb']:.2f} | {peak / r['predicted_peak_gb']:.2f} "
-              f"| {r['params_b']:.2f} | {r['spec_params_b']:.2f} |")
+        print(
+            f"| {r['recipe']} | {r['packages']} ({r['mode']}) | {r['trajectories_s']:.1f} | {r['hessian_s']:.1f} | {worst:.2f}× | {r['solve_s']:.1f} "
+            f"| {r['save_s']:.1f} | {r['reload_s']:.1f} | {peak:.2f} | {r['predicted_peak_gb']:.2f} | {peak / r['predicted_peak_gb']:.2f} "
+            f"| {r['params_b']:.2f} | {r['spec_params_b']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

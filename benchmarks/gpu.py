@@ -63,7 +63,10 @@ class Skipped(Exception):
 
 def on(device: torch.device, inputs: dict[str, Any]) -> dict[str, Any]:
     """Forward inputs (tensors, and dicts of them) moved to ``device``."""
-    return {k: v.to(device) if torch.is_tensor(v) else on(device, v) if isinstance(v, dict) else v for k, v in inputs.items()}
+    return {
+        k: v.to(device) if torch.is_tensor(v) else on(device, v) if isinstance(v, dict) else v
+        for k, v in inputs.items()
+    }
 
 
 def targeted(model: torch.nn.Module) -> set[str]:
@@ -78,13 +81,22 @@ def calibration_dtypes(device: torch.device, tiny_run: bool, quick: bool) -> dic
         model = tiny.tiny_sd3_transformer().to(dtype).eval()
         before = {k: v.detach().clone() for k, v in model.state_dict().items()}
         cal = tiny.toy_calibration([on(device, tiny.example_inputs(model, 2))], 2)
-        pruned = oh.prune(model, dict(granularity="unstructured", sparsity=0.5), calibration=cal, steps=2, device=device, dtype=dtype).model
+        pruned = oh.prune(
+            model, dict(granularity="unstructured", sparsity=0.5), calibration=cal, steps=2, device=device, dtype=dtype
+        ).model
         after = {k: v.detach().cpu() for k, v in pruned.state_dict().items()}
         touched = targeted(pruned)
         untouched_equal = all(torch.equal(after[k], before[k].cpu()) for k in after if k not in touched)
         zeros = [float((after[k] == 0).float().mean()) for k in touched]
-        ok = untouched_equal and all(abs(z - 0.5) < 1e-6 for z in zeros) and all(after[k].dtype == dtype for k in after)
-        results[str(dtype).removeprefix("torch.")] = {"untouched_bit_identical": untouched_equal, "zeros_min": min(zeros), "zeros_max": max(zeros), "passed": ok}
+        ok = (
+            untouched_equal and all(abs(z - 0.5) < 1e-6 for z in zeros) and all(after[k].dtype == dtype for k in after)
+        )
+        results[str(dtype).removeprefix("torch.")] = {
+            "untouched_bit_identical": untouched_equal,
+            "zeros_min": min(zeros),
+            "zeros_max": max(zeros),
+            "passed": ok,
+        }
     return results
 
 
@@ -93,7 +105,7 @@ def hessian_precision(device: torch.device, tiny_run: bool, quick: bool) -> dict
     g = torch.Generator().manual_seed(0)
     X = torch.randn(n, d, generator=g)
     X = X + 0.5 * X.roll(1, 1)
-    reference = (2 * X.double().T @ X.double() / n)
+    reference = 2 * X.double().T @ X.double() / n
     bounds = {"fp32": 1e-5, "tf32": 5e-3, "bf16": 2e-2}
     results = {}
     for precision, bound in bounds.items():
@@ -108,7 +120,9 @@ def _tiny_prune(device: torch.device, **settings: Any) -> dict[str, torch.Tensor
     torch.manual_seed(0)
     model = tiny.tiny_sd3_transformer().eval()
     cal = tiny.toy_calibration([on(device, tiny.example_inputs(model, 2))], 2)
-    pruned = oh.prune(model, dict(granularity="unstructured", sparsity=0.5, **settings), calibration=cal, steps=2, device=device).model
+    pruned = oh.prune(
+        model, dict(granularity="unstructured", sparsity=0.5, **settings), calibration=cal, steps=2, device=device
+    ).model
     return {k: v.detach().cpu() for k, v in pruned.state_dict().items()}
 
 
@@ -123,7 +137,9 @@ def structured_round_trip(device: torch.device, tiny_run: bool, quick: bool, fol
     from obsdiff_hub.zoo.recipes import load_recipe
     from obsdiff_hub.zoo.runs import Overrides, run_recipe
 
-    output = run_recipe(load_recipe("tiny-sdxl-structured-30"), folder / "structured", Overrides(num_prompts=2), device=str(device))
+    output = run_recipe(
+        load_recipe("tiny-sdxl-structured-30"), folder / "structured", Overrides(num_prompts=2), device=str(device)
+    )
     model = output.result.model
     reloaded = oh.OBSDiffUNet.from_pretrained(output.directory, subfolder="unet").to(device)
     mine, theirs = model.state_dict(), reloaded.state_dict()
@@ -134,9 +150,21 @@ def structured_round_trip(device: torch.device, tiny_run: bool, quick: bool, fol
 def bench_events(device: torch.device, tiny_run: bool, quick: bool, folder: Path) -> dict[str, Any]:
     from obsdiff_hub.zoo.bench import bench
 
-    result = bench(str(folder / "structured"), "builtin:tiny-sdxl", device=device, repeats=3, warmup=1, resolution=32 if tiny_run else None)
-    return {"device": result.device, "dense_ms": result.dense.denoiser.median_ms, "pruned_ms": result.pruned.denoiser.median_ms,
-            "speedup": result.speedup, "passed": result.pruned.denoiser.median_ms > 0}
+    result = bench(
+        str(folder / "structured"),
+        "builtin:tiny-sdxl",
+        device=device,
+        repeats=3,
+        warmup=1,
+        resolution=32 if tiny_run else None,
+    )
+    return {
+        "device": result.device,
+        "dense_ms": result.dense.denoiser.median_ms,
+        "pruned_ms": result.pruned.denoiser.median_ms,
+        "speedup": result.speedup,
+        "passed": result.pruned.denoiser.median_ms > 0,
+    }
 
 
 def sparse_kernels(device: torch.device, tiny_run: bool, quick: bool) -> dict[str, Any]:
@@ -161,8 +189,14 @@ def sparse_kernels(device: torch.device, tiny_run: bool, quick: bool) -> dict[st
             m(x)
         dense_s, _ = timed(lambda: [dense(x) for _ in range(20)], device)
         sparse_s, _ = timed(lambda: [sparse(x) for _ in range(20)], device)
-    return {"converted": converted, "relative_error": error, "dense_ms": dense_s * 50, "sparse_ms": sparse_s * 50, "speedup": dense_s / sparse_s,
-            "passed": error < 1e-2}
+    return {
+        "converted": converted,
+        "relative_error": error,
+        "dense_ms": dense_s * 50,
+        "sparse_ms": sparse_s * 50,
+        "speedup": dense_s / sparse_s,
+        "passed": error < 1e-2,
+    }
 
 
 def solvers(device: torch.device, tiny_run: bool, quick: bool) -> dict[str, Any]:
@@ -173,9 +207,17 @@ def solvers(device: torch.device, tiny_run: bool, quick: bool) -> dict[str, Any]
         for label, (n, m) in (("50%", (0, 0)), ("2:4", (2, 4))):
             obs_s, (Wo, mask) = timed(lambda: obs_prune(W, H, 0.5, n, m), device)
             base_s, Wb = timed(lambda: sparsegpt_baseline(W, H, 0.5, n, m), device)
-            admm_s, refined = timed(lambda: refine([W], H, [Wo], [mask], search=True, n=n, m=m, settings=AdmmSettings()), device)
-            entry = {"obs_s": obs_s, "baseline_s": base_s, "speedup": base_s / obs_s, "admm_s": admm_s,
-                     "error_ratio": error(W, Wo, H) / error(W, Wb, H), "admm_error_ratio": error(W, refined[0][0], H) / error(W, Wo, H)}
+            admm_s, refined = timed(
+                lambda: refine([W], H, [Wo], [mask], search=True, n=n, m=m, settings=AdmmSettings()), device
+            )
+            entry = {
+                "obs_s": obs_s,
+                "baseline_s": base_s,
+                "speedup": base_s / obs_s,
+                "admm_s": admm_s,
+                "error_ratio": error(W, Wo, H) / error(W, Wb, H),
+                "admm_error_ratio": error(W, refined[0][0], H) / error(W, Wo, H),
+            }
             if device.type == "cuda":
                 torch.backends.cuda.matmul.allow_tf32 = True
                 entry["obs_tf32_s"], _ = timed(lambda: obs_prune(W, H, 0.5, n, m), device)
@@ -198,38 +240,72 @@ def real_run(device: torch.device, tiny_run: bool, quick: bool) -> dict[str, Any
         pipe = build_pipeline(recipe)
         settings = recipe.prune.model_copy(update={"packages": "auto"})
         count, steps, resolution = (2, 4, 512) if quick else (4, 10, 1024)
-        calibration = recipe.calibration.model_copy(update={"prompts": recipe.calibration.prompts.model_copy(update={"count": count}),
-                                                            "steps": steps, "resolution": resolution, "batch_size": 1})
+        calibration = recipe.calibration.model_copy(
+            update={
+                "prompts": recipe.calibration.prompts.model_copy(update={"count": count}),
+                "steps": steps,
+                "resolution": resolution,
+                "batch_size": 1,
+            }
+        )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds, result = timed(lambda: oh.prune(pipe, settings, calibration=calibration, device=device), device)
     report = result.report
     peak = report.peak_memory_bytes
     predicted = report.package_plan.get("predicted_peak_bytes", 0)
-    return {"seconds": seconds, "stages_s": report.stages, "packages": report.package_plan.get("packages"), "peak_bytes": peak,
-            "predicted_peak_bytes": predicted, "peak_over_prediction": peak / predicted if predicted else None,
-            "params": [report.params_before, report.params_after], "passed": report.params_after < report.params_before}
+    return {
+        "seconds": seconds,
+        "stages_s": report.stages,
+        "packages": report.package_plan.get("packages"),
+        "peak_bytes": peak,
+        "predicted_peak_bytes": predicted,
+        "peak_over_prediction": peak / predicted if predicted else None,
+        "params": [report.params_before, report.params_after],
+        "passed": report.params_after < report.params_before,
+    }
 
 
 def block_speed(device: torch.device, tiny_run: bool, quick: bool) -> dict[str, Any]:
     from obsdiff_hub.zoo.bench import measure
 
-    config = {**tiny.tiny_sd3_transformer().config, "_class_name": "SD3Transformer2DModel"} if tiny_run else builtin_config("sd35-large.transformer")
+    config = (
+        {**tiny.tiny_sd3_transformer().config, "_class_name": "SD3Transformer2DModel"}
+        if tiny_run
+        else builtin_config("sd35-large.transformer")
+    )
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     skeleton = build_model(dict(config))
-    structure = {k: max(1, round(v * 0.7)) for k, v in structure_of(skeleton, adapter_for(skeleton)).items()}  # 30% of every coupling
+    structure = {
+        k: max(1, round(v * 0.7)) for k, v in structure_of(skeleton, adapter_for(skeleton)).items()
+    }  # 30% of every coupling
     latent = 8 if tiny_run else 128
     results = {}
     for which, shape in (("dense", None), ("pruned", structure)):
         model = build_model(dict(config), structure=shape, empty=False).to(device, dtype).eval()
-        measured = measure(model, {**model.config, "_class_name": config["_class_name"]}, device, latent_size=latent, batch=1, warmup=1 if tiny_run else 3, repeats=3 if tiny_run else 10)
+        measured = measure(
+            model,
+            {**model.config, "_class_name": config["_class_name"]},
+            device,
+            latent_size=latent,
+            batch=1,
+            warmup=1 if tiny_run else 3,
+            repeats=3 if tiny_run else 10,
+        )
         results[which] = measured
         del model
-    blocks = {b: results["dense"].blocks[b].median_ms / results["pruned"].blocks[b].median_ms for b in results["dense"].blocks}
-    return {"dense_ms": results["dense"].denoiser.median_ms, "pruned_ms": results["pruned"].denoiser.median_ms,
-            "speedup": results["dense"].denoiser.median_ms / results["pruned"].denoiser.median_ms,
-            "block_speedup_median": sorted(blocks.values())[len(blocks) // 2], "params": [results["dense"].params, results["pruned"].params],
-            "passed": results["pruned"].params < results["dense"].params}
+    blocks = {
+        b: results["dense"].blocks[b].median_ms / results["pruned"].blocks[b].median_ms
+        for b in results["dense"].blocks
+    }
+    return {
+        "dense_ms": results["dense"].denoiser.median_ms,
+        "pruned_ms": results["pruned"].denoiser.median_ms,
+        "speedup": results["dense"].denoiser.median_ms / results["pruned"].denoiser.median_ms,
+        "block_speedup_median": sorted(blocks.values())[len(blocks) // 2],
+        "params": [results["dense"].params, results["pruned"].params],
+        "passed": results["pruned"].params < results["dense"].params,
+    }
 
 
 def main() -> None:
@@ -243,8 +319,14 @@ def main() -> None:
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     header = {
-        "date": time.strftime("%Y-%m-%d %H:%M"), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads",
-        "torch": torch.__version__, "cuda": torch.version.cuda, "driver": _driver(), "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "driver": _driver(),
+        "python": platform.python_version(),
         "mode": "tiny" if args.tiny else "quick" if args.quick else "full",
     }
     records: dict[str, Any] = {}
@@ -266,17 +348,31 @@ def main() -> None:
             start = time.perf_counter()
             try:
                 numbers = checks[name]()
-                passed = all(v.get("passed", True) for v in numbers.values() if isinstance(v, dict)) and numbers.get("passed", True)
-                records[name] = {"status": "passed" if passed else "failed", "seconds": time.perf_counter() - start, "numbers": numbers}
+                passed = all(v.get("passed", True) for v in numbers.values() if isinstance(v, dict)) and numbers.get(
+                    "passed", True
+                )
+                records[name] = {
+                    "status": "passed" if passed else "failed",
+                    "seconds": time.perf_counter() - start,
+                    "numbers": numbers,
+                }
             except Skipped as reason:
                 records[name] = {"status": "skipped", "seconds": time.perf_counter() - start, "reason": str(reason)}
             except Exception as failure:  # a failed check is recorded and the others still run
-                records[name] = {"status": "failed", "seconds": time.perf_counter() - start, "error": f"{type(failure).__name__}: {failure}",
-                                 "traceback": traceback.format_exc()}
+                records[name] = {
+                    "status": "failed",
+                    "seconds": time.perf_counter() - start,
+                    "error": f"{type(failure).__name__}: {failure}",
+                    "traceback": traceback.format_exc(),
+                }
             print(f"{name}: {records[name]['status']} ({records[name]['seconds']:.1f} s)", flush=True)
     (args.out / "gpu.json").write_text(json.dumps({**header, "checks": records}, indent=2, default=str) + "\n")
-    lines = [f"{header['device']}, torch {header['torch']} (CUDA {header['cuda']}, driver {header['driver']}), {header['date']}, {header['mode']} run", "",
-             "| check | status | s | numbers |", "|---|---|---|---|"]
+    lines = [
+        f"{header['device']}, torch {header['torch']} (CUDA {header['cuda']}, driver {header['driver']}), {header['date']}, {header['mode']} run",
+        "",
+        "| check | status | s | numbers |",
+        "|---|---|---|---|",
+    ]
     for name, record in records.items():
         detail = json.dumps(record.get("numbers", record.get("reason", record.get("error", ""))), default=str)
         lines.append(f"| {name} | {record['status']} | {record['seconds']:.1f} | {detail[:400]} |")
@@ -287,7 +383,15 @@ def main() -> None:
 
 def _driver() -> str | None:
     try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=10).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 

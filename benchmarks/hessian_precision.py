@@ -42,7 +42,9 @@ def sd3_activations(layers: list[str], stop_after: str) -> dict[str, torch.Tenso
     model = pipe.transformer.float()
     captured: dict[str, list[torch.Tensor]] = {p: [] for p in layers}
     for path in layers:
-        model.get_submodule(path).register_forward_pre_hook(lambda m, a, p=path: captured[p].append(a[0].reshape(-1, a[0].shape[-1]).clone()))
+        model.get_submodule(path).register_forward_pre_hook(
+            lambda m, a, p=path: captured[p].append(a[0].reshape(-1, a[0].shape[-1]).clone())
+        )
 
     def stop(*_):
         raise _Stop
@@ -51,14 +53,21 @@ def sd3_activations(layers: list[str], stop_after: str) -> dict[str, torch.Tenso
     from obsdiff_hub.pruning.prompts import builtin_prompts
 
     with torch.inference_mode():
-        embeds, negative, pooled, negative_pooled = pipe.encode_prompt(builtin_prompts()[:4], None, None, device="cpu", do_classifier_free_guidance=True)
+        embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+            builtin_prompts()[:4], None, None, device="cpu", do_classifier_free_guidance=True
+        )
         text = torch.cat([negative, embeds])
         pooled = torch.cat([negative_pooled, pooled])
         g = torch.Generator().manual_seed(0)
         for t in (999.0, 750.0, 500.0, 250.0):
             latents = torch.randn(8, 16, 32, 32, generator=g)
             try:
-                model(hidden_states=latents, encoder_hidden_states=text, pooled_projections=pooled, timestep=torch.full((8,), t))
+                model(
+                    hidden_states=latents,
+                    encoder_hidden_states=text,
+                    pooled_projections=pooled,
+                    timestep=torch.full((8,), t),
+                )
             except _Stop:
                 pass
     weights = {p: model.get_submodule(p).weight.detach().clone() for p in layers}
@@ -73,10 +82,19 @@ def shapes_activations(layer: str) -> dict[str, torch.Tensor]:
     pipe = load_shapes_pipeline()
     pipe.set_progress_bar_config(disable=True)
     rows: list[torch.Tensor] = []
-    pipe.unet.get_submodule(layer).register_forward_pre_hook(lambda m, a: rows.append(a[0].reshape(-1, a[0].shape[-1]).clone()))
+    pipe.unet.get_submodule(layer).register_forward_pre_hook(
+        lambda m, a: rows.append(a[0].reshape(-1, a[0].shape[-1]).clone())
+    )
     with torch.inference_mode():
-        pipe(builtin_prompts("shapes")[:16], num_inference_steps=20, guidance_scale=4.0, height=32, width=32,
-             generator=[torch.Generator().manual_seed(i) for i in range(16)], output_type="latent")
+        pipe(
+            builtin_prompts("shapes")[:16],
+            num_inference_steps=20,
+            guidance_scale=4.0,
+            height=32,
+            width=32,
+            generator=[torch.Generator().manual_seed(i) for i in range(16)],
+            output_type="latent",
+        )
     return {layer: (torch.cat(rows), pipe.unet.get_submodule(layer).weight.detach().clone())}
 
 
@@ -91,20 +109,24 @@ def compare(name: str, X: torch.Tensor, W: torch.Tensor) -> list[str]:
 
     def pruned_error(H: torch.Tensor) -> float:
         W_hat, _ = obs_prune(W, H, 0.5)
-        delta = (W.double() - W_hat.double())
+        delta = W.double() - W_hat.double()
         return float((delta @ reference * delta).sum())
 
     base = pruned_error(hessians["fp32"])
     lines = []
     for precision, H in hessians.items():
         relative = float((H.double() - reference).norm() / reference.norm())
-        lines.append(f"| {name} | {X.shape[0]}×{X.shape[1]} | {precision} | {relative:.2e} | {pruned_error(H) / base:.5f} |")
+        lines.append(
+            f"| {name} | {X.shape[0]}×{X.shape[1]} | {precision} | {relative:.2e} | {pruned_error(H) / base:.5f} |"
+        )
     return lines
 
 
 def main() -> None:
     diffusers_logging.disable_progress_bar()
-    print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, torch {torch.__version__}; tf32/bf16 rounding emulated on CPU")
+    print(
+        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, torch {torch.__version__}; tf32/bf16 rounding emulated on CPU"
+    )
     print("| activations | rows×cols | precision | ‖H − H_fp64‖ / ‖H_fp64‖ | 50% OBS reconstruction error vs fp32 H |")
     print("|---|---|---|---|---|")
     shapes = shapes_activations("mid_block.attentions.0.transformer_blocks.0.ff.net.2")

@@ -62,9 +62,15 @@ def main() -> None:
     base = tiny.TINY_PIPELINES[args.family]()
     base.set_progress_bar_config(disable=True)
     prompts = builtin_prompts()[: args.prompts]
-    cal = oh.CalibrationConfig(prompts=prompts, steps=args.steps, guidance_scale=5.0, resolution=args.resolution, batch_size=4)
-    print(f"# {platform.machine()} {args.device}, torch {torch.__version__}, tiny {args.family}, {len(prompts)} prompts × {args.steps} steps at {args.resolution}²")
-    print("| P | engine total (s) | encode | trajectories | Hessians | solves | reference-style total (s) | speed-up |")
+    cal = oh.CalibrationConfig(
+        prompts=prompts, steps=args.steps, guidance_scale=5.0, resolution=args.resolution, batch_size=4
+    )
+    print(
+        f"# {platform.machine()} {args.device}, torch {torch.__version__}, tiny {args.family}, {len(prompts)} prompts × {args.steps} steps at {args.resolution}²"
+    )
+    print(
+        "| P | engine total (s) | encode | trajectories | Hessians | solves | reference-style total (s) | speed-up |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for packages in (1, 4, 10):
         config = dict(granularity="unstructured", sparsity=0.5, packages=packages)
@@ -78,9 +84,14 @@ def main() -> None:
         oh.prune(ref_pipe, config, calibration=reference_style(ref_pipe, cal), steps=args.steps, device=args.device)
         ref_s = time.perf_counter() - start
         st = ours.report.stages
-        same = all(torch.equal(a, b) for a, b in zip(denoiser_of(ours_pipe).state_dict().values(), denoiser_of(ref_pipe).state_dict().values()))
-        print(f"| {len(ours.report.packages)} | {ours_s:.2f} | {st['prompt_encoding_s']:.2f} | {st['trajectories_s']:.2f} | "
-              f"{st['hessian_accumulation_s']:.2f} | {st['solve_s']:.2f} | {ref_s:.2f} | {ref_s / ours_s:.2f}× {'(same weights)' if same else '(weights differ!)'} |")
+        same = all(
+            torch.equal(a, b)
+            for a, b in zip(denoiser_of(ours_pipe).state_dict().values(), denoiser_of(ref_pipe).state_dict().values())
+        )
+        print(
+            f"| {len(ours.report.packages)} | {ours_s:.2f} | {st['prompt_encoding_s']:.2f} | {st['trajectories_s']:.2f} | "
+            f"{st['hessian_accumulation_s']:.2f} | {st['solve_s']:.2f} | {ref_s:.2f} | {ref_s / ours_s:.2f}× {'(same weights)' if same else '(weights differ!)'} |"
+        )
 
 
 if __name__ == "__main__":

@@ -21,19 +21,32 @@ from obsdiff_hub.pruning.prompts import builtin_prompts
 from obsdiff_hub.shapes.pipeline import evaluate, load_shapes_pipeline
 
 RUNS = [
-    ("obs-diff", "unstructured", 0.5), ("wanda", "unstructured", 0.5), ("dsnot", "unstructured", 0.5), ("magnitude", "unstructured", 0.5),
-    ("obs-diff", "unstructured", 0.7), ("wanda", "unstructured", 0.7), ("magnitude", "unstructured", 0.7),
-    ("obs-diff", "n:m", 2), ("wanda", "n:m", 2), ("magnitude", "n:m", 2),
-    ("obs-diff", "structured", 0.3), ("l1", "structured", 0.3),
-    ("obs-diff", "structured", 0.5), ("l1", "structured", 0.5),
+    ("obs-diff", "unstructured", 0.5),
+    ("wanda", "unstructured", 0.5),
+    ("dsnot", "unstructured", 0.5),
+    ("magnitude", "unstructured", 0.5),
+    ("obs-diff", "unstructured", 0.7),
+    ("wanda", "unstructured", 0.7),
+    ("magnitude", "unstructured", 0.7),
+    ("obs-diff", "n:m", 2),
+    ("wanda", "n:m", 2),
+    ("magnitude", "n:m", 2),
+    ("obs-diff", "structured", 0.3),
+    ("l1", "structured", 0.3),
+    ("obs-diff", "structured", 0.5),
+    ("l1", "structured", 0.5),
 ]
 
 
 def main() -> None:
-    calibration = oh.CalibrationConfig(prompts=builtin_prompts("shapes")[:32], steps=20, guidance_scale=4.0, resolution=32, batch_size=8)
+    calibration = oh.CalibrationConfig(
+        prompts=builtin_prompts("shapes")[:32], steps=20, guidance_scale=4.0, resolution=32, batch_size=8
+    )
     dense_scores, dense_images = evaluate(load_shapes_pipeline())
     print(f"# {platform.machine()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
-    print("| method | granularity | ratio | caption acc. (all 3) | caption acc. (mean) | PSNR vs dense (dB) | prune time (s) |")
+    print(
+        "| method | granularity | ratio | caption acc. (all 3) | caption acc. (mean) | PSNR vs dense (dB) | prune time (s) |"
+    )
     print("|---|---|---|---|---|---|---|")
     print(f"| dense | – | – | {dense_scores['all']:.3f} | {dense_scores['mean']:.3f} | – | – |")
     for method, granularity, ratio in RUNS:
@@ -45,7 +58,10 @@ def main() -> None:
         seconds = time.perf_counter() - start
         scores, _ = evaluate(pipe, reference=dense_images)
         label = "2:4" if granularity == "n:m" else f"{ratio:.0%}"
-        print(f"| {method} | {granularity} | {label} | {scores['all']:.3f} | {scores['mean']:.3f} | {scores['psnr_vs_dense']:.2f} | {seconds:.1f} |", flush=True)
+        print(
+            f"| {method} | {granularity} | {label} | {scores['all']:.3f} | {scores['mean']:.3f} | {scores['psnr_vs_dense']:.2f} | {seconds:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,11 @@ from obsdiff_hub.pruning.prompts import builtin_prompts
 from obsdiff_hub.shapes.pipeline import evaluate, load_shapes_pipeline
 
 SOLVERS = ("obs", "obs+lsq", "admm")
-SETTINGS = {"50%": {"granularity": "unstructured", "sparsity": 0.5}, "70%": {"granularity": "unstructured", "sparsity": 0.7},
-            "2:4": {"granularity": "n:m", "n": 2, "m": 4}}
+SETTINGS = {
+    "50%": {"granularity": "unstructured", "sparsity": 0.5},
+    "70%": {"granularity": "unstructured", "sparsity": 0.7},
+    "2:4": {"granularity": "n:m", "n": 2, "m": 4},
+}
 
 
 def spread(values: list[float]) -> float:
@@ -54,11 +57,19 @@ def shapes(seeds: int, device: str) -> None:
         for solver in SOLVERS:
             psnr, accuracy, errors, seconds = [], [], [], []
             for seed in range(seeds):
-                calibration = oh.CalibrationConfig(prompts=builtin_prompts("shapes")[32 * seed : 32 * seed + 32], steps=20, guidance_scale=4.0,
-                                                   resolution=32, batch_size=8, seed=24432 + seed)
+                calibration = oh.CalibrationConfig(
+                    prompts=builtin_prompts("shapes")[32 * seed : 32 * seed + 32],
+                    steps=20,
+                    guidance_scale=4.0,
+                    resolution=32,
+                    batch_size=8,
+                    seed=24432 + seed,
+                )
                 pipe = load_shapes_pipeline()
                 start = time.perf_counter()
-                report = oh.prune(pipe, {**setting, "packages": 1, "solver": solver}, calibration=calibration, device=device).report
+                report = oh.prune(
+                    pipe, {**setting, "packages": 1, "solver": solver}, calibration=calibration, device=device
+                ).report
                 seconds.append(time.perf_counter() - start)
                 scores, _ = evaluate(pipe.to("cpu"), reference=dense_images)
                 psnr.append(scores["psnr_vs_dense"])
@@ -67,8 +78,11 @@ def shapes(seeds: int, device: str) -> None:
             if solver == "obs":
                 errors_obs = errors
             ratio = statistics.mean(e / o for e, o in zip(errors, errors_obs))
-            print(f"| {label} | {solver} | {statistics.mean(psnr):.2f} ± {spread(psnr):.2f} | {statistics.mean(accuracy):.3f} ± {spread(accuracy):.3f} "
-                  f"| {statistics.mean(errors):.4g} | {ratio:.3f}× | {statistics.mean(seconds):.1f} |", flush=True)
+            print(
+                f"| {label} | {solver} | {statistics.mean(psnr):.2f} ± {spread(psnr):.2f} | {statistics.mean(accuracy):.3f} ± {spread(accuracy):.3f} "
+                f"| {statistics.mean(errors):.4g} | {ratio:.3f}× | {statistics.mean(seconds):.1f} |",
+                flush=True,
+            )
 
 
 def real(block: int, device: str) -> None:
@@ -78,8 +92,14 @@ def real(block: int, device: str) -> None:
     from obsdiff_hub.zoo.recipes import load_recipe
 
     recipe = load_recipe("sd3-medium-unstructured-50")
-    calibration = recipe.calibration.model_copy(update={"prompts": recipe.calibration.prompts.model_copy(update={"count": 1}), "steps": 2,
-                                                        "resolution": 256, "batch_size": 1})
+    calibration = recipe.calibration.model_copy(
+        update={
+            "prompts": recipe.calibration.prompts.model_copy(update={"count": 1}),
+            "steps": 2,
+            "resolution": 256,
+            "batch_size": 1,
+        }
+    )
     print(f"\n## real shapes: SD3-Medium block {block} (random weights, Hessians from 1 prompt × 2 steps at 256²)\n")
     print("| setting | solver | Σ layer rel. error | vs obs | layers at most obs's | solve time (s) |")
     print("|---|---|---|---|---|---|")
@@ -87,18 +107,27 @@ def real(block: int, device: str) -> None:
         reference = None
         for solver in SOLVERS:
             pipe = build_pipeline(recipe)
-            report = oh.prune(pipe, {**setting, "packages": 1, "blocks": f"{block}:{block + 1}", "solver": solver}, calibration=calibration,
-                              device=device).report
+            report = oh.prune(
+                pipe,
+                {**setting, "packages": 1, "blocks": f"{block}:{block + 1}", "solver": solver},
+                calibration=calibration,
+                device=device,
+            ).report
             errors = {r.name: r.relative_error for r in report.layers}
             reference = reference or errors
             at_most = sum(errors[k] <= reference[k] * (1 + 1e-6) for k in errors)
-            print(f"| {label} | {solver} | {sum(errors.values()):.4g} | {sum(errors.values()) / sum(reference.values()):.3f}× "
-                  f"| {at_most}/{len(errors)} | {report.stages['solve_s']:.1f} |", flush=True)
+            print(
+                f"| {label} | {solver} | {sum(errors.values()):.4g} | {sum(errors.values()) / sum(reference.values()):.3f}× "
+                f"| {at_most}/{len(errors)} | {report.stages['solve_s']:.1f} |",
+                flush=True,
+            )
 
 
 def timing(device: str, shapes: list[tuple[int, int]]) -> None:
     print(f"\n## solve time of one layer (correlated synthetic inputs, {device})\n")
-    print("| shape | setting | obs (s) | obs+lsq (s) | admm (s) | admm / obs | error obs+lsq / obs | error admm / obs |")
+    print(
+        "| shape | setting | obs (s) | obs+lsq (s) | admm (s) | admm / obs | error obs+lsq / obs | error admm / obs |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for rows, cols in shapes:
         g = torch.Generator().manual_seed(0)
@@ -115,11 +144,16 @@ def timing(device: str, shapes: list[tuple[int, int]]) -> None:
             results = {}
             for search in (False, True):
                 start = time.perf_counter()
-                (results[search], _), = refine([W], H, [Wo], [mask], search=search, n=n, m=m, settings=AdmmSettings())
+                ((results[search], _),) = refine(
+                    [W], H, [Wo], [mask], search=search, n=n, m=m, settings=AdmmSettings()
+                )
                 row.append(time.perf_counter() - start)
             base = float(layer_error(W, Wo, H).sum())
-            print(f"| {rows}×{cols} | {label} | {row[0]:.1f} | {row[1]:.1f} | {row[2]:.1f} | {row[2] / row[0]:.1f}× "
-                  f"| {float(layer_error(W, results[False], H).sum()) / base:.3f} | {float(layer_error(W, results[True], H).sum()) / base:.3f} |", flush=True)
+            print(
+                f"| {rows}×{cols} | {label} | {row[0]:.1f} | {row[1]:.1f} | {row[2]:.1f} | {row[2] / row[0]:.1f}× "
+                f"| {float(layer_error(W, results[False], H).sum()) / base:.3f} | {float(layer_error(W, results[True], H).sum()) / base:.3f} |",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -130,7 +164,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--shapes", default="1280x5120,2432x9728", help="layer shapes of the time part, ROWSxCOLS,...")
     args = parser.parse_args()
-    print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}")
+    print(
+        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}"
+    )
     parts = args.parts.split(",")
     if "shapes" in parts:
         shapes(args.seeds, args.device)

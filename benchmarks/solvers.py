@@ -62,7 +62,15 @@ def problem(rows: int, cols: int, device: torch.device, seed: int = 0) -> tuple[
     return torch.randn(rows, cols, generator=g).to(device), H
 
 
-def sparsegpt_baseline(W: torch.Tensor, H: torch.Tensor, sparsity: float, prunen: int = 0, prunem: int = 0, blocksize: int = 128, percdamp: float = 0.01) -> torch.Tensor:
+def sparsegpt_baseline(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    sparsity: float,
+    prunen: int = 0,
+    prunem: int = 0,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> torch.Tensor:
     """The reference implementation's algorithm (SparseGPT ``fasterprune``), for comparison only."""
     W = W.clone().float()
     H = H.clone()
@@ -122,8 +130,10 @@ def main() -> None:
     device = torch.device(args.device)
     rate = gemm_rate(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"# {time.strftime('%Y-%m-%d')}, device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"fp32 GEMM {rate / 1e9:.0f} GFLOP/s")
+    print(
+        f"# {time.strftime('%Y-%m-%d')}, device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"fp32 GEMM {rate / 1e9:.0f} GFLOP/s"
+    )
     rows_out = []
     for model, s in SHAPES.items():
         if args.quick and model != "sdxl":
@@ -132,35 +142,88 @@ def main() -> None:
         for layer, rows, cols in [("ffn out (net.2)", d, f), ("attn to_out.0", d, d)]:
             W, H = problem(rows, cols, device)
             floor = (cols**3 / 3 + rows * cols**2) / rate
-            for label, ours_kw, base_kw in [("50%", dict(sparsity=0.5), dict(sparsity=0.5)), ("2:4", dict(sparsity=0.0, n=2, m=4), dict(sparsity=0.0, prunen=2, prunem=4))]:
+            for label, ours_kw, base_kw in [
+                ("50%", dict(sparsity=0.5), dict(sparsity=0.5)),
+                ("2:4", dict(sparsity=0.0, n=2, m=4), dict(sparsity=0.0, prunen=2, prunem=4)),
+            ]:
                 t_ours, (W_ours, _) = timed(lambda: obs_prune(W, H, **ours_kw), device)
                 t_base, W_base = timed(lambda: sparsegpt_baseline(W, H, **base_kw), device)
-                rows_out.append(dict(model=model, layer=layer, shape=[rows, cols], solver=f"obs_prune {label}", seconds=t_ours, baseline_s=t_base,
-                                     error_ratio=error(W, W_ours, H) / error(W, W_base, H), floor_s=floor))
+                rows_out.append(
+                    dict(
+                        model=model,
+                        layer=layer,
+                        shape=[rows, cols],
+                        solver=f"obs_prune {label}",
+                        seconds=t_ours,
+                        baseline_s=t_base,
+                        error_ratio=error(W, W_ours, H) / error(W, W_base, H),
+                        floor_s=floor,
+                    )
+                )
         # q, k and v read one input: one factorisation and one stacked walk vs three baseline calls
         qkv = [problem(d, d, device, seed=i)[0] for i in range(3)]
         _, H = problem(d, d, device, seed=7)
         t_ours, shared = timed(lambda: obs_prune_shared(qkv, H, 0.5), device)
         t_base, base = timed(lambda: [sparsegpt_baseline(W, H, 0.5) for W in qkv], device)
         ratio = sum(error(W, o[0], H) for W, o in zip(qkv, shared)) / sum(error(W, b, H) for W, b in zip(qkv, base))
-        rows_out.append(dict(model=model, layer="attn q/k/v (3 layers, one H)", shape=[3 * d, d], solver="obs_prune_shared 50%", seconds=t_ours,
-                             baseline_s=t_base, error_ratio=ratio, floor_s=(d**3 / 3 + 3 * d * d**2) / rate))
+        rows_out.append(
+            dict(
+                model=model,
+                layer="attn q/k/v (3 layers, one H)",
+                shape=[3 * d, d],
+                solver="obs_prune_shared 50%",
+                seconds=t_ours,
+                baseline_s=t_base,
+                error_ratio=ratio,
+                floor_s=(d**3 / 3 + 3 * d * d**2) / rate,
+            )
+        )
         # structured: 30% of heads (one output projection) and of FFN neurons (32 per round)
         W, H = problem(d, d, device)
         heads = round(0.3 * d // hd)
-        t, _ = timed(lambda: obs_remove_groups([W], [H], column_groups(d, hd), [GroupSelection(tuple(range(d // hd)), heads)]), device)
-        rows_out.append(dict(model=model, layer="attn to_out.0", shape=[d, d], solver=f"obs_remove_groups {heads} heads of {hd}", seconds=t,
-                             floor_s=(2 * d**3 / 3 + heads * 4 * d * d * hd) / rate))
+        t, _ = timed(
+            lambda: obs_remove_groups([W], [H], column_groups(d, hd), [GroupSelection(tuple(range(d // hd)), heads)]),
+            device,
+        )
+        rows_out.append(
+            dict(
+                model=model,
+                layer="attn to_out.0",
+                shape=[d, d],
+                solver=f"obs_remove_groups {heads} heads of {hd}",
+                seconds=t,
+                floor_s=(2 * d**3 / 3 + heads * 4 * d * d * hd) / rate,
+            )
+        )
         W, H = problem(d, f, device)
         neurons = round(0.3 * f)
-        t, _ = timed(lambda: obs_remove_groups([W], [H], column_groups(f, 1), [GroupSelection(tuple(range(f)), neurons, 32)]), device)
-        rows_out.append(dict(model=model, layer="ffn out (net.2)", shape=[d, f], solver=f"obs_remove_groups {neurons} neurons (32 per round)", seconds=t,
-                             floor_s=(2 * f**3 / 3 + neurons * (2 * f * f + 4 * d * f)) / rate))
-    print("| model | layer | shape | solver | time (s) | SparseGPT-style (s) | speed-up | error ratio | time / FLOP floor |")
+        t, _ = timed(
+            lambda: obs_remove_groups([W], [H], column_groups(f, 1), [GroupSelection(tuple(range(f)), neurons, 32)]),
+            device,
+        )
+        rows_out.append(
+            dict(
+                model=model,
+                layer="ffn out (net.2)",
+                shape=[d, f],
+                solver=f"obs_remove_groups {neurons} neurons (32 per round)",
+                seconds=t,
+                floor_s=(2 * f**3 / 3 + neurons * (2 * f * f + 4 * d * f)) / rate,
+            )
+        )
+    print(
+        "| model | layer | shape | solver | time (s) | SparseGPT-style (s) | speed-up | error ratio | time / FLOP floor |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows_out:
-        base = f"{r['baseline_s']:.2f} | {r['baseline_s'] / r['seconds']:.2f}× | {r['error_ratio']:.5f}" if "baseline_s" in r else "– | – | –"
-        print(f"| {r['model']} | {r['layer']} | {r['shape'][0]}×{r['shape'][1]} | {r['solver']} | {r['seconds']:.2f} | {base} | {r['seconds'] / r['floor_s']:.2f}× |")
+        base = (
+            f"{r['baseline_s']:.2f} | {r['baseline_s'] / r['seconds']:.2f}× | {r['error_ratio']:.5f}"
+            if "baseline_s" in r
+            else "– | – | –"
+        )
+        print(
+            f"| {r['model']} | {r['layer']} | {r['shape'][0]}×{r['shape'][1]} | {r['solver']} | {r['seconds']:.2f} | {base} | {r['seconds'] / r['floor_s']:.2f}× |"
+        )
     print(json.dumps({"device": str(device), "gemm_flops": rate, "rows": rows_out}))
 
 

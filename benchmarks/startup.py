@@ -37,7 +37,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    print(f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, {date.today()}, median of {args.repeats}")
+    print(
+        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, {date.today()}, median of {args.repeats}"
+    )
     print("| what | seconds |\n|---|---|")
     for label, command in CASES.items():
         seconds(command)  # warm the file cache

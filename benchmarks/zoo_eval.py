@@ -27,7 +27,12 @@ SHAPES = ["tiny-shapes-unstructured-50", "tiny-shapes-2of4", "tiny-shapes-struct
 BENCHED = [
     ("shapes structured 30%", "tiny-shapes-structured-30", [], 32),
     ("tiny SDXL structured 30%", "tiny-sdxl-structured-30", [], 128),
-    ("tiny SD3 structured 30%", "tiny-sd3-unstructured-50", ["--set", "prune.granularity=structured", "--set", "prune.sparsity=0.3"], 64),
+    (
+        "tiny SD3 structured 30%",
+        "tiny-sd3-unstructured-50",
+        ["--set", "prune.granularity=structured", "--set", "prune.sparsity=0.3"],
+        64,
+    ),
 ]
 
 
@@ -49,20 +54,38 @@ def main() -> None:
             for m in json.loads((out / "eval.json").read_text())["metrics"]:
                 dense = "–" if m.get("dense") is None else f"{m['dense']:.3f}"
                 low, high = m["ci95"]
-                print(f"| {recipe} | {m['label']} | {dense} | {m['pruned']:.3f} | [{low:.3f}, {high:.3f}] | {m['samples']} |", flush=True)
-        print("\n| model | resolution | dense forward (ms) | pruned forward (ms) | speed-up | median block speed-up | params | FLOPs |")
+                print(
+                    f"| {recipe} | {m['label']} | {dense} | {m['pruned']:.3f} | [{low:.3f}, {high:.3f}] | {m['samples']} |",
+                    flush=True,
+                )
+        print(
+            "\n| model | resolution | dense forward (ms) | pruned forward (ms) | speed-up | median block speed-up | params | FLOPs |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         for label, recipe, overrides, resolution in BENCHED:
             out = Path(tmp) / f"bench-{recipe}"
             cli("prune", "--recipe", recipe, *overrides, "--out", str(out), "--device", args.device, "--quiet")
-            cli("bench", "--model", str(out), "--resolution", str(resolution), "--repeats", str(args.repeats), "--device", args.device)
+            cli(
+                "bench",
+                "--model",
+                str(out),
+                "--resolution",
+                str(resolution),
+                "--repeats",
+                str(args.repeats),
+                "--device",
+                args.device,
+            )
             b = json.loads((out / "bench.json").read_text())
             d = b["denoiser"]
             blocks = sorted(x["speedup"] for x in b["blocks"])
             params, flops = b["params"], b["flops"]
-            print(f"| {label} | {resolution}² | {d['dense']['median_ms']:.2f} | {d['pruned']['median_ms']:.2f} | {d['speedup']:.2f}× | "
-                  f"{blocks[len(blocks) // 2]:.2f}× | {params['dense'] / 1e6:.3f} M → {params['pruned'] / 1e6:.3f} M | "
-                  f"{flops['dense'] / 1e9:.3f} → {flops['pruned'] / 1e9:.3f} GFLOPs ({100 * (flops['pruned'] / flops['dense'] - 1):+.1f}%) |", flush=True)
+            print(
+                f"| {label} | {resolution}² | {d['dense']['median_ms']:.2f} | {d['pruned']['median_ms']:.2f} | {d['speedup']:.2f}× | "
+                f"{blocks[len(blocks) // 2]:.2f}× | {params['dense'] / 1e6:.3f} M → {params['pruned'] / 1e6:.3f} M | "
+                f"{flops['dense'] / 1e9:.3f} → {flops['pruned'] / 1e9:.3f} GFLOPs ({100 * (flops['pruned'] / flops['dense'] - 1):+.1f}%) |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,16 @@ from .storage.manifest import MANIFEST, build_manifest, manifest_bytes, verify_m
 from .storage.outputs import real_folders
 
 # The HTTP library huggingface_hub uses (httpx, or httpx2 in 2.x): its transport errors.
-_TRANSPORT_ERROR: type[Exception] = importlib.import_module(type(get_session()).__module__.split(".")[0]).TransportError
-_KNOWN = (LocalTokenNotFoundError, HfHubHTTPError, _TRANSPORT_ERROR, LocalEntryNotFoundError, ConnectionError)  # offline mode is a ConnectionError
+_TRANSPORT_ERROR: type[Exception] = importlib.import_module(
+    type(get_session()).__module__.split(".")[0]
+).TransportError
+_KNOWN = (
+    LocalTokenNotFoundError,
+    HfHubHTTPError,
+    _TRANSPORT_ERROR,
+    LocalEntryNotFoundError,
+    ConnectionError,
+)  # offline mode is a ConnectionError
 
 
 def looks_like_local_path(source: str) -> bool:
@@ -61,7 +69,8 @@ def looks_like_local_path(source: str) -> bool:
         or source.startswith((".", "~"))
         or "\\" in source
         or source.count("/") > 1
-        or os.sep in source and os.sep != "/"
+        or os.sep in source
+        and os.sep != "/"
     )
 
 
@@ -90,7 +99,9 @@ def local_folder_or_repo(source: str) -> Path | None:
     try:
         validate_repo_id(source)
     except HFValidationError as error:
-        raise InputError(f"{source!r} is neither a local folder nor a valid Hub repo id ({str(error).splitlines()[0]})") from None
+        raise InputError(
+            f"{source!r} is neither a local folder nor a valid Hub repo id ({str(error).splitlines()[0]})"
+        ) from None
     return None
 
 
@@ -205,23 +216,39 @@ class HubClient:
         ``listing``, online) that commit's file list. The cache names each snapshot folder by its
         commit and records the branch or tag, so an offline load finds it later."""
         with self.errors(repo_id, maybe_folder=maybe_folder):
-            path = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=self.token, endpoint=self.endpoint,
-                                          local_files_only=local_files_only))
+            path = Path(
+                snapshot_download(
+                    repo_id,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    token=self.token,
+                    endpoint=self.endpoint,
+                    local_files_only=local_files_only,
+                )
+            )
             listed = listing and not local_files_only and not constants.HF_HUB_OFFLINE
             return Snapshot(path, path.name, self.files_at(repo_id, path.name) if listed else None)
 
-    def staged_snapshot(self, repo_id: str, stage: Path, *, revision: str | None = None, maybe_folder: bool = False) -> Snapshot:
+    def staged_snapshot(
+        self, repo_id: str, stage: Path, *, revision: str | None = None, maybe_folder: bool = False
+    ) -> Snapshot:
         """``repo_id`` at the commit ``revision`` names now, downloaded into the fresh folder ``stage``."""
         with self.errors(repo_id, maybe_folder=maybe_folder):
             commit = self.commit_of(repo_id, revision)
             snapshot_download(repo_id, revision=commit, local_dir=stage, token=self.token, endpoint=self.endpoint)
             return Snapshot(stage, commit, self.files_at(repo_id, commit))
 
-    def download_file(self, repo_id: str, filename: str, *, repo_type: str = "model", revision: str | None = None) -> Path:
+    def download_file(
+        self, repo_id: str, filename: str, *, repo_type: str = "model", revision: str | None = None
+    ) -> Path:
         """One file of a repository (e.g. calibration prompts from a dataset repo)."""
         check_repo_id(repo_id)
         with self.errors(repo_id):
-            return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision, token=self.token, endpoint=self.endpoint))
+            return Path(
+                hf_hub_download(
+                    repo_id, filename, repo_type=repo_type, revision=revision, token=self.token, endpoint=self.endpoint
+                )
+            )
 
     # ------------------------------------------------------------------ writes
 
@@ -262,7 +289,9 @@ class HubClient:
             self.api.create_repo(repo_id, private=private, exist_ok=True)
             if branch and branch not in branches:
                 self.api.create_branch(repo_id, branch=branch, exist_ok=True)
-            info = self.api.create_commit(repo_id, operations=operations, commit_message=commit_message, revision=branch)
+            info = self.api.create_commit(
+                repo_id, operations=operations, commit_message=commit_message, revision=branch
+            )
             if tag is not None:
                 self.api.create_tag(repo_id, tag=tag, revision=info.oid, tag_message=tag_message)
         return PushResult(info.oid, tag, info.commit_url)
@@ -276,7 +305,9 @@ def resolve_source(source: str, revision: str | None = None, client: HubClient |
     return (client or HubClient()).snapshot(source, revision=revision, maybe_folder=True, listing=False).path
 
 
-def cached_snapshot(source: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path | None:
+def cached_snapshot(
+    source: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> Path | None:
     """The folder a ``from_pretrained(source)`` read: a local directory, or its snapshot in the
     Hub cache; None when nothing of it is local."""
     if os.path.isdir(source):
@@ -325,8 +356,18 @@ def fetch(
         return Fetched(folder, None, verify_manifest(folder, subfolder) if verify else 0)
     client = client or HubClient()
     if local_dir is None:
-        snapshot = client.snapshot(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, maybe_folder=not hub_only)
-        checked = verify_manifest(snapshot.path, subfolder, repo_files=snapshot.files, delete=snapshot.files is not None) if verify else 0
+        snapshot = client.snapshot(
+            source,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            maybe_folder=not hub_only,
+        )
+        checked = (
+            verify_manifest(snapshot.path, subfolder, repo_files=snapshot.files, delete=snapshot.files is not None)
+            if verify
+            else 0
+        )
         return Fetched(snapshot.path, snapshot.commit, checked)
     target = Path(local_dir)
     target.mkdir(parents=True, exist_ok=True)
@@ -353,7 +394,15 @@ def pull(
     """Download a revision (branch, tag or sha) of a published checkpoint, checked against its
     manifest unless ``verify`` is off: where it is, and the commit it holds."""
     check_repo_id(repo_id, namespaced=True)
-    return fetch(repo_id, revision=revision, local_dir=local_dir, cache_dir=cache_dir, verify=verify, hub_only=True, client=HubClient(endpoint, token))
+    return fetch(
+        repo_id,
+        revision=revision,
+        local_dir=local_dir,
+        cache_dir=cache_dir,
+        verify=verify,
+        hub_only=True,
+        client=HubClient(endpoint, token),
+    )
 
 
 __all__ = [

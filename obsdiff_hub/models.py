@@ -104,13 +104,19 @@ class _PrunedLoading:
         truncated file, config/weights mismatch naming the module).
         """
         if kwargs.get("use_safetensors") is False:
-            raise InputError("obsdiff-hub loads safetensors only (pickled weights can run code); leave `use_safetensors` at True")
+            raise InputError(
+                "obsdiff-hub loads safetensors only (pickled weights can run code); leave `use_safetensors` at True"
+            )
         kwargs["use_safetensors"] = True
         source = str(pretrained_model_name_or_path)
         if verify:
             fetch(
-                source, revision=kwargs.get("revision"), subfolder=kwargs.get("subfolder"), cache_dir=kwargs.get("cache_dir"),
-                local_files_only=bool(kwargs.get("local_files_only", False)), client=HubClient(token=kwargs.get("token")),
+                source,
+                revision=kwargs.get("revision"),
+                subfolder=kwargs.get("subfolder"),
+                cache_dir=kwargs.get("cache_dir"),
+                local_files_only=bool(kwargs.get("local_files_only", False)),
+                client=HubClient(token=kwargs.get("token")),
             )
         try:
             with HubClient(token=kwargs.get("token")).errors(source, maybe_folder=True):
@@ -122,7 +128,10 @@ class _PrunedLoading:
             folder = snapshot / (kwargs.get("subfolder") or "") if snapshot is not None else None
             if folder is None or not folder.is_dir():
                 raise
-            reason = diagnose(folder, cls) or f"{folder}: does not load as {cls.__name__} ({type(error).__name__}: {first_line(error)})"
+            reason = (
+                diagnose(folder, cls)
+                or f"{folder}: does not load as {cls.__name__} ({type(error).__name__}: {first_line(error)})"
+            )
             raise CheckpointError(reason) from error
         if sparse_kernels:
             enable_sparse_kernels(model)
@@ -139,19 +148,40 @@ class _DenseAdapters:
         record = self.config.get(KEPT_KEY)  # type: ignore[attr-defined]
         if not isinstance(record, Mapping):
             return {}, not self.config.get(STRUCTURE_KEY)  # type: ignore[attr-defined]
-        kept = {key: decode(entry, f"{type(self).__name__} config {KEPT_KEY}[{key!r}]") for key, entry in record.items()}
+        kept = {
+            key: decode(entry, f"{type(self).__name__} config {KEPT_KEY}[{key!r}]") for key, entry in record.items()
+        }
         dense = {key: int(entry["of"]) for key, entry in record.items()}
         return dense_selections(self, adapter_for(self), kept, dense), True  # type: ignore[arg-type]
 
-    def load_lora_adapter(self, pretrained_model_name_or_path_or_dict: Any, prefix: str | None = "transformer", hotswap: bool = False, **kwargs: Any) -> None:
+    def load_lora_adapter(
+        self,
+        pretrained_model_name_or_path_or_dict: Any,
+        prefix: str | None = "transformer",
+        hotswap: bool = False,
+        **kwargs: Any,
+    ) -> None:
         """diffusers' ``load_lora_adapter`` (every argument), for a LoRA of the dense base or of this
         pruned model: tensors of reshaped layers are restricted to the kept rows and columns first."""
         state_dict = pretrained_model_name_or_path_or_dict
         if not isinstance(state_dict, dict):
-            fetch_args = ("weight_name", "use_safetensors", "local_files_only", "cache_dir", "force_download", "proxies", "token", "revision", "subfolder")
+            fetch_args = (
+                "weight_name",
+                "use_safetensors",
+                "local_files_only",
+                "cache_dir",
+                "force_download",
+                "proxies",
+                "token",
+                "revision",
+                "subfolder",
+            )
             state_dict, metadata = _fetch_state_dict(
-                pretrained_model_name_or_path_or_dict=state_dict, allow_pickle=False, metadata=kwargs.pop("metadata", None),
-                user_agent={"file_type": "attn_procs_weights", "framework": "pytorch"}, **{k: kwargs.pop(k, None) for k in fetch_args},
+                pretrained_model_name_or_path_or_dict=state_dict,
+                allow_pickle=False,
+                metadata=kwargs.pop("metadata", None),
+                user_agent={"file_type": "attn_procs_weights", "framework": "pytorch"},
+                **{k: kwargs.pop(k, None) for k in fetch_args},
             )
             kwargs["metadata"] = metadata
         if state_dict and not any("lora_A" in k or ".lokr_" in k for k in state_dict):
@@ -160,7 +190,9 @@ class _DenseAdapters:
         state_dict = map_lora_state_dict(state_dict, self, selections, prefix, recorded)  # type: ignore[arg-type]
         super().load_lora_adapter(state_dict, prefix=prefix, hotswap=hotswap, **kwargs)  # type: ignore[misc]
 
-    def _convert_ip_adapter_attn_to_diffusers(self, state_dicts: list[dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def _convert_ip_adapter_attn_to_diffusers(
+        self, state_dicts: list[dict[str, Any]], *args: Any, **kwargs: Any
+    ) -> dict[str, Any]:
         """diffusers builds the IP-Adapter processors at the dense widths; they are cut to the kept heads here."""
         processors = super()._convert_ip_adapter_attn_to_diffusers(state_dicts, *args, **kwargs)  # type: ignore[misc]
         selections, recorded = self.kept_selections()
@@ -223,7 +255,11 @@ def base_class_for(model_or_name: ModelMixin | type | str) -> type[ModelMixin]:
                 return base
         elif isinstance(model_or_name, type) and issubclass(model_or_name, base) or isinstance(model_or_name, base):
             return base
-    name = model_or_name if isinstance(model_or_name, str) else getattr(model_or_name, "__name__", type(model_or_name).__name__)
+    name = (
+        model_or_name
+        if isinstance(model_or_name, str)
+        else getattr(model_or_name, "__name__", type(model_or_name).__name__)
+    )
     raise InputError(f"unsupported model class {name!r}; supported: {', '.join(b.__name__ for b in BASE_CLASSES)}")
 
 
@@ -256,7 +292,9 @@ def build_model(
         except ObsDiffError:
             raise
         except (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError) as error:
-            raise CheckpointError(f"{source}: does not build a model ({type(error).__name__}: {first_line(error)})") from None
+            raise CheckpointError(
+                f"{source}: does not build a model ({type(error).__name__}: {first_line(error)})"
+            ) from None
     base = base or base_class_for(str(config.get("_class_name", "")))
     cls, extra = (PRUNED_CLASSES[base], {STRUCTURE_KEY: dict(structure)}) if structure else (base, {})
     if not empty:
@@ -272,7 +310,9 @@ def dense_structure(config: dict[str, Any], base: type[ModelMixin] | None = None
 
 
 def promote(
-    model: ModelMixin, provenance: dict[str, str] | None = None, kept: Mapping[str, tuple[int, Sequence[int]]] | None = None
+    model: ModelMixin,
+    provenance: dict[str, str] | None = None,
+    kept: Mapping[str, tuple[int, Sequence[int]]] | None = None,
 ) -> ModelMixin:
     """``model`` as the class its checkpoint must be loaded with, provenance in its config.
 
@@ -296,7 +336,9 @@ def promote(
             promoted.get_submodule(owner)._buffers[leaf] = buffer
         if hasattr(model, "attn_processors"):
             promoted.set_attn_processor(model.attn_processors)
-        private = {k: v for k, v in config.items() if k.startswith("_") and k not in ("_class_name", "_diffusers_version")}
+        private = {
+            k: v for k, v in config.items() if k.startswith("_") and k not in ("_class_name", "_diffusers_version")
+        }
         promoted.register_to_config(**private)
         model = promoted.train(model.training)
     elif pruned:

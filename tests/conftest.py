@@ -68,7 +68,12 @@ def hub():
         "[accessibility]\noffline = true\n"
     )
     log = open(_HUB_ROOT / "olah.log", "w")
-    olah = subprocess.Popen([str(Path(sys.executable).parent / "olah-cli"), "-c", str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=_HUB_ROOT)
+    olah = subprocess.Popen(
+        [str(Path(sys.executable).parent / "olah-cli"), "-c", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=_HUB_ROOT,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:

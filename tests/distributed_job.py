@@ -32,6 +32,8 @@ def calibrate(m, set_step):
     tiny.toy_calibration(batches, 3)(m, set_step)
 
 
-result = oh.prune(model, {"granularity": args.granularity, "sparsity": 0.3, "packages": 2}, calibration=calibrate, steps=3)
+result = oh.prune(
+    model, {"granularity": args.granularity, "sparsity": 0.3, "packages": 2}, calibration=calibrate, steps=3
+)
 if rank == 0:
     oh.save_pruned(result.model, args.out)

@@ -37,16 +37,28 @@ class GitRepo:
 
     def git(self, *args: str, data: bytes | None = None, env: dict | None = None) -> str:
         result = subprocess.run(
-            ["git", *args], cwd=self.path, input=data, capture_output=True, check=True,
-            env={**os.environ, "GIT_AUTHOR_NAME": "hub", "GIT_AUTHOR_EMAIL": "hub@localhost",
-                 "GIT_COMMITTER_NAME": "hub", "GIT_COMMITTER_EMAIL": "hub@localhost", **(env or {})},
+            ["git", *args],
+            cwd=self.path,
+            input=data,
+            capture_output=True,
+            check=True,
+            env={
+                **os.environ,
+                "GIT_AUTHOR_NAME": "hub",
+                "GIT_AUTHOR_EMAIL": "hub@localhost",
+                "GIT_COMMITTER_NAME": "hub",
+                "GIT_COMMITTER_EMAIL": "hub@localhost",
+                **(env or {}),
+            },
         )
         return result.stdout.decode().strip()
 
     def init(self) -> None:
         self.path.mkdir(parents=True)
         self.git("init", "-q", "-b", "main")
-        self.commit("main", {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}, "initial commit")
+        self.commit(
+            "main", {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}, "initial commit"
+        )
 
     def resolve(self, revision: str) -> str | None:
         try:
@@ -116,7 +128,13 @@ class HubWriteDouble:
             def log_message(self, *args) -> None:  # keep test output clean
                 pass
 
-            def reply(self, status: int, payload: dict | None = None, content_type: str = "application/json", headers: dict | None = None) -> None:
+            def reply(
+                self,
+                status: int,
+                payload: dict | None = None,
+                content_type: str = "application/json",
+                headers: dict | None = None,
+            ) -> None:
                 body = json.dumps(payload or {}).encode()
                 self.send_response(status)
                 for name, value in (headers or {}).items():
@@ -141,7 +159,9 @@ class HubWriteDouble:
                     return
                 path = unquote(self.path.split("?")[0])
                 if path == "/api/whoami-v2":
-                    return self.reply(200, {"type": "user", "name": "zoo", "orgs": [], "auth": {"type": "access_token"}})
+                    return self.reply(
+                        200, {"type": "user", "name": "zoo", "orgs": [], "auth": {"type": "access_token"}}
+                    )
                 match = re.fullmatch(r"/api/models/([^/]+/[^/]+)/refs", path)
                 if match:
                     with double.lock:
@@ -151,8 +171,12 @@ class HubWriteDouble:
             def refs(self, repo_id: str) -> None:
                 repo = double.repo(repo_id)
                 if not repo.path.exists():
-                    return self.reply(404, {"error": f"Repository {repo_id} not found"}, headers={"X-Error-Code": "RepoNotFound"})
-                listed = repo.git("for-each-ref", "--format=%(refname) %(objectname) %(*objectname)", "refs/heads", "refs/tags")
+                    return self.reply(
+                        404, {"error": f"Repository {repo_id} not found"}, headers={"X-Error-Code": "RepoNotFound"}
+                    )
+                listed = repo.git(
+                    "for-each-ref", "--format=%(refname) %(objectname) %(*objectname)", "refs/heads", "refs/tags"
+                )
 
                 def entry(ref: str, target: str) -> dict:
                     return {"name": ref.split("/", 2)[2], "ref": ref, "targetCommit": target}
@@ -199,7 +223,9 @@ class HubWriteDouble:
             def validate_yaml(self) -> None:
                 content = json.loads(self.body())["content"]
                 if not content.startswith("---\n"):
-                    return self.reply(200, {"errors": [], "warnings": [{"message": "empty or missing yaml metadata in repo card"}]})
+                    return self.reply(
+                        200, {"errors": [], "warnings": [{"message": "empty or missing yaml metadata in repo card"}]}
+                    )
                 try:
                     meta = yaml.safe_load(content.split("---\n", 2)[1])
                 except yaml.YAMLError as error:

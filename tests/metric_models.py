@@ -21,9 +21,25 @@ def train_tiny_clip(folder: Path, steps: int = 250, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tokenizer = make_clip_tokenizer(max_length=16)
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                         max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=32,
     )
     model = CLIPModel(config)
@@ -36,7 +52,12 @@ def train_tiny_clip(folder: Path, steps: int = 250, seed: int = 0) -> Path:
         mean = torch.tensor(image_processor.image_mean).view(1, 3, 1, 1)
         std = torch.tensor(image_processor.image_std).view(1, 3, 1, 1)
         text = tokenizer(captions, padding="max_length", max_length=16, truncation=True, return_tensors="pt")
-        out = model(input_ids=text["input_ids"], attention_mask=text["attention_mask"], pixel_values=(pixels - mean) / std, return_loss=True)
+        out = model(
+            input_ids=text["input_ids"],
+            attention_mask=text["attention_mask"],
+            pixel_values=(pixels - mean) / std,
+            return_loss=True,
+        )
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()

@@ -58,12 +58,16 @@ def expected_indices(model, structure):
                 rows[path] = head_rows
             for path in c.out_layers:
                 width = model.get_submodule(path).in_features  # dense: heads first, then anything else
-                cols[path] = head_rows + [x for x in cols.get(path, range(before * c.head_dim, width)) if x >= before * c.head_dim]
+                cols[path] = head_rows + [
+                    x for x in cols.get(path, range(before * c.head_dim, width)) if x >= before * c.head_dim
+                ]
         else:
             rows[c.in_layer] = kept + [before + k for k in kept] if c.geglu else list(kept)
             width = model.get_submodule(c.out_layer).in_features
             offset = width - before
-            cols[c.out_layer] = [x for x in cols.get(c.out_layer, range(offset)) if x < offset] + [offset + k for k in kept]
+            cols[c.out_layer] = [x for x in cols.get(c.out_layer, range(offset)) if x < offset] + [
+                offset + k for k in kept
+            ]
     return rows, cols
 
 
@@ -99,7 +103,15 @@ def sdxl(tmp_path_factory):
 
 
 def latents(pipe, **extra):
-    return pipe("a red circle", num_inference_steps=2, height=32, width=32, output_type="latent", generator=torch.Generator().manual_seed(0), **extra).images
+    return pipe(
+        "a red circle",
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+        **extra,
+    ).images
 
 
 def test_structured_checkpoint_records_the_kept_heads_and_neurons(sdxl):
@@ -109,7 +121,10 @@ def test_structured_checkpoint_records_the_kept_heads_and_neurons(sdxl):
     assert removed and set(record) == {r["module"] for r in removed}
     for r in removed:
         assert len(r["kept"]) == r["after"] and r["kept"] == sorted(set(r["kept"]))
-        assert record[r["module"]] == {"of": r["before"], "kept": format(sum(1 << k for k in r["kept"]), "x").zfill((r["before"] + 3) // 4)}
+        assert record[r["module"]] == {
+            "of": r["before"],
+            "kept": format(sum(1 << k for k in r["kept"]), "x").zfill((r["before"] + 3) // 4),
+        }
     assert "kept_indices" in config["_obsdiff_provenance"]
     shown = inspect_checkpoint(str(sdxl["out"]))
     assert f"kept indices recorded for {len(removed)} pruned modules" in shown.adapters
@@ -124,13 +139,17 @@ def test_dense_lora_maps_onto_the_pruned_pipeline_fused_unfused_and_unloaded(sdx
     unfused = latents(pipe)
     assert not torch.allclose(unfused, plain, atol=1e-4)
     pipe.unload_lora_weights()
-    assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())  # exactly the pruned weights again
+    assert all(
+        torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items()
+    )  # exactly the pruned weights again
     pipe.load_lora_weights(sdxl["root"] / "lora", adapter_name="style")
     pipe.set_adapters(["style"], adapter_weights=[1.0])
     pipe.fuse_lora()
     torch.testing.assert_close(latents(pipe), unfused, rtol=1e-4, atol=1e-5)
     fused = pipe.unet.state_dict()
-    for path, delta in fused_delta_matches(pipe.unet, sdxl["dense"].unet, sdxl["lora"], sdxl["scale"], sdxl["structure"]):
+    for path, delta in fused_delta_matches(
+        pipe.unet, sdxl["dense"].unet, sdxl["lora"], sdxl["scale"], sdxl["structure"]
+    ):
         key = next(k for k in fused if k in (f"{path}.base_layer.weight", f"{path}.weight"))
         torch.testing.assert_close(fused[key], before[f"{path}.weight"] + delta, rtol=1e-5, atol=1e-6)
 
@@ -183,7 +202,9 @@ def test_dense_lora_on_pruned_transformers(family, targets):
         torch.testing.assert_close(fused[key], before[f"{path}.weight"] + delta, rtol=1e-5, atol=1e-6)
         paths.add(path)
     if family == "flux":  # the single blocks' fused projections, heads and MLP columns both mapped
-        assert any(p.endswith("proj_out") and p.startswith("single") for p in paths) and any(p.endswith("proj_mlp") for p in paths)
+        assert any(p.endswith("proj_out") and p.startswith("single") for p in paths) and any(
+            p.endswith("proj_mlp") for p in paths
+        )
 
 
 def test_a_lora_for_another_base_is_one_error_naming_a_tensor(sdxl):
@@ -221,15 +242,21 @@ def test_fusing_into_a_sparse_checkpoint_warns_once_how_to_stay_sparse(tmp_path)
     loaded.load_lora_adapter(lora, prefix=None)
     with pytest.warns(UserWarning, match="keep the adapter unfused"):
         loaded.fuse_lora()
-    assert float((loaded.transformer_blocks[0].attn.to_q.base_layer.weight == 0).float().mean()) < 0.1  # dense now, as warned
+    assert (
+        float((loaded.transformer_blocks[0].attn.to_q.base_layer.weight == 0).float().mean()) < 0.1
+    )  # dense now, as warned
 
 
 def ip_adapter_state_dict(unet, image_dim=16, tokens=4, seed=2):
     """An IP-Adapter (plain ``ImageProjection``) for the dense UNet, as diffusers' loader reads it."""
     g = torch.Generator().manual_seed(seed)
     cross = unet.config.cross_attention_dim
-    image_proj = {"proj.weight": torch.randn(cross * tokens, image_dim, generator=g) * 0.1, "proj.bias": torch.zeros(cross * tokens),
-                  "norm.weight": torch.ones(cross), "norm.bias": torch.zeros(cross)}
+    image_proj = {
+        "proj.weight": torch.randn(cross * tokens, image_dim, generator=g) * 0.1,
+        "proj.bias": torch.zeros(cross * tokens),
+        "norm.weight": torch.ones(cross),
+        "norm.bias": torch.zeros(cross),
+    }
     ip, key_id = {}, 1
     for name in unet.attn_processors:
         if name.endswith("attn2.processor"):
@@ -253,30 +280,47 @@ def test_ip_adapter_of_the_dense_base_maps_onto_the_kept_heads(sdxl):
     for i, name in enumerate(names):
         processor = unet.attn_processors[name]
         path = name.removesuffix(".processor")
-        kept = torch.tensor(rows[f"{path}.to_k"]) if f"{path}.to_k" in rows else torch.arange(processor.to_k_ip[0].out_features)
+        kept = (
+            torch.tensor(rows[f"{path}.to_k"])
+            if f"{path}.to_k" in rows
+            else torch.arange(processor.to_k_ip[0].out_features)
+        )
         assert torch.equal(processor.to_k_ip[0].weight, state["ip_adapter"][f"{2 * i + 1}.to_k_ip.weight"][kept])
         assert torch.equal(processor.to_v_ip[0].weight, state["ip_adapter"][f"{2 * i + 1}.to_v_ip.weight"][kept])
     assert any(f"{n.removesuffix('.processor')}.to_k" in rows for n in names)
-    inputs["added_cond_kwargs"]["image_embeds"] = [torch.randn(1, 1, 16, generator=torch.Generator().manual_seed(6))]  # batch, images, dim
+    inputs["added_cond_kwargs"]["image_embeds"] = [
+        torch.randn(1, 1, 16, generator=torch.Generator().manual_seed(6))
+    ]  # batch, images, dim
     with torch.no_grad():
         with_image = tiny.run_denoiser(unet, inputs, 500.0)
-    assert with_image.shape == plain.shape and torch.isfinite(with_image).all() and not torch.allclose(with_image, plain, atol=1e-5)
+    assert (
+        with_image.shape == plain.shape
+        and torch.isfinite(with_image).all()
+        and not torch.allclose(with_image, plain, atol=1e-5)
+    )
 
 
 def test_controlnet_of_the_dense_base_drives_the_pruned_unet(sdxl):
     pruned = DiffusionPipeline.from_pretrained(sdxl["out"])
     torch.manual_seed(4)
     downsamplings = len(pruned.vae.config.block_out_channels) - 1  # the conditioning image enters at latent size
-    controlnet = ControlNetModel.from_unet(tiny.tiny_sdxl_pipeline().unet, conditioning_channels=3,
-                                           conditioning_embedding_out_channels=tuple(16 * 2**i for i in range(downsamplings + 1)))
+    controlnet = ControlNetModel.from_unet(
+        tiny.tiny_sdxl_pipeline().unet,
+        conditioning_channels=3,
+        conditioning_embedding_out_channels=tuple(16 * 2**i for i in range(downsamplings + 1)),
+    )
     with torch.no_grad():  # a trained ControlNet: its zero-initialised output convolutions are not zero any more
         for p in [*controlnet.controlnet_down_blocks.parameters(), *controlnet.controlnet_mid_block.parameters()]:
             p.normal_(0, 0.05)
-    pipe = StableDiffusionXLControlNetPipeline(**{k: v for k, v in pruned.components.items() if k != "image_encoder" and k != "feature_extractor"},
-                                               controlnet=controlnet)
+    pipe = StableDiffusionXLControlNetPipeline(
+        **{k: v for k, v in pruned.components.items() if k != "image_encoder" and k != "feature_extractor"},
+        controlnet=controlnet,
+    )
     image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(8))
     off = latents(pipe, image=image, controlnet_conditioning_scale=0.0)
-    torch.testing.assert_close(off, latents(pruned), rtol=1e-5, atol=1e-5)  # zero residuals: exactly the pruned pipeline
+    torch.testing.assert_close(
+        off, latents(pruned), rtol=1e-5, atol=1e-5
+    )  # zero residuals: exactly the pruned pipeline
     on = latents(pipe, image=image, controlnet_conditioning_scale=1.0)
     assert torch.isfinite(on).all() and not torch.allclose(on, off, atol=1e-4)
 
@@ -291,10 +335,17 @@ def test_compile_export_and_int8_quantization_of_a_structured_checkpoint(sdxl):
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
     exported = torch.export.export(unet, (), {**inputs, "timestep": t, "return_dict": False})
     with torch.no_grad():
-        torch.testing.assert_close(exported.module()(**inputs, timestep=t, return_dict=False)[0], eager, rtol=1e-5, atol=1e-6)
-    quantized = oh.OBSDiffUNet.from_pretrained(sdxl["out"], subfolder="unet", quantization_config=QuantoConfig(weights_dtype="int8"))
+        torch.testing.assert_close(
+            exported.module()(**inputs, timestep=t, return_dict=False)[0], eager, rtol=1e-5, atol=1e-6
+        )
+    quantized = oh.OBSDiffUNet.from_pretrained(
+        sdxl["out"], subfolder="unet", quantization_config=QuantoConfig(weights_dtype="int8")
+    )
     q = quantized.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q
-    assert type(q).__name__ == "QLinear" and q.weight.shape == unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q.weight.shape
+    assert (
+        type(q).__name__ == "QLinear"
+        and q.weight.shape == unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q.weight.shape
+    )
     with torch.no_grad():
         approx = quantized(**inputs, timestep=t, return_dict=False)[0]
     assert float((approx - eager).norm() / eager.norm()) < 0.05
@@ -329,7 +380,10 @@ def test_a_kept_record_that_disagrees_with_the_shapes_is_one_line_in_inspect_and
     config = json.loads((bad / "config.json").read_text())
     key = next(iter(config["_obsdiff_kept"]))
     entry = config["_obsdiff_kept"][key]
-    config["_obsdiff_kept"][key] = {"of": entry["of"], "kept": format((1 << entry["of"]) - 1, "x").zfill(len(entry["kept"]))}  # keeps every unit
+    config["_obsdiff_kept"][key] = {
+        "of": entry["of"],
+        "kept": format((1 << entry["of"]) - 1, "x").zfill(len(entry["kept"])),
+    }  # keeps every unit
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=f"keeps {entry['of']} units") as error:
         inspect_checkpoint(str(bad))

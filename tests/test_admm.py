@@ -16,7 +16,9 @@ from obsdiff_hub.maths.solvers import damp_hessian, obs_prune, obs_prune_shared
 def problem(rows: int, cols: int, samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A layer with correlated inputs (what makes the greedy pass lose)."""
     g = torch.Generator().manual_seed(seed)
-    X = torch.randn(samples, cols, generator=g) @ torch.randn(cols, cols, generator=g) * 0.3 + torch.randn(samples, cols, generator=g)
+    X = torch.randn(samples, cols, generator=g) @ torch.randn(cols, cols, generator=g) * 0.3 + torch.randn(
+        samples, cols, generator=g
+    )
     return torch.randn(rows, cols, generator=g), 2 * X.T @ X / samples
 
 
@@ -27,7 +29,9 @@ def error(W, W_new, H) -> float:
 def test_refit_is_the_least_squares_optimum_of_each_row():
     W, H = problem(6, 24, 300, seed=0)
     keep = torch.rand(6, 24, generator=torch.Generator().manual_seed(1)) > 0.4
-    Hd = H.double() + 0.01 * H.double().diagonal().mean() * torch.eye(24, dtype=torch.float64)  # damped, as the solvers do
+    Hd = H.double() + 0.01 * H.double().diagonal().mean() * torch.eye(
+        24, dtype=torch.float64
+    )  # damped, as the solvers do
     expected = torch.zeros(6, 24, dtype=torch.float64)
     for row in range(6):
         kept = keep[row].nonzero().flatten()
@@ -45,8 +49,8 @@ def test_admm_never_ends_above_obs_and_keeps_the_sparsity(sparsity, n, m):
     for seed in range(3):
         W, H = problem(48, 96, 400, seed)
         start, mask = obs_prune(W, H, sparsity, n, m)
-        (refined, refined_mask), = refine([W], H, [start], [mask], n=n, m=m)
-        (lsq, lsq_mask), = refine([W], H, [start], [mask], search=False, n=n, m=m)
+        ((refined, refined_mask),) = refine([W], H, [start], [mask], n=n, m=m)
+        ((lsq, lsq_mask),) = refine([W], H, [start], [mask], search=False, n=n, m=m)
         assert error(W, refined, H) <= error(W, start, H) and error(W, lsq, H) <= error(W, start, H)
         assert torch.equal(lsq_mask, mask)  # obs+lsq keeps the mask, re-fits the weights
         assert int(refined_mask.sum()) == int(mask.sum()) == int((refined == 0).sum())
@@ -80,9 +84,13 @@ def test_admm_is_closer_to_the_enumerated_optimum_than_obs():
                 keep[0, list(kept)] = True
                 fit = refit(W[row : row + 1].double(), Hd, keep, iterations=cols + 2, tolerance=1e-14)
                 best[row][cols - len(kept)] = min(best[row][cols - len(kept)], error(W[row : row + 1], fit, H))
-        optimum = min(sum(best[r][c] for r, c in enumerate(split)) for split in itertools.product(range(cols + 1), repeat=rows) if sum(split) == zeros)
+        optimum = min(
+            sum(best[r][c] for r, c in enumerate(split))
+            for split in itertools.product(range(cols + 1), repeat=rows)
+            if sum(split) == zeros
+        )
         start, mask = obs_prune(W, H, zeros / (rows * cols), blocksize=cols)
-        (refined, _), = refine([W], H, [start], [mask], settings=AdmmSettings(iterations=200))
+        ((refined, _),) = refine([W], H, [start], [mask], settings=AdmmSettings(iterations=200))
         assert optimum - 1e-6 <= error(W, refined, H) <= error(W, start, H)
         gaps.append((error(W, start, H) - optimum, error(W, refined, H) - optimum))
         found += error(W, refined, H) <= optimum * (1 + 1e-5)
@@ -90,7 +98,9 @@ def test_admm_is_closer_to_the_enumerated_optimum_than_obs():
     print(f"ADMM found the enumerated optimum in {found} of {len(gaps)} layers")
 
 
-@pytest.mark.parametrize("granularity", [{"granularity": "unstructured", "sparsity": 0.7}, {"granularity": "n:m", "n": 2, "m": 4}])
+@pytest.mark.parametrize(
+    "granularity", [{"granularity": "unstructured", "sparsity": 0.7}, {"granularity": "n:m", "n": 2, "m": 4}]
+)
 def test_end_to_end_every_layer_is_at_most_obs(granularity):
     """One package: both runs see the same Hessians, so their layers compare one to one."""
     results = {}
@@ -98,18 +108,24 @@ def test_end_to_end_every_layer_is_at_most_obs(granularity):
         torch.manual_seed(0)
         model = tiny.tiny_sd3_transformer().eval()
         calibrate = tiny.toy_calibration([tiny.example_inputs(model, 2, seed=i) for i in range(2)], 3)
-        results[solver] = oh.prune(model, {**granularity, "packages": 1, "solver": solver}, calibration=calibrate, steps=3).report
+        results[solver] = oh.prune(
+            model, {**granularity, "packages": 1, "solver": solver}, calibration=calibrate, steps=3
+        ).report
     obs, admm = ({r.name: r for r in results[s].layers} for s in ("obs", "admm"))
     assert obs.keys() == admm.keys()
     for name, record in admm.items():
         assert record.relative_error <= obs[name].relative_error * (1 + 1e-6), name
         assert record.start_error == pytest.approx(obs[name].relative_error, rel=1e-5)
-        assert round(record.sparsity * record.shape[0] * record.shape[1]) == round(obs[name].sparsity * record.shape[0] * record.shape[1])
+        assert round(record.sparsity * record.shape[0] * record.shape[1]) == round(
+            obs[name].sparsity * record.shape[0] * record.shape[1]
+        )
     assert sum(r.relative_error for r in admm.values()) < 0.9 * sum(r.relative_error for r in obs.values())
     assert results["admm"].zeroed_weights == results["obs"].zeroed_weights
 
 
 def test_solver_settings_are_checked():
-    with pytest.raises(oh.InputError, match="solver 'admm' refines method obs-diff with granularity unstructured or n:m"):
+    with pytest.raises(
+        oh.InputError, match="solver 'admm' refines method obs-diff with granularity unstructured or n:m"
+    ):
         oh.PruneConfig.coerce({"granularity": "structured", "solver": "admm"})
     assert oh.PruneConfig.coerce({"solver": "obs+lsq"}).solver == "obs+lsq"

@@ -53,7 +53,9 @@ def test_l1_removes_smallest_groups_over_all_layers_without_compensation():
     W[:, 4:6] *= 0.01
     V = torch.ones(2, 8)
     V[:, 0:2] = 0.001  # small in V alone, but W's group 0 is large: the sum over both layers decides
-    (out_w, out_v), removed = l1_remove_groups([W, V], [None, None], column_groups(8, 2), [GroupSelection((0, 1, 2, 3), 1)])
+    (out_w, out_v), removed = l1_remove_groups(
+        [W, V], [None, None], column_groups(8, 2), [GroupSelection((0, 1, 2, 3), 1)]
+    )
     assert removed == [[2]]
     keep = [0, 1, 2, 3, 6, 7]
     assert (out_w[:, 4:6] == 0).all() and torch.equal(out_w[:, keep], W[:, keep])

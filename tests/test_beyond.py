@@ -68,14 +68,18 @@ def test_structured_asymmetric_removal_is_the_exact_optimum_over_the_kept_column
     W, X, X_hat, H, G = drifted_problem()
     groups = column_groups(32, group_size)
     target = asymmetric_target(W, H, G, percdamp=0.0)
-    (got,), (removed,) = obs_remove_groups([target], [H], groups, [GroupSelection(tuple(range(len(groups))), count)], percdamp=0.0)
+    (got,), (removed,) = obs_remove_groups(
+        [target], [H], groups, [GroupSelection(tuple(range(len(groups))), count)], percdamp=0.0
+    )
     keep = torch.ones(32, dtype=torch.bool)
     for g in removed:
         keep[groups[g]] = False
     optimum = torch.zeros_like(W)
     optimum[:, keep] = torch.linalg.lstsq(X_hat[keep].T, (W @ X).T).solution.T  # ‖W X − Ŵ X̂‖ over kept weights, fp64
     torch.testing.assert_close(got.double(), optimum, rtol=1e-4, atol=1e-4)
-    (symmetric,), _ = obs_remove_groups([W], [H], groups, [GroupSelection(tuple(range(len(groups))), count)], percdamp=0.0)
+    (symmetric,), _ = obs_remove_groups(
+        [W], [H], groups, [GroupSelection(tuple(range(len(groups))), count)], percdamp=0.0
+    )
     assert asymmetric_error(W, got, X, X_hat) < asymmetric_error(W, symmetric, X, X_hat)
 
 
@@ -111,7 +115,12 @@ def test_exact_counts_reach_the_walk_block_by_block():
     assert sum(split_count(1000, 10, 300, 128)) == 1000
     assert split_count(3, 2, 8, 4) == [2, 1] or split_count(3, 2, 8, 4) == [1, 2]
     W, _, H = make_problem(12, 70, 300, seed=5)
-    (pruned, mask), = [r for r in __import__("obsdiff_hub.maths.solvers", fromlist=["x"]).obs_prune_shared([W.float()], H.float(), 0.0, counts=[333], blocksize=32)]
+    ((pruned, mask),) = [
+        r
+        for r in __import__("obsdiff_hub.maths.solvers", fromlist=["x"]).obs_prune_shared(
+            [W.float()], H.float(), 0.0, counts=[333], blocksize=32
+        )
+    ]
     assert int(mask.sum()) == 333 and torch.equal(pruned == 0, mask)
     saliency = weight_saliencies(W, H)
     assert saliency.shape == W.shape and float(saliency.sum()) > 0
@@ -147,11 +156,18 @@ def test_later_packages_fit_the_dense_network_better(granularity):
     config = dict(granularity=granularity, sparsity=0.5, packages=4)
     dense, symmetric, batches = _prune(config)
     _, asymmetric, _ = _prune({**config, "calibration_target": "dense"})
-    assert asymmetric.report.package_plan["hessian_bytes_total"] == 2 * symmetric.report.package_plan["hessian_bytes_total"]
+    assert (
+        asymmetric.report.package_plan["hessian_bytes_total"]
+        == 2 * symmetric.report.package_plan["hessian_bytes_total"]
+    )
 
     def output_error(model):
         with torch.no_grad():
-            return sum(float((tiny.run_denoiser(model, b, t) - tiny.run_denoiser(dense, b, t)).pow(2).sum()) for b in batches for t in (999.0, 500.0, 1.0))
+            return sum(
+                float((tiny.run_denoiser(model, b, t) - tiny.run_denoiser(dense, b, t)).pow(2).sum())
+                for b in batches
+                for t in (999.0, 500.0, 1.0)
+            )
 
     assert output_error(asymmetric.model) < output_error(symmetric.model)
 
@@ -171,7 +187,9 @@ def test_error_allocation_keeps_the_total_and_the_bounds_and_is_not_uniform():
 
 def test_structured_allocation_keeps_the_plans_parameter_count():
     _, uniform, _ = _prune(dict(granularity="structured", sparsity=0.3, packages=1))
-    _, allocated, _ = _prune(dict(granularity="structured", sparsity=0.3, packages=1, allocation="error", allocation_spread=0.3))
+    _, allocated, _ = _prune(
+        dict(granularity="structured", sparsity=0.3, packages=1, allocation="error", allocation_spread=0.3)
+    )
     assert allocated.report.params_after == uniform.report.params_after
     before = {r.module: r.before for r in allocated.report.structure}
     after, uniform_after = allocated.structure(), uniform.structure()

@@ -19,7 +19,9 @@ CAL = dict(prompts={"count": 2}, batch_size=2, steps=3, resolution=32, guidance_
 
 
 def _record_unet_text(pipe, store):
-    return pipe.unet.register_forward_pre_hook(lambda m, a, kw: store.append(kw["encoder_hidden_states"].clone()), with_kwargs=True)
+    return pipe.unet.register_forward_pre_hook(
+        lambda m, a, kw: store.append(kw["encoder_hidden_states"].clone()), with_kwargs=True
+    )
 
 
 def test_sdxl_calibrates_on_zero_unconditional_embeddings_as_deployed():
@@ -32,25 +34,34 @@ def test_sdxl_calibrates_on_zero_unconditional_embeddings_as_deployed():
     handle.remove()
     assert result.report.calibration["unconditional"].startswith("zero embeddings")
     unconditional = torch.cat([x[: x.shape[0] // 2] for x in seen])  # CFG batches are [negative, positive]
-    assert torch.count_nonzero(unconditional) == 0 and torch.count_nonzero(torch.cat([x[x.shape[0] // 2 :] for x in seen])) > 0
+    assert (
+        torch.count_nonzero(unconditional) == 0
+        and torch.count_nonzero(torch.cat([x[x.shape[0] // 2 :] for x in seen])) > 0
+    )
     default: list[torch.Tensor] = []
     _record_unet_text(deployed, default)
     deployed.set_progress_bar_config(disable=True)
-    deployed(builtin_prompts()[:2], num_inference_steps=1, height=32, width=32, guidance_scale=5.0, output_type="latent")
+    deployed(
+        builtin_prompts()[:2], num_inference_steps=1, height=32, width=32, guidance_scale=5.0, output_type="latent"
+    )
     torch.testing.assert_close(default[0][:2], unconditional[:2], rtol=0, atol=0)
 
 
 def test_sd3_keeps_its_own_rule_the_encoded_empty_prompt_and_a_set_negative_prompt_is_used():
     pipe = tiny.tiny_sd3_pipeline()
     seen: list[torch.Tensor] = []
-    pipe.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["encoder_hidden_states"].clone()), with_kwargs=True)
+    pipe.transformer.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["encoder_hidden_states"].clone()), with_kwargs=True
+    )
     result = oh.prune(pipe, dict(sparsity=0.5, packages=1), calibration=CAL)
     assert result.report.calibration["unconditional"] == "the encoded empty prompt (the pipeline's default)"
     empty = tiny.tiny_sd3_pipeline().encode_prompt("", None, None, device="cpu", do_classifier_free_guidance=False)[0]
     # batched and single encodings differ in the last bits; zeros would be off by the norm itself
     assert float(empty[0].detach().norm()) > 10
     torch.testing.assert_close(seen[0][0], empty[0], rtol=1e-4, atol=1e-4)
-    with_negative = oh.prune(tiny.tiny_sdxl_pipeline(), dict(sparsity=0.5, packages=1), calibration={**CAL, "negative_prompt": "blurry"})
+    with_negative = oh.prune(
+        tiny.tiny_sdxl_pipeline(), dict(sparsity=0.5, packages=1), calibration={**CAL, "negative_prompt": "blurry"}
+    )
     assert with_negative.report.calibration["unconditional"] == "negative prompt 'blurry'"
 
 

@@ -86,8 +86,14 @@ def test_config_records_structure_and_provenance(saved):
     model, out = saved
     config = json.loads((out / "config.json").read_text())
     assert config["_class_name"] == type(model).__name__
-    assert config["_obsdiff_provenance"] == {**RECORD, "kept_indices": f"{len(config['_obsdiff_kept'])} pruned modules, in config _obsdiff_kept"}
-    assert config["obsdiff_structure"] == model.config["obsdiff_structure"] and config["_obsdiff_kept"] == model.config["_obsdiff_kept"]
+    assert config["_obsdiff_provenance"] == {
+        **RECORD,
+        "kept_indices": f"{len(config['_obsdiff_kept'])} pruned modules, in config _obsdiff_kept",
+    }
+    assert (
+        config["obsdiff_structure"] == model.config["obsdiff_structure"]
+        and config["_obsdiff_kept"] == model.config["_obsdiff_kept"]
+    )
     assert any(v < 4 for k, v in config["obsdiff_structure"].items() if "attn" in k)
 
 
@@ -141,14 +147,23 @@ def test_pipeline_reloads_with_diffusion_pipeline_and_as_component(tmp_path):
     assert index["unet"] == ["obsdiff_hub.models", "OBSDiffUNet"]
 
     def latents(p):
-        return p("a red circle", num_inference_steps=2, height=32, width=32, output_type="latent", generator=torch.Generator().manual_seed(0)).images
+        return p(
+            "a red circle",
+            num_inference_steps=2,
+            height=32,
+            width=32,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+        ).images
 
     expected = latents(pipe)
     reloaded = DiffusionPipeline.from_pretrained(out)
     assert type(reloaded.unet) is oh.OBSDiffUNet
     assert_same_weights(reloaded.unet, pipe.unet)
     torch.testing.assert_close(latents(reloaded), expected, rtol=1e-5, atol=1e-5)
-    swapped = StableDiffusionXLPipeline.from_pretrained(base_dir, unet=oh.OBSDiffUNet.from_pretrained(out, subfolder="unet"))
+    swapped = StableDiffusionXLPipeline.from_pretrained(
+        base_dir, unet=oh.OBSDiffUNet.from_pretrained(out, subfolder="unet")
+    )
     torch.testing.assert_close(latents(swapped), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -221,12 +236,19 @@ def test_plan_reproduces_published_parameter_counts(name, blocks, expected):
 
 
 def test_plan_flops_shrink_with_structure():
-    result = oh.plan("sd3-medium.transformer", {"granularity": "structured", "sparsity": 0.2, "blocks": list(range(1, 23))}, resolution=512)
+    result = oh.plan(
+        "sd3-medium.transformer",
+        {"granularity": "structured", "sparsity": 0.2, "blocks": list(range(1, 23))},
+        resolution=512,
+    )
     assert 0.1 < result.flop_reduction < 0.3
     assert result.heads_removed == 22 * round(24 * 0.2) and result.neurons_removed > 0
 
 
-@pytest.mark.parametrize("family,settings", [("sd3", dict(granularity="unstructured", sparsity=0.5)), ("sdxl", dict(granularity="n:m", n=2, m=4))])
+@pytest.mark.parametrize(
+    "family,settings",
+    [("sd3", dict(granularity="unstructured", sparsity=0.5)), ("sdxl", dict(granularity="n:m", n=2, m=4))],
+)
 def test_plan_counts_exactly_the_zeros_a_run_leaves(family, settings):
     torch.manual_seed(0)
     model = tiny.TINY_DENOISERS[family]().eval()
@@ -262,7 +284,9 @@ def test_a_saved_pipeline_loads_in_one_dtype_and_samples(tmp_path):
     loaded = DiffusionPipeline.from_pretrained(out)
     dtypes = {n: next(c.parameters()).dtype for n, c in loaded.components.items() if isinstance(c, torch.nn.Module)}
     assert set(dtypes.values()) == {torch.float32}, dtypes
-    images = loaded("a small red circle on the left", num_inference_steps=2, height=32, width=32, output_type="latent").images
+    images = loaded(
+        "a small red circle on the left", num_inference_steps=2, height=32, width=32, output_type="latent"
+    ).images
     assert torch.isfinite(images).all()
 
 
@@ -278,6 +302,8 @@ def test_the_same_tensors_and_metadata_give_the_same_file_bytes_in_every_process
     )
     files = [tmp_path / f"{i}.safetensors" for i in range(3)]
     for path in files:
-        subprocess.run([sys.executable, "-c", script, str(path)], check=True, env={**os.environ, "PYTHONHASHSEED": "random"})
+        subprocess.run(
+            [sys.executable, "-c", script, str(path)], check=True, env={**os.environ, "PYTHONHASHSEED": "random"}
+        )
     assert len({p.read_bytes() for p in files}) == 1
     assert oh.read_metadata(files[0]) == {f"field{i}": f"value {i} ü" for i in range(24)}

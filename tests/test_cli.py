@@ -49,7 +49,10 @@ def test_tiny_recipe_end_to_end_loads_with_from_pretrained(name, tmp_path):
     effective = load_recipe(out / "recipe.yaml")
     assert effective.derived_from.sha256 == recipe.sha256 and effective.name == recipe.name
     assert effective.prune == recipe.prune.model_copy(update={"packages": effective.prune.packages})
-    assert effective.calibration.prompts.count == recipe.calibration.prompts.count and effective.calibration.prompts.sha256
+    assert (
+        effective.calibration.prompts.count == recipe.calibration.prompts.count
+        and effective.calibration.prompts.sha256
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["provenance"]["recipe_sha256"] == effective.sha256
     pipe = DiffusionPipeline.from_pretrained(out)
@@ -79,7 +82,11 @@ def test_resume_after_interruption_equals_straight_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(resume.DiskState, "package_done", crash_after_first)
     crashed = invoke("prune", "--recipe", "tiny-sdxl-structured-30", "--out", tmp_path / "resumed", "--quiet")
-    assert crashed.exit_code == 130 and "progress of 1 finished package(s) is saved" in crashed.output and "--resume" in crashed.output
+    assert (
+        crashed.exit_code == 130
+        and "progress of 1 finished package(s) is saved" in crashed.output
+        and "--resume" in crashed.output
+    )
     assert not (tmp_path / "resumed").exists()
     assert json.loads((tmp_path / "resumed.partial" / "progress.json").read_text())["completed"] == 1
     monkeypatch.setattr(resume.DiskState, "package_done", original)
@@ -89,7 +96,9 @@ def test_resume_after_interruption_equals_straight_run(tmp_path, monkeypatch):
     assert refused.exit_code == 2 and "pass --resume to continue or --restart to discard it" in refused.output
     assert snapshot(tmp_path / "resumed.partial") == saved
 
-    resumed = invoke("prune", "--recipe", "tiny-sdxl-structured-30", "--out", tmp_path / "resumed", "--quiet", "--resume")
+    resumed = invoke(
+        "prune", "--recipe", "tiny-sdxl-structured-30", "--out", tmp_path / "resumed", "--quiet", "--resume"
+    )
     assert resumed.exit_code == 0, resumed.output
     a, b = denoiser_weights(tmp_path / "straight"), denoiser_weights(tmp_path / "resumed")
     assert a.keys() == b.keys()
@@ -109,8 +118,12 @@ def test_plan_of_a_builtin_recipe_uses_the_model_itself():
     from obsdiff_hub.zoo.sampling import load_pipeline
 
     unet = load_pipeline("builtin:tiny-shapes").unet
-    weights = sum(unet.get_submodule(p).weight.numel() for u in adapter_for(unet).units(unet, None, structured=False)
-                  for s in u.sites for p in s.layers)
+    weights = sum(
+        unet.get_submodule(p).weight.numel()
+        for u in adapter_for(unet).units(unet, None, structured=False)
+        for s in u.sites
+        for p in s.layers
+    )
     result = invoke("plan", "--recipe", "tiny-shapes-unstructured-50", "--json")
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
@@ -120,9 +133,20 @@ def test_plan_of_a_builtin_recipe_uses_the_model_itself():
 
 def test_every_zoo_recipe_validates_and_has_a_stable_identity():
     names = recipe_names()
-    for expected in ["sdxl-10", "sdxl-30", "sd35-large-15", "sd35-large-30", "sd3-medium-10", "sd3-medium-25",
-                     "sd3-medium-unstructured-50", "sd3-medium-unstructured-60", "sd35-large-2of4",
-                     "sd21-base-unstructured-40", "sd21-base-unstructured-50", "flux-dev-unstructured-70"]:
+    for expected in [
+        "sdxl-10",
+        "sdxl-30",
+        "sd35-large-15",
+        "sd35-large-30",
+        "sd3-medium-10",
+        "sd3-medium-25",
+        "sd3-medium-unstructured-50",
+        "sd3-medium-unstructured-60",
+        "sd35-large-2of4",
+        "sd21-base-unstructured-40",
+        "sd21-base-unstructured-50",
+        "flux-dev-unstructured-70",
+    ]:
         assert expected in names
     for name in names:
         recipe = load_recipe(name)
@@ -191,7 +215,9 @@ def test_recipe_for_another_family(tmp_path):
 
 
 def test_unreadable_prompt_file_and_existing_output(tmp_path):
-    result = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--prompts", tmp_path / "nope.txt", "--out", tmp_path / "o")
+    result = invoke(
+        "prune", "--recipe", "tiny-sd3-unstructured-50", "--prompts", tmp_path / "nope.txt", "--out", tmp_path / "o"
+    )
     assert result.exit_code == 2 and "cannot read prompt file" in result.output
     (tmp_path / "exists").mkdir()
     result = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--out", tmp_path / "exists")
@@ -213,18 +239,35 @@ def test_subprocess_version_and_prune(tmp_path):
     exe = Path(sys.executable).parent / "obsdiff-hub"
     version = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.strip() == f"obsdiff-hub {oh.__version__}"
-    done = subprocess.run([exe, "prune", "--recipe", "tiny-flux-2of4", "--out", tmp_path / "f", "--quiet"], capture_output=True, text=True)
+    done = subprocess.run(
+        [exe, "prune", "--recipe", "tiny-flux-2of4", "--out", tmp_path / "f", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
-    assert DiffusionPipeline.from_pretrained(tmp_path / "f").transformer.config["_obsdiff_provenance"]["recipe"] == "tiny-flux-2of4"
+    assert (
+        DiffusionPipeline.from_pretrained(tmp_path / "f").transformer.config["_obsdiff_provenance"]["recipe"]
+        == "tiny-flux-2of4"
+    )
     bad = subprocess.run([exe, "prune", "--recipe", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown recipe")
-    late = subprocess.run([exe, "prune", "--recipe", "tiny-flux-2of4", "--set", "prune.sparsty=0.4", "--out", tmp_path / "g"], capture_output=True, text=True)
-    assert late.returncode == 2 and late.stderr.startswith("error: override: prune.sparsty")  # no progress display's blank line first
+    late = subprocess.run(
+        [exe, "prune", "--recipe", "tiny-flux-2of4", "--set", "prune.sparsty=0.4", "--out", tmp_path / "g"],
+        capture_output=True,
+        text=True,
+    )
+    assert late.returncode == 2 and late.stderr.startswith(
+        "error: override: prune.sparsty"
+    )  # no progress display's blank line first
 
 
 def test_progress_into_a_log_is_one_line_per_finished_step_and_packages_can_be_auto(tmp_path):
     exe = Path(sys.executable).parent / "obsdiff-hub"
-    done = subprocess.run([exe, "prune", "--recipe", "tiny-sd3-unstructured-50", "--packages", "auto", "--out", tmp_path / "o"], capture_output=True, text=True)
+    done = subprocess.run(
+        [exe, "prune", "--recipe", "tiny-sd3-unstructured-50", "--packages", "auto", "--out", tmp_path / "o"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     count = report["package_plan"]["packages"]
@@ -245,16 +288,34 @@ def test_inspect_reports_structure_and_provenance(tmp_path):
 def test_generate_seeded_grid_dense_vs_pruned(tmp_path):
     from PIL import Image
 
-    assert invoke("prune", "--recipe", "tiny-sdxl-structured-30", "--out", tmp_path / "pruned", "--quiet").exit_code == 0
+    assert (
+        invoke("prune", "--recipe", "tiny-sdxl-structured-30", "--out", tmp_path / "pruned", "--quiet").exit_code == 0
+    )
     dense = oh.tiny.save_tiny_pipeline("sdxl", tmp_path / "dense")
-    args = ["generate", tmp_path / "pruned", "--base", dense, "--prompt", "a red circle", "--prompt", "a blue square",
-            "--num-inference-steps", "2", "--resolution", "32", "--seed", "5"]
+    args = [
+        "generate",
+        tmp_path / "pruned",
+        "--base",
+        dense,
+        "--prompt",
+        "a red circle",
+        "--prompt",
+        "a blue square",
+        "--num-inference-steps",
+        "2",
+        "--resolution",
+        "32",
+        "--seed",
+        "5",
+    ]
     first = invoke(*args, "--out", tmp_path / "a.png")
     assert first.exit_code == 0, first.output
     assert invoke(*args, "--out", tmp_path / "b.png").exit_code == 0
     a, b = Image.open(tmp_path / "a.png"), Image.open(tmp_path / "b.png")
     side = 128  # 32-pixel images shown 4× larger, every pixel visible
-    assert a.height > 2 * side and a.width > 2 * side  # two prompts across (after the row labels), dense above pruned, captions below
+    assert (
+        a.height > 2 * side and a.width > 2 * side
+    )  # two prompts across (after the row labels), dense above pruned, captions below
     assert a.tobytes() == b.tobytes()  # seeded: identical reruns
     left = a.width - 2 * side
     top, bottom = a.crop((left, 0, a.width, side)).tobytes(), a.crop((left, side, a.width, 2 * side)).tobytes()
@@ -273,7 +334,18 @@ def test_convert_legacy_command(tmp_path):
 def test_generate_from_a_builtin_model(tmp_path):
     from PIL import Image
 
-    result = invoke("generate", "builtin:tiny-sd3", "--prompt", "a red circle", "--num-inference-steps", "2", "--resolution", "32", "--out", tmp_path / "g.png")
+    result = invoke(
+        "generate",
+        "builtin:tiny-sd3",
+        "--prompt",
+        "a red circle",
+        "--num-inference-steps",
+        "2",
+        "--resolution",
+        "32",
+        "--out",
+        tmp_path / "g.png",
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "g.png").size == (32, 32)
     bad = invoke("generate", "builtin:tiny-nope", "--prompt", "x", "--out", tmp_path / "b.png")
@@ -294,42 +366,90 @@ def test_recipes_list_keeps_names_whole_at_any_width_and_json_matches_show():
 
 def test_every_prune_config_field_round_trips_through_a_recipe_file(tmp_path):
     changed = dict(
-        method="l1", granularity="structured", sparsity=0.35, block_sparsity={3: 0.1}, blocks="1:3",
-        packages=3, weighting="linear_increase", alpha_min=0.5, alpha_max=1.5, percdamp=0.05, blocksize=64,
-        rrf_k=30, head_saliency="exact", neuron_batch=8, hessian_precision="tf32", hessian_device="cpu",
+        method="l1",
+        granularity="structured",
+        sparsity=0.35,
+        block_sparsity={3: 0.1},
+        blocks="1:3",
+        packages=3,
+        weighting="linear_increase",
+        alpha_min=0.5,
+        alpha_max=1.5,
+        percdamp=0.05,
+        blocksize=64,
+        rrf_k=30,
+        head_saliency="exact",
+        neuron_batch=8,
+        hessian_precision="tf32",
+        hessian_device="cpu",
     )
-    refined = dict(granularity="structured", calibration_target="dense", allocation="error", allocation_spread=0.2)  # obs-diff only
-    solved = dict(solver="admm", admm_iterations=30, admm_rho=0.2, refit_iterations=50, refit_tolerance=1e-5)  # obs-diff, not structured
+    refined = dict(
+        granularity="structured", calibration_target="dense", allocation="error", allocation_spread=0.2
+    )  # obs-diff only
+    solved = dict(
+        solver="admm", admm_iterations=30, admm_rho=0.2, refit_iterations=50, refit_tolerance=1e-5
+    )  # obs-diff, not structured
     defaults = PruneConfig().model_dump()
     groups = (changed, refined, solved)
-    assert set().union(*groups) | {"n", "m", "memory_budget_gb"} == set(defaults)  # every field, n:m and auto-only ones below
+    assert set().union(*groups) | {"n", "m", "memory_budget_gb"} == set(
+        defaults
+    )  # every field, n:m and auto-only ones below
     assert all(group[k] != defaults[k] for group in groups for k in group)
     base = load_recipe("tiny-sd3-unstructured-50")
     path = tmp_path / "r.yaml"
     for fields in groups:
         path.write_text(base.with_changes({f"prune.{k}": v for k, v in fields.items()}).to_yaml())
         assert load_recipe(path).prune == PruneConfig(**{**base.prune.model_dump(), **fields})
-    nm = base.with_changes({"prune.granularity": "n:m", "prune.n": 4, "prune.m": 8, "prune.packages": "auto", "prune.memory_budget_gb": 2.5})
+    nm = base.with_changes(
+        {
+            "prune.granularity": "n:m",
+            "prune.n": 4,
+            "prune.m": 8,
+            "prune.packages": "auto",
+            "prune.memory_budget_gb": 2.5,
+        }
+    )
     path.write_text(nm.to_yaml())
     assert load_recipe(path).prune == PruneConfig(granularity="n:m", n=4, m=8, memory_budget_gb=2.5)
-    bad = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--set", "prune.percdamp=-1", "--out", tmp_path / "o")
+    bad = invoke(
+        "prune", "--recipe", "tiny-sd3-unstructured-50", "--set", "prune.percdamp=-1", "--out", tmp_path / "o"
+    )
     assert bad.exit_code == 2 and "prune.percdamp" in bad.output
 
 
 def test_effective_recipe_records_overrides_and_reproduces_the_weights(tmp_path):
     prompts = tmp_path / "f.txt"
     prompts.write_text("a red barn in the snow\ntwo dogs on a beach\na bowl of soup\n")
-    first = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--prompts", prompts, "--num-prompts", 2, "--packages", 1,
-                   "--set", "prune.sparsity=0.6", "--out", tmp_path / "a", "--quiet")
+    first = invoke(
+        "prune",
+        "--recipe",
+        "tiny-sd3-unstructured-50",
+        "--prompts",
+        prompts,
+        "--num-prompts",
+        2,
+        "--packages",
+        1,
+        "--set",
+        "prune.sparsity=0.6",
+        "--out",
+        tmp_path / "a",
+        "--quiet",
+    )
     assert first.exit_code == 0, first.output
     effective = load_recipe(tmp_path / "a" / "recipe.yaml")
     assert effective.calibration.prompts.source == "inline"
     assert effective.calibration.prompts.texts == ["a red barn in the snow", "two dogs on a beach"]
-    assert effective.calibration.prompts.count == 2 and effective.prune.packages == 1 and effective.prune.sparsity == 0.6
+    assert (
+        effective.calibration.prompts.count == 2 and effective.prune.packages == 1 and effective.prune.sparsity == 0.6
+    )
     assert effective.derived_from.sha256 == load_recipe("tiny-sd3-unstructured-50").sha256
     card = (tmp_path / "a" / "README.md").read_text()
     assert "| prompts | 2, listed in recipe.yaml" in card and "| module packages | 1 |" in card
-    assert "| layer targets | each layer's own outputs on the pruned network's inputs (OBS-Diff) |" in card and "| sparsity allocation | uniform |" in card
+    assert (
+        "| layer targets | each layer's own outputs on the pruned network's inputs (OBS-Diff) |" in card
+        and "| sparsity allocation | uniform |" in card
+    )
     prompts.unlink()  # the checkpoint carries everything it needs
     again = invoke("prune", "--recipe", tmp_path / "a" / "recipe.yaml", "--out", tmp_path / "b", "--quiet")
     assert again.exit_code == 0, again.output
@@ -343,11 +463,23 @@ def test_csv_prompts_name_their_column(tmp_path):
     table.write_text("id,words\n1,a red barn\n2,a blue boat\n")
     missing = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--prompts", table, "--out", tmp_path / "o")
     assert missing.exit_code == 2 and "--prompt-column" in missing.output and "columns: id, words" in missing.output
-    named = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--prompts", table, "--prompt-column", "words", "--out", tmp_path / "o")
+    named = invoke(
+        "prune",
+        "--recipe",
+        "tiny-sd3-unstructured-50",
+        "--prompts",
+        table,
+        "--prompt-column",
+        "words",
+        "--out",
+        tmp_path / "o",
+    )
     assert named.exit_code == 0, named.output
     prompts = load_recipe(tmp_path / "o" / "recipe.yaml").calibration.prompts
     assert prompts.texts[:2] == ["a red barn", "a blue boat"] and prompts.count > 2
-    assert re.search(rf"calibration prompts\s*│\s*{prompts.count} \(2 distinct, cycled\)", named.output), named.output  # the summary says so
+    assert re.search(rf"calibration prompts\s*│\s*{prompts.count} \(2 distinct, cycled\)", named.output), (
+        named.output
+    )  # the summary says so
 
 
 @pytest.fixture(scope="module")
@@ -395,23 +527,67 @@ def test_plan_runs_for_every_builtin_family(name):
     "args,message",
     [
         (["plan", "--recipe", "sdxl-30", "--resolution", "0"], "--resolution must be positive"),
-        (["plan", "--recipe", "sdxl-30", "--resolution", "100"], "--resolution must be a positive multiple of 64 for this model"),
-        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--device", "banana", "--out", "{tmp}/o"], "unknown device 'banana'"),
+        (
+            ["plan", "--recipe", "sdxl-30", "--resolution", "100"],
+            "--resolution must be a positive multiple of 64 for this model",
+        ),
+        (
+            ["prune", "--recipe", "tiny-sd3-unstructured-50", "--device", "banana", "--out", "{tmp}/o"],
+            "unknown device 'banana'",
+        ),
         (["prune", "--recipe", "tiny-sd3-unstructured-50", "--device", "cuda:3", "--out", "{tmp}/o"], "cuda:3"),
-        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--dtype", "float64", "--out", "{tmp}/o"], "--dtype must be"),
-        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--num-prompts", "0", "--out", "{tmp}/o"], "calibration.prompts.count"),
-        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--set", "nonsense", "--out", "{tmp}/o"], "SECTION.FIELD=VALUE"),
-        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--set", "calibration.resolution=38", "--out", "{tmp}/o"], "not a multiple of 4"),
-        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--resume", "--restart", "--out", "{tmp}/o"], "exclude each other"),
+        (
+            ["prune", "--recipe", "tiny-sd3-unstructured-50", "--dtype", "float64", "--out", "{tmp}/o"],
+            "--dtype must be",
+        ),
+        (
+            ["prune", "--recipe", "tiny-sd3-unstructured-50", "--num-prompts", "0", "--out", "{tmp}/o"],
+            "calibration.prompts.count",
+        ),
+        (
+            ["prune", "--recipe", "tiny-sd3-unstructured-50", "--set", "nonsense", "--out", "{tmp}/o"],
+            "SECTION.FIELD=VALUE",
+        ),
+        (
+            [
+                "prune",
+                "--recipe",
+                "tiny-sd3-unstructured-50",
+                "--set",
+                "calibration.resolution=38",
+                "--out",
+                "{tmp}/o",
+            ],
+            "not a multiple of 4",
+        ),
+        (
+            ["prune", "--recipe", "tiny-sd3-unstructured-50", "--resume", "--restart", "--out", "{tmp}/o"],
+            "exclude each other",
+        ),
         (["inspect", "{trunc}"], "truncated or corrupted"),
-        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--base", "{trunc_pipe}", "--out", "{tmp}/o"], "transformer/diffusion_pytorch_model.safetensors: truncated or corrupted"),
-        (["generate", "{trunc_pipe}", "--prompt", "x", "--out", "{tmp}/g.png"], "transformer/diffusion_pytorch_model.safetensors: truncated or corrupted"),
-        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--set", "prune.sparsty=0.4", "--out", "{tmp}/o"], "prune.sparsty: Extra inputs are not permitted; did you mean prune.sparsity?"),
-        (["prune", "--recipe", "tiny-sd3-unstructured-50", "--packages", "0", "--out", "{tmp}/o"], "--packages must be a positive count or auto"),
+        (
+            ["prune", "--recipe", "tiny-sd3-unstructured-50", "--base", "{trunc_pipe}", "--out", "{tmp}/o"],
+            "transformer/diffusion_pytorch_model.safetensors: truncated or corrupted",
+        ),
+        (
+            ["generate", "{trunc_pipe}", "--prompt", "x", "--out", "{tmp}/g.png"],
+            "transformer/diffusion_pytorch_model.safetensors: truncated or corrupted",
+        ),
+        (
+            ["prune", "--recipe", "tiny-sd3-unstructured-50", "--set", "prune.sparsty=0.4", "--out", "{tmp}/o"],
+            "prune.sparsty: Extra inputs are not permitted; did you mean prune.sparsity?",
+        ),
+        (
+            ["prune", "--recipe", "tiny-sd3-unstructured-50", "--packages", "0", "--out", "{tmp}/o"],
+            "--packages must be a positive count or auto",
+        ),
         (["inspect", "./no/such/folder"], "local folder ./no/such/folder does not exist"),
         (["inspect", "not a repo!!"], "neither a local folder nor a valid Hub repo id"),
         (["convert-legacy", "{tmp}/missing.pth", "--out", "{tmp}/c"], "is not a file"),
-        (["generate", "builtin:tiny-sd3", "--prompt", "x", "--num-inference-steps", "0", "--out", "{tmp}/g.png"], "--num-inference-steps must be positive"),
+        (
+            ["generate", "builtin:tiny-sd3", "--prompt", "x", "--num-inference-steps", "0", "--out", "{tmp}/g.png"],
+            "--num-inference-steps must be positive",
+        ),
     ],
 )
 def test_user_errors_are_one_line_exit_2(args, message, tmp_path, truncated_checkpoint, truncated_pipeline):
@@ -425,7 +601,9 @@ def test_user_errors_are_one_line_exit_2(args, message, tmp_path, truncated_chec
 
 def test_usage_errors_are_one_line_through_the_entry_point(tmp_path):
     exe = Path(sys.executable).parent / "obsdiff-hub"
-    done = subprocess.run([exe, "prune", "--recipe", "tiny-sd3-unstructured-50", "--no-such-option"], capture_output=True, text=True)
+    done = subprocess.run(
+        [exe, "prune", "--recipe", "tiny-sd3-unstructured-50", "--no-such-option"], capture_output=True, text=True
+    )
     assert done.returncode == 2 and done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1 and "--no-such-option" in done.stderr
 
@@ -433,10 +611,14 @@ def test_usage_errors_are_one_line_through_the_entry_point(tmp_path):
 def test_an_interrupted_run_leaves_no_output_folder(tmp_path, monkeypatch):
     from obsdiff_hub.zoo import cards
 
-    monkeypatch.setattr(cards, "render_card", interrupted_after_pruning(cards.render_card))  # after the weights are written
+    monkeypatch.setattr(
+        cards, "render_card", interrupted_after_pruning(cards.render_card)
+    )  # after the weights are written
     result = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--out", tmp_path / "o", "--quiet")
     assert result.exit_code == 130
-    assert not (tmp_path / "o").exists() and [p.name for p in tmp_path.iterdir() if not p.name.endswith(".partial")] == []
+    assert (
+        not (tmp_path / "o").exists() and [p.name for p in tmp_path.iterdir() if not p.name.endswith(".partial")] == []
+    )
     assert "progress of 2 finished package(s) is saved" in result.output
 
 

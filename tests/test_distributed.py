@@ -21,7 +21,14 @@ def free_port() -> int:
 
 
 def torchrun(*command, processes: int = 2) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes}", "--master-addr=127.0.0.1", f"--master-port={free_port()}"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={processes}",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([*launcher, *map(str, command)], capture_output=True, text=True, env=env, timeout=600)
 
@@ -47,8 +54,21 @@ def assert_same_pruning(a: Path, b: Path) -> None:
 
 @pytest.mark.parametrize("recipe", ["tiny-sdxl-structured-30", "tiny-sd3-unstructured-50"])
 def test_two_processes_prune_a_pipeline_like_one(recipe, tmp_path):
-    common = ["--recipe", recipe, "--set", "calibration.prompts.count=4", "--set", "calibration.batch_size=1", "--quiet"]
-    alone = subprocess.run([EXE, "prune", *common, "--out", tmp_path / "one"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    common = [
+        "--recipe",
+        recipe,
+        "--set",
+        "calibration.prompts.count=4",
+        "--set",
+        "calibration.batch_size=1",
+        "--quiet",
+    ]
+    alone = subprocess.run(
+        [EXE, "prune", *common, "--out", tmp_path / "one"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert alone.returncode == 0, alone.stderr
     together = torchrun(EXE, "prune", *common, "--out", tmp_path / "two")
     assert together.returncode == 0, together.stderr[-3000:]
@@ -59,7 +79,9 @@ def test_two_processes_prune_a_pipeline_like_one(recipe, tmp_path):
 
 
 def test_two_processes_through_the_calibration_callable(tmp_path):
-    alone = subprocess.run([sys.executable, HERE / "distributed_job.py", tmp_path / "one"], capture_output=True, text=True)
+    alone = subprocess.run(
+        [sys.executable, HERE / "distributed_job.py", tmp_path / "one"], capture_output=True, text=True
+    )
     assert alone.returncode == 0, alone.stderr
     together = torchrun(HERE / "distributed_job.py", tmp_path / "two")
     assert together.returncode == 0, together.stderr[-3000:]

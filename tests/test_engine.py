@@ -83,7 +83,9 @@ def test_timestep_weights_reach_the_hessian():
     weights = timestep_weights("log_decrease", STEPS)
     seen: list[tuple[int, torch.Tensor]] = []
     step = [0]
-    model.get_submodule(path).register_forward_pre_hook(lambda m, a: seen.append((step[0], a[0].reshape(-1, a[0].shape[-1]).double())))
+    model.get_submodule(path).register_forward_pre_hook(
+        lambda m, a: seen.append((step[0], a[0].reshape(-1, a[0].shape[-1]).double()))
+    )
 
     def set_step(i):
         step[0] = i
@@ -149,7 +151,11 @@ def test_second_package_calibrates_on_pruned_first_package():
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     # and the dense-activation alternative really differs somewhere (the test can fail)
     differs = any(
-        not torch.allclose(model.get_submodule(p).weight, obs_prune(dense.get_submodule(p).weight, h_dense[s.hessian_layer], 0.5)[0], atol=1e-6)
+        not torch.allclose(
+            model.get_submodule(p).weight,
+            obs_prune(dense.get_submodule(p).weight, h_dense[s.hessian_layer], 0.5)[0],
+            atol=1e-6,
+        )
         for s in sites
         for p in s.layers
     )
@@ -165,15 +171,25 @@ def _count_calls(module: nn.Module) -> list[int]:
 @pytest.mark.parametrize("name", ["sdxl", "sd3", "flux"])
 def test_pipeline_encodes_prompts_once_and_never_decodes(name):
     pipe = tiny.TINY_PIPELINES[name]()
-    encoders = [getattr(pipe, n) for n in ("text_encoder", "text_encoder_2", "text_encoder_3") if getattr(pipe, n, None) is not None]
+    encoders = [
+        getattr(pipe, n)
+        for n in ("text_encoder", "text_encoder_2", "text_encoder_3")
+        if getattr(pipe, n, None) is not None
+    ]
     counts = [_count_calls(e) for e in encoders]
     decodes = [0]
     original_decode = pipe.vae.decode
     pipe.vae.decode = lambda *a, **k: (decodes.__setitem__(0, decodes[0] + 1), original_decode(*a, **k))[1]
     cal = dict(prompts={"count": 4}, batch_size=2, steps=2, resolution=32, guidance_scale=4.0)
     prompts = oh.pruning.prompts.resolve_prompts(oh.CalibrationConfig(**cal).prompts)
-    one_pass = PipelineCalibration(tiny.TINY_PIPELINES[name](), oh.CalibrationConfig(**cal), prompts, torch.device("cpu"), torch.float32)
-    reference_counts = [_count_calls(getattr(one_pass.pipeline, n)) for n in ("text_encoder", "text_encoder_2", "text_encoder_3") if getattr(one_pass.pipeline, n, None) is not None]
+    one_pass = PipelineCalibration(
+        tiny.TINY_PIPELINES[name](), oh.CalibrationConfig(**cal), prompts, torch.device("cpu"), torch.float32
+    )
+    reference_counts = [
+        _count_calls(getattr(one_pass.pipeline, n))
+        for n in ("text_encoder", "text_encoder_2", "text_encoder_3")
+        if getattr(one_pass.pipeline, n, None) is not None
+    ]
     one_pass.encode()
     result = oh.prune(pipe, dict(packages=3, sparsity=0.5), calibration=cal)
     assert len(result.report.packages) == 3
@@ -187,13 +203,22 @@ def test_memory_budget_planner_packs_units():
     model = tiny.tiny_sd3_transformer()
     cal = calibration_for(model, batches=1)
     budget_bytes = 4 * (32 * 32 * 2 + 32 * 32)  # fits roughly one unit of qkv+add_qkv+attn2-free block
-    result = oh.prune(model, dict(packages="auto", memory_budget_gb=budget_bytes / 1024**3, sparsity=0.5), calibration=cal, steps=STEPS)
+    result = oh.prune(
+        model,
+        dict(packages="auto", memory_budget_gb=budget_bytes / 1024**3, sparsity=0.5),
+        calibration=cal,
+        steps=STEPS,
+    )
     assert len(result.report.packages) > 1
-    assert result.report.package_plan["mode"] == "auto" and result.report.package_plan["budget_bytes"] == int(budget_bytes)
+    assert result.report.package_plan["mode"] == "auto" and result.report.package_plan["budget_bytes"] == int(
+        budget_bytes
+    )
     for record, following in zip(result.report.packages, result.report.packages[1:]):
         assert record.hessian_bytes <= budget_bytes or record.units == 1
         assert record.hessian_bytes + following.hessian_bytes > budget_bytes  # fewest packages: no two merge
-    auto = oh.prune(tiny.tiny_sd3_transformer(), dict(sparsity=0.5), calibration=cal, steps=STEPS)  # free memory: one package
+    auto = oh.prune(
+        tiny.tiny_sd3_transformer(), dict(sparsity=0.5), calibration=cal, steps=STEPS
+    )  # free memory: one package
     assert auto.report.package_plan["mode"] == "auto" and len(auto.report.packages) == 1
 
 
@@ -208,7 +233,9 @@ def test_host_held_hessians_are_budgeted_against_host_memory_only():
     beside = free_memory_bytes(torch.device("cpu"))  # activations as large as all free memory
     on_device = plan_packages(model, units, "auto", None, torch.device("cpu"), beside)
     assert [len(p) for p in on_device.packages] == [1] * len(units)  # nothing left: one unit per package
-    on_host = plan_packages(model, units, "auto", None, torch.device("meta"), beside, hessian_device=torch.device("cpu"))
+    on_host = plan_packages(
+        model, units, "auto", None, torch.device("meta"), beside, hessian_device=torch.device("cpu")
+    )
     assert len(on_host.packages) == 1 and not on_host.hessians_on_device and on_host.summary()["hessians_on"] == "host"
     assert on_host.extra_bytes() == on_host.workspace_bytes < on_device.extra_bytes()
 
@@ -218,7 +245,9 @@ def test_hessians_kept_on_the_cpu_give_the_same_weights():
     model = tiny.tiny_sd3_transformer()
     cal = calibration_for(model, batches=2)
     beside = oh.prune(copy.deepcopy(model), dict(sparsity=0.5, packages=2), calibration=cal, steps=STEPS)
-    host = oh.prune(copy.deepcopy(model), dict(sparsity=0.5, packages=2, hessian_device="cpu"), calibration=cal, steps=STEPS)
+    host = oh.prune(
+        copy.deepcopy(model), dict(sparsity=0.5, packages=2, hessian_device="cpu"), calibration=cal, steps=STEPS
+    )
     a, b = beside.model.state_dict(), host.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -278,7 +307,9 @@ def test_l1_structured_removes_smallest_joint_heads_without_compensation():
     kept = torch.cat([torch.arange(h * 8, h * 8 + 8) for h in range(4) if h != gone])
     for name, W in zip(("to_out.0", "to_add_out"), outs):
         assert torch.equal(result.model.get_submodule(f"{attn}.{name}").weight, W[:, kept])
-    assert torch.equal(result.model.get_submodule(f"{attn}.to_q").weight, dense.get_submodule(f"{attn}.to_q").weight[kept])
+    assert torch.equal(
+        result.model.get_submodule(f"{attn}.to_q").weight, dense.get_submodule(f"{attn}.to_q").weight[kept]
+    )
 
 
 def test_a_pipeline_calibrated_through_a_callable_gets_the_pruned_model():

@@ -34,9 +34,13 @@ def invoke(*args):
 
 
 def test_a_bad_recipe_field_is_a_user_error(tmp_path):
-    result = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--set", "prune.sparsity=2", "--out", tmp_path / "o")
+    result = invoke(
+        "prune", "--recipe", "tiny-sd3-unstructured-50", "--set", "prune.sparsity=2", "--out", tmp_path / "o"
+    )
     assert result.exit_code == 2
-    assert result.output.strip().splitlines() == [result.output.strip()] and result.output.startswith("error: override: prune.sparsity: Input should be less than 1")
+    assert result.output.strip().splitlines() == [result.output.strip()] and result.output.startswith(
+        "error: override: prune.sparsity: Input should be less than 1"
+    )
 
 
 def test_a_bug_is_exit_1_and_says_how_to_report_it(tmp_path, monkeypatch):
@@ -62,9 +66,15 @@ def test_debug_shows_the_traceback_of_a_bug(tmp_path):
     )
     args = ["prune", "--recipe", "tiny-sd3-unstructured-50", "--out", str(tmp_path / "o"), "--quiet"]
     plain = subprocess.run([sys.executable, "-c", patch, *args], capture_output=True, text=True, cwd=tmp_path)
-    debug = subprocess.run([sys.executable, "-c", patch, "--debug", *args], capture_output=True, text=True, cwd=tmp_path)
+    debug = subprocess.run(
+        [sys.executable, "-c", patch, "--debug", *args], capture_output=True, text=True, cwd=tmp_path
+    )
     assert plain.returncode == 1 and "Traceback" not in plain.stderr and len(plain.stderr.strip().splitlines()) == 1
-    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr and f"RuntimeError: {BOOM}" in debug.stderr
+    assert (
+        debug.returncode == 1
+        and "Traceback (most recent call last)" in debug.stderr
+        and f"RuntimeError: {BOOM}" in debug.stderr
+    )
     assert "in broken" in debug.stderr  # the frame that raised
 
 
@@ -72,7 +82,10 @@ def test_parameters_named_by_the_library_become_this_commands_flags():
     flags = flags_of(prune)
     assert flags["overwrite"] == "--overwrite" and flags["set_"] == "--set" and flags["recipe"] == "--recipe"
     message = "output directory o already exists; pass `overwrite` to replace it or choose another `out`; see `prune.sparsity`"
-    assert with_flags(message, flags) == "output directory o already exists; pass --overwrite to replace it or choose another --out; see `prune.sparsity`"
+    assert (
+        with_flags(message, flags)
+        == "output directory o already exists; pass --overwrite to replace it or choose another --out; see `prune.sparsity`"
+    )
 
 
 def test_every_error_class_of_the_package_is_an_obsdiff_error():
@@ -92,25 +105,51 @@ def _raised_strings(path: Path) -> list[tuple[int, str]]:
     out = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Raise) and node.exc is not None:
-            out += [(s.lineno, s.value) for s in ast.walk(node.exc) if isinstance(s, ast.Constant) and isinstance(s.value, str)]
+            out += [
+                (s.lineno, s.value)
+                for s in ast.walk(node.exc)
+                if isinstance(s, ast.Constant) and isinstance(s.value, str)
+            ]
     return out
 
 
 def test_library_messages_never_name_a_command_line_flag():
     flag = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
     library = [p for p in (ROOT / "obsdiff_hub").rglob("*.py") if "cli" not in p.relative_to(ROOT).parts]
-    offenders = [f"{p.relative_to(ROOT)}:{line}: {text}" for p in library for line, text in _raised_strings(p) if flag.search(text)]
+    offenders = [
+        f"{p.relative_to(ROOT)}:{line}: {text}"
+        for p in library
+        for line, text in _raised_strings(p)
+        if flag.search(text)
+    ]
     assert offenders == []
 
 
 def test_bench_defaults_to_the_pipelines_own_resolution(tmp_path):
     out = tmp_path / "shapes"
-    assert invoke("prune", "--recipe", "tiny-shapes-structured-30", "--out", out, "--quiet", "--set", "evaluation=null",
-                  "--set", "calibration.prompts.count=8", "--set", "calibration.steps=4").exit_code == 0
+    assert (
+        invoke(
+            "prune",
+            "--recipe",
+            "tiny-shapes-structured-30",
+            "--out",
+            out,
+            "--quiet",
+            "--set",
+            "evaluation=null",
+            "--set",
+            "calibration.prompts.count=8",
+            "--set",
+            "calibration.steps=4",
+        ).exit_code
+        == 0
+    )
     result = invoke("bench", out)
     assert result.exit_code == 0, result.output
     record = __import__("json").loads((out / "bench.json").read_text())
-    assert record["resolution"] == 32 and record["latent_size"] == 16  # the shapes model's 16 latents × its VAE's 2 pixels each
+    assert (
+        record["resolution"] == 32 and record["latent_size"] == 16
+    )  # the shapes model's 16 latents × its VAE's 2 pixels each
 
 
 @pytest.mark.parametrize("error", [MemoryError("cannot allocate 48 GB")])
@@ -123,11 +162,31 @@ def test_running_out_of_memory_is_one_line_exit_2(error):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["prune", "-r", "tiny-sdxl-structured-30", "--set", "calibration.prompts.source=hub-dataset", "--set", "calibration.prompts.path=p.txt",
-          "--set", "calibration.prompts.repo_id=bad repo!!", "--out", "{tmp}/o"], "invalid repo id 'bad repo!!'"),
+        (
+            [
+                "prune",
+                "-r",
+                "tiny-sdxl-structured-30",
+                "--set",
+                "calibration.prompts.source=hub-dataset",
+                "--set",
+                "calibration.prompts.path=p.txt",
+                "--set",
+                "calibration.prompts.repo_id=bad repo!!",
+                "--out",
+                "{tmp}/o",
+            ],
+            "invalid repo id 'bad repo!!'",
+        ),
         (["prune", "-r", "tiny-sdxl-structured-30", "--out", "/proc/obsdiff-out"], "nothing can be written in /proc"),
-        (["generate", "builtin:tiny-sdxl", "--prompt", "x", "--resolution", "33", "--out", "{tmp}/g.png"], "--resolution must be a positive multiple of"),
-        (["generate", "builtin:tiny-sdxl", "--prompt", "x", "--device", "mps", "--out", "{tmp}/g.png"], "unsupported device mps"),
+        (
+            ["generate", "builtin:tiny-sdxl", "--prompt", "x", "--resolution", "33", "--out", "{tmp}/g.png"],
+            "--resolution must be a positive multiple of",
+        ),
+        (
+            ["generate", "builtin:tiny-sdxl", "--prompt", "x", "--device", "mps", "--out", "{tmp}/g.png"],
+            "unsupported device mps",
+        ),
         (["bench", "{noweights}", "--base", "builtin:tiny-sdxl", "--out", "{tmp}/b"], "does not load as OBSDiffUNet"),
         (["card", "{corrupt}"], "report.json: not readable JSON"),
     ],
@@ -135,7 +194,9 @@ def test_running_out_of_memory_is_one_line_exit_2(error):
 def test_mistakes_found_by_review_are_user_errors(args, message, tmp_path):
     noweights = tmp_path / "noweights"
     noweights.mkdir()
-    (noweights / "config.json").write_text(json.dumps({**dict(oh.tiny.tiny_sdxl_unet().config), "_class_name": "UNet2DConditionModel"}))
+    (noweights / "config.json").write_text(
+        json.dumps({**dict(oh.tiny.tiny_sdxl_unet().config), "_class_name": "UNet2DConditionModel"})
+    )
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "recipe.yaml").write_text(oh.zoo.recipes.load_recipe("tiny-sdxl-structured-30").to_yaml())

@@ -17,7 +17,20 @@ from obsdiff_hub.cli import app
 from obsdiff_hub.zoo.metrics import frechet_distance
 
 runner = CliRunner()
-SHAPES_EVAL = ["--prompts", "builtin:shapes", "--num-prompts", "60", "--num-inference-steps", "20", "--guidance-scale", "4", "--resolution", "32", "--batch-size", "60"]
+SHAPES_EVAL = [
+    "--prompts",
+    "builtin:shapes",
+    "--num-prompts",
+    "60",
+    "--num-inference-steps",
+    "20",
+    "--guidance-scale",
+    "4",
+    "--resolution",
+    "32",
+    "--batch-size",
+    "60",
+]
 
 
 def invoke(*args):
@@ -34,7 +47,9 @@ def tiny_clip(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shapes_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("shapes") / "ckpt"
-    result = invoke("prune", "--recipe", "tiny-shapes-unstructured-50", "--out", out, "--quiet", "--set", "evaluation=null")
+    result = invoke(
+        "prune", "--recipe", "tiny-shapes-unstructured-50", "--out", out, "--quiet", "--set", "evaluation=null"
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -72,7 +87,17 @@ def test_the_tiny_clip_aligns_images_and_captions(tiny_clip):
 
 
 def test_eval_on_the_shapes_model_end_to_end(shapes_checkpoint, destroyed_checkpoint, tiny_clip):
-    common = ["--base", "builtin:tiny-shapes", "--metrics", "shapes,psnr,clip,fid", "--fid-features", "clip", "--clip-model", tiny_clip, *SHAPES_EVAL]
+    common = [
+        "--base",
+        "builtin:tiny-shapes",
+        "--metrics",
+        "shapes,psnr,clip,fid",
+        "--fid-features",
+        "clip",
+        "--clip-model",
+        tiny_clip,
+        *SHAPES_EVAL,
+    ]
     for folder in (shapes_checkpoint, destroyed_checkpoint):
         result = invoke("eval", folder, *common, "--quiet")
         assert result.exit_code == 0, result.output
@@ -97,7 +122,17 @@ def test_eval_agrees_with_the_benchmark_path_for_the_same_seeds(shapes_checkpoin
     Same prompts and seeds: the same caption accuracy, PSNR within 8-bit quantisation."""
     from obsdiff_hub.shapes.pipeline import evaluate, load_shapes_pipeline
 
-    result = invoke("eval", shapes_checkpoint, "--base", "builtin:tiny-shapes", "--metrics", "shapes,psnr", *SHAPES_EVAL, "--quiet", "--overwrite")
+    result = invoke(
+        "eval",
+        shapes_checkpoint,
+        "--base",
+        "builtin:tiny-shapes",
+        "--metrics",
+        "shapes,psnr",
+        *SHAPES_EVAL,
+        "--quiet",
+        "--overwrite",
+    )
     assert result.exit_code == 0, result.output
     got = metrics_of(shapes_checkpoint)
     dense_scores, dense_images = evaluate(load_shapes_pipeline())
@@ -119,7 +154,9 @@ def test_frechet_distance_is_exact_and_zero_for_a_set_with_itself():
             w, v = np.linalg.eigh(sx)
             root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
             middle = np.linalg.eigvalsh(root @ sy @ root)
-            return float(((mx - my) ** 2).sum() + np.trace(sx) + np.trace(sy) - 2 * np.sqrt(np.clip(middle, 0, None)).sum())
+            return float(
+                ((mx - my) ** 2).sum() + np.trace(sx) + np.trace(sy) - 2 * np.sqrt(np.clip(middle, 0, None)).sum()
+            )
 
         assert frechet_distance(a, b) == pytest.approx(reference(a, b), rel=1e-8)
         assert abs(frechet_distance(a, a)) < 1e-8 * np.trace(np.cov(a, rowvar=False))
@@ -133,7 +170,10 @@ def test_frechet_distance_is_exact_and_zero_for_a_set_with_itself():
         (["--metrics", "clip", "--clip-model", "{tmp}/no-clip"], "CLIP model {tmp}/no-clip cannot be loaded"),
         (["--metrics", "psnr", "--reference", "{tmp}/no-coco"], "reference folder {tmp}/no-coco does not exist"),
         (["--metrics", "shapes", "--prompts", "builtin:captions"], "use --prompts builtin:shapes"),
-        (["--metrics", "psnr,lpips"], "unknown metric 'lpips' in --metrics; available: psnr, shapes, clip, fid, imagereward"),
+        (
+            ["--metrics", "psnr,lpips"],
+            "unknown metric 'lpips' in --metrics; available: psnr, shapes, clip, fid, imagereward",
+        ),
         (["--num-prompts", "0"], "num: Input should be greater than or equal to 1"),
     ],
 )
@@ -142,7 +182,19 @@ def test_a_metric_that_cannot_run_fails_before_sampling_and_writes_nothing(shape
 
     before = sorted(cache_root().rglob("*.png")) if cache_root().exists() else []
     filled = [a.format(tmp=tmp_path) for a in args]
-    result = invoke("eval", shapes_checkpoint, "--base", "builtin:tiny-shapes", "--num-prompts", "2", "--num-inference-steps", "2", *filled, "--out", tmp_path / "e")
+    result = invoke(
+        "eval",
+        shapes_checkpoint,
+        "--base",
+        "builtin:tiny-shapes",
+        "--num-prompts",
+        "2",
+        "--num-inference-steps",
+        "2",
+        *filled,
+        "--out",
+        tmp_path / "e",
+    )
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message.format(tmp=tmp_path) in lines[0], result.output
@@ -167,15 +219,31 @@ def test_results_never_go_into_a_folder_this_tool_did_not_write(shapes_checkpoin
 def test_a_card_with_measurements_round_trips_and_publishes(hub, shapes_checkpoint, tiny_clip, tmp_path):
     from obsdiff_hub.hub import pull
 
-    assert invoke("eval", shapes_checkpoint, "--base", "builtin:tiny-shapes", "--metrics", "shapes,psnr,clip",
-                  "--clip-model", tiny_clip, *SHAPES_EVAL, "--quiet", "--overwrite").exit_code == 0
+    assert (
+        invoke(
+            "eval",
+            shapes_checkpoint,
+            "--base",
+            "builtin:tiny-shapes",
+            "--metrics",
+            "shapes,psnr,clip",
+            "--clip-model",
+            tiny_clip,
+            *SHAPES_EVAL,
+            "--quiet",
+            "--overwrite",
+        ).exit_code
+        == 0
+    )
     assert invoke("card", shapes_checkpoint, "--repo-id", "zoo/shapes-50").exit_code == 0
     card = ModelCard.load(shapes_checkpoint / "README.md")
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     measured = metrics_of(shapes_checkpoint)
     assert results == {name: pytest.approx(m["pruned"], rel=1e-6) for name, m in measured.items()}
     assert "95% interval" in card.text and "samples.png" in card.text
-    pushed = invoke("push", shapes_checkpoint, "--repo-id", "zoo/shapes-50", "--token", hub.token, "--endpoint", hub.write_endpoint)
+    pushed = invoke(
+        "push", shapes_checkpoint, "--repo-id", "zoo/shapes-50", "--token", hub.token, "--endpoint", hub.write_endpoint
+    )
     assert pushed.exit_code == 0, pushed.output
     path = pull("zoo/shapes-50", local_dir=tmp_path / "pulled").path
     assert (path / "eval.json").is_file() and (path / "samples.png").is_file()
@@ -191,17 +259,25 @@ def test_bench_on_cpu_matches_the_plan(tmp_path):
     record = json.loads((out / "bench.json").read_text())
     assert record["base"] == "builtin:tiny-sdxl" and record["device"].startswith("CPU")
     vae = json.loads((out / "vae" / "config.json").read_text())
-    assert record["latent_size"] == 128 // 2 ** (len(vae["block_out_channels"]) - 1)  # the pipeline's own VAE factor, not SD's 8
+    assert record["latent_size"] == 128 // 2 ** (
+        len(vae["block_out_channels"]) - 1
+    )  # the pipeline's own VAE factor, not SD's 8
     dense = dict(oh.tiny.tiny_sdxl_unet().config)
     # plan counts SD's 8 pixels per latent: 128 px through this VAE is plan's resolution 8 × latent_size
-    expected = oh.plan({**dense, "_class_name": "UNet2DConditionModel"}, {"granularity": "structured", "sparsity": 0.3}, resolution=8 * record["latent_size"])
+    expected = oh.plan(
+        {**dense, "_class_name": "UNet2DConditionModel"},
+        {"granularity": "structured", "sparsity": 0.3},
+        resolution=8 * record["latent_size"],
+    )
     assert record["params"] == {"dense": expected.params_before, "pruned": expected.params_after}
     assert record["flops"]["dense"] == expected.flops_before and record["flops"]["pruned"] == expected.flops_after
     for which in ("dense", "pruned"):
         timing = record["denoiser"][which]
         assert timing["repeats"] == 10 and 0 < timing["p25_ms"] <= timing["median_ms"] <= timing["p75_ms"]
     blocks = oh.architectures.adapter_for(oh.tiny.tiny_sdxl_unet()).blocks(oh.tiny.tiny_sdxl_unet())
-    assert [b["block"] for b in record["blocks"]] == blocks and all(b["dense_ms"] > 0 and b["pruned_ms"] > 0 for b in record["blocks"])
+    assert [b["block"] for b in record["blocks"]] == blocks and all(
+        b["dense_ms"] > 0 and b["pruned_ms"] > 0 for b in record["blocks"]
+    )
     assert invoke("card", out).exit_code == 0
     assert "## Speed" in (out / "README.md").read_text() and "denoiser forward" in (out / "README.md").read_text()
     assert invoke("bench", out, "--repeats", "0").exit_code == 2

@@ -21,7 +21,9 @@ def member_recipes(folder: Path, packages: int, sparsities=(0.3, 0.5, 0.7)) -> l
     base = load_recipe("tiny-sd3-unstructured-50")
     paths = []
     for ratio in sparsities:
-        recipe = base.with_changes({"name": f"tiny-sd3-{round(ratio * 100)}", "prune.sparsity": ratio, "prune.packages": packages})
+        recipe = base.with_changes(
+            {"name": f"tiny-sd3-{round(ratio * 100)}", "prune.sparsity": ratio, "prune.packages": packages}
+        )
         path = folder / f"m{round(ratio * 100)}.yaml"
         path.write_text(recipe.to_yaml())
         paths.append(path)
@@ -74,11 +76,17 @@ def test_a_family_that_cannot_share_is_one_line_before_any_work(tmp_path):
     other = load_recipe(paths[1]).with_changes({"calibration.steps": 3})
     paths[1].write_text(other.to_yaml())
     result = runner.invoke(app, ["prune", "-r", str(paths[0]), "-r", str(paths[1]), "--out", str(tmp_path / "zoo")])
-    assert result.exit_code == 2 and "differ in calibration" in result.output and len(result.output.strip().splitlines()) == 1
+    assert (
+        result.exit_code == 2
+        and "differ in calibration" in result.output
+        and len(result.output.strip().splitlines()) == 1
+    )
     assert not (tmp_path / "zoo").exists()
     method = load_recipe(paths[0]).with_changes({"name": "other", "prune.percdamp": 0.05})
     (tmp_path / "p.yaml").write_text(method.to_yaml())
-    result = runner.invoke(app, ["prune", "-r", str(paths[0]), "-r", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "zoo")])
+    result = runner.invoke(
+        app, ["prune", "-r", str(paths[0]), "-r", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "zoo")]
+    )
     assert result.exit_code == 2 and "differs from member 1 in prune.percdamp" in result.output
     with pytest.raises(InputError, match="given twice"):
         run_family([load_recipe(paths[0])] * 2, tmp_path / "zoo")
@@ -87,7 +95,9 @@ def test_a_family_that_cannot_share_is_one_line_before_any_work(tmp_path):
 
 def test_the_cli_writes_one_folder_per_member_and_summarises_each(tmp_path):
     paths = member_recipes(tmp_path, 1, (0.4, 0.6))
-    result = runner.invoke(app, ["prune", "-r", str(paths[0]), "-r", str(paths[1]), "--out", str(tmp_path / "zoo"), "--json"])
+    result = runner.invoke(
+        app, ["prune", "-r", str(paths[0]), "-r", str(paths[1]), "--out", str(tmp_path / "zoo"), "--json"]
+    )
     assert result.exit_code == 0, result.output
     records = json.loads(result.output)
     assert [Path(r["out"]).name for r in records] == ["tiny-sd3-40", "tiny-sd3-60"]
@@ -99,7 +109,11 @@ def test_a_hessian_store_gives_the_same_weights_without_trajectories(tmp_path):
     recipe = load_recipe("tiny-sd3-unstructured-50")
     store = tmp_path / "hessians"
     first = run_recipe(recipe, tmp_path / "a", save_hessians=store).directory
-    assert sorted(p.name for p in store.iterdir()) == [".obsdiff-hub.json", "package-1.safetensors", "package-2.safetensors"]
+    assert sorted(p.name for p in store.iterdir()) == [
+        ".obsdiff-hub.json",
+        "package-1.safetensors",
+        "package-2.safetensors",
+    ]
     counts, progress = counting()
     again = run_recipe(recipe, tmp_path / "b", hessians=store, progress=progress).directory
     assert counts == {}  # no trajectory ran
@@ -119,17 +133,39 @@ def test_a_store_from_another_calibration_or_base_is_refused_before_any_work(tmp
     recipe = load_recipe("tiny-sd3-unstructured-50")
     store = tmp_path / "hessians"
     run_recipe(recipe.with_changes({"prune.packages": 1}), tmp_path / "a", save_hessians=store)
-    for change, named in (({"calibration.steps": 3}, "calibration"), ({"calibration.prompts.count": 6}, "prompts_sha256"),
-                          ({"calibration.seed": 1}, "calibration")):
-        result = runner.invoke(app, ["prune", "-r", "tiny-sd3-unstructured-50", "--packages", "1", "--hessians", str(store), "--out", str(tmp_path / "b"),
-                                     *[a for k, v in change.items() for a in ("--set", f"{k}={v}")]])
+    for change, named in (
+        ({"calibration.steps": 3}, "calibration"),
+        ({"calibration.prompts.count": 6}, "prompts_sha256"),
+        ({"calibration.seed": 1}, "calibration"),
+    ):
+        result = runner.invoke(
+            app,
+            [
+                "prune",
+                "-r",
+                "tiny-sd3-unstructured-50",
+                "--packages",
+                "1",
+                "--hessians",
+                str(store),
+                "--out",
+                str(tmp_path / "b"),
+                *[a for k, v in change.items() for a in ("--set", f"{k}={v}")],
+            ],
+        )
         assert result.exit_code == 2 and f"made with {named} = " in result.output, result.output
         assert not (tmp_path / "b").exists() and not (tmp_path / "b.partial").exists()
     victim = tmp_path / "mine"
     victim.mkdir()
     (victim / "notes.txt").write_text("keep")
-    result = runner.invoke(app, ["prune", "-r", "tiny-sd3-unstructured-50", "--save-hessians", str(victim), "--out", str(tmp_path / "c")])
-    assert result.exit_code == 2 and (victim / "notes.txt").read_text() == "keep" and sorted(p.name for p in victim.iterdir()) == ["notes.txt"]
+    result = runner.invoke(
+        app, ["prune", "-r", "tiny-sd3-unstructured-50", "--save-hessians", str(victim), "--out", str(tmp_path / "c")]
+    )
+    assert (
+        result.exit_code == 2
+        and (victim / "notes.txt").read_text() == "keep"
+        and sorted(p.name for p in victim.iterdir()) == ["notes.txt"]
+    )
 
 
 def test_a_family_publishes_as_one_repo_a_branch_per_member_and_a_card_from_their_evaluations(hub, tmp_path):
@@ -141,23 +177,51 @@ def test_a_family_publishes_as_one_repo_a_branch_per_member_and_a_card_from_thei
 
     paths = member_recipes(tmp_path, 1, (0.4, 0.6))
     zoo = tmp_path / "zoo"
-    assert runner.invoke(app, ["prune", "-r", str(paths[0]), "-r", str(paths[1]), "--out", str(zoo), "--quiet"]).exit_code == 0
-    result = runner.invoke(app, ["eval", str(zoo), "--metrics", "psnr", "--num-prompts", "2", "--json"])  # every member, the base sampled once
+    assert (
+        runner.invoke(app, ["prune", "-r", str(paths[0]), "-r", str(paths[1]), "--out", str(zoo), "--quiet"]).exit_code
+        == 0
+    )
+    result = runner.invoke(
+        app, ["eval", str(zoo), "--metrics", "psnr", "--num-prompts", "2", "--json"]
+    )  # every member, the base sampled once
     assert result.exit_code == 0, result.output
     assert [r["model"] for r in json.loads(result.output)] == ["this checkpoint"] * 2
-    psnr = {m: json.loads((zoo / m / "eval.json").read_text())["metrics"][0]["pruned"] for m in ("tiny-sd3-40", "tiny-sd3-60")}
-    result = runner.invoke(app, ["push", str(zoo), "--repo-id", "zoo/tiny-family", "--token", hub.token, "--endpoint", hub.write_endpoint, "--json"])
+    psnr = {
+        m: json.loads((zoo / m / "eval.json").read_text())["metrics"][0]["pruned"]
+        for m in ("tiny-sd3-40", "tiny-sd3-60")
+    }
+    result = runner.invoke(
+        app,
+        [
+            "push",
+            str(zoo),
+            "--repo-id",
+            "zoo/tiny-family",
+            "--token",
+            hub.token,
+            "--endpoint",
+            hub.write_endpoint,
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     pushed = json.loads(result.output)
-    assert [m["branch"] for m in pushed["members"]] == ["tiny-sd3-40", "tiny-sd3-60"] and [m["tag"] for m in pushed["members"]] == ["tiny-sd3-40-v1", "tiny-sd3-60-v1"]
+    assert [m["branch"] for m in pushed["members"]] == ["tiny-sd3-40", "tiny-sd3-60"] and [
+        m["tag"] for m in pushed["members"]
+    ] == ["tiny-sd3-40-v1", "tiny-sd3-60-v1"]
     repo = hub.double.repo("zoo/tiny-family")
     assert repo.resolve("refs/heads/main") == pushed["card_commit"]
     for member in ("tiny-sd3-40", "tiny-sd3-60"):
         assert repo.resolve(f"refs/tags/{member}-v1") == repo.resolve(f"refs/heads/{member}")
-        transformer = oh.OBSDiffSD3Transformer.from_pretrained("zoo/tiny-family", subfolder="transformer", revision=member, verify=True)
+        transformer = oh.OBSDiffSD3Transformer.from_pretrained(
+            "zoo/tiny-family", subfolder="transformer", revision=member, verify=True
+        )
         local = load_file(zoo / member / "transformer" / "diffusion_pytorch_model.safetensors")
         assert all(torch.equal(transformer.state_dict()[k], v) for k, v in local.items())
-        assert (pull("zoo/tiny-family", revision=f"{member}-v1", local_dir=tmp_path / "pulled" / member).path / "recipe.yaml").is_file()
+        assert (
+            pull("zoo/tiny-family", revision=f"{member}-v1", local_dir=tmp_path / "pulled" / member).path
+            / "recipe.yaml"
+        ).is_file()
     card = pull("zoo/tiny-family", revision="main", local_dir=tmp_path / "card").path
     text = (card / "README.md").read_text()
     ModelCard(text)  # valid front matter
@@ -195,10 +259,19 @@ def test_hostile_family_and_store_folders_are_one_line_before_any_work(tmp_path)
         result = runner.invoke(app, ["prune", "-r", str(paths[0]), "-r", str(paths[1]), "--out", str(out)])
         assert result.exit_code == 2 and says in result.output, result.output
     assert sorted(p.name for p in victim.iterdir()) == ["precious.txt"]
-    result = runner.invoke(app, ["prune", "-r", str(paths[0]), "--out", str(tmp_path / "o"), "--save-hessians", str(tmp_path / "o" / "hs")])
+    result = runner.invoke(
+        app,
+        ["prune", "-r", str(paths[0]), "--out", str(tmp_path / "o"), "--save-hessians", str(tmp_path / "o" / "hs")],
+    )
     assert result.exit_code == 2 and "overlap" in result.output and not (tmp_path / "o").exists()
-    result = runner.invoke(app, ["prune", "-r", str(paths[0]), "--out", str(tmp_path / "o"), "--save-hessians", str(victim)])
-    assert result.exit_code == 2 and "is not a Hessian store obsdiff-hub wrote" in result.output and not (tmp_path / "o").exists()
+    result = runner.invoke(
+        app, ["prune", "-r", str(paths[0]), "--out", str(tmp_path / "o"), "--save-hessians", str(victim)]
+    )
+    assert (
+        result.exit_code == 2
+        and "is not a Hessian store obsdiff-hub wrote" in result.output
+        and not (tmp_path / "o").exists()
+    )
 
 
 def test_a_forged_store_record_is_one_line(tmp_path):
@@ -216,7 +289,20 @@ def test_a_forged_store_record_is_one_line(tmp_path):
         os.unlink(package)
         write_safetensors_file(package, tensors, metadata={"identity": forged, "totals": "{}"})
         mark_owned(store, ["package-1.safetensors"], kind="hessians")
-        result = runner.invoke(app, ["prune", "-r", "tiny-sd3-unstructured-50", "--packages", "1", "--hessians", str(store), "--out", str(tmp_path / "b")])
+        result = runner.invoke(
+            app,
+            [
+                "prune",
+                "-r",
+                "tiny-sd3-unstructured-50",
+                "--packages",
+                "1",
+                "--hessians",
+                str(store),
+                "--out",
+                str(tmp_path / "b"),
+            ],
+        )
         assert result.exit_code == 2 and "identity record is damaged" in result.output, result.output
 
 
@@ -226,12 +312,29 @@ def test_a_family_with_a_damaged_evaluation_or_a_repeated_recipe_pushes_nothing(
     paths = member_recipes(tmp_path, 1, (0.4, 0.6))
     zoo = tmp_path / "zoo"
     run_family([load_recipe(p) for p in paths], zoo)
-    (zoo / "tiny-sd3-60" / "eval.json").write_text(json.dumps({"obsdiff_hub_version": "0", "model": "m", "base": "b", "settings": {},
-                                                               "metrics": [{"name": "psnr", "label": "PSNR", "pruned": float("inf"), "ci95": [1.0], "samples": 2}]}))
-    result = runner.invoke(app, ["push", str(zoo), "--repo-id", "zoo/broken-family", "--token", hub.token, "--endpoint", hub.write_endpoint])
-    assert result.exit_code == 2 and "eval.json" in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    (zoo / "tiny-sd3-60" / "eval.json").write_text(
+        json.dumps(
+            {
+                "obsdiff_hub_version": "0",
+                "model": "m",
+                "base": "b",
+                "settings": {},
+                "metrics": [{"name": "psnr", "label": "PSNR", "pruned": float("inf"), "ci95": [1.0], "samples": 2}],
+            }
+        )
+    )
+    result = runner.invoke(
+        app,
+        ["push", str(zoo), "--repo-id", "zoo/broken-family", "--token", hub.token, "--endpoint", hub.write_endpoint],
+    )
+    assert result.exit_code == 2 and "eval.json" in result.output and len(result.output.strip().splitlines()) == 1, (
+        result.output
+    )
     (zoo / "tiny-sd3-60" / "eval.json").unlink()
     shutil.copytree(zoo / "tiny-sd3-40", zoo / "copy-of-40")
-    result = runner.invoke(app, ["push", str(zoo), "--repo-id", "zoo/broken-family", "--token", hub.token, "--endpoint", hub.write_endpoint])
+    result = runner.invoke(
+        app,
+        ["push", str(zoo), "--repo-id", "zoo/broken-family", "--token", hub.token, "--endpoint", hub.write_endpoint],
+    )
     assert result.exit_code == 2 and "made by recipe tiny-sd3-40" in result.output
     assert not hub.double.repo("zoo/broken-family").path.exists()  # nothing was pushed, not even a first member

@@ -9,7 +9,12 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.py"
 
 
 def test_the_gpu_script_passes_every_check_at_tiny_sizes_on_the_cpu(tmp_path):
-    done = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--device", "cpu", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--device", "cpu", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     record = json.loads((tmp_path / "gpu.json").read_text())
     statuses = {name: check["status"] for name, check in record["checks"].items()}

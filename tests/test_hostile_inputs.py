@@ -40,7 +40,12 @@ def one_line_error(result, code: int = 2) -> str:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("hostile") / "ckpt"
-    assert invoke("prune", "-r", "tiny-shapes-structured-30", "--out", out, "--quiet", "--set", "evaluation=null", *SHORT).exit_code == 0
+    assert (
+        invoke(
+            "prune", "-r", "tiny-shapes-structured-30", "--out", out, "--quiet", "--set", "evaluation=null", *SHORT
+        ).exit_code
+        == 0
+    )
     return out
 
 
@@ -61,14 +66,22 @@ def _direct_writes(path: Path) -> list[str]:
     tree = ast.parse(path.read_text())
     inside: set[int] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.With) and any(isinstance(i.context_expr, ast.Call) and getattr(i.context_expr.func, "id", "") == "atomic_path" for i in node.items):
+        if isinstance(node, ast.With) and any(
+            isinstance(i.context_expr, ast.Call) and getattr(i.context_expr.func, "id", "") == "atomic_path"
+            for i in node.items
+        ):
             inside |= {id(n) for n in ast.walk(node)}
     found = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call) or id(node) in inside:
             continue
         name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-        if name == "open" and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) and set(str(node.args[1].value)) & set("wax+"):
+        if (
+            name == "open"
+            and len(node.args) > 1
+            and isinstance(node.args[1], ast.Constant)
+            and set(str(node.args[1].value)) & set("wax+")
+        ):
             found.append(f"{path.name}:{node.lineno} open(..., {node.args[1].value!r})")
         elif name in WRITERS:
             into_memory = name == "save" and node.args and getattr(node.args[0], "id", "") == "buffer"
@@ -85,7 +98,18 @@ def test_every_file_is_written_through_the_one_write_primitive():
 def test_a_link_planted_at_generates_output_is_replaced_never_followed(tmp_path):
     target = victim(tmp_path)
     (tmp_path / "samples.png").symlink_to(target)
-    result = invoke("generate", "builtin:tiny-sd3", "--prompt", "x", "--num-inference-steps", "1", "--resolution", "32", "--out", tmp_path / "samples.png")
+    result = invoke(
+        "generate",
+        "builtin:tiny-sd3",
+        "--prompt",
+        "x",
+        "--num-inference-steps",
+        "1",
+        "--resolution",
+        "32",
+        "--out",
+        tmp_path / "samples.png",
+    )
     assert result.exit_code == 0, result.output
     assert target.read_text() == "precious, must survive\n" and not (tmp_path / "samples.png").is_symlink()
 
@@ -96,7 +120,20 @@ def test_links_planted_in_the_evaluation_cache_and_records_are_never_followed(ch
     cache = tmp_path / "cache"
     monkeypatch.setenv("OBSDIFF_HUB_CACHE", str(cache))
     out = tmp_path / "eval"
-    args = ["eval", checkpoint, "--metrics", "psnr", "--prompts", "builtin:shapes", "--num-prompts", "2", "--num-inference-steps", "2", "--out", out]
+    args = [
+        "eval",
+        checkpoint,
+        "--metrics",
+        "psnr",
+        "--prompts",
+        "builtin:shapes",
+        "--num-prompts",
+        "2",
+        "--num-inference-steps",
+        "2",
+        "--out",
+        out,
+    ]
     assert invoke(*args).exit_code == 0
     target = victim(tmp_path)
     images = sorted((cache / "images").rglob("*.png"))
@@ -143,7 +180,9 @@ def test_overwrite_never_replaces_a_folder_of_empty_folders(tmp_path):
 
 @pytest.fixture(scope="module")
 def published(hub, checkpoint):
-    result = invoke("push", checkpoint, "--repo-id", "zoo/hostile", "--token", hub.token, "--endpoint", hub.write_endpoint)
+    result = invoke(
+        "push", checkpoint, "--repo-id", "zoo/hostile", "--token", hub.token, "--endpoint", hub.write_endpoint
+    )
     assert result.exit_code == 0, result.output
     return "zoo/hostile"
 
@@ -218,8 +257,12 @@ def test_an_alias_bomb_recipe_is_one_line_in_bounded_memory(tmp_path):
 def test_a_60_mb_prompt_line_is_one_line_in_bounded_memory(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a " * 30_000_000 + "\nshort prompt\n")
-    done, peak = peak_rss_mb([*CLI, "prune", "-r", "tiny-sd3-unstructured-50", "--prompts", prompts, "--out", tmp_path / "o"])
-    assert done.returncode == 2 and "prompt 1 has 59,999,999 characters, more than the 4096" in done.stderr, done.stderr
+    done, peak = peak_rss_mb(
+        [*CLI, "prune", "-r", "tiny-sd3-unstructured-50", "--prompts", prompts, "--out", tmp_path / "o"]
+    )
+    assert done.returncode == 2 and "prompt 1 has 59,999,999 characters, more than the 4096" in done.stderr, (
+        done.stderr
+    )
     assert peak < 1024 and not (tmp_path / "o").exists()
 
 
@@ -242,15 +285,37 @@ def test_an_oversized_config_is_refused_before_anything_is_built(checkpoint, tmp
         assert peak < 1024
 
 
-@pytest.mark.parametrize("structure", [{"down_blocks.0": "many"}, ["a", "list"], {"x" * 600: 3}, {"down_blocks.0.attentions.0.transformer_blocks.0.attn1": 0}])
+@pytest.mark.parametrize(
+    "structure",
+    [
+        {"down_blocks.0": "many"},
+        ["a", "list"],
+        {"x" * 600: 3},
+        {"down_blocks.0.attentions.0.transformer_blocks.0.attn1": 0},
+    ],
+)
 def test_malformed_pruned_shapes_are_one_line_in_every_command(checkpoint, tmp_path, structure):
     bad = tmp_path / "bad"
     shutil.copytree(checkpoint, bad)
     config = json.loads((bad / "unet" / "config.json").read_text())
     config["obsdiff_structure"] = structure
     (bad / "unet" / "config.json").write_text(json.dumps(config))
-    for command in (["inspect", bad], ["generate", bad, "--prompt", "x", "--out", tmp_path / "g.png"],
-                    ["eval", bad, "--base", "builtin:tiny-shapes", "--metrics", "psnr", "--num-prompts", "1", "--out", tmp_path / "e"]):
+    for command in (
+        ["inspect", bad],
+        ["generate", bad, "--prompt", "x", "--out", tmp_path / "g.png"],
+        [
+            "eval",
+            bad,
+            "--base",
+            "builtin:tiny-shapes",
+            "--metrics",
+            "psnr",
+            "--num-prompts",
+            "1",
+            "--out",
+            tmp_path / "e",
+        ],
+    ):
         message = one_line_error(invoke(*command))
         assert "obsdiff_structure" in message or "pruned size" in message, message
 
@@ -261,27 +326,58 @@ def test_a_model_index_naming_a_function_is_one_line(checkpoint, tmp_path):
     index = json.loads((bad / "model_index.json").read_text())
     index["unet"] = ["diffusers", "randn_tensor"]
     (bad / "model_index.json").write_text(json.dumps(index))
-    for command in (["generate", bad, "--prompt", "x", "--out", tmp_path / "g.png"],
-                    ["eval", bad, "--base", "builtin:tiny-shapes", "--metrics", "psnr", "--num-prompts", "1", "--out", tmp_path / "e"]):
+    for command in (
+        ["generate", bad, "--prompt", "x", "--out", tmp_path / "g.png"],
+        [
+            "eval",
+            bad,
+            "--base",
+            "builtin:tiny-shapes",
+            "--metrics",
+            "psnr",
+            "--num-prompts",
+            "1",
+            "--out",
+            tmp_path / "e",
+        ],
+    ):
         result = invoke(*command)
         assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
 
 
 def _png_claiming(width: int, height: int) -> bytes:
     """A valid PNG header claiming ``width × height`` pixels, with almost no data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
     header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_an_image_bomb_in_the_reference_folder_is_one_line(checkpoint, tmp_path):
     reference = tmp_path / "coco"
     reference.mkdir()
     (reference / "bomb.png").write_bytes(_png_claiming(100_000, 100_000))
-    result = invoke("eval", checkpoint, "--metrics", "fid", "--fid-features", "clip", "--clip-model", tmp_path / "no-clip", "--reference", reference,
-                    "--out", tmp_path / "e")
+    result = invoke(
+        "eval",
+        checkpoint,
+        "--metrics",
+        "fid",
+        "--fid-features",
+        "clip",
+        "--clip-model",
+        tmp_path / "no-clip",
+        "--reference",
+        reference,
+        "--out",
+        tmp_path / "e",
+    )
     assert result.exit_code == 2  # the CLIP model is checked first; the image on its own:
     from obsdiff_hub.zoo.metrics.fid import reference_images
 
@@ -295,7 +391,18 @@ def test_special_files_and_links_out_of_a_checkpoint_are_never_read(checkpoint, 
     secret = tmp_path / "secret.json"
     secret.write_text('{"token": "hf_secret"}')
     (bad / "unet" / "extra.json").symlink_to(secret)
-    result = invoke("eval", bad, "--base", "builtin:tiny-shapes", "--metrics", "psnr", "--num-prompts", "1", "--out", tmp_path / "e")
+    result = invoke(
+        "eval",
+        bad,
+        "--base",
+        "builtin:tiny-shapes",
+        "--metrics",
+        "psnr",
+        "--num-prompts",
+        "1",
+        "--out",
+        tmp_path / "e",
+    )
     assert "links to" in one_line_error(result) and "outside" in result.output
     (bad / "unet" / "extra.json").unlink()
     os.mkfifo(bad / "unet" / "stuck.safetensors")  # reading it would block forever
@@ -316,7 +423,10 @@ def test_plan_never_follows_a_recipe_config_path(tmp_path):
 def test_only_safetensors_are_loaded_and_torch_load_is_never_called(tmp_path, monkeypatch):
     pipe = tiny.save_tiny_pipeline("sd21", tmp_path / "pipe")
     encoder = Path(pipe) / "text_encoder"
-    state = {k: v for k, v in __import__("safetensors.torch", fromlist=["x"]).load_file(encoder / "model.safetensors").items()}
+    state = {
+        k: v
+        for k, v in __import__("safetensors.torch", fromlist=["x"]).load_file(encoder / "model.safetensors").items()
+    }
     (encoder / "model.safetensors").unlink()
     torch.save(state, encoder / "pytorch_model.bin")  # a pickle, the only weights this component ships
 

@@ -35,14 +35,23 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pushed(hub, checkpoint):
-    result = invoke("push", checkpoint, "--repo-id", "zoo/tiny-sdxl", "--token", hub.token, "--endpoint", hub.write_endpoint)
+    result = invoke(
+        "push", checkpoint, "--repo-id", "zoo/tiny-sdxl", "--token", hub.token, "--endpoint", hub.write_endpoint
+    )
     assert result.exit_code == 0, result.output
     assert hub.token not in result.output
     return "zoo/tiny-sdxl"
 
 
 def latents(pipe):
-    return pipe("a red circle", num_inference_steps=2, height=32, width=32, output_type="latent", generator=torch.Generator().manual_seed(0)).images
+    return pipe(
+        "a red circle",
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+    ).images
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -66,14 +75,31 @@ def test_push_pull_from_pretrained_equals_local(hub, checkpoint, pushed):
 
 
 def test_tag_branch_and_sha_resolve(hub, checkpoint, pushed, tmp_path):
-    result = invoke("push", checkpoint, "--repo-id", pushed, "--branch", "dev", "--tag", "dev-build-1",
-                    "--token", hub.token, "--endpoint", hub.write_endpoint)
+    result = invoke(
+        "push",
+        checkpoint,
+        "--repo-id",
+        pushed,
+        "--branch",
+        "dev",
+        "--tag",
+        "dev-build-1",
+        "--token",
+        hub.token,
+        "--endpoint",
+        hub.write_endpoint,
+    )
     assert result.exit_code == 0, result.output
     repo = hub.double.repo(pushed)
     main_sha, dev_sha = repo.resolve("refs/heads/main"), repo.resolve("refs/heads/dev")
     assert repo.resolve(f"refs/tags/{RECIPE}-v1") == main_sha
     assert repo.resolve("refs/tags/dev-build-1") == dev_sha != main_sha
-    for revision, sha in ((f"{RECIPE}-v1", main_sha), ("dev", dev_sha), ("dev-build-1", dev_sha), (main_sha, main_sha)):
+    for revision, sha in (
+        (f"{RECIPE}-v1", main_sha),
+        ("dev", dev_sha),
+        ("dev-build-1", dev_sha),
+        (main_sha, main_sha),
+    ):
         path = pull(pushed, revision=revision, local_dir=tmp_path / revision).path
         assert (path / "unet" / "config.json").is_file()
         snapshot = Path(snapshot_download(pushed, revision=revision))
@@ -111,13 +137,35 @@ def test_no_token_anywhere(hub, checkpoint, pushed):
     files += [p for p in hub.root.rglob("*") if p.is_file() and ".git/objects" not in str(p)]
     for path in files:
         assert hub.token.encode() not in path.read_bytes(), path
-    all_blobs = subprocess.run(["git", "grep", "-I", "-l", hub.token, *subprocess.run(["git", "rev-list", "--all"], cwd=hub.double.repo(pushed).path, capture_output=True, text=True).stdout.split()],
-                               cwd=hub.double.repo(pushed).path, capture_output=True, text=True)
+    all_blobs = subprocess.run(
+        [
+            "git",
+            "grep",
+            "-I",
+            "-l",
+            hub.token,
+            *subprocess.run(
+                ["git", "rev-list", "--all"], cwd=hub.double.repo(pushed).path, capture_output=True, text=True
+            ).stdout.split(),
+        ],
+        cwd=hub.double.repo(pushed).path,
+        capture_output=True,
+        text=True,
+    )
     assert all_blobs.stdout == ""
 
 
 def test_wrong_token_is_rejected_and_not_echoed(hub, checkpoint):
-    result = invoke("push", checkpoint, "--repo-id", "zoo/other", "--token", "hf_wrong_secret_123", "--endpoint", hub.write_endpoint)
+    result = invoke(
+        "push",
+        checkpoint,
+        "--repo-id",
+        "zoo/other",
+        "--token",
+        "hf_wrong_secret_123",
+        "--endpoint",
+        hub.write_endpoint,
+    )
     assert result.exit_code == 2
     assert "401" in result.output or "Invalid credentials" in result.output
     assert "hf_wrong_secret_123" not in result.output
@@ -144,7 +192,9 @@ def test_push_pull_input_errors(hub, checkpoint, tmp_path, args, message):
 
 def test_push_changes_nothing_local(hub, checkpoint):
     before = snapshot(checkpoint)
-    result = invoke("push", checkpoint, "--repo-id", "zoo/untouched", "--token", hub.token, "--endpoint", hub.write_endpoint)
+    result = invoke(
+        "push", checkpoint, "--repo-id", "zoo/untouched", "--token", hub.token, "--endpoint", hub.write_endpoint
+    )
     assert result.exit_code == 0, result.output
     assert snapshot(checkpoint) == before  # card and manifest went into the commit, not the folder
 
@@ -155,11 +205,26 @@ def test_push_to_a_dead_endpoint_is_one_line_and_leaves_the_folder_as_it_was(che
         port = s.getsockname()[1]  # closed again: nothing listens there
     before = snapshot(checkpoint)
     exe = Path(sys.executable).parent / "obsdiff-hub"
-    done = subprocess.run([exe, "push", checkpoint, "--repo-id", "zoo/x", "--token", "hf_dead_endpoint_secret", "--endpoint", f"http://127.0.0.1:{port}"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            exe,
+            "push",
+            checkpoint,
+            "--repo-id",
+            "zoo/x",
+            "--token",
+            "hf_dead_endpoint_secret",
+            "--endpoint",
+            f"http://127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: cannot reach the Hub at http://127.0.0.1:{port}"), done.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot reach the Hub at http://127.0.0.1:{port}"), (
+        done.stderr
+    )
     assert "hf_dead_endpoint_secret" not in done.stderr + done.stdout
     assert snapshot(checkpoint) == before
 
@@ -171,7 +236,18 @@ def test_re_pushing_an_existing_tag_fails_before_any_commit(hub, checkpoint, pus
     assert result.exit_code == 2
     assert f"tag {RECIPE}-v1 already exists" in result.output and "--tag" in result.output
     assert repo.git("rev-list", "--all") == history
-    retagged = invoke("push", checkpoint, "--repo-id", pushed, "--tag", "second-build", "--token", hub.token, "--endpoint", hub.write_endpoint)
+    retagged = invoke(
+        "push",
+        checkpoint,
+        "--repo-id",
+        pushed,
+        "--tag",
+        "second-build",
+        "--token",
+        hub.token,
+        "--endpoint",
+        hub.write_endpoint,
+    )
     assert retagged.exit_code == 0, retagged.output
     assert repo.resolve("refs/tags/second-build") == repo.resolve("refs/heads/main") != history.splitlines()[0]
 
@@ -182,8 +258,13 @@ def test_card_command_renders_locally(checkpoint):
     text = (checkpoint / "README.md").read_text()
     meta = validate_card(text)
     assert meta["library_name"] == "diffusers" and "obs-diff" in meta["tags"]
-    assert 'from_pretrained("builtin:' not in text  # runnable snippets: the pruned UNet goes into the shipped dense pipeline
-    assert 'OBSDiffUNet.from_pretrained("zoo/preview", subfolder="unet"' in text and 'obsdiff_hub.load_pipeline("builtin:tiny-sdxl"' in text
+    assert (
+        'from_pretrained("builtin:' not in text
+    )  # runnable snippets: the pruned UNet goes into the shipped dense pipeline
+    assert (
+        'OBSDiffUNet.from_pretrained("zoo/preview", subfolder="unet"' in text
+        and 'obsdiff_hub.load_pipeline("builtin:tiny-sdxl"' in text
+    )
 
 
 def test_prompts_from_a_hub_dataset_through_olah(hub):
@@ -196,7 +277,14 @@ def test_prompts_from_a_hub_dataset_through_olah(hub):
     repo.path.mkdir(parents=True)
     repo.git("init", "-q", "-b", "main")
     repo.commit("main", {"data/prompts.csv": b"id,caption\n1,a red barn in snow\n2,two dogs on a beach\n"}, "captions")
-    source = PromptSource(source="hub-dataset", repo_id="zoo/captions", path="data/prompts.csv", column="caption", count=3, revision="main")
+    source = PromptSource(
+        source="hub-dataset",
+        repo_id="zoo/captions",
+        path="data/prompts.csv",
+        column="caption",
+        count=3,
+        revision="main",
+    )
     prompts = resolve_prompts(source)
     assert prompts == ["a red barn in snow", "two dogs on a beach", "a red barn in snow"]
 
@@ -227,7 +315,10 @@ def test_push_without_any_token_says_so(hub, checkpoint, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "args",
-    [["inspect", "nomodel"], ["prune", "--recipe", "tiny-shapes-unstructured-50", "--base", "me/nomodel", "--out", "{tmp}/o"]],
+    [
+        ["inspect", "nomodel"],
+        ["prune", "--recipe", "tiny-shapes-unstructured-50", "--base", "me/nomodel", "--out", "{tmp}/o"],
+    ],
 )
 def test_a_name_that_is_neither_a_folder_nor_reachable_says_both(tmp_path, args):
     with socket.socket() as s:
@@ -235,10 +326,14 @@ def test_a_name_that_is_neither_a_folder_nor_reachable_says_both(tmp_path, args)
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again: nothing listens there
     exe = Path(sys.executable).parent / "obsdiff-hub"
     env = {**os.environ, "HF_ENDPOINT": dead, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_ETAG_TIMEOUT": "2"}
-    done = subprocess.run([exe, *[a.format(tmp=tmp_path) for a in args]], capture_output=True, text=True, env=env, cwd=tmp_path)
+    done = subprocess.run(
+        [exe, *[a.format(tmp=tmp_path) for a in args]], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     assert done.returncode == 2 and done.stdout == "", done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"no local folder has that name, and cannot reach the Hub at {dead}" in lines[0], done.stderr
+    assert len(lines) == 1 and f"no local folder has that name, and cannot reach the Hub at {dead}" in lines[0], (
+        done.stderr
+    )
     assert not (tmp_path / "o").exists()
 
 

@@ -64,7 +64,12 @@ def imports(name: str) -> list[tuple[str, bool, int, bool]]:
             for alias in node.names:
                 target = f"{base}.{alias.name}"
                 found.append((target if target in MODULES else base, inside, node.lineno, id(node) in type_only))
-        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "library" and node.args and isinstance(node.args[0], ast.Constant):
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", None) == "library"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
             found.append((f"{FACADE}.{node.args[0].value}", inside, node.lineno, True))
     return found
 
@@ -104,7 +109,7 @@ def test_no_import_cycle():
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(nxt):] + [nxt]))
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(nxt) :] + [nxt]))
             if nxt not in state:
                 visit(nxt)
         stack.pop()
@@ -132,7 +137,8 @@ def test_the_maths_imports_torch_only():
         for name in MODULES
         if name.startswith("obsdiff_hub.maths")
         for target, _, line, _ in imports(name)
-        if target.split(".")[0] not in sys.stdlib_module_names and not any(target == m or target.startswith(m + ".") for m in MATHS_MAY_IMPORT)
+        if target.split(".")[0] not in sys.stdlib_module_names
+        and not any(target == m or target.startswith(m + ".") for m in MATHS_MAY_IMPORT)
     ]
     assert foreign == []
 
@@ -145,7 +151,9 @@ def test_the_command_line_binds_the_library_lazily():
         for name in MODULES
         if name.startswith("obsdiff_hub.cli")
         for target, _, line, lazy in imports(name)
-        if (module := own(target)) is not None and not lazy and not module.startswith("obsdiff_hub.cli")
+        if (module := own(target)) is not None
+        and not lazy
+        and not module.startswith("obsdiff_hub.cli")
         and module not in ("obsdiff_hub.errors", "obsdiff_hub.units", "obsdiff_hub._version")
     ]
     assert direct == []

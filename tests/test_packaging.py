@@ -9,7 +9,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_wheel_ships_data_and_finds_it_outside_the_source_tree(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)], check=True
+    )
     wheel = next(tmp_path.glob("obsdiff_hub-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in (
@@ -41,7 +43,13 @@ def test_wheel_ships_data_and_finds_it_outside_the_source_tree(tmp_path):
         "assert len(builtin_prompts()) >= 200;"
         "print('ok')"
     )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": ""}, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site), "PATH": ""},
+        capture_output=True,
+        text=True,
+    )
     assert result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
@@ -50,15 +58,27 @@ def test_installed_wheel_has_the_command_and_no_top_level_cli_package(tmp_path):
     source tree nowhere on the path): the command works, and no package named `cli` was installed."""
     import sysconfig
 
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "wheel"), str(ROOT)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "wheel"), str(ROOT)], check=True
+    )
     wheel = next((tmp_path / "wheel").glob("obsdiff_hub-*.whl"))
     fresh = tmp_path / "fresh"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(fresh)], check=True)
     python = fresh / "bin" / "python"
-    purelib = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True).stdout.strip())
+    purelib = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     # this environment's packages, as a plain path entry: its own .pth files (the editable install) are not read
     (purelib / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        check=True,
+    )
     run = dict(capture_output=True, text=True, cwd=tmp_path, env={"PATH": str(fresh / "bin"), "HOME": str(tmp_path)})
     where = subprocess.run([python, "-c", "import obsdiff_hub; print(obsdiff_hub.__file__)"], **run)
     assert where.stdout.strip().startswith(str(purelib)), where.stderr[-2000:]

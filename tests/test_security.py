@@ -69,33 +69,74 @@ def corpus(marker: Path) -> dict[str, tuple[bytes, str]]:
     return {
         "os.system": (program(call(glob("os", "system"), const(f"touch {m}"))), "os.system"),
         "posix.system": (program(call(glob("posix", "system"), const(f"touch {m}"))), "posix.system"),
-        "builtins.eval": (program(call(glob("builtins", "eval"), const(f"__import__('os').system('touch {m}')"))), "builtins.eval"),
-        "builtins.exec": (program(call(glob("builtins", "exec"), const(f"open({m!r}, 'w').close()"))), "builtins.exec"),
+        "builtins.eval": (
+            program(call(glob("builtins", "eval"), const(f"__import__('os').system('touch {m}')"))),
+            "builtins.eval",
+        ),
+        "builtins.exec": (
+            program(call(glob("builtins", "exec"), const(f"open({m!r}, 'w').close()"))),
+            "builtins.exec",
+        ),
         "builtins.getattr": (
-            program(call(call(glob("builtins", "getattr"), call(glob("builtins", "__import__"), const("os")), const("system")), const(f"touch {m}"))),
+            program(
+                call(
+                    call(
+                        glob("builtins", "getattr"), call(glob("builtins", "__import__"), const("os")), const("system")
+                    ),
+                    const(f"touch {m}"),
+                )
+            ),
             "builtins.getattr",
         ),
         "subprocess.Popen": (program(call(glob("subprocess", "Popen"), touch)), "subprocess.Popen"),
         "torch re-export of Popen": (program(call(glob(HANDLER, "Popen"), touch)), f"{HANDLER}.Popen"),
         "SubprocessHandler": (
-            program(call(glob(HANDLER, "SubprocessHandler"), const("touch"), const((m,)), const({}), const(None), const(None), const(0))),
+            program(
+                call(
+                    glob(HANDLER, "SubprocessHandler"),
+                    const("touch"),
+                    const((m,)),
+                    const({}),
+                    const(None),
+                    const(None),
+                    const(0),
+                )
+            ),
             f"{HANDLER}.SubprocessHandler",
         ),
         "importlib.import_module": (
-            program(os_module + call(call(glob("builtins", "getattr"), b"h\x00", const("system")), const(f"touch {m}"))),
+            program(
+                os_module + call(call(glob("builtins", "getattr"), b"h\x00", const("system")), const(f"touch {m}"))
+            ),
             "importlib.import_module",
         ),
         "copyreg._reconstructor with a dangerous base": (
-            program(call(glob("copyreg", "_reconstructor"), glob("subprocess", "Popen"), glob("subprocess", "Popen"), touch)),
+            program(
+                call(
+                    glob("copyreg", "_reconstructor"), glob("subprocess", "Popen"), glob("subprocess", "Popen"), touch
+                )
+            ),
             "copyreg._reconstructor",
         ),
-        "dotted-name walk": (program(call(glob("torch", "serialization.os.system"), const(f"touch {m}")), protocol=4), "torch.serialization.os.system"),
+        "dotted-name walk": (
+            program(call(glob("torch", "serialization.os.system"), const(f"touch {m}")), protocol=4),
+            "torch.serialization.os.system",
+        ),
         "diffusers function that writes files": (
-            program(call(glob("diffusers.utils.export_utils", "export_to_gif"), as_list(call(glob("PIL.Image", "new"), const("RGB"), const((2, 2)))), const(m + ".gif"))),
+            program(
+                call(
+                    glob("diffusers.utils.export_utils", "export_to_gif"),
+                    as_list(call(glob("PIL.Image", "new"), const("RGB"), const((2, 2)))),
+                    const(m + ".gif"),
+                )
+            ),
             "diffusers.utils.export_utils.export_to_gif",
         ),
         "torch.save": (program(call(glob("torch", "save"), const(1), const(m))), "torch.save"),
-        "torch.load": (program(call(glob("torch.serialization", "load"), const(m + ".other"))), "torch.serialization.load"),
+        "torch.load": (
+            program(call(glob("torch.serialization", "load"), const(m + ".other"))),
+            "torch.serialization.load",
+        ),
     }
 
 
@@ -114,13 +155,25 @@ def marker_files(marker: Path) -> list[Path]:
 
 def test_the_corpus_is_live_under_plain_pickle(tmp_path):
     """Control: the same bytes really run their payload when unpickled normally."""
-    live = ["os.system", "builtins.getattr", "torch re-export of Popen", "copyreg._reconstructor with a dangerous base",
-            "dotted-name walk", "diffusers function that writes files", "importlib.import_module"]
+    live = [
+        "os.system",
+        "builtins.getattr",
+        "torch re-export of Popen",
+        "copyreg._reconstructor with a dangerous base",
+        "dotted-name walk",
+        "diffusers function that writes files",
+        "importlib.import_module",
+    ]
     for name in live:
         marker = tmp_path / f"{abs(hash(name))}" / "PWNED"
         marker.parent.mkdir()
         data = corpus(marker)[name][0]
-        subprocess.run([sys.executable, "-c", "import pickle, sys; pickle.loads(sys.stdin.buffer.read())"], input=data, capture_output=True, timeout=120)
+        subprocess.run(
+            [sys.executable, "-c", "import pickle, sys; pickle.loads(sys.stdin.buffer.read())"],
+            input=data,
+            capture_output=True,
+            timeout=120,
+        )
         deadline = time.monotonic() + 10
         while not marker_files(marker) and time.monotonic() < deadline:  # Popen returns before touch finishes
             time.sleep(0.05)
@@ -134,7 +187,10 @@ def test_hostile_pickles_are_refused_by_name_and_run_nothing(name, tmp_path):
     raw = tmp_path / "evil.pkl"
     raw.write_bytes(data)
     for path in (torch_zip(tmp_path / "evil.pth", data), raw):  # torch's zip layout, and a bare pickle
-        with pytest.raises(oh.UnsafePickleError, match=f"references {offender.replace('.', '[.]')}, which a model checkpoint never needs"):
+        with pytest.raises(
+            oh.UnsafePickleError,
+            match=f"references {offender.replace('.', '[.]')}, which a model checkpoint never needs",
+        ):
             oh.convert_legacy(path, tmp_path / "out")
         result = invoke("convert-legacy", path, "--out", tmp_path / "cli-out")
         assert result.exit_code == 2
@@ -146,14 +202,36 @@ def test_hostile_pickles_are_refused_by_name_and_run_nothing(name, tmp_path):
 
 def test_malformed_tensor_records_and_state_on_real_objects_are_refused(tmp_path):
     storage = b"(X\x07\x00\x00\x00storageq\x00ctorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x01tQ"
-    outside = program(call(glob("torch._utils", "_rebuild_tensor_v2"), storage, const(0), const((100,)), const((1,)), const(False), call(glob("collections", "OrderedDict"))))
+    outside = program(
+        call(
+            glob("torch._utils", "_rebuild_tensor_v2"),
+            storage,
+            const(0),
+            const((100,)),
+            const((1,)),
+            const(False),
+            call(glob("collections", "OrderedDict")),
+        )
+    )
     path = tmp_path / "bad.pth"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("archive/data.pkl", outside)
         archive.writestr("archive/data/0", b"\x00" * 4)
     with pytest.raises(oh.UnsafePickleError, match="outside its storage"):
         oh.convert_legacy(path)
-    build_on_tensor = program(call(glob("torch._utils", "_rebuild_tensor_v2"), storage, const(0), const((1,)), const((1,)), const(False), call(glob("collections", "OrderedDict"))) + const((0, False, {"hook": 1})) + b"b")
+    build_on_tensor = program(
+        call(
+            glob("torch._utils", "_rebuild_tensor_v2"),
+            storage,
+            const(0),
+            const((1,)),
+            const((1,)),
+            const(False),
+            call(glob("collections", "OrderedDict")),
+        )
+        + const((0, False, {"hook": 1}))
+        + b"b"
+    )
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("archive/data.pkl", build_on_tensor)
         archive.writestr("archive/data/0", b"\x00" * 4)
@@ -198,14 +276,18 @@ def _snapshot_with_manifest(root: Path, entries: dict) -> Path:
     return snapshot
 
 
-@pytest.mark.parametrize("entry", ["../victim.txt", "{victim}", "unet/../../victim.txt", "unet/link.safetensors", "unet/dir/x.safetensors"])
+@pytest.mark.parametrize(
+    "entry", ["../victim.txt", "{victim}", "unet/../../victim.txt", "unet/link.safetensors", "unet/dir/x.safetensors"]
+)
 def test_manifest_entries_cannot_reach_outside_the_snapshot(entry, tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("my thesis")
     before = victim.read_bytes()
     name = entry.format(victim=victim)
     wrong = {"sha256": "0" * 64, "size": 9}
-    snapshot = _snapshot_with_manifest(tmp_path, {"unet/w.safetensors": {"sha256": hashlib.sha256(b"weights").hexdigest(), "size": 7}, name: wrong})
+    snapshot = _snapshot_with_manifest(
+        tmp_path, {"unet/w.safetensors": {"sha256": hashlib.sha256(b"weights").hexdigest(), "size": 7}, name: wrong}
+    )
     (snapshot / "unet" / "link.safetensors").symlink_to(victim)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -229,7 +311,12 @@ def test_a_hostile_manifest_from_the_hub_deletes_nothing_outside_the_snapshot(hu
     repo.git("init", "-q", "-b", "main")
     cache = tmp_path / "cache"
     depth = "../" * 7  # from cache/models--evil--manifest/snapshots/<sha>/ up to tmp_path and beyond
-    manifest = {"files": {f"{depth}{tmp_path.name}/victim.txt": {"sha256": "0" * 64, "size": 7}, str(victim): {"sha256": "0" * 64, "size": 7}}}
+    manifest = {
+        "files": {
+            f"{depth}{tmp_path.name}/victim.txt": {"sha256": "0" * 64, "size": 7},
+            str(victim): {"sha256": "0" * 64, "size": 7},
+        }
+    }
     repo.commit("main", {MANIFEST: json.dumps(manifest).encode(), "model_index.json": b"{}"}, "hostile")
     with pytest.raises(ManifestError, match="refusing"):
         pull("evil/manifest", cache_dir=cache)
@@ -321,9 +408,13 @@ def test_a_recipe_cannot_make_the_evaluation_read_a_file_outside_its_folder(tmp_
     (tmp_path / "recipes").mkdir()
     for where in (str(secret), "../secrets/id_rsa"):
         recipe = tmp_path / "recipes" / "r.yaml"
-        recipe.write_text(base + f"evaluation:\n  metrics: [psnr]\n  prompts: {where}\n  num: 2\n  steps: 2\n  resolution: 32\n")
+        recipe.write_text(
+            base + f"evaluation:\n  metrics: [psnr]\n  prompts: {where}\n  num: 2\n  steps: 2\n  resolution: 32\n"
+        )
         result = invoke("prune", "--recipe", recipe, "--out", tmp_path / "o", "--quiet")
-        assert result.exit_code == 2 and "must be a relative path inside the recipe's folder" in result.output, result.output
+        assert result.exit_code == 2 and "must be a relative path inside the recipe's folder" in result.output, (
+            result.output
+        )
         assert not (tmp_path / "o").exists()
 
 
@@ -370,7 +461,9 @@ def test_resume_never_deletes_files_the_user_put_in_the_partial_folder(tmp_path,
     for extra in (("--resume",), ("--restart",), ()):
         result = prune_tiny(out, *extra)
         assert result.exit_code == 2 and "which obsdiff-hub did not write" in result.output, (extra, result.output)
-    assert (partial / "mydata.txt").read_text() == "my notes" and (partial / "state" / "notes.txt").read_text() == "more notes"
+    assert (partial / "mydata.txt").read_text() == "my notes" and (
+        partial / "state" / "notes.txt"
+    ).read_text() == "more notes"
     (partial / "mydata.txt").unlink()
     (partial / "state" / "notes.txt").unlink()
     assert prune_tiny(out, "--resume").exit_code == 0 and not partial.exists()
@@ -417,7 +510,16 @@ def test_a_server_echoing_the_token_does_not_get_it_printed(tmp_path):
     out = tmp_path / "o"
     assert prune_tiny(out).exit_code == 0
     try:
-        result = invoke("push", out, "--repo-id", "zoo/x", "--token", "hf_SUPERSECRET123", "--endpoint", f"http://127.0.0.1:{server.server_port}")
+        result = invoke(
+            "push",
+            out,
+            "--repo-id",
+            "zoo/x",
+            "--token",
+            "hf_SUPERSECRET123",
+            "--endpoint",
+            f"http://127.0.0.1:{server.server_port}",
+        )
     finally:
         server.shutdown()
     assert result.exit_code == 2 and "***" in result.output and "hf_SUPERSECRET123" not in result.output
@@ -463,11 +565,15 @@ def test_legacy_memory_bombs_and_malformed_trees_are_refused_in_one_line(tmp_pat
 )
 def test_hostile_settings_are_one_line_errors(args, message, tmp_path):
     result = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--out", tmp_path / "o", "--quiet", *args)
-    assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1, (
+        result.output
+    )
 
 
 def test_a_path_is_never_taken_for_a_shipped_recipe_name(tmp_path):
-    (tmp_path / "trav.yaml").write_text((Path(__file__).parent.parent / "recipes" / "tiny-sd3-unstructured-50.yaml").read_text())
+    (tmp_path / "trav.yaml").write_text(
+        (Path(__file__).parent.parent / "recipes" / "tiny-sd3-unstructured-50.yaml").read_text()
+    )
     relative = os.path.relpath(tmp_path / "trav", Path(__file__).parent.parent / "recipes")
     result = invoke("recipes", "show", relative)
     assert result.exit_code == 2 and "not a shipped recipe's name" in result.output

@@ -25,7 +25,9 @@ DENSE_ALL_FLOOR = 0.85
 DENSE_MEAN_FLOOR = 0.93
 KEEP_FRACTION = 0.9
 
-CALIBRATION = oh.CalibrationConfig(prompts=builtin_prompts("shapes")[:32], steps=20, guidance_scale=4.0, resolution=32, batch_size=8)
+CALIBRATION = oh.CalibrationConfig(
+    prompts=builtin_prompts("shapes")[:32], steps=20, guidance_scale=4.0, resolution=32, batch_size=8
+)
 
 
 def test_dataset_is_deterministic_and_complete():
@@ -75,8 +77,12 @@ def test_main_job_quiet_writes_grid_scores_and_card(tmp_path):
 
     exe = Path(sys.executable).parent / "obsdiff-hub"
     out = tmp_path / "o"
-    done = subprocess.run([exe, "prune", "--recipe", "tiny-shapes-unstructured-50", "--out", out, "--quiet"],
-                          capture_output=True, text=True, env={**os.environ, "OBSDIFF_HUB_CACHE": str(tmp_path / "cache")})
+    done = subprocess.run(
+        [exe, "prune", "--recipe", "tiny-shapes-unstructured-50", "--out", out, "--quiet"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OBSDIFF_HUB_CACHE": str(tmp_path / "cache")},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{out}\n" and done.stderr == ""
     grid = Image.open(out / "samples.png")
@@ -89,7 +95,11 @@ def test_main_job_quiet_writes_grid_scores_and_card(tmp_path):
         assert m["samples"] == 60 and low <= m["pruned"] <= high
     assert metrics["caption_accuracy"]["pruned"] >= 0.5 and metrics["psnr_vs_dense"]["pruned"] > 15
     card = (out / "README.md").read_text()
-    assert "caption accuracy (shape, colour and size all right)" in card and "samples.png" in card and "95% interval" in card
+    assert (
+        "caption accuracy (shape, colour and size all right)" in card
+        and "samples.png" in card
+        and "95% interval" in card
+    )
 
 
 @pytest.mark.parametrize("recipe", ["tiny-shapes-unstructured-50", "tiny-shapes-2of4", "tiny-shapes-structured-30"])
@@ -101,9 +111,26 @@ def test_bfloat16_calibration_ships_every_untouched_weight_bit_identical(recipe,
     from obsdiff_hub.cli import app
 
     out = tmp_path / "o"
-    result = CliRunner().invoke(app, ["prune", "--recipe", recipe, "--out", str(out), "--dtype", "bfloat16", "--quiet", "--set", "evaluation=null",
-                                        # bf16 is emulated on CPUs without bf16 instructions: a short calibration is enough here
-                                        "--set", "calibration.prompts.count=8", "--set", "calibration.steps=5"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "prune",
+            "--recipe",
+            recipe,
+            "--out",
+            str(out),
+            "--dtype",
+            "bfloat16",
+            "--quiet",
+            "--set",
+            "evaluation=null",
+            # bf16 is emulated on CPUs without bf16 instructions: a short calibration is enough here
+            "--set",
+            "calibration.prompts.count=8",
+            "--set",
+            "calibration.steps=5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["precision"] == {"checkpoint": "float16", "compute": "bfloat16"}

@@ -132,12 +132,20 @@ def lstsq_optimum(W, X, H, keep, percdamp):
 
 @pytest.mark.parametrize(
     "group_size,num_remove,saliency,batch",
-    [(1, 20, "reference", 1), (1, 20, "reference", 8), (8, 3, "reference", 1), (8, 3, "exact", 1), (8, 3, "reference", 2)],
+    [
+        (1, 20, "reference", 1),
+        (1, 20, "reference", 8),
+        (8, 3, "reference", 1),
+        (8, 3, "exact", 1),
+        (8, 3, "reference", 2),
+    ],
 )
 def test_structured_equals_least_squares_optimum(group_size, num_remove, saliency, batch):
     W, X, H = make_problem(10, 64, 400, seed=6)
     groups = column_groups(64, group_size)
-    (got,), (removed,) = obs_remove_groups([W], [H], groups, [GroupSelection(tuple(range(len(groups))), num_remove, batch)], saliency=saliency)
+    (got,), (removed,) = obs_remove_groups(
+        [W], [H], groups, [GroupSelection(tuple(range(len(groups))), num_remove, batch)], saliency=saliency
+    )
     assert len(set(removed)) == num_remove
     cols = torch.cat([torch.arange(g * group_size, (g + 1) * group_size) for g in removed])
     keep = torch.ones(64, dtype=torch.bool)
@@ -166,7 +174,9 @@ def test_exact_group_saliency_never_reconstructs_worse_on_first_pick():
 def test_joint_heads_rrf_and_both_streams_optimal():
     Wa, X, Ha = make_problem(12, 64, 400, seed=9)
     Wb, Xb, Hb = make_problem(7, 64, 400, seed=10)
-    (got_a, got_b), (removed,) = obs_remove_groups([Wa, Wb], [Ha, Hb], column_groups(64, 8), [GroupSelection(tuple(range(8)), 3)])
+    (got_a, got_b), (removed,) = obs_remove_groups(
+        [Wa, Wb], [Ha, Hb], column_groups(64, 8), [GroupSelection(tuple(range(8)), 3)]
+    )
     assert len(set(removed)) == 3
     keep = torch.ones(64, dtype=torch.bool)
     for h in removed:

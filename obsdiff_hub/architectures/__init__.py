@@ -36,7 +36,9 @@ def adapter_for(model: nn.Module) -> ArchitectureAdapter:
         if adapter.matches(model):
             return adapter
     supported = ", ".join(a.model_class_name for a in ADAPTERS)
-    raise InputError(f"unsupported model class {type(model).__name__}; obsdiff-hub prunes {supported} (and subclasses)")
+    raise InputError(
+        f"unsupported model class {type(model).__name__}; obsdiff-hub prunes {supported} (and subclasses)"
+    )
 
 
 __all__ = [

@@ -139,7 +139,10 @@ class ArchitectureAdapter(ABC):
             if not 0 <= b < len(paths):
                 raise InputError(f"block {b} is out of range: this {self.family} model has blocks 0..{len(paths) - 1}")
         return [
-            BlockUnit(b, unit) for b in sorted(set(chosen)) for unit in self.block_units(model, paths[b], structured) if unit
+            BlockUnit(b, unit)
+            for b in sorted(set(chosen))
+            for unit in self.block_units(model, paths[b], structured)
+            if unit
         ]
 
     def couplings(self, model: nn.Module) -> list[HeadCoupling | NeuronCoupling]:
@@ -158,7 +161,9 @@ def has(module: nn.Module, path: str) -> bool:
         return False
 
 
-def head_coupling(model: nn.Module, attn_path: str, row_names: tuple[str, ...], out_names: tuple[str, ...]) -> HeadCoupling:
+def head_coupling(
+    model: nn.Module, attn_path: str, row_names: tuple[str, ...], out_names: tuple[str, ...]
+) -> HeadCoupling:
     """Build a head coupling from the attention module's present projections."""
     attn = model.get_submodule(attn_path)
     rows = tuple(f"{attn_path}.{n}" for n in row_names if has(attn, n))
@@ -171,7 +176,9 @@ def feed_forward_coupling(model: nn.Module, ff_path: str) -> NeuronCoupling:
     """diffusers ``FeedForward``: ``net.0.proj`` (GELU or GEGLU) → ``net.2``."""
     ff = model.get_submodule(ff_path)
     out = ff.net[2]
-    return NeuronCoupling(ff_path, f"{ff_path}.net.0.proj", f"{ff_path}.net.2", out.in_features, isinstance(ff.net[0], GEGLU))
+    return NeuronCoupling(
+        ff_path, f"{ff_path}.net.0.proj", f"{ff_path}.net.2", out.in_features, isinstance(ff.net[0], GEGLU)
+    )
 
 
 def feed_forward_sites(ff_paths: list[str]) -> tuple[list[LinearSite], list[LinearSite]]:

@@ -37,7 +37,11 @@ def _lora_site(key: str) -> tuple[str, int] | None:
 
 
 def map_lora_state_dict(
-    state_dict: Mapping[str, torch.Tensor], model: nn.Module, selections: Mapping[str, Selection], prefix: str | None, recorded: bool
+    state_dict: Mapping[str, torch.Tensor],
+    model: nn.Module,
+    selections: Mapping[str, Selection],
+    prefix: str | None,
+    recorded: bool,
 ) -> dict[str, torch.Tensor]:
     """``state_dict`` (peft format, keys optionally under ``prefix.``) with every tensor made for the
     dense base restricted to the rows or columns the pruned layer kept.
@@ -55,11 +59,19 @@ def map_lora_state_dict(
         path, axis = site
         expected = 1 if key.endswith(".bias") or "lora_magnitude_vector" in key else 2
         if tensor.ndim != expected:
-            raise InputError(f"LoRA tensor {key} has {tensor.ndim} dimensions, a LoRA of the Linear {path} has {expected}")
+            raise InputError(
+                f"LoRA tensor {key} has {tensor.ndim} dimensions, a LoRA of the Linear {path} has {expected}"
+            )
         current = layer.out_features if axis == 0 else layer.in_features
         size = tensor.shape[axis]
         selection = selections.get(path)
-        index, dense = (None, current) if selection is None else (selection.rows, selection.dense_rows) if axis == 0 else (selection.cols, selection.dense_cols)
+        index, dense = (
+            (None, current)
+            if selection is None
+            else (selection.rows, selection.dense_rows)
+            if axis == 0
+            else (selection.cols, selection.dense_cols)
+        )
         if size == current:
             mapped[key] = tensor
         elif index is not None and size == dense:
@@ -69,7 +81,9 @@ def map_lora_state_dict(
         else:
             what = "rows" if axis == 0 else "columns"
             fits = f"{current} (pruned) or {dense} (dense base)" if index is not None else str(current)
-            raise InputError(f"LoRA tensor {key} has {size} {what}, {path} takes {fits}: the LoRA was made for a different base model")
+            raise InputError(
+                f"LoRA tensor {key} has {size} {what}, {path} takes {fits}: the LoRA was made for a different base model"
+            )
     return mapped
 
 
@@ -82,7 +96,9 @@ def _linear(model: nn.Module, path: str) -> nn.Linear | None:
     return base if isinstance(base, nn.Linear) else None
 
 
-def slice_ip_adapter_processors(model: nn.Module, processors: Mapping[str, nn.Module], selections: Mapping[str, Selection], recorded: bool) -> None:
+def slice_ip_adapter_processors(
+    model: nn.Module, processors: Mapping[str, nn.Module], selections: Mapping[str, Selection], recorded: bool
+) -> None:
     """Restrict the IP-Adapter key/value projections (``to_k_ip``/``to_v_ip``, built and loaded at the
     dense width by diffusers) of every pruned cross-attention to the heads it kept, in place."""
     for name, processor in processors.items():
@@ -97,7 +113,9 @@ def slice_ip_adapter_processors(model: nn.Module, processors: Mapping[str, nn.Mo
                     continue
                 if selection is None or selection.rows is None or linear.out_features != selection.dense_rows:
                     reason = UNRECORDED if not recorded else "the IP-Adapter was made for a different base model"
-                    raise CheckpointError(f"IP-Adapter projection for {attention} has {linear.out_features} outputs, the attention {width}: {reason}")
+                    raise CheckpointError(
+                        f"IP-Adapter projection for {attention} has {linear.out_features} outputs, the attention {width}: {reason}"
+                    )
                 projections[i] = sliced_linear(linear, rows=selection.rows)
         if hasattr(processor, "hidden_size"):
             processor.hidden_size = width

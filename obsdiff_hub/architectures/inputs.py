@@ -46,7 +46,9 @@ def example_inputs(
         }
     if isinstance(model, FluxTransformer2DModel):
         packed = side // 2
-        ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(float(packed)), torch.arange(float(packed)), indexing="ij"), -1)
+        ids = torch.stack(
+            torch.meshgrid(torch.zeros(1), torch.arange(float(packed)), torch.arange(float(packed)), indexing="ij"), -1
+        )
         inputs = {
             "hidden_states": randn(batch, packed * packed, cfg.in_channels),
             "encoder_hidden_states": randn(batch, tokens, cfg.joint_attention_dim),

@@ -41,7 +41,9 @@ def decode(entry: Any, where: str) -> torch.Tensor:
         raise CheckpointError(f"{where}: kept-indices count {str(dense)[:20]} is not between 1 and {MAX_UNITS:,}")
     if not isinstance(mask, str) or len(mask) != (dense + 3) // 4 or not all(c in "0123456789abcdef" for c in mask):
         raise CheckpointError(f"{where}: kept-indices mask is not {(dense + 3) // 4} lower-case hex digits")
-    kept = [4 * j + b for j, digit in enumerate(reversed(mask)) for b in range(4) if int(digit, 16) >> b & 1]  # linear in the mask's length
+    kept = [
+        4 * j + b for j, digit in enumerate(reversed(mask)) for b in range(4) if int(digit, 16) >> b & 1
+    ]  # linear in the mask's length
     if kept and kept[-1] >= dense:
         raise CheckpointError(f"{where}: kept-indices mask names units past the {dense} the base has")
     if not kept:
@@ -69,7 +71,7 @@ def ranges(indices: Sequence[int], limit: int = 48) -> str:
         else:
             parts.append(str(index))
     text = ",".join(parts)
-    return text if len(text) <= limit else text[: limit].rsplit(",", 1)[0] + ",…"
+    return text if len(text) <= limit else text[:limit].rsplit(",", 1)[0] + ",…"
 
 
 @dataclass
@@ -96,7 +98,9 @@ def _axis(current: int, pieces: list[tuple[bool, torch.Tensor]]) -> tuple[torch.
     return full.nonzero().flatten(), dense
 
 
-def dense_selections(model: nn.Module, adapter: ArchitectureAdapter, kept: Mapping[str, torch.Tensor], dense: Mapping[str, int]) -> dict[str, Selection]:
+def dense_selections(
+    model: nn.Module, adapter: ArchitectureAdapter, kept: Mapping[str, torch.Tensor], dense: Mapping[str, int]
+) -> dict[str, Selection]:
     """Per Linear layer whose shape pruning changed, the rows and columns of the dense layer it kept.
 
     ``kept``: coupling key → kept unit indices of the base; ``dense``: coupling key → the base's
@@ -109,12 +113,16 @@ def dense_selections(model: nn.Module, adapter: ArchitectureAdapter, kept: Mappi
     couplings = adapter.couplings(model)
     unknown = sorted(set(kept) - {c.key for c in couplings})
     if unknown:
-        raise CheckpointError(f"the kept-indices record names {unknown[0]}, which this {type(model).__name__} does not have")
+        raise CheckpointError(
+            f"the kept-indices record names {unknown[0]}, which this {type(model).__name__} does not have"
+        )
     for coupling in couplings:
         if coupling.key not in kept:
             continue
         if len(kept[coupling.key]) != coupling.count(model):
-            raise CheckpointError(f"{coupling.key}: the kept-indices record keeps {len(kept[coupling.key])} units, the model has {coupling.count(model)}")
+            raise CheckpointError(
+                f"{coupling.key}: the kept-indices record keeps {len(kept[coupling.key])} units, the model has {coupling.count(model)}"
+            )
         unit = torch.zeros(dense[coupling.key], dtype=torch.bool)
         unit[kept[coupling.key]] = True
         if isinstance(coupling, HeadCoupling):

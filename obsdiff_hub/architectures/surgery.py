@@ -95,7 +95,9 @@ def apply_structure(model: nn.Module, adapter: ArchitectureAdapter, structure: d
     couplings = {c.key: c for c in adapter.couplings(model)}
     unknown = sorted(set(structure) - set(couplings))
     if unknown:
-        raise InputError(f"pruned structure names modules this {adapter.model_class_name} does not have: {', '.join(unknown[:3])}")
+        raise InputError(
+            f"pruned structure names modules this {adapter.model_class_name} does not have: {', '.join(unknown[:3])}"
+        )
     for key, count in structure.items():
         c = couplings[key]
         dense = c.count(model)

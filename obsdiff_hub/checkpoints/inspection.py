@@ -58,8 +58,16 @@ class CheckpointInfo:
     adapters: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "class": self.class_name, "load_with": self.load_with, "provenance": self.provenance,
-                "structure": self.structure, "sparsity": self.sparsity, "targeted_weights": self.targeted_weights, "adapters": self.adapters}
+        return {
+            "path": self.path,
+            "class": self.class_name,
+            "load_with": self.load_with,
+            "provenance": self.provenance,
+            "structure": self.structure,
+            "sparsity": self.sparsity,
+            "targeted_weights": self.targeted_weights,
+            "adapters": self.adapters,
+        }
 
 
 def inspect_checkpoint(source: str, revision: str | None = None) -> CheckpointInfo:
@@ -98,7 +106,9 @@ def inspect_checkpoint(source: str, revision: str | None = None) -> CheckpointIn
     for key, entry in (kept_record or {}).items() if isinstance(kept_record, dict) else ():
         indices = decode(entry, f"{folder / 'config.json'} {KEPT_KEY}[{key!r}]").tolist()
         if key not in now or len(indices) != now[key]:
-            raise CheckpointError(f"{folder / 'config.json'}: {KEPT_KEY}[{key!r}] keeps {len(indices)} units, the pruned shapes say {now.get(key, 'none')}")
+            raise CheckpointError(
+                f"{folder / 'config.json'}: {KEPT_KEY}[{key!r}] keeps {len(indices)} units, the pruned shapes say {now.get(key, 'none')}"
+            )
         kept[key] = ranges(indices)
     if not pruned:
         adapters = "shapes unchanged: adapters of the dense base load as they are"
@@ -110,9 +120,14 @@ def inspect_checkpoint(source: str, revision: str | None = None) -> CheckpointIn
     return CheckpointInfo(
         path=str(folder),
         class_name=name,
-        load_with=f"obsdiff_hub.{loader.__name__}" if recorded else f"diffusers.{loader.__name__} (or obsdiff_hub.{pruned_class_for(base).__name__})",
+        load_with=f"obsdiff_hub.{loader.__name__}"
+        if recorded
+        else f"diffusers.{loader.__name__} (or obsdiff_hub.{pruned_class_for(base).__name__})",
         provenance=record,
-        structure={k: {"kind": kinds[k], "dense": dense[k], "now": now[k], "kept": kept.get(k, "not recorded")} for k in sorted(pruned, key=list(dense).index)},
+        structure={
+            k: {"kind": kinds[k], "dense": dense[k], "now": now[k], "kept": kept.get(k, "not recorded")}
+            for k in sorted(pruned, key=list(dense).index)
+        },
         sparsity=zeros / total if total else 0.0,
         targeted_weights=tensors,
         adapters=adapters,

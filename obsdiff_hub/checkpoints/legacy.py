@@ -72,7 +72,9 @@ class _Storage:
 
     def __init__(self, data: bytes, dtype: torch.dtype) -> None:
         self.dtype = dtype
-        self.untyped = torch.frombuffer(bytearray(data), dtype=torch.uint8).untyped_storage() if data else torch.UntypedStorage(0)
+        self.untyped = (
+            torch.frombuffer(bytearray(data), dtype=torch.uint8).untyped_storage() if data else torch.UntypedStorage(0)
+        )
 
 
 class _Inert:
@@ -103,17 +105,38 @@ class _InertMeta(type):
 
     def __call__(cls, *args: Any) -> Any:
         if not cls.callable_without_args or args:  # type: ignore[attr-defined]
-            raise UnsafePickleError(f"refusing to convert: the pickle calls {cls.qualified} with arguments, which a module checkpoint never does")  # type: ignore[attr-defined]
+            raise UnsafePickleError(
+                f"refusing to convert: the pickle calls {cls.qualified} with arguments, which a module checkpoint never does"
+            )  # type: ignore[attr-defined]
         return super().__call__()
 
 
 def _stand_in(qualified: str, callable_without_args: bool = False) -> type:
-    return _InertMeta(qualified.rsplit(".", 1)[-1], (_Inert,), {"qualified": qualified, "callable_without_args": callable_without_args})
+    return _InertMeta(
+        qualified.rsplit(".", 1)[-1],
+        (_Inert,),
+        {"qualified": qualified, "callable_without_args": callable_without_args},
+    )
 
 
-def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False, hooks: Any = None, metadata: Any = None) -> torch.Tensor:
-    ints = (lambda v: isinstance(v, tuple) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v))
-    if not isinstance(storage, _Storage) or not isinstance(offset, int) or offset < 0 or not ints(size) or not ints(stride) or len(size) != len(stride):
+def _rebuild_tensor_v2(
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any = False,
+    hooks: Any = None,
+    metadata: Any = None,
+) -> torch.Tensor:
+    ints = lambda v: isinstance(v, tuple) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+    if (
+        not isinstance(storage, _Storage)
+        or not isinstance(offset, int)
+        or offset < 0
+        or not ints(size)
+        or not ints(stride)
+        or len(size) != len(stride)
+    ):
         raise UnsafePickleError("refusing to convert: a tensor record is malformed")
     tensor = torch.empty(0, dtype=storage.dtype)
     try:
@@ -187,7 +210,9 @@ class _InertUnpickler(pickle._Unpickler):
             if qualified not in self.classes:
                 self.classes[qualified] = _stand_in(qualified, callable_without_args=(module, name) == _CONFIG_CLASS)
             return self.classes[qualified]
-        raise UnsafePickleError(f"refusing to convert: the pickle references {qualified}, which a model checkpoint never needs; nothing in it was run")
+        raise UnsafePickleError(
+            f"refusing to convert: the pickle references {qualified}, which a model checkpoint never needs; nothing in it was run"
+        )
 
     def persistent_load(self, pid: Any) -> _Storage:  # noqa: D102 - pickle's hook
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
@@ -233,8 +258,20 @@ def inert_load(path: str | os.PathLike) -> Any:
         raise
     except RecursionError as error:
         raise UnsafePickleError(f"{path}: the pickle nests too deeply to be a checkpoint") from error
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, AttributeError, IndexError, KeyError, OSError) as error:
-        raise UnsafePickleError(f"{path}: not a readable torch checkpoint ({type(error).__name__}: {error})".splitlines()[0]) from error
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OSError,
+    ) as error:
+        raise UnsafePickleError(
+            f"{path}: not a readable torch checkpoint ({type(error).__name__}: {error})".splitlines()[0]
+        ) from error
 
 
 def _plain(value: Any, where: str) -> Any:
@@ -299,7 +336,9 @@ def read_legacy_model(path: str | os.PathLike) -> tuple[type[ModelMixin], dict[s
     return _MODEL_NAMES[qualified], config, tensors
 
 
-def convert_legacy(path: str | os.PathLike, output_dir: str | os.PathLike | None = None, *, overwrite: bool = False) -> ModelMixin:
+def convert_legacy(
+    path: str | os.PathLike, output_dir: str | os.PathLike | None = None, *, overwrite: bool = False
+) -> ModelMixin:
     """Read a legacy whole-module checkpoint without executing it; return (and optionally save) a clean model.
 
     Pruned shapes are read from the weights (rows of q/k/v, widths of FFN inputs), not from
@@ -311,7 +350,9 @@ def convert_legacy(path: str | os.PathLike, output_dir: str | os.PathLike | None
     try:
         skeleton = build_model(config)
     except (TypeError, ValueError, RuntimeError, AttributeError, KeyError, IndexError) as error:
-        raise UnsafePickleError(f"{path}: its config does not build a {cls.__name__} ({type(error).__name__}: {error})".splitlines()[0]) from error
+        raise UnsafePickleError(
+            f"{path}: its config does not build a {cls.__name__} ({type(error).__name__}: {error})".splitlines()[0]
+        ) from error
     adapter = adapter_for(skeleton)
     dense = structure_of(skeleton, adapter)
     structure: dict[str, int] = {}
@@ -319,14 +360,18 @@ def convert_legacy(path: str | os.PathLike, output_dir: str | os.PathLike | None
         source = c.row_layers[0] if isinstance(c, HeadCoupling) else c.in_layer
         key = f"{source}.weight"
         if key not in tensors or tensors[key].dim() != 2:
-            raise UnsafePickleError(f"{path}: {key} is missing or not a matrix; this is not a {cls.__name__} checkpoint")
+            raise UnsafePickleError(
+                f"{path}: {key} is missing or not a matrix; this is not a {cls.__name__} checkpoint"
+            )
         rows = tensors[key].shape[0]
         structure[c.key] = rows // c.head_dim if isinstance(c, HeadCoupling) else (rows // 2 if c.geglu else rows)
     model = build_model(config, structure=structure if structure != dense else None)
     try:
         model.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as error:
-        raise UnsafePickleError(f"{path}: the weights do not fit a {cls.__name__} built from its config ({str(error).splitlines()[0]})") from error
+        raise UnsafePickleError(
+            f"{path}: the weights do not fit a {cls.__name__} built from its config ({str(error).splitlines()[0]})"
+        ) from error
     model.eval()
     if output_dir is not None:
         save_pruned(model, output_dir, record=provenance(converted_from=Path(path).name), overwrite=overwrite)

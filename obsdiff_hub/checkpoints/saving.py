@@ -68,11 +68,17 @@ def write_safetensors(
         write_atomic(directory / with_variant(INDEX_NAME, variant), json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
-def save_components(pipeline: Any, directory: Path, denoiser: str, write_denoiser: Callable[[Path], None], **kwargs: Any) -> None:
+def save_components(
+    pipeline: Any, directory: Path, denoiser: str, write_denoiser: Callable[[Path], None], **kwargs: Any
+) -> None:
     """Save a pipeline in the diffusers layout: every component through its own ``save_pretrained``
     (with the keyword arguments it accepts, as ``DiffusionPipeline.save_pretrained`` passes them),
     the denoiser through ``write_denoiser``, then ``model_index.json``."""
-    options = {"safe_serialization": True, "save_peft_format": False, **{k: v for k, v in kwargs.items() if v is not None}}
+    options = {
+        "safe_serialization": True,
+        "save_peft_format": False,
+        **{k: v for k, v in kwargs.items() if v is not None},
+    }
     for name, component in pipeline.components.items():
         if name == denoiser:
             write_denoiser(directory / name)
@@ -109,7 +115,9 @@ def save_pruned(
     ``overwrite`` replaces only an empty folder or an earlier output of this tool.
     """
     with atomic_output(directory, overwrite=overwrite) as tmp:
-        write_pruned(target, tmp, record=record, variant=variant, torch_dtype=torch_dtype, max_shard_size=max_shard_size)
+        write_pruned(
+            target, tmp, record=record, variant=variant, torch_dtype=torch_dtype, max_shard_size=max_shard_size
+        )
         for file_name, content in (extra_files or {}).items():
             write_atomic(_extra_file(tmp, file_name), content, root=tmp)
     return Path(directory)
@@ -136,11 +144,17 @@ def write_pruned(
     model = promote(target if pipeline is None else getattr(pipeline, name), record)  # type: ignore[arg-type]
     if pipeline is not None and torch_dtype is not None:
         for other, component in pipeline.components.items():
-            if other != name and isinstance(component, torch.nn.Module) and any(p.is_floating_point() for p in component.parameters()):
+            if (
+                other != name
+                and isinstance(component, torch.nn.Module)
+                and any(p.is_floating_point() for p in component.parameters())
+            ):
                 component.to(dtype=torch_dtype)
 
     def write_denoiser(directory: Path) -> None:
-        write_safetensors(model, directory, variant=variant, torch_dtype=torch_dtype, max_shard_size=max_shard_size, metadata=record)
+        write_safetensors(
+            model, directory, variant=variant, torch_dtype=torch_dtype, max_shard_size=max_shard_size, metadata=record
+        )
 
     if pipeline is None:
         write_denoiser(folder)

@@ -34,11 +34,29 @@ def bench(
     base: BaseOpt = None,
     resolution: ResolutionOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", metavar="INT", help="Latents per forward.")] = 1,
-    repeats: Annotated[int, typer.Option("--repeats", metavar="INT", help="Timed repetitions after 2 warm-up runs (10 or more for steady quartiles).")] = 10,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            "--repeats",
+            metavar="INT",
+            help="Timed repetitions after 2 warm-up runs (10 or more for steady quartiles).",
+        ),
+    ] = 10,
     device: DeviceOpt = None,
-    dtype: Annotated[Optional[str], typer.Option("--dtype", metavar="DTYPE", help="float16, bfloat16 or float32 (default: float16 on CUDA, float32 on CPU).")] = None,
-    sparse_kernels: Annotated[bool, typer.Option("--sparse-kernels", help="2:4 checkpoints: time with semi-structured sparse kernels (CUDA).")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Where bench.json goes (default: the checkpoint's folder).")] = None,
+    dtype: Annotated[
+        Optional[str],
+        typer.Option(
+            "--dtype", metavar="DTYPE", help="float16, bfloat16 or float32 (default: float16 on CUDA, float32 on CPU)."
+        ),
+    ] = None,
+    sparse_kernels: Annotated[
+        bool,
+        typer.Option("--sparse-kernels", help="2:4 checkpoints: time with semi-structured sparse kernels (CUDA)."),
+    ] = False,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", metavar="DIR", help="Where bench.json goes (default: the checkpoint's folder)."),
+    ] = None,
     quiet: QuietOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the bench.json record.")] = False,
 ) -> None:
@@ -51,9 +69,16 @@ def bench(
     dtype = dtype_option(dtype)
     positive(resolution, "--resolution")
     folder = measurement.results_folder(source, out)
-    result = measurement.bench(source, base or inspection.base_model_of(source), resolution=resolution, batch=batch_size,
-                               device=distributed.resolve_device(device), dtype=precision.DTYPES[dtype] if dtype else None,
-                               repeats=repeats, sparse_kernels=sparse_kernels)
+    result = measurement.bench(
+        source,
+        base or inspection.base_model_of(source),
+        resolution=resolution,
+        batch=batch_size,
+        device=distributed.resolve_device(device),
+        dtype=precision.DTYPES[dtype] if dtype else None,
+        repeats=repeats,
+        sparse_kernels=sparse_kernels,
+    )
     path = measurement.write_bench(result, folder)
     if as_json:
         print_json(result.to_dict())
@@ -62,14 +87,26 @@ def bench(
         typer.echo(str(path))
         return
     dense, pruned = result.dense, result.pruned
-    table = Table(title=f"{result.device}, {result.dtype}, {result.resolution}², batch {batch_size} (median of {repeats}, ms)")
+    table = Table(
+        title=f"{result.device}, {result.dtype}, {result.resolution}², batch {batch_size} (median of {repeats}, ms)"
+    )
     for column in ("", "dense", "pruned", "change"):
         table.add_column(column, justify="right")
-    table.add_row("denoiser forward", f"{dense.denoiser.median_ms:.2f}", f"{pruned.denoiser.median_ms:.2f}", f"{result.speedup:.2f}×")
+    table.add_row(
+        "denoiser forward",
+        f"{dense.denoiser.median_ms:.2f}",
+        f"{pruned.denoiser.median_ms:.2f}",
+        f"{result.speedup:.2f}×",
+    )
     table.add_row("parameters", human(dense.params), human(pruned.params), change(dense.params, pruned.params))
     table.add_row("FLOPs per forward", human(dense.flops), human(pruned.flops), change(dense.flops, pruned.flops))
     if dense.peak_memory_bytes is not None and pruned.peak_memory_bytes is not None:
-        table.add_row("peak memory", human(dense.peak_memory_bytes, "B"), human(pruned.peak_memory_bytes, "B"), change(dense.peak_memory_bytes, pruned.peak_memory_bytes))
+        table.add_row(
+            "peak memory",
+            human(dense.peak_memory_bytes, "B"),
+            human(pruned.peak_memory_bytes, "B"),
+            change(dense.peak_memory_bytes, pruned.peak_memory_bytes),
+        )
     else:
         table.add_row("peak memory", "not measured on CPU", "", "")
     if result.median_block_speedup is not None:

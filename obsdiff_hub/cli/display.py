@@ -63,7 +63,13 @@ class Bars:
 
     def __init__(self) -> None:
         self.console = Console(stderr=True)
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.console)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+        )
         self.started = False
         self.tasks: dict[str, TaskID] = {}
         self.reported: set[str] = set()
@@ -85,7 +91,9 @@ class Bars:
             if done >= total and label not in self.reported:
                 self.reported.add(label)
                 now = time.monotonic()
-                typer.echo(f"{label.strip()}: {done}/{total} ({now - (self.begun if overall else self.last):.1f} s)", err=True)
+                typer.echo(
+                    f"{label.strip()}: {done}/{total} ({now - (self.begun if overall else self.last):.1f} s)", err=True
+                )
                 self.last = now
             return
         if not self.started:
@@ -128,4 +136,14 @@ class ImageProgress(Bars):
         self.update(f"{which} images", done, total)
 
 
-__all__ = ["Bars", "Command", "ImageProgress", "PruneProgress", "change", "console", "human", "print_json", "print_table"]
+__all__ = [
+    "Bars",
+    "Command",
+    "ImageProgress",
+    "PruneProgress",
+    "change",
+    "console",
+    "human",
+    "print_json",
+    "print_table",
+]

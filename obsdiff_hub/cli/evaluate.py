@@ -54,9 +54,26 @@ def evaluate(
     model_argument: ModelArg = None,
     model: ModelAlias = None,
     base: BaseOpt = None,
-    metrics: Annotated[Optional[str], typer.Option("--metrics", metavar="LIST", help="Comma-separated: psnr, clip, fid, imagereward, shapes (default: the recipe's, else psnr,clip; psnr when offline).")] = None,
-    prompts: Annotated[Optional[str], typer.Option("--prompts", metavar="SOURCE", help="builtin:captions, builtin:shapes or a prompt file (default: the recipe's).")] = None,
-    num_prompts: Annotated[Optional[int], typer.Option("--num-prompts", metavar="INT", help="Images per model (default: the recipe's, else 60).")] = None,
+    metrics: Annotated[
+        Optional[str],
+        typer.Option(
+            "--metrics",
+            metavar="LIST",
+            help="Comma-separated: psnr, clip, fid, imagereward, shapes (default: the recipe's, else psnr,clip; psnr when offline).",
+        ),
+    ] = None,
+    prompts: Annotated[
+        Optional[str],
+        typer.Option(
+            "--prompts",
+            metavar="SOURCE",
+            help="builtin:captions, builtin:shapes or a prompt file (default: the recipe's).",
+        ),
+    ] = None,
+    num_prompts: Annotated[
+        Optional[int],
+        typer.Option("--num-prompts", metavar="INT", help="Images per model (default: the recipe's, else 60)."),
+    ] = None,
     num: Annotated[Optional[int], typer.Option("--num", hidden=True, help="Old spelling of --num-prompts.")] = None,
     num_inference_steps: StepsOpt = None,
     steps: StepsAlias = None,
@@ -64,12 +81,31 @@ def evaluate(
     guidance: GuidanceAlias = None,
     resolution: ResolutionOpt = None,
     seed: SeedOpt = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", metavar="INT", help="Images per sampling call.")] = None,
-    reference: Annotated[Optional[Path], typer.Option("--reference", metavar="DIR", help="Folder of reference images for FID (e.g. MS-COCO 2014 val).")] = None,
-    fid_features: Annotated[Optional[str], typer.Option("--fid-features", metavar="KIND", help="inception (standard FID) or clip.")] = None,
-    clip_model: Annotated[Optional[str], typer.Option("--clip-model", metavar="MODEL", help="CLIP for the clip metric: a Hub id or folder (default: OpenAI ViT-B/16, pinned revision).")] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", metavar="INT", help="Images per sampling call.")
+    ] = None,
+    reference: Annotated[
+        Optional[Path],
+        typer.Option("--reference", metavar="DIR", help="Folder of reference images for FID (e.g. MS-COCO 2014 val)."),
+    ] = None,
+    fid_features: Annotated[
+        Optional[str], typer.Option("--fid-features", metavar="KIND", help="inception (standard FID) or clip.")
+    ] = None,
+    clip_model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--clip-model",
+            metavar="MODEL",
+            help="CLIP for the clip metric: a Hub id or folder (default: OpenAI ViT-B/16, pinned revision).",
+        ),
+    ] = None,
     device: DeviceOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Where eval.json and samples.png go (default: the checkpoint's folder).")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out", metavar="DIR", help="Where eval.json and samples.png go (default: the checkpoint's folder)."
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier eval.json there.")] = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -104,11 +140,20 @@ def evaluate(
     records = []
     for member in members:  # the dense base's images are cached: a family samples the base once
         spec = evaluation.evaluation_settings(member, given)
-        folder = bench.results_folder(member, Path(member) if whole_family else out)  # a family: each member's own folder
+        folder = bench.results_folder(
+            member, Path(member) if whole_family else out
+        )  # a family: each member's own folder
         display = None if quiet or as_json else ImageProgress()
         with display if display is not None else nullcontext():
-            result = evaluation.evaluate_checkpoint(member, base or inspection.base_model_of(member), spec, folder, device=run_device, on_image=display,
-                                                    overwrite=overwrite)
+            result = evaluation.evaluate_checkpoint(
+                member,
+                base or inspection.base_model_of(member),
+                spec,
+                folder,
+                device=run_device,
+                on_image=display,
+                overwrite=overwrite,
+            )
         records.append(result.to_dict())
         if quiet:
             typer.echo(str(folder / evaluation.EVAL_FILE))

@@ -35,10 +35,18 @@ sampling = library("zoo.sampling")
 
 
 def generate(
-    model_argument: Annotated[Optional[str], typer.Argument(metavar="MODEL", help="A pipeline: folder, Hub repo id or builtin:NAME.", show_default=False)] = None,
+    model_argument: Annotated[
+        Optional[str],
+        typer.Argument(metavar="MODEL", help="A pipeline: folder, Hub repo id or builtin:NAME.", show_default=False),
+    ] = None,
     model: ModelAlias = None,
-    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", metavar="TEXT", help="A prompt (repeat for several images).")] = None,
-    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="The image to write: .png, .jpg or .webp.")] = Path("samples.png"),
+    prompt: Annotated[
+        Optional[list[str]],
+        typer.Option("--prompt", "-p", metavar="TEXT", help="A prompt (repeat for several images)."),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", metavar="FILE", help="The image to write: .png, .jpg or .webp.")
+    ] = Path("samples.png"),
     base: BaseOpt = None,
     compare: Annotated[Optional[str], typer.Option("--compare", hidden=True, help="Old spelling of --base.")] = None,
     seed: SeedOpt = None,
@@ -66,8 +74,11 @@ def generate(
     steps = positive(renamed(num_inference_steps, steps, "--num-inference-steps", "--steps"), "--num-inference-steps")
     dtype = dtype_option(dtype)
     settings = dict(
-        seed=seed or 0, steps=steps or 25, guidance=renamed(guidance_scale, guidance, "--guidance-scale", "--guidance"),
-        resolution=positive(resolution, "--resolution"), device=str(distributed.resolve_device(device)),
+        seed=seed or 0,
+        steps=steps or 25,
+        guidance=renamed(guidance_scale, guidance, "--guidance-scale", "--guidance"),
+        resolution=positive(resolution, "--resolution"),
+        device=str(distributed.resolve_device(device)),
         dtype=precision.DTYPES[dtype] if dtype else None,
     )
     rows = [sampling.generate_images(base, prompt, **settings)] if base else []

@@ -11,7 +11,9 @@ from .options import JsonOpt, ModelAlias, ModelArg, RevisionOpt, checkpoint
 inspection = library("checkpoints.inspection")
 
 
-def inspect(model_argument: ModelArg = None, model: ModelAlias = None, revision: RevisionOpt = None, as_json: JsonOpt = False) -> None:
+def inspect(
+    model_argument: ModelArg = None, model: ModelAlias = None, revision: RevisionOpt = None, as_json: JsonOpt = False
+) -> None:
     """Class (and how to load it), shapes per block, sparsity and provenance of a checkpoint.
 
     \b

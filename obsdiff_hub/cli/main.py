@@ -65,8 +65,12 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks (anywhere on the line).")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Show the libraries' own logs, bars and warnings (anywhere on the line).")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show the libraries' own logs, bars and warnings (anywhere on the line).")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     settings["debug"] = debug
     settings["verbose"] = verbose

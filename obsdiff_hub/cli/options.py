@@ -16,22 +16,60 @@ from ..errors import InputError
 
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 
-ModelArg = Annotated[Optional[str], typer.Argument(metavar="MODEL", help="The pruned checkpoint: a folder this tool wrote or a Hub repo id.", show_default=False)]
+ModelArg = Annotated[
+    Optional[str],
+    typer.Argument(
+        metavar="MODEL", help="The pruned checkpoint: a folder this tool wrote or a Hub repo id.", show_default=False
+    ),
+]
 ModelAlias = Annotated[Optional[str], typer.Option("--model", hidden=True, help="Old spelling of the MODEL argument.")]
-BaseOpt = Annotated[Optional[str], typer.Option("--base", metavar="BASE", help="The dense base: folder, Hub repo id or builtin:NAME (default: the checkpoint's provenance).")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cuda if available).")]
+BaseOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--base",
+        metavar="BASE",
+        help="The dense base: folder, Hub repo id or builtin:NAME (default: the checkpoint's provenance).",
+    ),
+]
+DeviceOpt = Annotated[
+    Optional[str], typer.Option("--device", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cuda if available).")
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and the path written.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (for scripts).")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an earlier output of this tool (never a folder or file of yours).")]
-RevisionOpt = Annotated[Optional[str], typer.Option("--revision", metavar="REVISION", help="Branch, tag or commit sha.")]
-TokenOpt = Annotated[Optional[str], typer.Option("--token", metavar="TOKEN", help="Hub token (default: HF_TOKEN or `hf auth login`). Never printed.")]
-EndpointOpt = Annotated[Optional[str], typer.Option("--endpoint", metavar="URL", help="Hub endpoint (default: HF_ENDPOINT or huggingface.co).")]
-ResolutionOpt = Annotated[Optional[int], typer.Option("--resolution", metavar="PIXELS", help="Image height and width (default: the pipeline's own).")]
-GuidanceOpt = Annotated[Optional[float], typer.Option("--guidance-scale", metavar="FLOAT", help="Classifier-free guidance scale (default: the pipeline's).")]
-GuidanceAlias = Annotated[Optional[float], typer.Option("--guidance", hidden=True, help="Old spelling of --guidance-scale.")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an earlier output of this tool (never a folder or file of yours).")
+]
+RevisionOpt = Annotated[
+    Optional[str], typer.Option("--revision", metavar="REVISION", help="Branch, tag or commit sha.")
+]
+TokenOpt = Annotated[
+    Optional[str],
+    typer.Option("--token", metavar="TOKEN", help="Hub token (default: HF_TOKEN or `hf auth login`). Never printed."),
+]
+EndpointOpt = Annotated[
+    Optional[str],
+    typer.Option("--endpoint", metavar="URL", help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)."),
+]
+ResolutionOpt = Annotated[
+    Optional[int],
+    typer.Option("--resolution", metavar="PIXELS", help="Image height and width (default: the pipeline's own)."),
+]
+GuidanceOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--guidance-scale", metavar="FLOAT", help="Classifier-free guidance scale (default: the pipeline's)."
+    ),
+]
+GuidanceAlias = Annotated[
+    Optional[float], typer.Option("--guidance", hidden=True, help="Old spelling of --guidance-scale.")
+]
 StepsOpt = Annotated[Optional[int], typer.Option("--num-inference-steps", metavar="INT", help="Sampling steps.")]
-StepsAlias = Annotated[Optional[int], typer.Option("--steps", hidden=True, help="Old spelling of --num-inference-steps.")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", metavar="INT", help="Image i uses seed + i, for every model compared.")]
+StepsAlias = Annotated[
+    Optional[int], typer.Option("--steps", hidden=True, help="Old spelling of --num-inference-steps.")
+]
+SeedOpt = Annotated[
+    Optional[int], typer.Option("--seed", metavar="INT", help="Image i uses seed + i, for every model compared.")
+]
 
 
 def dtype_option(value: str | None, flag: str = "--dtype") -> str | None:

@@ -36,22 +36,85 @@ if TYPE_CHECKING:
 
 
 def prune(
-    recipe: Annotated[list[str], typer.Option("--recipe", "-r", metavar="RECIPE", help="A shipped recipe's name (see `recipes list`) or a recipe YAML file; repeat it for a family of sparsities calibrated once (one folder each under --out).")],
-    base: Annotated[Optional[str], typer.Option("--base", metavar="BASE", help="The dense model to prune: Hub repo id or folder (default: the recipe's).")] = None,
+    recipe: Annotated[
+        list[str],
+        typer.Option(
+            "--recipe",
+            "-r",
+            metavar="RECIPE",
+            help="A shipped recipe's name (see `recipes list`) or a recipe YAML file; repeat it for a family of sparsities calibrated once (one folder each under --out).",
+        ),
+    ],
+    base: Annotated[
+        Optional[str],
+        typer.Option(
+            "--base", metavar="BASE", help="The dense model to prune: Hub repo id or folder (default: the recipe's)."
+        ),
+    ] = None,
     model: Annotated[Optional[str], typer.Option("--model", hidden=True, help="Old spelling of --base.")] = None,
     revision: RevisionOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Output folder (default: ./RECIPE).")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", metavar="DIR", help="Output folder (default: ./RECIPE).")
+    ] = None,
     device: DeviceOpt = None,
-    dtype: Annotated[Optional[str], typer.Option("--dtype", metavar="DTYPE", help="Calibration dtype: float32, float16 or bfloat16 (default: the checkpoint's own).")] = None,
-    prompts: Annotated[Optional[str], typer.Option("--prompts", metavar="SOURCE", help="Calibration prompts: a .txt/.jsonl/.csv/.tsv file, or builtin:captions / builtin:shapes.")] = None,
-    prompt_column: Annotated[Optional[str], typer.Option("--prompt-column", metavar="COLUMN", help="Column of a .csv/.tsv/.jsonl prompt file.")] = None,
-    num_prompts: Annotated[Optional[int], typer.Option("--num-prompts", metavar="INT", help="Calibration prompts to use (a shorter source is cycled).")] = None,
-    packages: Annotated[Optional[str], typer.Option("--packages", metavar="P|auto", help="Module packages: a count, or auto (the fewest that fit in memory).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="FIELD=VALUE", help="Change any recipe field, e.g. prune.sparsity=0.4 (repeatable).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last finished package.")] = False,
-    restart: Annotated[bool, typer.Option("--restart", help="Discard the saved progress of an interrupted run and start over.")] = False,
-    save_hessians: Annotated[Optional[Path], typer.Option("--save-hessians", metavar="DIR", help="Save every package's Hessians (fp32 safetensors) to reuse with --hessians.")] = None,
-    hessians: Annotated[Optional[Path], typer.Option("--hessians", metavar="DIR", help="Take the Hessians from a store --save-hessians wrote (same base and calibration): no trajectories.")] = None,
+    dtype: Annotated[
+        Optional[str],
+        typer.Option(
+            "--dtype",
+            metavar="DTYPE",
+            help="Calibration dtype: float32, float16 or bfloat16 (default: the checkpoint's own).",
+        ),
+    ] = None,
+    prompts: Annotated[
+        Optional[str],
+        typer.Option(
+            "--prompts",
+            metavar="SOURCE",
+            help="Calibration prompts: a .txt/.jsonl/.csv/.tsv file, or builtin:captions / builtin:shapes.",
+        ),
+    ] = None,
+    prompt_column: Annotated[
+        Optional[str],
+        typer.Option("--prompt-column", metavar="COLUMN", help="Column of a .csv/.tsv/.jsonl prompt file."),
+    ] = None,
+    num_prompts: Annotated[
+        Optional[int],
+        typer.Option("--num-prompts", metavar="INT", help="Calibration prompts to use (a shorter source is cycled)."),
+    ] = None,
+    packages: Annotated[
+        Optional[str],
+        typer.Option(
+            "--packages", metavar="P|auto", help="Module packages: a count, or auto (the fewest that fit in memory)."
+        ),
+    ] = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--set", metavar="FIELD=VALUE", help="Change any recipe field, e.g. prune.sparsity=0.4 (repeatable)."
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run from its last finished package.")
+    ] = False,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Discard the saved progress of an interrupted run and start over.")
+    ] = False,
+    save_hessians: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--save-hessians",
+            metavar="DIR",
+            help="Save every package's Hessians (fp32 safetensors) to reuse with --hessians.",
+        ),
+    ] = None,
+    hessians: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--hessians",
+            metavar="DIR",
+            help="Take the Hessians from a store --save-hessians wrote (same base and calibration): no trajectories.",
+        ),
+    ] = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -64,9 +127,28 @@ def prune(
     """
     if len(recipe) > 1:
         if save_hessians or hessians:
-            raise InputError("--save-hessians and --hessians apply to single-recipe runs (a family already calibrates its first package once)")
-        family(recipe, overrides(renamed(base, model, "--base", "--model"), revision, dtype, prompts, prompt_column, num_prompts, packages, set_),
-               out=out, device=device, resume=resume or restart, overwrite=overwrite, quiet=quiet, as_json=as_json)
+            raise InputError(
+                "--save-hessians and --hessians apply to single-recipe runs (a family already calibrates its first package once)"
+            )
+        family(
+            recipe,
+            overrides(
+                renamed(base, model, "--base", "--model"),
+                revision,
+                dtype,
+                prompts,
+                prompt_column,
+                num_prompts,
+                packages,
+                set_,
+            ),
+            out=out,
+            device=device,
+            resume=resume or restart,
+            overwrite=overwrite,
+            quiet=quiet,
+            as_json=as_json,
+        )
         return
     loaded = recipes.load_recipe(recipe[0])
     target = out or Path(loaded.name)
@@ -75,13 +157,34 @@ def prune(
     try:
         with display if display is not None else nullcontext():
             result = runs.run_recipe(
-                loaded, target, overrides(renamed(base, model, "--base", "--model"), revision, dtype, prompts, prompt_column, num_prompts, packages, set_),
-                device=device, resume=resume, restart=restart, overwrite=overwrite, progress=display, save_hessians=save_hessians, hessians=hessians,
+                loaded,
+                target,
+                overrides(
+                    renamed(base, model, "--base", "--model"),
+                    revision,
+                    dtype,
+                    prompts,
+                    prompt_column,
+                    num_prompts,
+                    packages,
+                    set_,
+                ),
+                device=device,
+                resume=resume,
+                restart=restart,
+                overwrite=overwrite,
+                progress=display,
+                save_hessians=save_hessians,
+                hessians=hessians,
             )
     except KeyboardInterrupt:
         done = resume_state.saved_packages(target)
         where = resume_state.partial_folder(target)
-        saved = f"progress of {done} finished package(s) is saved in {where}: rerun with --resume" if done else "no package had finished, nothing was saved"
+        saved = (
+            f"progress of {done} finished package(s) is saved in {where}: rerun with --resume"
+            if done
+            else "no package had finished, nothing was saved"
+        )
         typer.echo(f"interrupted: {saved}", err=True)
         raise typer.Exit(INTERRUPTED) from None
     if not main:
@@ -94,17 +197,45 @@ def prune(
         print_summary(result)
 
 
-def overrides(base: str | None, revision: str | None, dtype: str | None, prompts: str | None, prompt_column: str | None,
-              num_prompts: int | None, packages: str | None, set_: list[str] | None) -> Overrides:
+def overrides(
+    base: str | None,
+    revision: str | None,
+    dtype: str | None,
+    prompts: str | None,
+    prompt_column: str | None,
+    num_prompts: int | None,
+    packages: str | None,
+    set_: list[str] | None,
+) -> Overrides:
     """The run options as the library takes them (``zoo.runs.Overrides``), each checked."""
-    return runs.Overrides(base=base, revision=revision, dtype=dtype_option(dtype), prompts=prompts, prompt_column=prompt_column,
-                          num_prompts=num_prompts, packages=packages_option(packages), changes=assignments(set_ or []))
+    return runs.Overrides(
+        base=base,
+        revision=revision,
+        dtype=dtype_option(dtype),
+        prompts=prompts,
+        prompt_column=prompt_column,
+        num_prompts=num_prompts,
+        packages=packages_option(packages),
+        changes=assignments(set_ or []),
+    )
 
 
-def family(names: list[str], options: Overrides, *, out: Path | None, device: str | None, resume: bool, overwrite: bool, quiet: bool, as_json: bool) -> None:
+def family(
+    names: list[str],
+    options: Overrides,
+    *,
+    out: Path | None,
+    device: str | None,
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """``prune`` with several recipes: one calibration of the first package, a folder per member."""
     if resume:
-        raise InputError("--resume and --restart apply to single-recipe runs; rerun the member that was interrupted on its own")
+        raise InputError(
+            "--resume and --restart apply to single-recipe runs; rerun the member that was interrupted on its own"
+        )
     if out is None:
         raise InputError("a family run needs --out, the folder that will hold one folder per member")
     loaded = [recipes.load_recipe(name) for name in names]
@@ -156,7 +287,10 @@ def print_summary(result: RunOutput) -> None:
     table.add_column("value", justify="right")
     table.add_row("parameters", f"{human(report.params_before)} → {human(report.params_after)}")
     if report.zeroed_weights:
-        table.add_row("non-zero parameters", f"{human(report.params_before)} → {human(report.params_after - report.zeroed_weights)}")
+        table.add_row(
+            "non-zero parameters",
+            f"{human(report.params_before)} → {human(report.params_after - report.zeroed_weights)}",
+        )
     if report.structure:
         table.add_row("heads removed", str(report.removed("heads")))
         table.add_row("FFN neurons removed", str(report.removed("neurons")))
@@ -168,10 +302,18 @@ def print_summary(result: RunOutput) -> None:
     if report.mean_start_error is not None:
         table.add_row(f"  before {result.recipe.prune.solver} (the obs result)", f"{report.mean_start_error:.4g}")
     if result.plan is not None and result.plan.flops_before:
-        table.add_row("FLOPs per forward (1024², batch 1)", f"{human(result.plan.flops_before)} → {human(result.plan.flops_after or 0)}")
+        table.add_row(
+            "FLOPs per forward (1024², batch 1)",
+            f"{human(result.plan.flops_before)} → {human(result.plan.flops_after or 0)}",
+        )
     plan = report.package_plan
-    table.add_row("module packages", f"{plan['packages']} ({plan['mode']}; Hessians {human(plan['hessian_bytes_total'], 'B')})")
-    table.add_row("dtypes", f"calibration {report.precision['compute']}, base checkpoint {report.precision['checkpoint']}, saved {result.recipe.output.dtype}")
+    table.add_row(
+        "module packages", f"{plan['packages']} ({plan['mode']}; Hessians {human(plan['hessian_bytes_total'], 'B')})"
+    )
+    table.add_row(
+        "dtypes",
+        f"calibration {report.precision['compute']}, base checkpoint {report.precision['checkpoint']}, saved {result.recipe.output.dtype}",
+    )
     for stage, seconds in report.stages.items():
         table.add_row(stage.removesuffix("_s").replace("_", " "), f"{seconds:.2f} s")
     on_gpu = next(result.result.model.parameters()).is_cuda

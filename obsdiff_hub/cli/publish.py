@@ -33,7 +33,9 @@ def card(
     model_argument: ModelArg = None,
     model: ModelAlias = None,
     repo_id: RepoIdOpt = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a README.md this tool did not write.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a README.md this tool did not write.")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Render the model card into the checkpoint's README.md, for review before pushing.
@@ -50,9 +52,15 @@ def push(
     model: ModelAlias = None,
     repo_id: RepoIdOpt = None,
     private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
-    branch: Annotated[Optional[str], typer.Option("--branch", metavar="BRANCH", help="Push to this branch (created if needed).")] = None,
-    tag: Annotated[Optional[str], typer.Option("--tag", metavar="TAG", help="Tag for the commit (default: RECIPE-vVERSION).")] = None,
-    commit_message: Annotated[Optional[str], typer.Option("--commit-message", metavar="TEXT", help="Commit message.")] = None,
+    branch: Annotated[
+        Optional[str], typer.Option("--branch", metavar="BRANCH", help="Push to this branch (created if needed).")
+    ] = None,
+    tag: Annotated[
+        Optional[str], typer.Option("--tag", metavar="TAG", help="Tag for the commit (default: RECIPE-vVERSION).")
+    ] = None,
+    commit_message: Annotated[
+        Optional[str], typer.Option("--commit-message", metavar="TEXT", help="Commit message.")
+    ] = None,
     token: TokenOpt = None,
     endpoint: EndpointOpt = None,
     as_json: JsonOpt = False,
@@ -67,16 +75,33 @@ def push(
         raise InputError("give the repo to publish to: --repo-id NAMESPACE/NAME")
     if family.is_family(Path(folder)):
         if branch or tag or commit_message:
-            raise InputError("a family is pushed one branch and tag per member (named after its recipe); --branch, --tag and --commit-message apply to single checkpoints")
+            raise InputError(
+                "a family is pushed one branch and tag per member (named after its recipe); --branch, --tag and --commit-message apply to single checkpoints"
+            )
         members, card = family.publish_family(folder, repo_id, private=private, token=token, endpoint=endpoint)
         if as_json:
-            print_json({"repo_id": repo_id, "members": [{"branch": b, "commit": r.commit, "tag": r.tag} for b, r in members.items()], "card_commit": card.commit})
+            print_json(
+                {
+                    "repo_id": repo_id,
+                    "members": [{"branch": b, "commit": r.commit, "tag": r.tag} for b, r in members.items()],
+                    "card_commit": card.commit,
+                }
+            )
         else:
             for b, r in members.items():
                 console.print(f"pushed {b} to {repo_id} branch {b} at {r.commit[:12]} (tag {r.tag})")
             console.print(f"family card on {repo_id} main at {card.commit[:12]}")
         return
-    result = publishing.publish(folder, repo_id, private=private, branch=branch, tag=tag, commit_message=commit_message, token=token, endpoint=endpoint)
+    result = publishing.publish(
+        folder,
+        repo_id,
+        private=private,
+        branch=branch,
+        tag=tag,
+        commit_message=commit_message,
+        token=token,
+        endpoint=endpoint,
+    )
     if as_json:
         print_json({"repo_id": repo_id, "commit": result.commit, "tag": result.tag, "url": result.url})
     else:
@@ -86,10 +111,15 @@ def push(
 def pull(
     repo_id: Annotated[str, typer.Argument(metavar="REPO_ID", help="NAMESPACE/NAME on the Hub.")],
     revision: RevisionOpt = None,
-    local_dir: Annotated[Optional[Path], typer.Option("--local-dir", metavar="DIR", help="Download here instead of the Hub cache.")] = None,
+    local_dir: Annotated[
+        Optional[Path], typer.Option("--local-dir", metavar="DIR", help="Download here instead of the Hub cache.")
+    ] = None,
     token: TokenOpt = None,
     endpoint: EndpointOpt = None,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check every weight file against the push-time sha256 manifest.")] = True,
+    verify: Annotated[
+        bool,
+        typer.Option("--verify/--no-verify", help="Check every weight file against the push-time sha256 manifest."),
+    ] = True,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -100,7 +130,14 @@ def pull(
     """
     fetched = hub.pull(repo_id, revision=revision, local_dir=local_dir, token=token, endpoint=endpoint, verify=verify)
     if as_json:
-        print_json({"repo_id": repo_id, "commit": fetched.commit, "path": str(fetched.path), "verified_files": fetched.checked if verify else None})
+        print_json(
+            {
+                "repo_id": repo_id,
+                "commit": fetched.commit,
+                "path": str(fetched.path),
+                "verified_files": fetched.checked if verify else None,
+            }
+        )
     elif quiet:
         typer.echo(str(fetched.path))
     else:

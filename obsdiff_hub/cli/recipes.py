@@ -18,12 +18,21 @@ runs = library("zoo.runs")
 if TYPE_CHECKING:
     from ..zoo.recipes import Recipe
 
-recipes_app = typer.Typer(help="List and show the versioned pruning recipes.", no_args_is_help=True, rich_markup_mode=None)
-RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", metavar="RECIPE", help="A shipped recipe's name or a recipe YAML file.")]
+recipes_app = typer.Typer(
+    help="List and show the versioned pruning recipes.", no_args_is_help=True, rich_markup_mode=None
+)
+RecipeOpt = Annotated[
+    str, typer.Option("--recipe", "-r", metavar="RECIPE", help="A shipped recipe's name or a recipe YAML file.")
+]
 
 
 def recipe_record(recipe: Recipe) -> dict[str, Any]:
-    return {"name": recipe.name, "version": recipe.version, "sha256": recipe.sha256, "recipe": recipe.model_dump(mode="json")}
+    return {
+        "name": recipe.name,
+        "version": recipe.version,
+        "sha256": recipe.sha256,
+        "recipe": recipe.model_dump(mode="json"),
+    }
 
 
 @recipes_app.command("list", cls=Command)
@@ -42,13 +51,23 @@ def list_recipes(as_json: JsonOpt = False) -> None:
     for column in ("name", "version", "base model", "granularity", "ratio", "blocks"):
         table.add_column(column, no_wrap=True)
     for r in shipped:
-        table.add_row(r.name, str(r.version), r.base_model.repo_id, r.prune.granularity, r.prune.ratio_label, str(r.prune.blocks or "all"))
+        table.add_row(
+            r.name,
+            str(r.version),
+            r.base_model.repo_id,
+            r.prune.granularity,
+            r.prune.ratio_label,
+            str(r.prune.blocks or "all"),
+        )
     print_table(table)
 
 
 @recipes_app.command("show", cls=Command)
 @reports_errors
-def show_recipe(name: Annotated[str, typer.Argument(metavar="RECIPE", help="A shipped recipe's name or a recipe YAML file.")], as_json: JsonOpt = False) -> None:
+def show_recipe(
+    name: Annotated[str, typer.Argument(metavar="RECIPE", help="A shipped recipe's name or a recipe YAML file.")],
+    as_json: JsonOpt = False,
+) -> None:
     """Print a recipe as YAML with its identity (version and sha256).
 
     \b
@@ -76,12 +95,24 @@ def plan(recipe: RecipeOpt, resolution: ResolutionOpt = None, as_json: JsonOpt =
     table = Table(title=f"{recipe} (FLOPs: {result.convention}, {result.resolution}²)")
     for column in ("", "dense", "pruned", "change"):
         table.add_column(column, justify="right")
-    table.add_row("parameters", human(result.params_before), human(result.params_after), change(result.params_before, result.params_after))
+    table.add_row(
+        "parameters",
+        human(result.params_before),
+        human(result.params_after),
+        change(result.params_before, result.params_after),
+    )
     if result.zeroed_weights:
         nonzero = result.params_after - result.zeroed_weights
-        table.add_row("non-zero parameters", human(result.params_before), human(nonzero), change(result.params_before, nonzero))
+        table.add_row(
+            "non-zero parameters", human(result.params_before), human(nonzero), change(result.params_before, nonzero)
+        )
     reduction = result.flop_reduction or 0.0
-    table.add_row("FLOPs (dense kernels)", human(result.flops_before or 0), human(result.flops_after or 0), f"{-100 * reduction + 0.0:+.2f}%")
+    table.add_row(
+        "FLOPs (dense kernels)",
+        human(result.flops_before or 0),
+        human(result.flops_after or 0),
+        f"{-100 * reduction + 0.0:+.2f}%",
+    )
     table.add_row("heads removed", "", str(result.heads_removed), "")
     table.add_row("FFN neurons removed", "", str(result.neurons_removed), "")
     print_table(table)

@@ -1,6 +1,6 @@
 """The command reference (``cli/README.md``), generated from the command itself so it cannot drift.
 
-    python -m obsdiff_hub.cli.reference > cli/README.md
+python -m obsdiff_hub.cli.reference > cli/README.md
 """
 
 from __future__ import annotations
@@ -40,7 +40,11 @@ def _section(command: Any, path: list[str]) -> list[str]:
             lines += ["```console", "$ " + text.removeprefix("Example: "), "```", ""]
         elif text:
             lines += [text, ""]
-    params = [p for p in command.params if p.name not in ("help", "install_completion", "show_completion") and not getattr(p, "hidden", False)]
+    params = [
+        p
+        for p in command.params
+        if p.name not in ("help", "install_completion", "show_completion") and not getattr(p, "hidden", False)
+    ]
     if params:
         lines += [_option_line(p) for p in params] + [""]
     for name, sub in getattr(command, "commands", {}).items():

@@ -49,7 +49,14 @@ def layer_error(W: torch.Tensor, W_new: torch.Tensor, H: torch.Tensor) -> torch.
     return ((delta @ H) * delta).sum(1)
 
 
-def refit(W: torch.Tensor, H: torch.Tensor, keep: torch.Tensor, start: torch.Tensor | None = None, iterations: int = 100, tolerance: float = 1e-6) -> torch.Tensor:
+def refit(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    keep: torch.Tensor,
+    start: torch.Tensor | None = None,
+    iterations: int = 100,
+    tolerance: float = 1e-6,
+) -> torch.Tensor:
     """The kept weights solved to the optimum of ``tr((Ŵ − W) H (Ŵ − W)ᵀ)`` with the pruned ones
     (``keep`` False) at zero: ``Ŵ_K H_KK = (W H)_K`` per row, by Jacobi-preconditioned conjugate
     gradients over all rows at once. ``H`` must be positive definite on every kept set (damped).
@@ -80,7 +87,9 @@ def refit(W: torch.Tensor, H: torch.Tensor, keep: torch.Tensor, start: torch.Ten
     return X * mask
 
 
-def project(values: torch.Tensor, bounds: Sequence[int], pruned: Sequence[int], n: int = 0, m: int = 0) -> torch.Tensor:
+def project(
+    values: torch.Tensor, bounds: Sequence[int], pruned: Sequence[int], n: int = 0, m: int = 0
+) -> torch.Tensor:
     """The sparsity pattern closest to ``values`` (True = kept): per layer (rows ``bounds[i]:bounds[i+1]``)
     the ``pruned[i]`` smallest magnitudes zeroed, or with ``m`` the ``n`` smallest of every group of
     ``m`` consecutive columns of each row."""
@@ -136,7 +145,9 @@ def refine(
     refined = refit(W, Hd, keep, start=guess, iterations=settings.refit_iterations, tolerance=settings.refit_tolerance)
     out = []
     for (r1, r2), w, s, k in zip(zip(bounds, bounds[1:]), weights, starts, masks):
-        better = float(layer_error(W[r1:r2], refined[r1:r2], H).sum()) <= float(layer_error(W[r1:r2], start[r1:r2], H).sum())
+        better = float(layer_error(W[r1:r2], refined[r1:r2], H).sum()) <= float(
+            layer_error(W[r1:r2], start[r1:r2], H).sum()
+        )
         out.append((refined[r1:r2].to(w.dtype), ~keep[r1:r2]) if better else (s.to(w.dtype), k.to(device)))
     return out
 

@@ -16,7 +16,9 @@ import torch
 from ..errors import InputError
 
 
-def allocate_counts(scores: Sequence[torch.Tensor], total: int, lower: Sequence[int], upper: Sequence[int]) -> list[int]:
+def allocate_counts(
+    scores: Sequence[torch.Tensor], total: int, lower: Sequence[int], upper: Sequence[int]
+) -> list[int]:
     """Removal counts per layer: ``Σ k = total`` exactly, ``lower ≤ k ≤ upper`` per layer, and the sum
     of the removed scores minimal (each layer removes its ``k`` smallest)."""
     if not (len(scores) == len(lower) == len(upper)):

@@ -191,7 +191,9 @@ class HessianAccumulator:
     def hessian(self) -> torch.Tensor:
         """The normalised, symmetric Hessian (a new tensor). Raises if nothing was accumulated."""
         if self.total_weight <= 0:
-            raise InputError("no calibration inputs reached this layer; check that the calibration run calls the model")
+            raise InputError(
+                "no calibration inputs reached this layer; check that the calibration run calls the model"
+            )
         # The lower triangle is complete in both accumulation paths; mirroring it makes H exactly symmetric.
         return (torch.tril(self._sum) + torch.tril(self._sum, -1).T).div_(self.total_weight)
 
@@ -222,7 +224,9 @@ class CrossTermAccumulator:
     def add(self, dense: torch.Tensor, pruned: torch.Tensor, weight: float = 1.0) -> None:
         """Add ``2·weight·(dense − pruned)ᵀ pruned`` for matching rows of the two inputs."""
         if dense.shape != pruned.shape or dense.shape[-1] != self.num_columns:
-            raise InputError(f"dense inputs {tuple(dense.shape)} and pruned inputs {tuple(pruned.shape)} must match, width {self.num_columns}")
+            raise InputError(
+                f"dense inputs {tuple(dense.shape)} and pruned inputs {tuple(pruned.shape)} must match, width {self.num_columns}"
+            )
         device = _compute_device(pruned, self._sum)
         x_hat = pruned.detach().reshape(-1, self.num_columns).to(device=device, dtype=torch.float32)
         delta = dense.detach().reshape(-1, self.num_columns).to(device=device, dtype=torch.float32) - x_hat

@@ -44,7 +44,9 @@ def _check_shapes(W: torch.Tensor, H: torch.Tensor) -> None:
 def _check_finite(H: torch.Tensor) -> None:
     # One fp64 reduction instead of an elementwise pass: any NaN or Inf makes the sum non-finite.
     if not bool(torch.isfinite(H.sum(dtype=torch.float64))):
-        raise InputError("Hessian contains NaN or Inf; the calibration activations overflowed (calibrate with the `dtype` float32 or bfloat16)")
+        raise InputError(
+            "Hessian contains NaN or Inf; the calibration activations overflowed (calibrate with the `dtype` float32 or bfloat16)"
+        )
 
 
 def _check_layer(W: torch.Tensor, H: torch.Tensor) -> None:
@@ -52,7 +54,9 @@ def _check_layer(W: torch.Tensor, H: torch.Tensor) -> None:
     _check_finite(H)
 
 
-def damp_hessian(H: torch.Tensor, percdamp: float, device: torch.device | None = None, reversed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def damp_hessian(
+    H: torch.Tensor, percdamp: float, device: torch.device | None = None, reversed: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """An fp32 copy of ``H`` with dead inputs (``diag H = 0``) set to 1 and ``percdamp · mean(diag H)``
     added to the diagonal, so the Cholesky exists even with fewer samples than columns.
     ``reversed``: the copy is index-reversed (``J H J``, what :func:`reversed_cholesky` factors),
@@ -358,7 +362,9 @@ class GroupSelection:
 def _rank_ascending(values: torch.Tensor) -> torch.Tensor:
     """Rank 1 for the smallest value (the least salient group)."""
     ranks = torch.empty_like(values, dtype=torch.float64)
-    ranks[torch.argsort(values, stable=True)] = torch.arange(1, len(values) + 1, dtype=torch.float64, device=values.device)
+    ranks[torch.argsort(values, stable=True)] = torch.arange(
+        1, len(values) + 1, dtype=torch.float64, device=values.device
+    )
     return ranks
 
 

@@ -28,7 +28,11 @@ def _bounded(total: int, uniform: int, ratio: float, spread: float, ceiling: int
 
 
 def allocate_package(
-    model: nn.Module, package: list[BlockUnit], weight: Callable[[str], torch.Tensor], hessian: Callable[[str], torch.Tensor], cfg: PruneConfig
+    model: nn.Module,
+    package: list[BlockUnit],
+    weight: Callable[[str], torch.Tensor],
+    hessian: Callable[[str], torch.Tensor],
+    cfg: PruneConfig,
 ) -> dict[str, int]:
     """Removal counts: per layer path (unstructured) or per coupling key (structured)."""
     if cfg.granularity == "structured":
@@ -52,7 +56,11 @@ def allocate_package(
 
 
 def _structured(
-    model: nn.Module, package: list[BlockUnit], weight: Callable[[str], torch.Tensor], hessian: Callable[[str], torch.Tensor], cfg: PruneConfig
+    model: nn.Module,
+    package: list[BlockUnit],
+    weight: Callable[[str], torch.Tensor],
+    hessian: Callable[[str], torch.Tensor],
+    cfg: PruneConfig,
 ) -> dict[str, int]:
     classes: dict[tuple, list[tuple[str, torch.Tensor, int]]] = {}
     for unit in package:
@@ -65,14 +73,25 @@ def _structured(
                 if coupling is None or not ids:
                     continue
                 group_scores = torch.stack([column_scores[groups[g]].sum() for g in ids])
-                layers = coupling.row_layers + coupling.out_layers if isinstance(coupling, HeadCoupling) else (coupling.in_layer, coupling.out_layer)
-                shape_class = (type(coupling).__name__, len(ids), tuple(tuple(model.get_submodule(p).weight.shape) for p in layers))
-                classes.setdefault(shape_class, []).append((coupling.key, group_scores, group_removal_count(len(ids), ratio)))
+                layers = (
+                    coupling.row_layers + coupling.out_layers
+                    if isinstance(coupling, HeadCoupling)
+                    else (coupling.in_layer, coupling.out_layer)
+                )
+                shape_class = (
+                    type(coupling).__name__,
+                    len(ids),
+                    tuple(tuple(model.get_submodule(p).weight.shape) for p in layers),
+                )
+                classes.setdefault(shape_class, []).append(
+                    (coupling.key, group_scores, group_removal_count(len(ids), ratio))
+                )
     counts: dict[str, int] = {}
     for members in classes.values():
         n = len(members[0][1])
         bounds = [_bounded(n, uniform, uniform / n, cfg.allocation_spread, n - 1) for _, _, uniform in members]
-        allocated = allocate_counts([s for _, s, _ in members], sum(u for _, _, u in members), [b[0] for b in bounds], [b[1] for b in bounds])
+        allocated = allocate_counts(
+            [s for _, s, _ in members], sum(u for _, _, u in members), [b[0] for b in bounds], [b[1] for b in bounds]
+        )
         counts.update({key: count for (key, _, _), count in zip(members, allocated)})
     return counts
-

@@ -26,18 +26,28 @@ class _Reached(Exception):
 
 @contextmanager
 def dense_targets(
-    model: nn.Module, dense: nn.Module, layers: list[str], weight: Callable[[], float], device: torch.device | None = None
+    model: nn.Module,
+    dense: nn.Module,
+    layers: list[str],
+    weight: Callable[[], float],
+    device: torch.device | None = None,
 ) -> Iterator[dict[str, CrossTermAccumulator]]:
     """While active, every call of ``model`` first runs ``dense`` on the same arguments (up to the
     last of ``layers``) and each of ``layers`` in ``model`` adds ``2·α·(X − X̂)ᵀX̂``. Yields the
     cross-term accumulators, one per layer, kept on ``device`` (default: each layer's)."""
-    crosses = {p: CrossTermAccumulator(model.get_submodule(p).in_features, device=device or model.get_submodule(p).weight.device) for p in layers}
+    crosses = {
+        p: CrossTermAccumulator(
+            model.get_submodule(p).in_features, device=device or model.get_submodule(p).weight.device
+        )
+        for p in layers
+    }
     pending: dict[str, list[torch.Tensor]] = {p: [] for p in layers}
     wanted = set(layers)
 
     def run_dense(module: nn.Module, args: tuple, kwargs: dict) -> None:
         seen = set()
         with ExitStack() as stack:
+
             def capture(m: nn.Module, a: tuple, path: str) -> None:
                 pending[path].append(a[0].detach())
                 seen.add(path)
@@ -45,7 +55,9 @@ def dense_targets(
                     raise _Reached
 
             for path in layers:
-                stack.callback(dense.get_submodule(path).register_forward_pre_hook(lambda m, a, p=path: capture(m, a, p)).remove)
+                stack.callback(
+                    dense.get_submodule(path).register_forward_pre_hook(lambda m, a, p=path: capture(m, a, p)).remove
+                )
             try:
                 dense(*args, **kwargs)
             except _Reached:

@@ -36,7 +36,9 @@ def scheduler_class(name: str, current: Any) -> type:
     (diffusers' ``compatibles``); anything else a recipe might name is refused."""
     allowed = {type(current).__name__: type(current), **{c.__name__: c for c in getattr(current, "compatibles", [])}}
     if name not in allowed:
-        raise InputError(f"scheduler {name!r} is not compatible with this pipeline; choose one of {', '.join(sorted(allowed))}")
+        raise InputError(
+            f"scheduler {name!r} is not compatible with this pipeline; choose one of {', '.join(sorted(allowed))}"
+        )
     return allowed[name]
 
 
@@ -76,7 +78,11 @@ class PipelineCalibration:
         b = config.batch_size
         self.batches = [ids[i : i + b] for i in range(0, len(ids), b)]
         self._embeddings: list[dict[str, torch.Tensor]] | None = None
-        self._scheduler = scheduler_class(config.scheduler, pipeline.scheduler).from_config(pipeline.scheduler.config) if config.scheduler else None
+        self._scheduler = (
+            scheduler_class(config.scheduler, pipeline.scheduler).from_config(pipeline.scheduler.config)
+            if config.scheduler
+            else None
+        )
         pipeline.set_progress_bar_config(disable=True)
 
     @property
@@ -94,7 +100,9 @@ class PipelineCalibration:
         if self._embeddings is not None:
             return
         params = inspect.signature(self.pipeline.encode_prompt).parameters
-        encoders = [getattr(self.pipeline, n) for n in TEXT_ENCODERS if isinstance(getattr(self.pipeline, n, None), nn.Module)]
+        encoders = [
+            getattr(self.pipeline, n) for n in TEXT_ENCODERS if isinstance(getattr(self.pipeline, n, None), nn.Module)
+        ]
         dtypes = [next(e.parameters()).dtype for e in encoders]
         for encoder, dtype in zip(encoders, dtypes):
             widen = self.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16)
@@ -147,7 +155,11 @@ class PipelineCalibration:
         size = {"height": cfg.resolution, "width": cfg.resolution} if cfg.resolution else {}
         # The embeddings are cached, so the encoders leave the pipeline while it samples: pipelines
         # otherwise cast given embeddings to the encoders' dtype instead of the denoiser's.
-        encoders = {n: getattr(self.pipeline, n) for n in TEXT_ENCODERS if isinstance(getattr(self.pipeline, n, None), nn.Module)}
+        encoders = {
+            n: getattr(self.pipeline, n)
+            for n in TEXT_ENCODERS
+            if isinstance(getattr(self.pipeline, n, None), nn.Module)
+        }
         for name in encoders:
             setattr(self.pipeline, name, None)
         try:

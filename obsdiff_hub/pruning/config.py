@@ -82,7 +82,9 @@ class PruneConfig(StrictModel):
     packages: int | Literal["auto"] = Field(
         "auto", description="module packages P, or 'auto': the fewest whose Hessians fit the free memory"
     )
-    memory_budget_gb: float | None = Field(None, gt=0, description="with packages 'auto': cap on Hessian memory alive at once")
+    memory_budget_gb: float | None = Field(
+        None, gt=0, description="with packages 'auto': cap on Hessian memory alive at once"
+    )
     weighting: WeightingStrategy = "log_decrease"
     alpha_min: float = Field(0.8, gt=0)
     alpha_max: float = Field(1.2, gt=0)
@@ -93,21 +95,34 @@ class PruneConfig(StrictModel):
     neuron_batch: int = Field(32, ge=1, description="FFN neurons removed per OBS round (heads: always 1)")
     hessian_precision: AccumulationPrecision = "fp32"
     hessian_device: Literal["model", "cpu"] = Field(
-        "model", description="cpu: keep the Hessian sums in host memory (products still computed on the accelerator): more blocks per package on a full GPU"
+        "model",
+        description="cpu: keep the Hessian sums in host memory (products still computed on the accelerator): more blocks per package on a full GPU",
     )
     calibration_target: Literal["self", "dense"] = Field(
-        "self", description="dense: fit the dense network's outputs from the drifted inputs (asymmetric; a dense copy runs alongside)"
+        "self",
+        description="dense: fit the dense network's outputs from the drifted inputs (asymmetric; a dense copy runs alongside)",
     )
-    allocation: Literal["uniform", "error"] = Field("uniform", description="error: per-layer sparsity from measured sensitivity, same total")
-    allocation_spread: float = Field(0.1, ge=0.0, lt=1.0, description="with allocation error: each layer within ratio ± spread")
+    allocation: Literal["uniform", "error"] = Field(
+        "uniform", description="error: per-layer sparsity from measured sensitivity, same total"
+    )
+    allocation_spread: float = Field(
+        0.1, ge=0.0, lt=1.0, description="with allocation error: each layer within ratio ± spread"
+    )
     solver: Literal["obs", "obs+lsq", "admm"] = Field(
-        "obs", description="obs: the paper's greedy pass; obs+lsq: its mask with the kept weights re-fitted to the optimum; "
-        "admm: mask and weights refined by ADMM from the obs result, then re-fitted (unstructured and N:M)"
+        "obs",
+        description="obs: the paper's greedy pass; obs+lsq: its mask with the kept weights re-fitted to the optimum; "
+        "admm: mask and weights refined by ADMM from the obs result, then re-fitted (unstructured and N:M)",
     )
     admm_iterations: int = Field(60, ge=1, le=10_000, description="with solver admm: ADMM steps at most")
-    admm_rho: float = Field(0.1, gt=0, description="with solver admm: the first penalty, relative to the scaled Hessian's unit diagonal")
-    refit_iterations: int = Field(100, ge=1, le=100_000, description="with solver obs+lsq or admm: conjugate-gradient steps at most")
-    refit_tolerance: float = Field(1e-6, gt=0, lt=1, description="with solver obs+lsq or admm: relative residual at which the re-fit stops")
+    admm_rho: float = Field(
+        0.1, gt=0, description="with solver admm: the first penalty, relative to the scaled Hessian's unit diagonal"
+    )
+    refit_iterations: int = Field(
+        100, ge=1, le=100_000, description="with solver obs+lsq or admm: conjugate-gradient steps at most"
+    )
+    refit_tolerance: float = Field(
+        1e-6, gt=0, lt=1, description="with solver obs+lsq or admm: relative residual at which the re-fit stops"
+    )
 
     @field_validator("block_sparsity")
     @classmethod
@@ -142,7 +157,9 @@ class PruneConfig(StrictModel):
         if self.solver != "obs" and (self.method != "obs-diff" or self.granularity == "structured"):
             raise ValueError(f"solver {self.solver!r} refines method obs-diff with granularity unstructured or n:m")
         if self.allocation == "error" and (self.method != "obs-diff" or self.granularity == "n:m"):
-            raise ValueError("allocation 'error' applies to method obs-diff with granularity unstructured or structured")
+            raise ValueError(
+                "allocation 'error' applies to method obs-diff with granularity unstructured or structured"
+            )
         if self.memory_budget_gb is not None and self.packages != "auto":
             raise ValueError("memory_budget_gb applies to packages 'auto'; set one or the other")
         if isinstance(self.blocks, str) and not _parse_range(self.blocks):
@@ -177,14 +194,17 @@ class PromptSource(StrictModel):
 
     source: Literal["builtin", "file", "hub-dataset", "inline"] = "builtin"
     path: str | None = Field(
-        None, description="builtin: set name (captions, shapes); file: path relative to the recipe; hub-dataset: file in the repo"
+        None,
+        description="builtin: set name (captions, shapes); file: path relative to the recipe; hub-dataset: file in the repo",
     )
     repo_id: str | None = Field(None, description="Hub dataset repo id (source: hub-dataset)")
     revision: str | None = Field(None, description="Hub dataset revision (source: hub-dataset)")
     column: str | None = Field(None, description="column holding the prompts in csv/tsv/jsonl files")
     texts: list[str] | None = Field(None, description="the prompts themselves (source: inline)")
     count: int = Field(100, ge=1, le=1_000_000, description="prompts used; a shorter source is cycled")
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="sha256 of the prompts used; checked when set")
+    sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="sha256 of the prompts used; checked when set"
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> PromptSource:
@@ -203,12 +223,16 @@ class CalibrationConfig(StrictModel):
     prompts: PromptSource = PromptSource()
     steps: int = Field(25, ge=1, le=10_000, description="sampling steps per trajectory")
     guidance_scale: float = Field(7.0, ge=0)
-    resolution: int | None = Field(512, ge=8, le=16_384, description="image side in pixels; None: the pipeline's default")
+    resolution: int | None = Field(
+        512, ge=8, le=16_384, description="image side in pixels; None: the pipeline's default"
+    )
     batch_size: int = Field(4, ge=1, le=4096)
     seed: int = Field(24432, description="prompt i is sampled with seed + i")
     negative_prompt: str | None = Field(None, description="None: the pipeline's own unconditional input (SDXL: zeros)")
     scheduler: str | None = Field(None, description="diffusers scheduler class; None keeps the pipeline's")
-    dtype: RunDtype = Field("auto", description="calibration dtype; auto: the checkpoint's own (fp32 on CPU for half types)")
+    dtype: RunDtype = Field(
+        "auto", description="calibration dtype; auto: the checkpoint's own (fp32 on CPU for half types)"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -50,7 +50,9 @@ def resolve_device(name: str | None) -> torch.device:
 class World:
     """The processes of this run (one, unless launched by torchrun or accelerate)."""
 
-    def __init__(self, rank: int = 0, size: int = 1, comm_device: torch.device | None = None, owns_group: bool = False) -> None:
+    def __init__(
+        self, rank: int = 0, size: int = 1, comm_device: torch.device | None = None, owns_group: bool = False
+    ) -> None:
         self.rank = rank
         self.size = size
         self.comm_device = comm_device or torch.device("cpu")
@@ -71,7 +73,12 @@ class World:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
-        return cls(dist.get_rank(), dist.get_world_size(), device if backend == "nccl" else torch.device("cpu"), owns_group=True)
+        return cls(
+            dist.get_rank(),
+            dist.get_world_size(),
+            device if backend == "nccl" else torch.device("cpu"),
+            owns_group=True,
+        )
 
     @staticmethod
     def local_device(device: torch.device) -> torch.device:
@@ -120,7 +127,9 @@ class World:
         dist.broadcast(data, src)
         return json.loads(bytes(data.cpu().tolist()).decode())
 
-    def broadcast_tensors(self, tensors: dict[str, torch.Tensor] | None, src: int, device: torch.device) -> dict[str, torch.Tensor]:
+    def broadcast_tensors(
+        self, tensors: dict[str, torch.Tensor] | None, src: int, device: torch.device
+    ) -> dict[str, torch.Tensor]:
         """Named tensors from rank ``src`` on every rank (any dtype; sent as bytes)."""
         if self.size == 1:
             return tensors or {}
@@ -144,7 +153,9 @@ class World:
             return
         for acc in accumulators.values():
             self.all_reduce_(acc.sum)
-        totals = torch.tensor([[a.total_weight, float(a.num_samples)] for a in accumulators.values()], dtype=torch.float64)
+        totals = torch.tensor(
+            [[a.total_weight, float(a.num_samples)] for a in accumulators.values()], dtype=torch.float64
+        )
         self.all_reduce_(totals)
         for acc, (weight, samples) in zip(accumulators.values(), totals.tolist()):
             acc.total_weight, acc.num_samples = weight, int(samples)
@@ -178,7 +189,11 @@ class World:
         failed = [r for r in range(self.size) if flags[r]]
         if not failed:
             return
-        told = {"message": f"{type(failure).__name__}: {failure}", "ours": isinstance(failure, ObsDiffError)} if self.rank == failed[0] else None
+        told = (
+            {"message": f"{type(failure).__name__}: {failure}", "ours": isinstance(failure, ObsDiffError)}
+            if self.rank == failed[0]
+            else None
+        )
         told = self.broadcast_json(told, failed[0])
         if failure is not None:
             raise failure

@@ -153,7 +153,16 @@ def prune(
     Returns the pruned model (structured results as their ``OBSDiff*`` class, with the
     pruned shapes and provenance in the config; the pipeline, if any, holds it).
     """
-    run = setup(target, config, calibration=calibration, steps=steps, device=device, dtype=dtype, progress=progress, state=state)
+    run = setup(
+        target,
+        config,
+        calibration=calibration,
+        steps=steps,
+        device=device,
+        dtype=dtype,
+        progress=progress,
+        state=state,
+    )
     run.store = open_store(run, calibration, save_hessians, hessians)
     first = state.completed if state is not None else 0
     for index, package in enumerate(run.plan.packages):
@@ -191,8 +200,10 @@ def check_family(configs: list[PruneConfig]) -> None:
     for i, cfg in enumerate(configs[1:], 2):
         for key, value in cfg.model_dump().items():
             if key not in SPARSITY_FIELDS and value != first[key]:
-                raise InputError(f"family member {i} differs from member 1 in prune.{key} ({value!r} vs {first[key]!r}); members may differ only in "
-                                 f"{', '.join(sorted(SPARSITY_FIELDS))}")
+                raise InputError(
+                    f"family member {i} differs from member 1 in prune.{key} ({value!r} vs {first[key]!r}); members may differ only in "
+                    f"{', '.join(sorted(SPARSITY_FIELDS))}"
+                )
 
 
 def prune_family(
@@ -287,9 +298,15 @@ def setup(
     precision = Precision(model, compute, run_device)
     model = precision.working.eval()  # calibration is inference: no dropout in the trajectories
     report = (state.previous_report if state is not None else None) or PruneReport(
-        family=adapter.family, model_class=type(model).__name__, config=cfg.model_dump(), params_before=count_parameters(model)
+        family=adapter.family,
+        model_class=type(model).__name__,
+        config=cfg.model_dump(),
+        params_before=count_parameters(model),
     )
-    report.precision = {"checkpoint": str(precision.checkpoint).removeprefix("torch."), "compute": str(precision.compute).removeprefix("torch.")}
+    report.precision = {
+        "checkpoint": str(precision.checkpoint).removeprefix("torch."),
+        "compute": str(precision.compute).removeprefix("torch."),
+    }
     report.world_size = world.size
     reset_peak_memory(run_device)
 
@@ -299,11 +316,15 @@ def setup(
         if isinstance(getattr(pipeline, "vae", None), nn.Module):
             pipeline.vae.to(run_device)  # diffusers takes the sampling device from the first component
         prompts = resolve_prompts(settings.prompts)
-        calibrate = PipelineCalibration(pipeline, settings, prompts, run_device, precision.compute, world.shard(len(prompts)))
+        calibrate = PipelineCalibration(
+            pipeline, settings, prompts, run_device, precision.compute, world.shard(len(prompts))
+        )
         report.calibration = {
             "prompts": len(prompts),
             "prompts_sha256": prompts_sha256(prompts),
-            "unconditional": unconditional_input(pipeline, settings.negative_prompt) if calibrate.uses_cfg else "none (no classifier-free guidance)",
+            "unconditional": unconditional_input(pipeline, settings.negative_prompt)
+            if calibrate.uses_cfg
+            else "none (no classifier-free guidance)",
         }
         batch = settings.batch_size * (2 if calibrate.uses_cfg else 1)
         latent = settings.resolution // pipeline_vae_scale(pipeline) if settings.resolution else None
@@ -311,10 +332,20 @@ def setup(
     units = adapter.units(model, cfg.block_ids(len(adapter.blocks(model))), cfg.granularity == "structured")
     plan = _plan(model, units, cfg, run_device, report, batch, latent)
     run = Run(
-        config=cfg, pipeline=pipeline, adapter=adapter, device=run_device, world=world, precision=precision, calibrate=calibrate,
-        alphas=timestep_weights(cfg.weighting, num_steps, cfg.alpha_min, cfg.alpha_max), plan=plan, report=report,
-        solver=SiteSolver(precision, cfg), dense=copy.deepcopy(model).eval() if cfg.calibration_target == "dense" else None,
-        progress=progress, state=state,
+        config=cfg,
+        pipeline=pipeline,
+        adapter=adapter,
+        device=run_device,
+        world=world,
+        precision=precision,
+        calibrate=calibrate,
+        alphas=timestep_weights(cfg.weighting, num_steps, cfg.alpha_min, cfg.alpha_max),
+        plan=plan,
+        report=report,
+        solver=SiteSolver(precision, cfg),
+        dense=copy.deepcopy(model).eval() if cfg.calibration_target == "dense" else None,
+        progress=progress,
+        state=state,
     )
     if isinstance(calibrate, PipelineCalibration):
         t0 = time.perf_counter()
@@ -324,16 +355,37 @@ def setup(
     return run
 
 
-def _plan(model: nn.Module, units: list[BlockUnit], cfg: PruneConfig, device: torch.device, report: PruneReport, batch: int, latent: int | None) -> PackagePlan:
+def _plan(
+    model: nn.Module,
+    units: list[BlockUnit],
+    cfg: PruneConfig,
+    device: torch.device,
+    report: PruneReport,
+    batch: int,
+    latent: int | None,
+) -> PackagePlan:
     """Units packed into packages (by count, or the fewest that fit the memory), and the peak the
     run should reach on the device: the model (twice when asymmetric), a calibration forward, the plan's needs."""
     asymmetric = cfg.calibration_target == "dense"  # a cross term per Hessian, and a dense copy alongside
     activations = activation_bytes(model, device, batch, latent) if cfg.packages == "auto" else 0
-    store = torch.device("cpu") if cfg.hessian_device == "cpu" else None  # where the Hessian sums live (default: beside each layer)
-    plan = plan_packages(model, units, cfg.packages, cfg.memory_budget_gb, device, activations, hessian_factor=2 if asymmetric else 1, hessian_device=store)
+    store = (
+        torch.device("cpu") if cfg.hessian_device == "cpu" else None
+    )  # where the Hessian sums live (default: beside each layer)
+    plan = plan_packages(
+        model,
+        units,
+        cfg.packages,
+        cfg.memory_budget_gb,
+        device,
+        activations,
+        hessian_factor=2 if asymmetric else 1,
+        hessian_device=store,
+    )
     report.package_plan = plan.summary()
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    report.package_plan["predicted_peak_bytes"] = model_bytes * (2 if asymmetric else 1) + activations + plan.extra_bytes()
+    report.package_plan["predicted_peak_bytes"] = (
+        model_bytes * (2 if asymmetric else 1) + activations + plan.extra_bytes()
+    )
     return plan
 
 
@@ -345,7 +397,9 @@ def open_store(run: Run, calibration: Any, save: str | Path | None, load: str | 
         raise InputError("`save_hessians` and `hessians` exclude each other: save a store, or read one")
     cfg = run.config
     if not isinstance(run.calibrate, PipelineCalibration):
-        raise InputError("a Hessian store needs the pipeline's own calibration settings (a calibration callable cannot be identified)")
+        raise InputError(
+            "a Hessian store needs the pipeline's own calibration settings (a calibration callable cannot be identified)"
+        )
     if cfg.calibration_target == "dense" or run.world.size > 1:
         raise InputError("a Hessian store works with calibration_target: network in one process")
     settings = CalibrationConfig.coerce(calibration)
@@ -363,7 +417,9 @@ def open_store(run: Run, calibration: Any, save: str | Path | None, load: str | 
     return HessianStore(save if save is not None else load, identity, write=save is not None)  # type: ignore[arg-type]
 
 
-def calibrate_package(run: Run, index: int, package: list[BlockUnit]) -> tuple[dict[str, HessianAccumulator], dict[str, Any], PackageRecord]:
+def calibrate_package(
+    run: Run, index: int, package: list[BlockUnit]
+) -> tuple[dict[str, HessianAccumulator], dict[str, Any], PackageRecord]:
     """Run every calibration trajectory once with hooks on the package's layer inputs; the
     Hessians (and, asymmetric, cross terms) summed over processes, and the package's record so far."""
     cfg = run.config
@@ -374,18 +430,30 @@ def calibrate_package(run: Run, index: int, package: list[BlockUnit]) -> tuple[d
     store = torch.device("cpu") if cfg.hessian_device == "cpu" else None
     t0 = time.perf_counter()
     network = ""  # the digest of the network this package calibrates on (only a store needs it)
-    if run.store is not None:  # before the first package nothing is pruned: the network is the base the store identity hashed
+    if (
+        run.store is not None
+    ):  # before the first package nothing is pruned: the network is the base the store identity hashed
         network = run.store.identity["base_sha256"] if index == 0 else state_sha256(run.model)
     if run.store is not None and not run.store.write and run.store.holds(index, network):
         saved = run.store.load(index, network, run.model, layers, store)
         run.report.package_plan.setdefault("hessians_reused", []).append(index + 1)
-        return saved, {}, PackageRecord(index, len(package), len(layers), run.plan.package_bytes[index], time.perf_counter() - t0, 0.0, 0.0)
+        return (
+            saved,
+            {},
+            PackageRecord(
+                index, len(package), len(layers), run.plan.package_bytes[index], time.perf_counter() - t0, 0.0, 0.0
+            ),
+        )
     # Each stage's local work ends with the ranks agreeing it went well, before any other collective.
     with run.world.together(f"calibrating package {index + 1}"):
         with (
-            collect_hessians(run.model, layers, lambda: clock.alpha, cfg.hessian_precision, hook_time, store) as hessians,
+            collect_hessians(
+                run.model, layers, lambda: clock.alpha, cfg.hessian_precision, hook_time, store
+            ) as hessians,
             # before any package is pruned X̂ = X: the cross term is zero and the dense forward is skipped
-            dense_targets(run.model, run.dense, layers, lambda: clock.alpha, store) if run.dense is not None and index > 0 else nullcontext({}) as crosses,
+            dense_targets(run.model, run.dense, layers, lambda: clock.alpha, store)
+            if run.dense is not None and index > 0
+            else nullcontext({}) as crosses,
         ):
             if isinstance(run.calibrate, PipelineCalibration):
                 total, done = len(run.calibrate.batches), [0]
@@ -403,19 +471,28 @@ def calibrate_package(run: Run, index: int, package: list[BlockUnit]) -> tuple[d
     run.world.sum_accumulators(crosses)
     if run.store is not None:
         run.store.store_package(index, network, hessians)
-    record = PackageRecord(index, len(package), len(layers), run.plan.package_bytes[index], time.perf_counter() - t0, hook_time[0], 0.0)
+    record = PackageRecord(
+        index, len(package), len(layers), run.plan.package_bytes[index], time.perf_counter() - t0, hook_time[0], 0.0
+    )
     return hessians, crosses, record
 
 
 def solve_package(
-    run: Run, index: int, package: list[BlockUnit], hessians: dict[str, HessianAccumulator], crosses: dict[str, Any], record: PackageRecord
+    run: Run,
+    index: int,
+    package: list[BlockUnit],
+    hessians: dict[str, HessianAccumulator],
+    crosses: dict[str, Any],
+    record: PackageRecord,
 ) -> None:
     """Solve every unit of the package on the rank that owns it, apply the results on every rank,
     free the Hessians, and record the package (and save it, when the run is resumable)."""
     t0 = time.perf_counter()
     world, solver = run.world, run.solver
     if run.config.allocation == "error":  # the same on every rank: same Hessians, same weights
-        solver.counts = allocate_package(run.model, package, solver.weight, lambda p: hessians[p].hessian(), run.config)
+        solver.counts = allocate_package(
+            run.model, package, solver.weight, lambda p: hessians[p].hessian(), run.config
+        )
     owners = world.owners([unit_cost(run.model, unit) for unit in package])
     pending: list[tuple[int, UnitResult | None]] = []
     with world.together(f"solving package {index + 1}"):
@@ -453,10 +530,16 @@ def finish(run: Run) -> PruneResult:
     report.stages["trajectories_s"] = sum(p.calibration_s - p.hessian_s for p in report.packages)
     report.stages["hessian_accumulation_s"] = sum(p.hessian_s for p in report.packages)
     report.stages["solve_s"] = sum(p.solve_s for p in report.packages)
-    report.stages["total_s"] = sum(p.calibration_s + p.solve_s for p in report.packages) + report.stages.get("prompt_encoding_s", 0.0)
+    report.stages["total_s"] = sum(p.calibration_s + p.solve_s for p in report.packages) + report.stages.get(
+        "prompt_encoding_s", 0.0
+    )
     report.peak_memory_bytes = peak_memory_bytes(run.device)
     kept = {r.module: (r.before, r.kept) for r in report.structure}
-    pruned = promote(run.precision.result(), provenance(method=cfg.method, granularity=cfg.granularity, sparsity=cfg.ratio_label), kept)
+    pruned = promote(
+        run.precision.result(),
+        provenance(method=cfg.method, granularity=cfg.granularity, sparsity=cfg.ratio_label),
+        kept,
+    )
     report.params_after = count_parameters(pruned)
     if isinstance(run.calibrate, PipelineCalibration):
         run.calibrate.restore_devices()

@@ -58,9 +58,13 @@ class HessianStore:
         ours = not self.folder.is_symlink() and (read_marker(self.folder) or {}).get("kind") == KIND
         if write:
             if self.folder.is_symlink() or (self.folder.exists() and not ours):
-                raise InputError(f"{self.folder} exists and is not a Hessian store obsdiff-hub wrote; give `save_hessians` a new folder")
+                raise InputError(
+                    f"{self.folder} exists and is not a Hessian store obsdiff-hub wrote; give `save_hessians` a new folder"
+                )
             if ours and first_foreign_file(self.folder) is not None:
-                raise InputError(f"{self.folder} holds {first_foreign_file(self.folder)}, which obsdiff-hub did not write; give `save_hessians` a new folder")
+                raise InputError(
+                    f"{self.folder} holds {first_foreign_file(self.folder)}, which obsdiff-hub did not write; give `save_hessians` a new folder"
+                )
             if not ours:
                 probe_writable(self.folder)
                 self.folder.mkdir(parents=True)
@@ -112,10 +116,14 @@ class HessianStore:
         tensors = {name: acc.sum.detach().to("cpu", torch.float32).contiguous() for name, acc in accumulators.items()}
         totals = {name: [acc.total_weight, acc.num_samples] for name, acc in accumulators.items()}
         identity = json.dumps({**self.identity, "state_sha256": state}, sort_keys=True)
-        write_safetensors_file(self.path(index), tensors, metadata={"identity": identity, "totals": json.dumps(totals, sort_keys=True)})
+        write_safetensors_file(
+            self.path(index), tensors, metadata={"identity": identity, "totals": json.dumps(totals, sort_keys=True)}
+        )
         add_owned(self.folder, [self.path(index).name])
 
-    def load(self, index: int, state: str, model: nn.Module, layers: list[str], device: torch.device | None) -> dict[str, HessianAccumulator]:
+    def load(
+        self, index: int, state: str, model: nn.Module, layers: list[str], device: torch.device | None
+    ) -> dict[str, HessianAccumulator]:
         """The package's accumulators, exactly as the run that saved them left them."""
         self.check(index, state)
         path = self.path(index)
@@ -128,9 +136,15 @@ class HessianStore:
             for name in layers:
                 width = model.get_submodule(name).in_features
                 total = totals.get(name)
-                valid = isinstance(total, list) and len(total) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in total)
+                valid = (
+                    isinstance(total, list)
+                    and len(total) == 2
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in total)
+                )
                 if tuple(f.get_slice(name).get_shape()) != (width, width) or not valid or not total[0] > 0:
-                    raise InputError(f"{path}: the Hessian of {name} is not {width}×{width} with its totals; the store is damaged")
+                    raise InputError(
+                        f"{path}: the Hessian of {name} is not {width}×{width} with its totals; the store is damaged"
+                    )
                 acc = HessianAccumulator(width, device=device or model.get_submodule(name).weight.device)
                 acc.sum.copy_(f.get_tensor(name))
                 acc.total_weight, acc.num_samples = float(total[0]), int(total[1])

@@ -19,10 +19,12 @@ from ..maths.solvers import GroupSelection
 from .config import PruneConfig
 
 LayerMethod = Callable[
-    [Sequence[torch.Tensor], torch.Tensor, Sequence[float], PruneConfig, Sequence[int] | None], list[tuple[torch.Tensor, torch.Tensor]]
+    [Sequence[torch.Tensor], torch.Tensor, Sequence[float], PruneConfig, Sequence[int] | None],
+    list[tuple[torch.Tensor, torch.Tensor]],
 ]
 Refiner = Callable[
-    [Sequence[torch.Tensor], torch.Tensor, Sequence[tuple[torch.Tensor, torch.Tensor]], PruneConfig], list[tuple[torch.Tensor, torch.Tensor]]
+    [Sequence[torch.Tensor], torch.Tensor, Sequence[tuple[torch.Tensor, torch.Tensor]], PruneConfig],
+    list[tuple[torch.Tensor, torch.Tensor]],
 ]
 GroupMethod = Callable[
     [Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[GroupSelection], PruneConfig],
@@ -31,7 +33,11 @@ GroupMethod = Callable[
 
 
 def _obs_diff_layers(
-    weights: Sequence[torch.Tensor], H: torch.Tensor, sparsities: Sequence[float], cfg: PruneConfig, counts: Sequence[int] | None = None
+    weights: Sequence[torch.Tensor],
+    H: torch.Tensor,
+    sparsities: Sequence[float],
+    cfg: PruneConfig,
+    counts: Sequence[int] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return solvers.obs_prune_shared(weights, H, sparsities, cfg.n, cfg.m, cfg.blocksize, cfg.percdamp, counts)
 
@@ -40,7 +46,11 @@ def _each_layer(prune_one: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> 
     """A baseline that prunes one layer at a time, lifted to the shared-Hessian signature."""
 
     def method(
-        weights: Sequence[torch.Tensor], H: torch.Tensor, sparsities: Sequence[float], cfg: PruneConfig, counts: Sequence[int] | None = None
+        weights: Sequence[torch.Tensor],
+        H: torch.Tensor,
+        sparsities: Sequence[float],
+        cfg: PruneConfig,
+        counts: Sequence[int] | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [prune_one(W, H, s, cfg.n, cfg.m) for W, s in zip(weights, sparsities)]
 
@@ -64,15 +74,28 @@ LAYER_METHODS: dict[str, LayerMethod] = {
     "dsnot": _each_layer(baselines.dsnot_prune),
 }
 
+
 def _refiner(search: bool) -> Refiner:
     """:func:`obsdiff_hub.maths.admm.refine` with the run's settings; ``search``: ADMM over masks too."""
 
     def method(
-        weights: Sequence[torch.Tensor], H: torch.Tensor, starts: Sequence[tuple[torch.Tensor, torch.Tensor]], cfg: PruneConfig
+        weights: Sequence[torch.Tensor],
+        H: torch.Tensor,
+        starts: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        cfg: PruneConfig,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         settings = AdmmSettings(cfg.admm_iterations, cfg.admm_rho, cfg.refit_iterations, cfg.refit_tolerance)
-        return refine(weights, H, [w for w, _ in starts], [k for _, k in starts], search=search, n=cfg.n, m=cfg.m,
-                      percdamp=cfg.percdamp, settings=settings)
+        return refine(
+            weights,
+            H,
+            [w for w, _ in starts],
+            [k for _, k in starts],
+            search=search,
+            n=cfg.n,
+            m=cfg.m,
+            percdamp=cfg.percdamp,
+            settings=settings,
+        )
 
     return method
 

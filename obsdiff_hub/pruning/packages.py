@@ -106,7 +106,10 @@ def activation_bytes(model: nn.Module, device: torch.device, batch: int, latent_
     if device.type != "cuda":
         return 0
     inputs = example_inputs(model, batch=batch, latent_size=latent_size, tokens=77)
-    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else {kk: vv.to(device) for kk, vv in v.items()} for k, v in inputs.items()}
+    inputs = {
+        k: v.to(device) if isinstance(v, torch.Tensor) else {kk: vv.to(device) for kk, vv in v.items()}
+        for k, v in inputs.items()
+    }
     torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -150,6 +153,10 @@ def plan_packages(
         budget = int(memory_budget_gb * GiB) if memory_budget_gb is not None else max(int(0.9 * free), 1)
         groups, mode = split_by_budget(sizes, budget), "auto"
     return PackagePlan(
-        [[units[i] for i in g] for g in groups], [sum(sizes[i] for i in g) for g in groups], mode, budget,
-        solve_workspace_bytes(model, units), hessians_on_device=store == device,
+        [[units[i] for i in g] for g in groups],
+        [sum(sizes[i] for i in g) for g in groups],
+        mode,
+        budget,
+        solve_workspace_bytes(model, units),
+        hessians_on_device=store == device,
     )

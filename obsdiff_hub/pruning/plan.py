@@ -149,7 +149,9 @@ def costs(config: dict[str, Any], latent_size: int, batch: int = 1) -> tuple[int
     """Parameters and FLOPs of one forward (``batch`` latents of ``latent_size``², counted as
     :func:`plan` counts) of the model a config describes, pruned shapes included (``obsdiff_structure``)."""
     with FakeTensorMode(allow_non_fake_inputs=True):
-        model = build_model(config, structure=config.get(STRUCTURE_KEY) or None, empty=False, source="the checkpoint's config").eval()
+        model = build_model(
+            config, structure=config.get(STRUCTURE_KEY) or None, empty=False, source="the checkpoint's config"
+        ).eval()
         params = sum(p.numel() for p in model.parameters())
         flops = _flops(model, latent_size, batch)
     return params, flops

@@ -61,11 +61,17 @@ def check_device_dtype(device: torch.device, dtype: torch.dtype) -> None:
     """One-line errors for a device that does not exist here or a dtype it cannot compute in."""
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UnsupportedEnvironmentError(f"device {device} was requested but CUDA is not available here; set `device` to cpu")
+            raise UnsupportedEnvironmentError(
+                f"device {device} was requested but CUDA is not available here; set `device` to cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UnsupportedEnvironmentError(f"device {device} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise UnsupportedEnvironmentError(
+                f"device {device} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
         if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            raise UnsupportedEnvironmentError(f"{torch.cuda.get_device_name(device)} does not support bfloat16; set `dtype` to float16 or float32")
+            raise UnsupportedEnvironmentError(
+                f"{torch.cuda.get_device_name(device)} does not support bfloat16; set `dtype` to float16 or float32"
+            )
     elif device.type != "cpu":
         raise InputError(f"unsupported device {device}; use cpu or cuda[:N]")
 

@@ -45,13 +45,17 @@ def read_prompt_file(path: str | Path, column: str | None = None) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise PromptError(f"cannot read prompt file {path}: {error.strerror if isinstance(error, OSError) else error}") from error
+        raise PromptError(
+            f"cannot read prompt file {path}: {error.strerror if isinstance(error, OSError) else error}"
+        ) from error
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         try:
             rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ","))
         except csv.Error as error:
-            raise PromptError(f"{path}: not a readable {suffix[1:]} file ({error}); a prompt is at most {MAX_PROMPT_CHARS} characters") from None
+            raise PromptError(
+                f"{path}: not a readable {suffix[1:]} file ({error}); a prompt is at most {MAX_PROMPT_CHARS} characters"
+            ) from None
         key = column or _guess_column(rows[0].keys() if rows else [], path)
         if rows and key not in rows[0]:
             raise PromptError(f"{path}: no column {key!r}; columns are {', '.join(rows[0])}")
@@ -84,7 +88,9 @@ def check_lengths(prompts: list[str], where: str) -> list[str]:
     a tokenizer fed a 60 MB line takes gigabytes)."""
     for number, prompt in enumerate(prompts, 1):
         if len(prompt) > MAX_PROMPT_CHARS:
-            raise PromptError(f"{where}: prompt {number} has {len(prompt):,} characters, more than the {MAX_PROMPT_CHARS} a prompt may have")
+            raise PromptError(
+                f"{where}: prompt {number} has {len(prompt):,} characters, more than the {MAX_PROMPT_CHARS} a prompt may have"
+            )
     return prompts
 
 
@@ -102,7 +108,12 @@ def _guess_column(keys: Iterable[str], path: Path) -> str:
 def contained_path(relative: str, base_dir: Path) -> Path:
     """``base_dir / relative`` for a relative, normalised path that stays inside ``base_dir``."""
     posix = PurePosixPath(relative.replace("\\", "/"))
-    if posix.is_absolute() or not posix.parts or any(part in ("..", "") for part in posix.parts) or ":" in posix.parts[0]:
+    if (
+        posix.is_absolute()
+        or not posix.parts
+        or any(part in ("..", "") for part in posix.parts)
+        or ":" in posix.parts[0]
+    ):
         raise PromptError(f"prompt file {relative!r} must be a relative path inside the recipe's folder")
     path = base_dir / Path(*posix.parts)
     if not path.resolve().is_relative_to(base_dir.resolve()):
@@ -130,7 +141,9 @@ def resolve_prompts(source: PromptSource, base_dir: Path | None = None) -> list[
         path = contained_path(source.path or "", base_dir) if base_dir is not None else Path(source.path or "")
         prompts = read_prompt_file(path, source.column)
     else:
-        local = HubClient().download_file(source.repo_id or "", source.path or "", repo_type="dataset", revision=source.revision)
+        local = HubClient().download_file(
+            source.repo_id or "", source.path or "", repo_type="dataset", revision=source.revision
+        )
         prompts = read_prompt_file(local, source.column)
     if not prompts:
         raise PromptError("the calibration prompt list is empty")

@@ -78,17 +78,23 @@ class SiteSolver:
         W = self.weight(path)
         return W if G is None else asymmetric_target(W, H, G, self.config.percdamp)
 
-    def solve(self, unit: BlockUnit, hessians: dict[str, torch.Tensor], cross_terms: dict[str, torch.Tensor] | None = None) -> UnitResult:
+    def solve(
+        self, unit: BlockUnit, hessians: dict[str, torch.Tensor], cross_terms: dict[str, torch.Tensor] | None = None
+    ) -> UnitResult:
         result = UnitResult()
         cross_terms = cross_terms or {}
         for site in unit.sites:
             if isinstance(site, LinearSite):
-                self._solve_linear(unit.block, site, hessians[site.hessian_layer], cross_terms.get(site.hessian_layer), result)
+                self._solve_linear(
+                    unit.block, site, hessians[site.hessian_layer], cross_terms.get(site.hessian_layer), result
+                )
             else:
                 self._solve_structured(unit.block, site, hessians, cross_terms, result)
         return result
 
-    def _solve_linear(self, block: int, site: LinearSite, H: torch.Tensor, G: torch.Tensor | None, result: UnitResult) -> None:
+    def _solve_linear(
+        self, block: int, site: LinearSite, H: torch.Tensor, G: torch.Tensor | None, result: UnitResult
+    ) -> None:
         cfg = self.config
         weights = [self.weight(p) for p in site.layers]
         targets = [self.target(p, H, G) for p in site.layers] if G is not None else weights
@@ -100,15 +106,26 @@ class SiteSolver:
             solved = REFINERS[cfg.solver](targets, H, solved, cfg)
         for path, W, (W_new, mask), start in zip(site.layers, weights, solved, starts):
             result.weights[path] = W_new
-            result.layers.append(LayerRecord(path, block, tuple(W.shape), float(mask.float().mean()), relative_error(W, W_new, H), start))
+            result.layers.append(
+                LayerRecord(
+                    path, block, tuple(W.shape), float(mask.float().mean()), relative_error(W, W_new, H), start
+                )
+            )
 
     def _solve_structured(
-        self, block: int, site: StructuredSite, hessians: dict[str, torch.Tensor], cross_terms: dict[str, torch.Tensor], result: UnitResult
+        self,
+        block: int,
+        site: StructuredSite,
+        hessians: dict[str, torch.Tensor],
+        cross_terms: dict[str, torch.Tensor],
+        result: UnitResult,
     ) -> None:
         cfg = self.config
         ratio = cfg.sparsity_for(block)
         weights = [self.weight(p) for p in site.out_layers]
-        targets = [self.target(p, hessians[p], cross_terms.get(p)) for p in site.out_layers] if cross_terms else weights
+        targets = (
+            [self.target(p, hessians[p], cross_terms.get(p)) for p in site.out_layers] if cross_terms else weights
+        )
         groups, head_ids, neuron_ids = site.column_groups(self.precision.working)
 
         def count(coupling: HeadCoupling | NeuronCoupling | None, ids: range) -> int:
@@ -120,12 +137,19 @@ class SiteSolver:
             GroupSelection(tuple(head_ids), count(site.heads, head_ids)),
             GroupSelection(tuple(neuron_ids), count(site.neurons, neuron_ids), cfg.neuron_batch),
         ]
-        solved, (gone_heads, gone_neurons) = GROUP_METHODS[cfg.method](targets, [hessians[p] for p in site.out_layers], groups, selections, cfg)
+        solved, (gone_heads, gone_neurons) = GROUP_METHODS[cfg.method](
+            targets, [hessians[p] for p in site.out_layers], groups, selections, cfg
+        )
         for path, W, W_new in zip(site.out_layers, weights, solved):
             result.weights[path] = W_new
             zeroed = float((W_new == 0).all(0).float().mean())
-            result.layers.append(LayerRecord(path, block, tuple(W.shape), zeroed, relative_error(W, W_new, hessians[path])))
-        for coupling, ids, gone, offset in ((site.heads, head_ids, gone_heads, 0), (site.neurons, neuron_ids, gone_neurons, len(head_ids))):
+            result.layers.append(
+                LayerRecord(path, block, tuple(W.shape), zeroed, relative_error(W, W_new, hessians[path]))
+            )
+        for coupling, ids, gone, offset in (
+            (site.heads, head_ids, gone_heads, 0),
+            (site.neurons, neuron_ids, gone_neurons, len(head_ids)),
+        ):
             if coupling is None:
                 continue
             result.kept[coupling.key] = sorted(g - offset for g in ids if g not in set(gone))
@@ -155,7 +179,11 @@ def share_result(world: World, result: UnitResult | None, owner: int, device: to
     """The owner's result of one unit, on every rank (tensors and JSON, never pickles)."""
     weights = world.broadcast_tensors(result.weights if result is not None else None, owner, device)
     meta = world.broadcast_json(
-        {"kept": result.kept, "layers": [asdict(r) for r in result.layers], "structure": [asdict(r) for r in result.structure]}
+        {
+            "kept": result.kept,
+            "layers": [asdict(r) for r in result.layers],
+            "structure": [asdict(r) for r in result.structure],
+        }
         if result is not None
         else None,
         owner,

@@ -50,7 +50,9 @@ class StepClock:
         if step == 0 and self.step != 0:
             self.visited.append(set())
         elif self.step is None or step < self.step:
-            raise InputError(f"calibration went from step {self.step} to {step}; call set_step(0) to start each trajectory")
+            raise InputError(
+                f"calibration went from step {self.step} to {step}; call set_step(0) to start each trajectory"
+            )
         self.step = step
         self.visited[-1].add(step)
 

@@ -12,7 +12,13 @@ from PIL import Image, ImageDraw
 from ..errors import InputError
 
 SHAPES = ("circle", "square", "triangle")
-COLORS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (235, 215, 40), "purple": (150, 60, 200)}
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 190, 60),
+    "blue": (50, 80, 230),
+    "yellow": (235, 215, 40),
+    "purple": (150, 60, 200),
+}
 SIZES = {"small": 7, "large": 12}  # half-width in pixels
 POSITIONS = {"left": (9, 16), "right": (23, 16), "top": (16, 9), "bottom": (16, 23), "center": (16, 16)}
 ATTRIBUTES = {"shape": SHAPES, "color": tuple(COLORS), "size": tuple(SIZES), "position": tuple(POSITIONS)}
@@ -45,7 +51,13 @@ class Scene:
         size, color, shape = words[1:4]
         position = "center" if words[-1] == "center" else words[-1]
         scene = cls(shape, color, size, position)
-        if scene.caption != caption or shape not in SHAPES or color not in COLORS or size not in SIZES or position not in POSITIONS:
+        if (
+            scene.caption != caption
+            or shape not in SHAPES
+            or color not in COLORS
+            or size not in SIZES
+            or position not in POSITIONS
+        ):
             raise InputError(f"not a shapes caption: {caption!r}")
         return scene
 
@@ -83,7 +95,10 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 def sample_batch(size: int, seed: int) -> tuple[torch.Tensor, list[str], dict[str, torch.Tensor]]:
     """``size`` random scenes: images, captions and attribute labels, all from ``seed``."""
     rng = random.Random(seed)
-    scenes = [Scene(rng.choice(SHAPES), rng.choice(tuple(COLORS)), rng.choice(tuple(SIZES)), rng.choice(tuple(POSITIONS))) for _ in range(size)]
+    scenes = [
+        Scene(rng.choice(SHAPES), rng.choice(tuple(COLORS)), rng.choice(tuple(SIZES)), rng.choice(tuple(POSITIONS)))
+        for _ in range(size)
+    ]
     images = torch.stack([to_tensor(draw(s, rng)) for s in scenes])
     labels = {k: torch.tensor([s.labels()[k] for s in scenes]) for k in ATTRIBUTES}
     return images, [s.caption for s in scenes], labels

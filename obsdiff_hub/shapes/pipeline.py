@@ -40,8 +40,12 @@ def load_shapes_pipeline(torch_dtype: torch.dtype = torch.float32) -> Any:
     """The trained tiny Stable Diffusion pipeline, with the usual ``from_pretrained``."""
     folder = WEIGHTS / "pipeline"
     if not (folder / "model_index.json").is_file():
-        raise UnsupportedEnvironmentError(f"{folder} is missing from this installation; train it with `python -m obsdiff_hub.shapes.train`")
-    return StableDiffusionPipeline.from_pretrained(folder, dtype=torch_dtype, safety_checker=None, requires_safety_checker=False)
+        raise UnsupportedEnvironmentError(
+            f"{folder} is missing from this installation; train it with `python -m obsdiff_hub.shapes.train`"
+        )
+    return StableDiffusionPipeline.from_pretrained(
+        folder, dtype=torch_dtype, safety_checker=None, requires_safety_checker=False
+    )
 
 
 def load_scorer() -> ShapeClassifier:
@@ -50,19 +54,28 @@ def load_scorer() -> ShapeClassifier:
     return classifier.eval()
 
 
-def generate(pipeline: Any, scenes: list[Scene], *, seed: int = 0, steps: int = 20, guidance: float = 4.0) -> torch.Tensor:
+def generate(
+    pipeline: Any, scenes: list[Scene], *, seed: int = 0, steps: int = 20, guidance: float = 4.0
+) -> torch.Tensor:
     """Images in [-1, 1], one per scene; scene i uses seed + i (same noise for dense and pruned)."""
     pipeline.set_progress_bar_config(disable=True)
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(scenes))]
     with torch.no_grad(), quiet_truncation_warnings():
         images = pipeline(
-            [s.caption for s in scenes], num_inference_steps=steps, guidance_scale=guidance,
-            height=32, width=32, generator=generators, output_type="pt",
+            [s.caption for s in scenes],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=32,
+            width=32,
+            generator=generators,
+            output_type="pt",
         ).images
     return images.float() * 2 - 1
 
 
-def evaluate(pipeline: Any, reference: torch.Tensor | None = None, scenes: list[Scene] | None = None, **kwargs: Any) -> tuple[dict[str, float], torch.Tensor]:
+def evaluate(
+    pipeline: Any, reference: torch.Tensor | None = None, scenes: list[Scene] | None = None, **kwargs: Any
+) -> tuple[dict[str, float], torch.Tensor]:
     """Caption accuracy of generated images (per attribute, mean, all four right) and, given
     the dense model's images for the same seeds, their PSNR against them."""
     scenes = scenes or evaluation_scenes()
@@ -71,7 +84,9 @@ def evaluate(pipeline: Any, reference: torch.Tensor | None = None, scenes: list[
     scores = caption_accuracy(load_scorer(), images, labels)
     if reference is not None:
         mse = float(((images - reference) ** 2).mean())
-        scores["psnr_vs_dense"] = 10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-12))).item()  # range [-1, 1] → peak 2
+        scores["psnr_vs_dense"] = (
+            10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-12))).item()
+        )  # range [-1, 1] → peak 2
     return scores, images
 
 

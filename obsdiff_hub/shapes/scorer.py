@@ -14,10 +14,17 @@ class ShapeClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.trunk = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1), nn.SiLU(), nn.Flatten(),
-            nn.Linear(64 * 8 * 8, 128), nn.SiLU(),
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.SiLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.SiLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.SiLU(),
+            nn.Flatten(),
+            nn.Linear(64 * 8 * 8, 128),
+            nn.SiLU(),
         )
         self.heads = nn.ModuleDict({k: nn.Linear(128, len(v)) for k, v in ATTRIBUTES.items()})
 

@@ -105,7 +105,9 @@ def train_classifier(steps: int, seed: int, log) -> ShapeClassifier:
 
 
 def train_denoiser(vae, text, unet, tokenizer, scaling: float, minutes: float, max_steps: int, seed: int, log) -> int:
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+    )
     params = list(unet.parameters()) + list(text.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
     vae.requires_grad_(False)
@@ -165,14 +167,18 @@ def main() -> None:
         text_encoder=text.eval(),
         tokenizer=tokenizer,
         unet=unet.eval(),
-        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="trailing"),
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="trailing"
+        ),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     pipeline.to(torch.float16).save_pretrained(args.out / "pipeline")
-    write_safetensors_file(args.out / "scorer.safetensors", {k: v.half().contiguous() for k, v in classifier.state_dict().items()})
+    write_safetensors_file(
+        args.out / "scorer.safetensors", {k: v.half().contiguous() for k, v in classifier.state_dict().items()}
+    )
     log(f"saved to {args.out}; sizes {SIZES} positions {tuple(POSITIONS)}")
 
 

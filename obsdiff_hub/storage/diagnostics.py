@@ -47,8 +47,14 @@ def check_pipeline_configs(folder: Path) -> None:
         if len(value) != 2 or not all(v is None or isinstance(v, str) for v in value):
             raise CheckpointError(f"{index}: component {name} must be declared as [library, class]")
         library, class_name = value
-        if library in LIBRARIES and class_name is not None and not isinstance(getattr(LIBRARIES[library], class_name, None), type):
-            raise CheckpointError(f"{index}: component {name} is declared as {library}.{class_name}, which is not a class; the pipeline cannot load")
+        if (
+            library in LIBRARIES
+            and class_name is not None
+            and not isinstance(getattr(LIBRARIES[library], class_name, None), type)
+        ):
+            raise CheckpointError(
+                f"{index}: component {name} is declared as {library}.{class_name}, which is not a class; the pipeline cannot load"
+            )
         config = folder / name / "config.json"
         if config.is_file():
             check_config_bounds(read_json(config), str(config))

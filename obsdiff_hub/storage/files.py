@@ -94,8 +94,16 @@ def check_config_bounds(config: Any, where: str, key: str = "", level: int = 0) 
         if not isinstance(config, dict) or len(config) > 100_000:
             raise CheckpointError(f"{where}: obsdiff_structure must map module paths to sizes")
         for module, size in config.items():
-            if not isinstance(module, str) or len(module) > 512 or not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_CONFIG_INT:
-                raise CheckpointError(f"{where}: obsdiff_structure entry {str(module)[:80]!r}: {str(size)[:40]} is not a module path with a size from 1 to {MAX_CONFIG_INT:,}")
+            if (
+                not isinstance(module, str)
+                or len(module) > 512
+                or not isinstance(size, int)
+                or isinstance(size, bool)
+                or not 1 <= size <= MAX_CONFIG_INT
+            ):
+                raise CheckpointError(
+                    f"{where}: obsdiff_structure entry {str(module)[:80]!r}: {str(size)[:40]} is not a module path with a size from 1 to {MAX_CONFIG_INT:,}"
+                )
     elif isinstance(config, dict):
         for name, value in config.items():
             check_config_bounds(value, where, str(name), level + 1)
@@ -105,9 +113,15 @@ def check_config_bounds(config: Any, where: str, key: str = "", level: int = 0) 
         for value in config:
             check_config_bounds(value, where, key, level + 1)
     elif isinstance(config, int) and not isinstance(config, bool):
-        limit = MAX_CONFIG_DEPTH if any(word in key.lower() for word in DEPTH_KEYS) and "channel" not in key.lower() else MAX_CONFIG_INT
+        limit = (
+            MAX_CONFIG_DEPTH
+            if any(word in key.lower() for word in DEPTH_KEYS) and "channel" not in key.lower()
+            else MAX_CONFIG_INT
+        )
         if abs(config) > limit:
-            raise CheckpointError(f"{where}: {key} = {config} is larger than {limit:,}, more than any real model asks for")
+            raise CheckpointError(
+                f"{where}: {key} = {config} is larger than {limit:,}, more than any real model asks for"
+            )
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -131,10 +145,14 @@ def safetensors_header(path: Path) -> Iterator[Any]:
         with safe_open(str(path), framework="pt") as f:
             yield f
     except (SafetensorError, OSError, RuntimeError) as error:
-        raise CheckpointError(f"{path}: truncated or corrupted safetensors file ({error}); delete it and download again") from error
+        raise CheckpointError(
+            f"{path}: truncated or corrupted safetensors file ({error}); delete it and download again"
+        ) from error
 
 
-def write_safetensors_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def write_safetensors_file(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """``save_file``, then the header's metadata put in sorted key order, so the same tensors and
     metadata always give the same bytes (safetensors keeps metadata in a hash map whose order
     changes from process to process; a checkpoint rebuilt from its recipe must hash the same)."""

@@ -39,7 +39,10 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 def build_manifest(directory: str | Path) -> dict[str, Any]:
     """sha256 and size of every weight file under ``directory`` (hidden entries skipped)."""
     root = Path(directory)
-    files = {p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size} for p in checkpoint_files(root, WEIGHT_SUFFIXES)}
+    files = {
+        p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
+        for p in checkpoint_files(root, WEIGHT_SUFFIXES)
+    }
     return {"algorithm": "sha256", "obsdiff_hub_version": __version__, "files": files}
 
 
@@ -55,8 +58,14 @@ def _entry(name: object, expected: object, root: Path, repo_files: Collection[st
         raise ManifestError(f"{MANIFEST} lists {name!r}, which the repository does not hold; refusing the download")
     posix = PurePosixPath(name)
     if posix.is_absolute() or any(part in ("", ".", "..") for part in posix.parts) or posix.as_posix() != name:
-        raise ManifestError(f"{MANIFEST}: entry {name!r} is not a normalised relative path inside the repository; refusing it")
-    if not isinstance(expected, dict) or not isinstance(expected.get("sha256"), str) or not isinstance(expected.get("size"), int):
+        raise ManifestError(
+            f"{MANIFEST}: entry {name!r} is not a normalised relative path inside the repository; refusing it"
+        )
+    if (
+        not isinstance(expected, dict)
+        or not isinstance(expected.get("sha256"), str)
+        or not isinstance(expected.get("size"), int)
+    ):
         raise ManifestError(f"{MANIFEST}: entry {name!r} lacks sha256 and size")
     file = root / Path(*posix.parts)
     parent = file.parent
@@ -70,7 +79,11 @@ def _entry(name: object, expected: object, root: Path, repo_files: Collection[st
 
 
 def verify_manifest(
-    directory: str | Path, subfolder: str | None = None, *, repo_files: Collection[str] | None = None, delete: bool = False
+    directory: str | Path,
+    subfolder: str | None = None,
+    *,
+    repo_files: Collection[str] | None = None,
+    delete: bool = False,
 ) -> int:
     """Check the files the manifest lists (under ``subfolder`` only, if given); returns how many.
 
@@ -82,7 +95,9 @@ def verify_manifest(
     root = Path(directory)
     path = root / MANIFEST
     if not path.is_file():
-        raise ManifestError(f"{root} has no {MANIFEST}; it was not published by obsdiff-hub push, so it cannot be verified")
+        raise ManifestError(
+            f"{root} has no {MANIFEST}; it was not published by obsdiff-hub push, so it cannot be verified"
+        )
     try:
         manifest = json.loads(path.read_text())
     except ValueError as error:
@@ -90,14 +105,22 @@ def verify_manifest(
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ManifestError(f"{MANIFEST} has no files table; refusing the download")
     prefix = subfolder.strip("/") + "/" if subfolder else ""
-    entries = [(name, _entry(name, expected, root, repo_files)) for name, expected in manifest["files"].items() if str(name).startswith(prefix)]
+    entries = [
+        (name, _entry(name, expected, root, repo_files))
+        for name, expected in manifest["files"].items()
+        if str(name).startswith(prefix)
+    ]
     for name, (file, size, digest) in entries:
         if file.stat().st_size != size or sha256_file(file) != digest:
             if not delete:
-                raise ManifestError(f"{name}: sha256 does not match {MANIFEST} (corrupted or tampered); it was not used")
+                raise ManifestError(
+                    f"{name}: sha256 does not match {MANIFEST} (corrupted or tampered); it was not used"
+                )
             blob = hub_cache_blob(file)
             file.unlink()
             if blob is not None and blob.exists():
                 blob.unlink()
-            raise ManifestError(f"{name}: sha256 does not match {MANIFEST} (corrupted or tampered); the file was deleted, download it again")
+            raise ManifestError(
+                f"{name}: sha256 does not match {MANIFEST} (corrupted or tampered); the file was deleted, download it again"
+            )
     return len(entries)

@@ -145,7 +145,9 @@ def probe_writable(folder: Path) -> None:
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".obsdiff-probe-", dir=ancestor))
     except OSError as error:
-        raise OutputError(f"nothing can be written in {ancestor} ({error.strerror}), so {folder} cannot be created; choose another `out`") from None
+        raise OutputError(
+            f"nothing can be written in {ancestor} ({error.strerror}), so {folder} cannot be created; choose another `out`"
+        ) from None
 
 
 def check_writable_file(path: Path) -> None:
@@ -153,7 +155,9 @@ def check_writable_file(path: Path) -> None:
     ``path`` is not itself a folder."""
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise OutputError(f"{parent} is not an existing folder, so {path} cannot be written; create it or choose another `out`")
+        raise OutputError(
+            f"{parent} is not an existing folder, so {path} cannot be written; create it or choose another `out`"
+        )
     if path.is_dir() and not path.is_symlink():
         raise OutputError(f"{path} is a folder; give a file name as the `out`")
     probe_writable(parent)
@@ -192,7 +196,11 @@ def read_marker(folder: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     stat = folder.stat()
-    if not isinstance(record, dict) or record.get("tool") != "obsdiff-hub" or not isinstance(record.get("files"), list):
+    if (
+        not isinstance(record, dict)
+        or record.get("tool") != "obsdiff-hub"
+        or not isinstance(record.get("files"), list)
+    ):
         return None
     if record.get("device") != stat.st_dev or record.get("inode") != stat.st_ino:
         return None
@@ -207,7 +215,10 @@ def first_foreign_file(folder: Path) -> str | None:
         return "(the folder itself is a symbolic link)"
     entries = [e for e in _relative_files(folder) if e != MARKER]
     subfolders = sorted(
-        Path(root, name).relative_to(folder).as_posix() for root, dirs, _ in os.walk(folder) for name in dirs if not os.path.islink(os.path.join(root, name))
+        Path(root, name).relative_to(folder).as_posix()
+        for root, dirs, _ in os.walk(folder)
+        for name in dirs
+        if not os.path.islink(os.path.join(root, name))
     )
     if not entries and not subfolders:
         return None
@@ -237,7 +248,9 @@ def check_writable_target(target: Path, overwrite: bool) -> None:
         raise OutputError(f"{target} exists and is not a folder; choose another output directory")
     if target.exists():
         if not overwrite:
-            raise OutputError(f"output directory {target} already exists; pass `overwrite` to replace it or choose another `out`")
+            raise OutputError(
+                f"output directory {target} already exists; pass `overwrite` to replace it or choose another `out`"
+            )
         foreign = first_foreign_file(target)
         if foreign is not None:
             raise OutputError(
@@ -248,7 +261,9 @@ def check_writable_target(target: Path, overwrite: bool) -> None:
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise OutputError(f"{ancestor} is not a folder, so {target} cannot be created; choose another output directory")
+        raise OutputError(
+            f"{ancestor} is not a folder, so {target} cannot be created; choose another output directory"
+        )
     probe_writable(target.parent)
 
 

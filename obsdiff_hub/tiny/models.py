@@ -38,7 +38,9 @@ from ..errors import InputError
 from .tokenizers import make_clip_tokenizer, make_t5_tokenizer
 
 
-def clip_text_config(hidden: int, projection: int, vocab_size: int, heads: int = 2, max_length: int = 77) -> CLIPTextConfig:
+def clip_text_config(
+    hidden: int, projection: int, vocab_size: int, heads: int = 2, max_length: int = 77
+) -> CLIPTextConfig:
     """A two-layer CLIP text encoder config for the project's own tokenizer (bos 0, eos/pad 1)."""
     return CLIPTextConfig(
         hidden_size=hidden,
@@ -175,61 +177,77 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     torch.manual_seed(seed)
     tokenizer = make_clip_tokenizer()
     vocab = len(tokenizer)
-    return _inference_mode(StableDiffusionXLPipeline(
-        vae=_vae(4, flow=False),
-        text_encoder=CLIPTextModel(clip_text_config(32, 32, vocab)),
-        text_encoder_2=CLIPTextModelWithProjection(clip_text_config(32, 32, vocab)),
-        tokenizer=tokenizer,
-        tokenizer_2=make_clip_tokenizer(),
-        unet=tiny_sdxl_unet(cross_attention_dim=64, text_embeds_dim=32),
-        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1),
-    ))
+    return _inference_mode(
+        StableDiffusionXLPipeline(
+            vae=_vae(4, flow=False),
+            text_encoder=CLIPTextModel(clip_text_config(32, 32, vocab)),
+            text_encoder_2=CLIPTextModelWithProjection(clip_text_config(32, 32, vocab)),
+            tokenizer=tokenizer,
+            tokenizer_2=make_clip_tokenizer(),
+            unet=tiny_sdxl_unet(cross_attention_dim=64, text_embeds_dim=32),
+            scheduler=EulerDiscreteScheduler(
+                beta_start=0.00085,
+                beta_end=0.012,
+                beta_schedule="scaled_linear",
+                timestep_spacing="leading",
+                steps_offset=1,
+            ),
+        )
+    )
 
 
 def tiny_sd21_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """SD 2.1-base-like: one CLIP encoder and its PNDM scheduler (one warm-up call per trajectory)."""
     torch.manual_seed(seed)
     tokenizer = make_clip_tokenizer()
-    return _inference_mode(StableDiffusionPipeline(
-        vae=_vae(4, flow=False),
-        text_encoder=CLIPTextModel(clip_text_config(32, 32, len(tokenizer))),
-        tokenizer=tokenizer,
-        unet=tiny_sd21_unet(cross_attention_dim=32),
-        scheduler=PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ))
+    return _inference_mode(
+        StableDiffusionPipeline(
+            vae=_vae(4, flow=False),
+            text_encoder=CLIPTextModel(clip_text_config(32, 32, len(tokenizer))),
+            tokenizer=tokenizer,
+            unet=tiny_sd21_unet(cross_attention_dim=32),
+            scheduler=PNDMScheduler(
+                beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
+            ),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    )
 
 
 def tiny_sd3_pipeline(variant: str = "sd3", seed: int = 0) -> StableDiffusion3Pipeline:
     torch.manual_seed(seed)
     clip_tok, t5_tok = make_clip_tokenizer(), make_t5_tokenizer()
-    return _inference_mode(StableDiffusion3Pipeline(
-        transformer=tiny_sd3_transformer(variant, joint_attention_dim=64),
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=_vae(4, flow=True),
-        text_encoder=CLIPTextModelWithProjection(clip_text_config(32, 32, len(clip_tok))),
-        tokenizer=clip_tok,
-        text_encoder_2=CLIPTextModelWithProjection(clip_text_config(32, 32, len(clip_tok))),
-        tokenizer_2=make_clip_tokenizer(),
-        text_encoder_3=_t5_encoder(64, len(t5_tok)),
-        tokenizer_3=t5_tok,
-    ))
+    return _inference_mode(
+        StableDiffusion3Pipeline(
+            transformer=tiny_sd3_transformer(variant, joint_attention_dim=64),
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=_vae(4, flow=True),
+            text_encoder=CLIPTextModelWithProjection(clip_text_config(32, 32, len(clip_tok))),
+            tokenizer=clip_tok,
+            text_encoder_2=CLIPTextModelWithProjection(clip_text_config(32, 32, len(clip_tok))),
+            tokenizer_2=make_clip_tokenizer(),
+            text_encoder_3=_t5_encoder(64, len(t5_tok)),
+            tokenizer_3=t5_tok,
+        )
+    )
 
 
 def tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
     torch.manual_seed(seed)
     clip_tok, t5_tok = make_clip_tokenizer(), make_t5_tokenizer()
-    return _inference_mode(FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=_vae(4, flow=True),
-        text_encoder=CLIPTextModel(clip_text_config(32, 32, len(clip_tok))),
-        tokenizer=clip_tok,
-        text_encoder_2=_t5_encoder(32, len(t5_tok)),
-        tokenizer_2=t5_tok,
-        transformer=tiny_flux_transformer(joint_attention_dim=32),
-    ))
+    return _inference_mode(
+        FluxPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=_vae(4, flow=True),
+            text_encoder=CLIPTextModel(clip_text_config(32, 32, len(clip_tok))),
+            tokenizer=clip_tok,
+            text_encoder_2=_t5_encoder(32, len(t5_tok)),
+            tokenizer_2=t5_tok,
+            transformer=tiny_flux_transformer(joint_attention_dim=32),
+        )
+    )
 
 
 TINY_DENOISERS = {

@@ -101,7 +101,12 @@ class BenchResult:
     @property
     def blocks(self) -> list[BlockTiming]:
         return [
-            BlockTiming(path, timing.median_ms, self.pruned.blocks[path].median_ms, timing.median_ms / self.pruned.blocks[path].median_ms)
+            BlockTiming(
+                path,
+                timing.median_ms,
+                self.pruned.blocks[path].median_ms,
+                timing.median_ms / self.pruned.blocks[path].median_ms,
+            )
             for path, timing in self.dense.blocks.items()
             if path in self.pruned.blocks
         ]
@@ -123,11 +128,18 @@ class BenchResult:
             "batch": self.batch,
             "warmup": self.warmup,
             "sparse_kernels": self.sparse_kernels,
-            "denoiser": {"dense": asdict(self.dense.denoiser), "pruned": asdict(self.pruned.denoiser), "speedup": self.speedup},
+            "denoiser": {
+                "dense": asdict(self.dense.denoiser),
+                "pruned": asdict(self.pruned.denoiser),
+                "speedup": self.speedup,
+            },
             "blocks": [asdict(b) for b in self.blocks],
             "params": {"dense": self.dense.params, "pruned": self.pruned.params},
-            "flops": {"dense": self.dense.flops, "pruned": self.pruned.flops,
-                      "convention": "the timed forward (latent_size², batch, 77 text tokens), multiply-add = 2 (as plan)"},
+            "flops": {
+                "dense": self.dense.flops,
+                "pruned": self.pruned.flops,
+                "convention": "the timed forward (latent_size², batch, 77 text tokens), multiply-add = 2 (as plan)",
+            },
             "peak_memory_bytes": {"dense": self.dense.peak_memory_bytes, "pruned": self.pruned.peak_memory_bytes},
         }
 
@@ -136,10 +148,34 @@ class BenchResult:
         """A ``bench.json`` record read back (per-block timings keep only their medians)."""
 
         def side(which: str) -> Measured:
-            blocks = {b["block"]: Timing(b[f"{which}_ms"], b[f"{which}_ms"], b[f"{which}_ms"], data["denoiser"][which]["repeats"]) for b in data["blocks"]}
-            return Measured(Timing(**data["denoiser"][which]), blocks, data["params"][which], data["flops"][which], data["peak_memory_bytes"][which])
+            blocks = {
+                b["block"]: Timing(
+                    b[f"{which}_ms"], b[f"{which}_ms"], b[f"{which}_ms"], data["denoiser"][which]["repeats"]
+                )
+                for b in data["blocks"]
+            }
+            return Measured(
+                Timing(**data["denoiser"][which]),
+                blocks,
+                data["params"][which],
+                data["flops"][which],
+                data["peak_memory_bytes"][which],
+            )
 
-        fields = {k: data[k] for k in ("model", "base", "device", "dtype", "resolution", "latent_size", "batch", "warmup", "sparse_kernels")}
+        fields = {
+            k: data[k]
+            for k in (
+                "model",
+                "base",
+                "device",
+                "dtype",
+                "resolution",
+                "latent_size",
+                "batch",
+                "warmup",
+                "sparse_kernels",
+            )
+        }
         return cls(**fields, dense=side("dense"), pruned=side("pruned"))
 
 
@@ -150,7 +186,9 @@ class LoadedDenoiser:
     vae_scale: int  # the pipeline's pixels per latent
 
 
-def load_denoiser(source: str, device: torch.device, dtype: torch.dtype, sparse_kernels: bool = False) -> LoadedDenoiser:
+def load_denoiser(
+    source: str, device: torch.device, dtype: torch.dtype, sparse_kernels: bool = False
+) -> LoadedDenoiser:
     """The denoiser of a checkpoint folder, a Hub repo (pipeline or component layout) or a
     ``builtin:`` model, its config, and the pipeline's pixels per latent."""
     if source.startswith("builtin:"):
@@ -203,7 +241,9 @@ def _block_inputs(model: nn.Module, inputs: dict, paths: list[str]) -> dict[str,
     """Every block's positional and keyword inputs from one forward."""
     captured: dict[str, tuple[tuple, dict]] = {}
     handles = [
-        model.get_submodule(p).register_forward_pre_hook(lambda m, a, kw, p=p: captured.setdefault(p, (a, kw)), with_kwargs=True)
+        model.get_submodule(p).register_forward_pre_hook(
+            lambda m, a, kw, p=p: captured.setdefault(p, (a, kw)), with_kwargs=True
+        )
         for p in paths
     ]
     try:
@@ -215,12 +255,25 @@ def _block_inputs(model: nn.Module, inputs: dict, paths: list[str]) -> dict[str,
     return captured
 
 
-def measure(model: nn.Module, config: dict[str, Any], device: torch.device, *, latent_size: int, batch: int, warmup: int, repeats: int) -> Measured:
+def measure(
+    model: nn.Module,
+    config: dict[str, Any],
+    device: torch.device,
+    *,
+    latent_size: int,
+    batch: int,
+    warmup: int,
+    repeats: int,
+) -> Measured:
     timer = _timer(device)
     dtype = next(model.parameters()).dtype
     inputs = example_inputs(model, batch=batch, latent_size=latent_size, tokens=77)
-    inputs = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) if isinstance(v, torch.Tensor)
-              else {kk: vv.to(device=device, dtype=dtype) for kk, vv in v.items()} for k, v in inputs.items()}
+    inputs = {
+        k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+        if isinstance(v, torch.Tensor)
+        else {kk: vv.to(device=device, dtype=dtype) for kk, vv in v.items()}
+        for k, v in inputs.items()
+    }
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with torch.inference_mode():
@@ -262,17 +315,44 @@ def bench(
         scales[which] = loaded.vae_scale
         resolution = resolution or default_resolution(loaded.model.config, loaded.vae_scale)
         if resolution % loaded.vae_scale:
-            raise InputError(f"`resolution` must be a multiple of {loaded.vae_scale} (the VAE's pixels per latent), got {resolution}")
-        results[which] = measure(loaded.model, loaded.config, device, latent_size=resolution // loaded.vae_scale, batch=batch, warmup=warmup, repeats=repeats)
+            raise InputError(
+                f"`resolution` must be a multiple of {loaded.vae_scale} (the VAE's pixels per latent), got {resolution}"
+            )
+        results[which] = measure(
+            loaded.model,
+            loaded.config,
+            device,
+            latent_size=resolution // loaded.vae_scale,
+            batch=batch,
+            warmup=warmup,
+            repeats=repeats,
+        )
         del loaded
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if scales["dense"] != scales["pruned"]:
-        raise InputError(f"{model} and {base} have different VAEs ({scales['pruned']} vs {scales['dense']} pixels per latent): not one base and its pruned model")
+        raise InputError(
+            f"{model} and {base} have different VAEs ({scales['pruned']} vs {scales['dense']} pixels per latent): not one base and its pruned model"
+        )
     threads = torch.get_num_threads()
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({threads} thread{'s' if threads != 1 else ''})"
-    return BenchResult(model, base, name, str(dtype).removeprefix("torch."), resolution, resolution // scales["pruned"], batch, warmup,  # type: ignore[operator]
-                       sparse_kernels, results["dense"], results["pruned"])
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({threads} thread{'s' if threads != 1 else ''})"
+    )
+    return BenchResult(
+        model,
+        base,
+        name,
+        str(dtype).removeprefix("torch."),
+        resolution,
+        resolution // scales["pruned"],
+        batch,
+        warmup,  # type: ignore[operator]
+        sparse_kernels,
+        results["dense"],
+        results["pruned"],
+    )
 
 
 def results_folder(model: str, out: Path | None) -> Path:

@@ -111,8 +111,11 @@ def render_card(
         params_before=_billions(report.params_before),
         params_after=_billions(report.params_after),
         mean_sparsity=f"{report.mean_sparsity:.4f}",
-        mean_error=f"{report.mean_relative_error:.4g}" + (
-            f" (the obs result it was refined from: {report.mean_start_error:.4g})" if report.mean_start_error is not None else ""
+        mean_error=f"{report.mean_relative_error:.4g}"
+        + (
+            f" (the obs result it was refined from: {report.mean_start_error:.4g})"
+            if report.mean_start_error is not None
+            else ""
         ),
         heads_removed=heads,
         neurons_removed=neurons,
@@ -123,7 +126,9 @@ def render_card(
         evaluation_settings=_settings_text(evaluation) if evaluation else None,
         sample_grid=evaluation.grid if evaluation else None,
         speed=_speed_rows(bench) if bench else None,
-        speed_settings=f"{bench.device}, {bench.dtype}, {bench.resolution}², batch {bench.batch}, median of {bench.dense.denoiser.repeats} after {bench.warmup} warm-up runs" if bench else None,
+        speed_settings=f"{bench.device}, {bench.dtype}, {bench.resolution}², batch {bench.batch}, median of {bench.dense.denoiser.repeats} after {bench.warmup} warm-up runs"
+        if bench
+        else None,
         usage_pipeline=usage_pipeline,
         usage_component=usage_component,
         loading_note=loading_note,
@@ -148,7 +153,12 @@ def render_card(
 def check_card(recipe: Recipe) -> None:
     """Render and validate the card a run of ``recipe`` will publish, with nothing measured yet, so
     metadata the Hub would refuse stops the run before any work instead of after it."""
-    render_card(recipe, PruneReport(family=recipe.base_model.family, model_class="", config=recipe.prune.model_dump(), params_before=0))
+    render_card(
+        recipe,
+        PruneReport(
+            family=recipe.base_model.family, model_class="", config=recipe.prune.model_dump(), params_before=0
+        ),
+    )
 
 
 def example_prompt(recipe: Recipe) -> str:
@@ -167,24 +177,66 @@ def calibration_rows(recipe: Recipe, report: PruneReport) -> list[tuple[str, str
     """The effective calibration settings, as run (from the effective recipe and the report)."""
     cal, prune = recipe.calibration, recipe.prune
     prompts = cal.prompts
-    source = {"builtin": f"built-in set `{prompts.path or 'captions'}`", "inline": "listed in recipe.yaml", "hub-dataset": f"`{prompts.repo_id}` / `{prompts.path}`"}.get(prompts.source, prompts.source)
+    source = {
+        "builtin": f"built-in set `{prompts.path or 'captions'}`",
+        "inline": "listed in recipe.yaml",
+        "hub-dataset": f"`{prompts.repo_id}` / `{prompts.path}`",
+    }.get(prompts.source, prompts.source)
     rows = [
         ("prompts", f"{prompts.count}, {source}" + (f", sha256 `{prompts.sha256[:16]}…`" if prompts.sha256 else "")),
-        ("trajectories", f"{cal.steps} steps, guidance {cal.guidance_scale}, {cal.resolution or 'default'} px, batch {cal.batch_size}, seed {cal.seed} + prompt index"),
-        ("unconditional input", str(report.calibration.get("unconditional", "the pipeline's default" if cal.negative_prompt is None else repr(cal.negative_prompt)))),
+        (
+            "trajectories",
+            f"{cal.steps} steps, guidance {cal.guidance_scale}, {cal.resolution or 'default'} px, batch {cal.batch_size}, seed {cal.seed} + prompt index",
+        ),
+        (
+            "unconditional input",
+            str(
+                report.calibration.get(
+                    "unconditional",
+                    "the pipeline's default" if cal.negative_prompt is None else repr(cal.negative_prompt),
+                )
+            ),
+        ),
         ("scheduler", cal.scheduler or "the pipeline's own"),
-        ("dtypes", f"calibration {report.precision.get('compute', cal.dtype)}, checkpoint {report.precision.get('checkpoint', '?')}, saved {recipe.output.dtype}"),
+        (
+            "dtypes",
+            f"calibration {report.precision.get('compute', cal.dtype)}, checkpoint {report.precision.get('checkpoint', '?')}, saved {recipe.output.dtype}",
+        ),
         ("timestep weighting", f"{prune.weighting} ({prune.alpha_min} → {prune.alpha_max})"),
-        ("module packages", f"{len(report.packages) or prune.packages}" + (" (chosen by memory)" if report.package_plan.get("mode") == "auto" else "")),
-        ("solver", {"obs": "OBS (the paper's greedy pass)", "obs+lsq": "OBS, then its kept weights re-fitted to the least-squares optimum",
-                    "admm": f"OBS, then masks and weights refined by ADMM ({prune.admm_iterations} steps at most) and re-fitted; no layer kept worse than OBS"}[prune.solver]
-         + f"; percdamp {prune.percdamp}, blocksize {prune.blocksize}, Hessian accumulation {prune.hessian_precision}"),
-        ("layer targets", "the dense network's outputs (asymmetric, `calibration_target: dense`)" if prune.calibration_target == "dense"
-         else "each layer's own outputs on the pruned network's inputs (OBS-Diff)"),
-        ("sparsity allocation", f"error-driven per package, ratio ± {prune.allocation_spread}, same total" if prune.allocation == "error" else "uniform"),
+        (
+            "module packages",
+            f"{len(report.packages) or prune.packages}"
+            + (" (chosen by memory)" if report.package_plan.get("mode") == "auto" else ""),
+        ),
+        (
+            "solver",
+            {
+                "obs": "OBS (the paper's greedy pass)",
+                "obs+lsq": "OBS, then its kept weights re-fitted to the least-squares optimum",
+                "admm": f"OBS, then masks and weights refined by ADMM ({prune.admm_iterations} steps at most) and re-fitted; no layer kept worse than OBS",
+            }[prune.solver]
+            + f"; percdamp {prune.percdamp}, blocksize {prune.blocksize}, Hessian accumulation {prune.hessian_precision}",
+        ),
+        (
+            "layer targets",
+            "the dense network's outputs (asymmetric, `calibration_target: dense`)"
+            if prune.calibration_target == "dense"
+            else "each layer's own outputs on the pruned network's inputs (OBS-Diff)",
+        ),
+        (
+            "sparsity allocation",
+            f"error-driven per package, ratio ± {prune.allocation_spread}, same total"
+            if prune.allocation == "error"
+            else "uniform",
+        ),
     ]
     if prune.granularity == "structured":
-        rows.append(("structured", f"head saliency {prune.head_saliency}, RRF k {prune.rrf_k}, {prune.neuron_batch} neurons per OBS round"))
+        rows.append(
+            (
+                "structured",
+                f"head saliency {prune.head_saliency}, RRF k {prune.rrf_k}, {prune.neuron_batch} neurons per OBS round",
+            )
+        )
     return rows
 
 
@@ -193,13 +245,15 @@ def _metric_rows(evaluation: EvalResult | None) -> list[dict[str, str]]:
     rows = []
     for m in evaluation.metrics if evaluation else []:
         low, high = m.ci95
-        rows.append({
-            "name": m.label,
-            "dense": "–" if m.dense is None else f"{m.dense:.4g}",
-            "pruned": f"{m.pruned:.4g}",
-            "interval": f"[{low:.4g}, {high:.4g}]",
-            "samples": str(m.samples),
-        })
+        rows.append(
+            {
+                "name": m.label,
+                "dense": "–" if m.dense is None else f"{m.dense:.4g}",
+                "pruned": f"{m.pruned:.4g}",
+                "interval": f"[{low:.4g}, {high:.4g}]",
+                "samples": str(m.samples),
+            }
+        )
     return rows
 
 
@@ -210,16 +264,30 @@ def _change(dense: float, pruned: float) -> str:
 def _speed_rows(bench: BenchResult) -> list[tuple[str, str, str, str]]:
     """bench.json as table rows: what, dense, pruned, change."""
     d, p = bench.dense, bench.pruned
-    rows = [("denoiser forward (ms, median [p25, p75])",
-             f"{d.denoiser.median_ms:.2f} [{d.denoiser.p25_ms:.2f}, {d.denoiser.p75_ms:.2f}]",
-             f"{p.denoiser.median_ms:.2f} [{p.denoiser.p25_ms:.2f}, {p.denoiser.p75_ms:.2f}]", f"{bench.speedup:.2f}×")]
+    rows = [
+        (
+            "denoiser forward (ms, median [p25, p75])",
+            f"{d.denoiser.median_ms:.2f} [{d.denoiser.p25_ms:.2f}, {d.denoiser.p75_ms:.2f}]",
+            f"{p.denoiser.median_ms:.2f} [{p.denoiser.p25_ms:.2f}, {p.denoiser.p75_ms:.2f}]",
+            f"{bench.speedup:.2f}×",
+        )
+    ]
     if bench.median_block_speedup is not None:
         rows.append(("transformer block (median speed-up over blocks)", "", "", f"{bench.median_block_speedup:.2f}×"))
     rows.append(("parameters", _billions(d.params), _billions(p.params), _change(d.params, p.params)))
     if d.flops:
-        rows.append(("FLOPs per timed forward", human(d.flops, "FLOPs"), human(p.flops, "FLOPs"), _change(d.flops, p.flops)))
+        rows.append(
+            ("FLOPs per timed forward", human(d.flops, "FLOPs"), human(p.flops, "FLOPs"), _change(d.flops, p.flops))
+        )
     if d.peak_memory_bytes:
-        rows.append(("peak memory", f"{d.peak_memory_bytes / 1e9:.2f} GB", f"{(p.peak_memory_bytes or 0) / 1e9:.2f} GB", _change(d.peak_memory_bytes, p.peak_memory_bytes or 0)))
+        rows.append(
+            (
+                "peak memory",
+                f"{d.peak_memory_bytes / 1e9:.2f} GB",
+                f"{(p.peak_memory_bytes or 0) / 1e9:.2f} GB",
+                _change(d.peak_memory_bytes, p.peak_memory_bytes or 0),
+            )
+        )
     return rows
 
 
@@ -257,11 +325,20 @@ def card_for_folder(directory: Path, repo_id: str | None = None) -> str:
         raise CardError(f"{directory} is not a pruned checkpoint (no {missing[0]}); run obsdiff-hub prune first")
     recipe = load_recipe(directory / "recipe.yaml")
     data, report = read_record(directory / "report.json", lambda d: (d, prune_report(d)))
-    evaluation = read_record(directory / EVAL_FILE, EvalResult.from_dict) if (directory / EVAL_FILE).is_file() else None
+    evaluation = (
+        read_record(directory / EVAL_FILE, EvalResult.from_dict) if (directory / EVAL_FILE).is_file() else None
+    )
     bench = read_record(directory / BENCH_FILE, BenchResult.from_dict) if (directory / BENCH_FILE).is_file() else None
     provenance = data.get("provenance") if isinstance(data.get("provenance"), dict) else {}
-    card = render_card(recipe, report, repo_id=repo_id, plan=data.get("plan") if isinstance(data.get("plan"), dict) else None,
-                       evaluation=evaluation, bench=bench, base_revision=provenance.get("base_revision"))
+    card = render_card(
+        recipe,
+        report,
+        repo_id=repo_id,
+        plan=data.get("plan") if isinstance(data.get("plan"), dict) else None,
+        evaluation=evaluation,
+        bench=bench,
+        base_revision=provenance.get("base_revision"),
+    )
     return card.content
 
 
@@ -276,7 +353,9 @@ def read_record(path: Path, parse: Callable[[dict[str, Any]], Any]) -> Any:
     try:
         return parse(data)
     except (KeyError, TypeError, AttributeError, ValueError) as error:
-        raise CardError(f"{path}: not a record obsdiff-hub wrote ({type(error).__name__}: {error}); run the command that writes it again") from None
+        raise CardError(
+            f"{path}: not a record obsdiff-hub wrote ({type(error).__name__}: {error}); run the command that writes it again"
+        ) from None
 
 
 def write_card(directory: Path, repo_id: str | None = None, *, overwrite: bool = False) -> Path:
@@ -305,4 +384,3 @@ def validate_card(content: str) -> dict[str, Any]:
     if "obs-diff" not in meta["tags"]:
         raise CardError("model card tags must include obs-diff")
     return meta
-

@@ -74,7 +74,10 @@ def evaluation_settings(checkpoint: str, given: dict[str, Any]) -> EvaluationSpe
     ``evaluation`` section, else the defaults; metrics default to ones that need no download when
     the Hub is offline (``HF_HUB_OFFLINE``)."""
     base = recipe_evaluation(checkpoint)
-    fields = {**(base.model_dump(exclude_unset=False) if base is not None else {}), **{k: v for k, v in given.items() if v is not None}}
+    fields = {
+        **(base.model_dump(exclude_unset=False) if base is not None else {}),
+        **{k: v for k, v in given.items() if v is not None},
+    }
     if "metrics" not in fields:
         fields["metrics"] = OFFLINE_METRICS if hub_constants.HF_HUB_OFFLINE else ONLINE_METRICS
     unknown = [m for m in fields["metrics"] if m not in METRICS]
@@ -127,15 +130,24 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "obsdiff_hub_version": self.obsdiff_hub_version, "model": self.model, "base": self.base, "settings": self.settings,
-            "metrics": [m.to_dict() for m in self.metrics], "grid": self.grid, "base_revision": self.base_revision,
+            "obsdiff_hub_version": self.obsdiff_hub_version,
+            "model": self.model,
+            "base": self.base,
+            "settings": self.settings,
+            "metrics": [m.to_dict() for m in self.metrics],
+            "grid": self.grid,
+            "base_revision": self.base_revision,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalResult:
         fields = {k: data[k] for k in ("obsdiff_hub_version", "model", "base", "settings")}
-        return cls(**fields, metrics=[MetricRow.from_dict(m) for m in data["metrics"]], grid=data.get("grid", GRID_FILE),
-                   base_revision=data.get("base_revision"))
+        return cls(
+            **fields,
+            metrics=[MetricRow.from_dict(m) for m in data["metrics"]],
+            grid=data.get("grid", GRID_FILE),
+            base_revision=data.get("base_revision"),
+        )
 
 
 def cache_root() -> Path:
@@ -170,7 +182,11 @@ def fingerprint(source: str) -> str:
 
 
 def cached_images(
-    source: str, prompts: list[str], spec: EvaluationSpec, device: torch.device | None = None, on_image: Callable[[int], None] | None = None
+    source: str,
+    prompts: list[str],
+    spec: EvaluationSpec,
+    device: torch.device | None = None,
+    on_image: Callable[[int], None] | None = None,
 ) -> list[Image.Image]:
     """The images of ``source`` for ``prompts`` (image i: seed + i), from the cache or generated."""
     settings = {k: v for k, v in spec.model_dump().items() if k in IMAGE_SETTINGS}
@@ -183,8 +199,15 @@ def cached_images(
     root.mkdir(parents=True, exist_ok=True)
     real_folders(folder, root)  # before sampling: a link planted in the cache stops the run, not its results
     images = generate_images(
-        source, prompts, seed=spec.seed, steps=spec.steps, guidance=spec.guidance_scale, resolution=spec.resolution,
-        device=str(device or default_device()), batch_size=spec.batch_size, on_image=on_image,
+        source,
+        prompts,
+        seed=spec.seed,
+        steps=spec.steps,
+        guidance=spec.guidance_scale,
+        resolution=spec.resolution,
+        device=str(device or default_device()),
+        batch_size=spec.batch_size,
+        on_image=on_image,
     )
     for image, path in zip(images, paths):
         write_atomic(path, image_bytes(image), root=root)  # the cache may be shared: never through a planted link
@@ -215,7 +238,9 @@ def evaluate(
         return (lambda done: on_image(which, done, len(prompts))) if on_image else None
 
     samples = Samples(
-        prompts, cached_images(base, prompts, spec, device, progress("dense")), cached_images(model, prompts, spec, device, progress("pruned"))
+        prompts,
+        cached_images(base, prompts, spec, device, progress("dense")),
+        cached_images(model, prompts, spec, device, progress("pruned")),
     )
     rows = [row for metric in spec.metrics for row in METRICS[metric](samples, spec)]
     used = {k: v for k, v in spec.model_dump().items() if v is not None}  # every setting that applied, none left open
@@ -247,7 +272,11 @@ def evaluate_checkpoint(
     result.model = "this checkpoint" if Path(model) == out_folder else str(model)
     result.base_revision = base_revision or revision_of(base)
     columns = min(8, len(samples.prompts))
-    grid = image_grid([samples.dense[:columns], samples.pruned[:columns]], captions=samples.prompts[:columns], row_labels=["dense", "pruned"])
+    grid = image_grid(
+        [samples.dense[:columns], samples.pruned[:columns]],
+        captions=samples.prompts[:columns],
+        row_labels=["dense", "pruned"],
+    )
     out_folder.mkdir(parents=True, exist_ok=True)
     write_atomic(out_folder / GRID_FILE, image_bytes(grid))
     write_atomic(out_folder / EVAL_FILE, json.dumps(result.to_dict(), indent=2) + "\n")

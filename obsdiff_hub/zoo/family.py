@@ -54,33 +54,61 @@ def is_family(directory: Path) -> bool:
 
 def family_members(directory: Path) -> list[Member]:
     """The member folders of a family folder (sorted by sparsity), or an :class:`InputError`."""
-    if directory.is_symlink() or not directory.is_dir() or (directory / "model_index.json").exists() or (directory / "config.json").exists():
-        raise InputError(f"{directory} is not a family folder (one pruned checkpoint per sub-folder, as a family run writes it)")
+    if (
+        directory.is_symlink()
+        or not directory.is_dir()
+        or (directory / "model_index.json").exists()
+        or (directory / "config.json").exists()
+    ):
+        raise InputError(
+            f"{directory} is not a family folder (one pruned checkpoint per sub-folder, as a family run writes it)"
+        )
     members = []
-    for folder in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".partial")):
+    for folder in sorted(
+        p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".partial")
+    ):
         if folder.is_symlink():
             raise InputError(f"{folder} is a link; a family's members are folders inside it")
         check_checkpoint_folder(folder)
         recipe = load_recipe(folder / "recipe.yaml")
         report = read_record(folder / "report.json", prune_report)
-        metrics = read_record(folder / EVAL_FILE, EvalResult.from_dict).metrics if is_regular_file(folder / EVAL_FILE) else []
+        metrics = (
+            read_record(folder / EVAL_FILE, EvalResult.from_dict).metrics
+            if is_regular_file(folder / EVAL_FILE)
+            else []
+        )
         prune = recipe.prune
         ratio = prune.n / prune.m if prune.granularity == "n:m" else prune.sparsity
-        members.append(Member(folder, recipe.name, recipe.tag, prune.ratio_label, float(ratio), report.params_before, report.params_after,
-                              report.zeroed_weights, metrics))
+        members.append(
+            Member(
+                folder,
+                recipe.name,
+                recipe.tag,
+                prune.ratio_label,
+                float(ratio),
+                report.params_before,
+                report.params_after,
+                report.zeroed_weights,
+                metrics,
+            )
+        )
     if not members:
         raise InputError(f"{directory} holds no pruned checkpoint folders")
     names = [m.name for m in members]
     if len(set(names)) < len(names):
         twice = next(n for n in names if names.count(n) > 1)
-        raise InputError(f"two members of {directory} were made by recipe {twice}; a family publishes one member per recipe (its branch and tag)")
+        raise InputError(
+            f"two members of {directory} were made by recipe {twice}; a family publishes one member per recipe (its branch and tag)"
+        )
     return sorted(members, key=lambda m: (m.ratio, m.name))
 
 
 def quality_plot(members: list[Member], width: int = 640, height: int = 400) -> Image.Image | None:
     """The first metric every member measured, against sparsity, with its 95% intervals (None when
     the members share no metric)."""
-    names = [row.name for row in members[0].metrics if all(any(r.name == row.name for r in m.metrics) for m in members)]
+    names = [
+        row.name for row in members[0].metrics if all(any(r.name == row.name for r in m.metrics) for m in members)
+    ]
     if not names or len(members) < 2:
         return None
     name = names[0]
@@ -115,30 +143,56 @@ def quality_plot(members: list[Member], width: int = 640, height: int = 400) -> 
 def family_card(members: list[Member], repo_id: str, plot: bool) -> str:
     """The family card on ``main``: how to load each member, and what each measured."""
     metric_names = sorted({(r.name, r.label) for m in members for r in m.metrics})
-    header = "| member | load with `revision=` | sparsity | parameters | non-zero parameters |" + "".join(f" {label} |" for _, label in metric_names)
+    header = "| member | load with `revision=` | sparsity | parameters | non-zero parameters |" + "".join(
+        f" {label} |" for _, label in metric_names
+    )
     lines = [
-        "---", "library_name: diffusers", "tags:", "- obsdiff-hub", "- pruned", "---", "",
-        f"# {repo_id.split('/')[-1]}: a family of pruned checkpoints", "",
-        "Every member lives on its own branch, with its own model card, recipe, report, sha256 manifest and tag:", "",
-        "```python", "import obsdiff_hub  # structured members load their pruned shapes", "from diffusers import DiffusionPipeline",
-        f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", revision="{members[-1].name}")', "```", "",
-        header, "|" + "---|" * (5 + len(metric_names)),
+        "---",
+        "library_name: diffusers",
+        "tags:",
+        "- obsdiff-hub",
+        "- pruned",
+        "---",
+        "",
+        f"# {repo_id.split('/')[-1]}: a family of pruned checkpoints",
+        "",
+        "Every member lives on its own branch, with its own model card, recipe, report, sha256 manifest and tag:",
+        "",
+        "```python",
+        "import obsdiff_hub  # structured members load their pruned shapes",
+        "from diffusers import DiffusionPipeline",
+        f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", revision="{members[-1].name}")',
+        "```",
+        "",
+        header,
+        "|" + "---|" * (5 + len(metric_names)),
     ]
     for m in members:
         cells = []
         for name, _ in metric_names:
             row = next((r for r in m.metrics if r.name == name), None)
             cells.append(f"{row.pruned:.4g} [{row.ci95[0]:.4g}, {row.ci95[1]:.4g}]" if row else "not measured")
-        lines.append(f"| {m.name} | `{m.name}` (tag `{m.tag}`) | {m.sparsity} | {m.params_before:,} → {m.params_after:,} "
-                     f"| {m.params_after - m.zeroed:,} |" + "".join(f" {c} |" for c in cells))
+        lines.append(
+            f"| {m.name} | `{m.name}` (tag `{m.tag}`) | {m.sparsity} | {m.params_before:,} → {m.params_after:,} "
+            f"| {m.params_after - m.zeroed:,} |" + "".join(f" {c} |" for c in cells)
+        )
     if plot:
         lines += ["", f"![quality vs sparsity]({PLOT_FILE})"]
-    lines += ["", "Metrics are each member's `eval.json` (95% bootstrap intervals); see each member's card for how they were measured.", ""]
+    lines += [
+        "",
+        "Metrics are each member's `eval.json` (95% bootstrap intervals); see each member's card for how they were measured.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def publish_family(
-    directory: str | Path, repo_id: str, *, private: bool = False, token: str | None = None, endpoint: str | None = None
+    directory: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    endpoint: str | None = None,
 ) -> tuple[dict[str, PushResult], PushResult]:
     """Push every member to its branch (tagged ``NAME-vVERSION``), then the family card to ``main``;
     returns the members' pushes by branch, and the card's."""
@@ -151,11 +205,23 @@ def publish_family(
     in_memory = {"README.md": family_card(members, repo_id, plot is not None).encode("utf-8")}
     if plot is not None:
         in_memory[PLOT_FILE] = image_bytes(plot)
-    pushed = {m.name: publish(m.folder, repo_id, private=private, branch=m.name, token=token, endpoint=endpoint) for m in members}
+    pushed = {
+        m.name: publish(m.folder, repo_id, private=private, branch=m.name, token=token, endpoint=endpoint)
+        for m in members
+    }
     with tempfile.TemporaryDirectory() as empty:
-        in_memory[MANIFEST] = manifest_bytes(build_manifest(empty))  # no weights on main: pull and verify find nothing to check
-        card = HubClient(endpoint, token).push(Path(empty), repo_id, in_memory=in_memory, tag=None, private=private,
-                                               commit_message=f"family card: {', '.join(m.name for m in members)}", tag_message="")
+        in_memory[MANIFEST] = manifest_bytes(
+            build_manifest(empty)
+        )  # no weights on main: pull and verify find nothing to check
+        card = HubClient(endpoint, token).push(
+            Path(empty),
+            repo_id,
+            in_memory=in_memory,
+            tag=None,
+            private=private,
+            commit_message=f"family card: {', '.join(m.name for m in members)}",
+            tag_message="",
+        )
     return pushed, card
 
 

@@ -30,9 +30,13 @@ def check_checkpoint_folder(directory: Path) -> None:
     """A folder ``prune`` wrote: a diffusers layout with its ``recipe.yaml`` and ``report.json``."""
     if not directory.is_dir():
         raise InputError(f"{directory} does not exist or is not a directory")
-    missing = [n for n in ("recipe.yaml", "report.json") if not readable_file(directory / n, directory)]  # never through a link out of it
+    missing = [
+        n for n in ("recipe.yaml", "report.json") if not readable_file(directory / n, directory)
+    ]  # never through a link out of it
     if missing or not ((directory / "model_index.json").is_file() or (directory / "config.json").is_file()):
-        raise InputError(f"{directory} is not a pruned checkpoint (needs recipe.yaml, report.json and a diffusers layout); run obsdiff-hub prune first")
+        raise InputError(
+            f"{directory} is not a pruned checkpoint (needs recipe.yaml, report.json and a diffusers layout); run obsdiff-hub prune first"
+        )
 
 
 def publish(
@@ -51,9 +55,17 @@ def publish(
     check_checkpoint_folder(directory)
     check_repo_id(repo_id, namespaced=True)
     recipe = load_recipe(directory / "recipe.yaml")
-    in_memory = {"README.md": card_for_folder(directory, repo_id).encode("utf-8"), MANIFEST: manifest_bytes(build_manifest(directory))}
+    in_memory = {
+        "README.md": card_for_folder(directory, repo_id).encode("utf-8"),
+        MANIFEST: manifest_bytes(build_manifest(directory)),
+    }
     return HubClient(endpoint, token).push(
-        directory, repo_id, in_memory=in_memory, tag=tag or recipe.tag,
+        directory,
+        repo_id,
+        in_memory=in_memory,
+        tag=tag or recipe.tag,
         commit_message=commit_message or f"{recipe.tag}: {recipe.description}",
-        tag_message=f"obsdiff-hub {__version__}, recipe sha256 {recipe.sha256}", private=private, branch=branch,
+        tag_message=f"obsdiff-hub {__version__}, recipe sha256 {recipe.sha256}",
+        private=private,
+        branch=branch,
     )

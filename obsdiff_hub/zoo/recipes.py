@@ -40,7 +40,9 @@ class BaseModelSpec(StrictModel):
     pipeline: str = Field(description="diffusers pipeline class, e.g. StableDiffusionXLPipeline")
     component: Literal["unet", "transformer"]
     family: Literal["unet", "mmdit", "flux"]
-    config: str | None = Field(None, pattern=CONFIG_NAME, description="shipped public config (recipes/configs/NAME.json) for offline plan")
+    config: str | None = Field(
+        None, pattern=CONFIG_NAME, description="shipped public config (recipes/configs/NAME.json) for offline plan"
+    )
     license: str | None = None
 
 
@@ -60,7 +62,9 @@ class EvaluationSpec(StrictModel):
     resolution: int | None = Field(None, ge=8, le=16_384)
     seed: int = 0
     batch_size: int = Field(8, ge=1, le=4096)
-    clip_model: str | None = Field(None, description="CLIP for clip (and fid_features: clip): Hub id or local folder; default OpenAI ViT-B/16")
+    clip_model: str | None = Field(
+        None, description="CLIP for clip (and fid_features: clip): Hub id or local folder; default OpenAI ViT-B/16"
+    )
     clip_revision: str | None = Field(None, description="revision of clip_model (default: the pinned one)")
     fid_features: Literal["inception", "clip"] = "inception"
     reference: str | None = Field(None, description="folder of reference images for FID (e.g. MS-COCO val)")
@@ -105,7 +109,9 @@ class Recipe(StrictModel):
         return RecipeIdentity(name=self.name, version=self.version, sha256=self.sha256)
 
     def to_yaml(self) -> str:
-        return "# obsdiff-hub recipe (schema 1). See README.md, 'Recipes'.\n" + yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return "# obsdiff-hub recipe (schema 1). See README.md, 'Recipes'.\n" + yaml.safe_dump(
+            self.model_dump(mode="json"), sort_keys=False
+        )
 
     def with_changes(self, changes: dict[str, Any]) -> Recipe:
         """A copy with dotted-path changes (``{"prune.sparsity": 0.4}``), validated as a whole."""
@@ -131,7 +137,9 @@ def validate_recipe(data: Any, where: str) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: a recipe is a YAML mapping, got {type(data).__name__}")
     if data.get("schema_version") != SCHEMA_VERSION:
-        raise RecipeError(f"{where}: schema_version {data.get('schema_version')!r} is not supported (this obsdiff-hub reads {SCHEMA_VERSION})")
+        raise RecipeError(
+            f"{where}: schema_version {data.get('schema_version')!r} is not supported (this obsdiff-hub reads {SCHEMA_VERSION})"
+        )
     try:
         return Recipe.model_validate(data)
     except ValidationError as error:
@@ -147,7 +155,9 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int])
         return MAX_YAML_NODES + 1
     open_nodes.add(key)
     if isinstance(node, yaml.MappingNode):
-        size = 1 + sum(_expanded_size(k, sizes, open_nodes) + _expanded_size(v, sizes, open_nodes) for k, v in node.value)
+        size = 1 + sum(
+            _expanded_size(k, sizes, open_nodes) + _expanded_size(v, sizes, open_nodes) for k, v in node.value
+        )
     elif isinstance(node, yaml.SequenceNode):
         size = 1 + sum(_expanded_size(child, sizes, open_nodes) for child in node.value)
     else:
@@ -184,7 +194,9 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     shipped = not (path.suffix in (".yaml", ".yml") and path.is_file())
     if shipped:
         if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]*", str(name_or_path)):
-            raise RecipeError(f"no recipe file {str(name_or_path)!r}, and that is not a shipped recipe's name (`obsdiff-hub recipes list`)")
+            raise RecipeError(
+                f"no recipe file {str(name_or_path)!r}, and that is not a shipped recipe's name (`obsdiff-hub recipes list`)"
+            )
         path = data_dir("recipes") / f"{name_or_path}.yaml"
         if not path.is_file():
             names = recipe_names()
@@ -196,7 +208,9 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     try:
         data = read_yaml(path.read_text(encoding="utf-8"), str(path))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise RecipeError(f"{path}: not valid YAML (only plain YAML is read, no Python tags): {error}".splitlines()[0]) from error
+        raise RecipeError(
+            f"{path}: not valid YAML (only plain YAML is read, no Python tags): {error}".splitlines()[0]
+        ) from error
     recipe = validate_recipe(data, str(path))
     recipe._folder = None if shipped else path.resolve().parent
     return recipe

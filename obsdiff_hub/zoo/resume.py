@@ -87,10 +87,14 @@ class DiskState:
                 "move it away or choose another `out`"
             )
         if record.get("kind") != "partial":
-            raise OutputError(f"{self.directory} is an obsdiff-hub checkpoint, not saved progress; move it away or choose another `out`")
+            raise OutputError(
+                f"{self.directory} is an obsdiff-hub checkpoint, not saved progress; move it away or choose another `out`"
+            )
         foreign = first_foreign_file(self.directory)
         if foreign is not None:
-            raise OutputError(f"{self.directory} holds {foreign}, which obsdiff-hub did not write; move it away, then rerun")
+            raise OutputError(
+                f"{self.directory} holds {foreign}, which obsdiff-hub did not write; move it away, then rerun"
+            )
         progress = self._progress()
         done = int(progress["completed"]) if progress else 0
         if resume:
@@ -125,7 +129,10 @@ class DiskState:
         tmp.rename(self.state_dir)
         if old.exists():
             shutil.rmtree(old)
-        write_atomic(self.directory / PROGRESS, json.dumps({"run_id": self.run_id, "completed": index + 1, "report": report.to_dict()}))
+        write_atomic(
+            self.directory / PROGRESS,
+            json.dumps({"run_id": self.run_id, "completed": index + 1, "report": report.to_dict()}),
+        )
         written = [f"state/{p.name}" for p in self.state_dir.iterdir()] + [PROGRESS]
         mark_owned(self.directory, written, kind="partial")
         self.completed = index + 1

@@ -81,7 +81,9 @@ def load_base_pipeline(recipe: Recipe) -> Any:
         folder = local_folder_or_repo(source)
         if folder is None:
             with HubClient().errors(source, maybe_folder=True):
-                folder = Path(DiffusionPipeline.download(source, revision=recipe.base_model.revision, use_safetensors=True))
+                folder = Path(
+                    DiffusionPipeline.download(source, revision=recipe.base_model.revision, use_safetensors=True)
+                )
         with explained_pipeline_failure(source, folder):
             check_pipeline_configs(folder)
             dtype = stored_dtype(folder / recipe.base_model.component)
@@ -95,7 +97,9 @@ def load_base_pipeline(recipe: Recipe) -> Any:
     resolution = recipe.calibration.resolution
     multiple = resolution_multiple(denoiser_of(pipeline), pipeline_vae_scale(pipeline))
     if resolution is not None and resolution % multiple:
-        raise ModelMismatchError(f"calibration resolution {resolution} is not a multiple of {multiple}, which this model needs")
+        raise ModelMismatchError(
+            f"calibration resolution {resolution} is not a multiple of {multiple}, which this model needs"
+        )
     return pipeline
 
 
@@ -196,15 +200,26 @@ class Prepared:
     def calibration(self) -> Any:
         """The calibration settings with the resolved prompts inline."""
         cal = self.requested.calibration
-        return cal.model_copy(update={"prompts": PromptSource(source="inline", texts=self.texts, count=len(self.texts))})
+        return cal.model_copy(
+            update={"prompts": PromptSource(source="inline", texts=self.texts, count=len(self.texts))}
+        )
 
 
-def prepare(recipe: Recipe, out: Path, run_device: torch.device, overrides: Overrides, *, overwrite: bool = False) -> Prepared:
+def prepare(
+    recipe: Recipe, out: Path, run_device: torch.device, overrides: Overrides, *, overwrite: bool = False
+) -> Prepared:
     """Every check that needs no model: overrides, output folder, device and dtype, prompts, card
     metadata and evaluation settings (none of them may fail after the pruning)."""
     o = overrides
     requested = requested_recipe(
-        recipe, base=o.base, revision=o.revision, dtype=o.dtype, num_prompts=o.num_prompts, prompt_column=o.prompt_column, packages=o.packages, changes=o.changes
+        recipe,
+        base=o.base,
+        revision=o.revision,
+        dtype=o.dtype,
+        num_prompts=o.num_prompts,
+        prompt_column=o.prompt_column,
+        packages=o.packages,
+        changes=o.changes,
     )
     check_writable_target(out, overwrite)
     cal = requested.calibration
@@ -219,11 +234,15 @@ def prepare(recipe: Recipe, out: Path, run_device: torch.device, overrides: Over
         texts = resolve_prompts(source, requested.folder)
     cards.check_card(requested)
     if requested.evaluation is not None:
-        check_metrics(requested.evaluation, eval_prompts(requested.evaluation, requested.folder or data_dir("recipes")))
+        check_metrics(
+            requested.evaluation, eval_prompts(requested.evaluation, requested.folder or data_dir("recipes"))
+        )
     return Prepared(recipe, requested, texts, pinned_prompts(source, texts), out)
 
 
-def write_run(prepared: Prepared, pipeline: Any, result: PruneResult, *, overwrite: bool = False, is_main: bool = True) -> RunOutput:
+def write_run(
+    prepared: Prepared, pipeline: Any, result: PruneResult, *, overwrite: bool = False, is_main: bool = True
+) -> RunOutput:
     """The finished checkpoint (pipeline, effective recipe, report, evaluation, card), assembled in a
     temp folder that appears at ``prepared.out`` in one rename (on the main process only)."""
     requested, pinned = prepared.requested, prepared.pinned
@@ -232,12 +251,18 @@ def write_run(prepared: Prepared, pipeline: Any, result: PruneResult, *, overwri
     effective = requested.model_copy(
         update={
             "prune": used,
-            "calibration": requested.calibration.model_copy(update={"prompts": pinned, "dtype": report.precision["compute"]}),
+            "calibration": requested.calibration.model_copy(
+                update={"prompts": pinned, "dtype": report.precision["compute"]}
+            ),
             "derived_from": requested.derived_from or prepared.recipe.identity(),
         }
     )
     effective = type(effective).model_validate(effective.model_dump())  # re-validated as saved
-    plan_info = plan_recipe(effective, 1024) if requested.prune.granularity == "structured" and requested.base_model.config else None
+    plan_info = (
+        plan_recipe(effective, 1024)
+        if requested.prune.granularity == "structured" and requested.base_model.config
+        else None
+    )
     base_revision = _resolved_revision(pipeline) or requested.base_model.revision
     record = provenance(
         recipe=effective.name,
@@ -255,15 +280,37 @@ def write_run(prepared: Prepared, pipeline: Any, result: PruneResult, *, overwri
     if is_main:
         out = prepared.out
         with atomic_output(out, overwrite=overwrite) as tmp:
-            write_pruned(pipeline, tmp, record=record, variant=effective.output.variant, torch_dtype=DTYPES[effective.output.dtype])
+            write_pruned(
+                pipeline,
+                tmp,
+                record=record,
+                variant=effective.output.variant,
+                torch_dtype=DTYPES[effective.output.dtype],
+            )
             if effective.evaluation is not None:
                 evaluation = evaluate_checkpoint(
-                    tmp, requested.base_model.repo_id, effective.evaluation, tmp, base_revision=base_revision,
+                    tmp,
+                    requested.base_model.repo_id,
+                    effective.evaluation,
+                    tmp,
+                    base_revision=base_revision,
                     prompt_folder=requested.folder or data_dir("recipes"),
                 )
-            card = cards.render_card(effective, report, plan=plan_info.to_dict() if plan_info else None, evaluation=evaluation, base_revision=base_revision)
+            card = cards.render_card(
+                effective,
+                report,
+                plan=plan_info.to_dict() if plan_info else None,
+                evaluation=evaluation,
+                base_revision=base_revision,
+            )
             write_atomic(tmp / "recipe.yaml", effective.to_yaml())
-            write_atomic(tmp / "report.json", json.dumps({**report.to_dict(), "provenance": record, "plan": plan_info.to_dict() if plan_info else None}, indent=2))
+            write_atomic(
+                tmp / "report.json",
+                json.dumps(
+                    {**report.to_dict(), "provenance": record, "plan": plan_info.to_dict() if plan_info else None},
+                    indent=2,
+                ),
+            )
             write_atomic(tmp / "README.md", card.content)
     return RunOutput(prepared.out, result, effective, plan_info, evaluation, len(set(prepared.texts)))
 
@@ -290,7 +337,9 @@ def run_recipe(
     prepared = prepare(recipe, Path(out), run_device, overrides, overwrite=overwrite)
     for name, store in (("save_hessians", save_hessians), ("hessians", hessians)):
         if store is not None and overlaps(Path(store), prepared.out):
-            raise InputError(f"`{name}` ({store}) and `out` ({prepared.out}) overlap; keep the Hessian store in its own folder")
+            raise InputError(
+                f"`{name}` ({store}) and `out` ({prepared.out}) overlap; keep the Hessian store in its own folder"
+            )
     world = World.from_environment(run_device)
     run_id = hashlib.sha256(f"{prepared.requested.sha256}:{prepared.pinned.sha256}".encode()).hexdigest()
     state = DiskState(partial_folder(prepared.out), run_id, writer=world.is_main)
@@ -300,8 +349,16 @@ def run_recipe(
         component = prepared.requested.base_model.component
         if resume:
             pipeline.register_modules(**{component: state.load(getattr(pipeline, component))})
-    result = prune(pipeline, prepared.requested.prune, calibration=prepared.calibration, device=run_device, progress=progress, state=state,
-                   save_hessians=save_hessians, hessians=hessians)
+    result = prune(
+        pipeline,
+        prepared.requested.prune,
+        calibration=prepared.calibration,
+        device=run_device,
+        progress=progress,
+        state=state,
+        save_hessians=save_hessians,
+        hessians=hessians,
+    )
     output = write_run(prepared, pipeline, result, overwrite=overwrite, is_main=world.is_main)
     if world.is_main:
         state.clear()
@@ -334,7 +391,9 @@ def run_family(
         raise InputError("a family needs at least one recipe")
     names = [r.name for r in recipes]
     if len(set(names)) < len(names):
-        raise InputError(f"recipe {next(n for n in names if names.count(n) > 1)} is given twice; every member needs its own name (its folder)")
+        raise InputError(
+            f"recipe {next(n for n in names if names.count(n) > 1)} is given twice; every member needs its own name (its folder)"
+        )
     root = Path(out)
     if root.is_symlink() or (root.exists() and not root.is_dir()):
         raise InputError(f"{root} is a link or a file; give `out` a folder (it will hold one folder per member)")
@@ -346,10 +405,14 @@ def run_family(
     members = [prepare(r, Path(out) / r.name, run_device, overrides, overwrite=overwrite) for r in recipes]
     first = members[0]
     for member in members[1:]:
-        for what, mine, theirs in (("base_model", member.requested.base_model, first.requested.base_model),
-                                   ("calibration", member.calibration, first.calibration)):
+        for what, mine, theirs in (
+            ("base_model", member.requested.base_model, first.requested.base_model),
+            ("calibration", member.calibration, first.calibration),
+        ):
             if mine != theirs:
-                raise RecipeError(f"{member.requested.name} and {first.requested.name} differ in {what}; a family shares its base model and calibration")
+                raise RecipeError(
+                    f"{member.requested.name} and {first.requested.name} differ in {what}; a family shares its base model and calibration"
+                )
     check_family([m.requested.prune for m in members])
     world = World.from_environment(run_device)
     if world.size > 1:
@@ -363,6 +426,13 @@ def run_family(
         if on_output is not None:
             on_output(output)
 
-    prune_family(pipeline, [m.requested.prune for m in members], finished, calibration=first.calibration, device=run_device, progress=progress)
+    prune_family(
+        pipeline,
+        [m.requested.prune for m in members],
+        finished,
+        calibration=first.calibration,
+        device=run_device,
+        progress=progress,
+    )
     world.close()
     return written

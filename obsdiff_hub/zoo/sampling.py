@@ -33,7 +33,13 @@ from ..storage.files import read_json
 from ..tiny import TINY_PIPELINES
 
 MIN_GRID_SIDE = 128
-DOWNLOAD_ARGS = ("cache_dir", "token", "variant", "local_files_only", "proxies")  # grids show small images (32-pixel shapes) at least this large
+DOWNLOAD_ARGS = (
+    "cache_dir",
+    "token",
+    "variant",
+    "local_files_only",
+    "proxies",
+)  # grids show small images (32-pixel shapes) at least this large
 
 
 def _builtins() -> dict[str, Callable[[], Any]]:
@@ -64,18 +70,35 @@ def load_pipeline(
         name = source.removeprefix("builtin:")
         registry = _builtins()
         if name not in registry:
-            raise InputError(f"unknown built-in model {source!r}; built-ins: {', '.join('builtin:' + n for n in registry)}")
+            raise InputError(
+                f"unknown built-in model {source!r}; built-ins: {', '.join('builtin:' + n for n in registry)}"
+            )
         pipeline = registry[name]()
     else:
         folder = local_folder_or_repo(source)
         client = HubClient(token=kwargs.get("token"))
         if verify:
-            fetch(source, revision=revision, cache_dir=kwargs.get("cache_dir"), local_files_only=bool(kwargs.get("local_files_only")), client=client)
+            fetch(
+                source,
+                revision=revision,
+                cache_dir=kwargs.get("cache_dir"),
+                local_files_only=bool(kwargs.get("local_files_only")),
+                client=client,
+            )
         if kwargs.pop("use_safetensors", True) is False:
-            raise InputError("obsdiff-hub loads safetensors only (pickled weights can run code); leave `use_safetensors` at True")
+            raise InputError(
+                "obsdiff-hub loads safetensors only (pickled weights can run code); leave `use_safetensors` at True"
+            )
         if folder is None:  # download first, so every config is checked before anything is built from it
             with client.errors(source, maybe_folder=True):
-                folder = Path(DiffusionPipeline.download(source, revision=revision, use_safetensors=True, **{k: kwargs[k] for k in DOWNLOAD_ARGS if k in kwargs}))
+                folder = Path(
+                    DiffusionPipeline.download(
+                        source,
+                        revision=revision,
+                        use_safetensors=True,
+                        **{k: kwargs[k] for k in DOWNLOAD_ARGS if k in kwargs},
+                    )
+                )
         with explained_pipeline_failure(source, folder):
             check_pipeline_configs(folder)
             pipeline = DiffusionPipeline.from_pretrained(folder, dtype=torch_dtype, use_safetensors=True, **kwargs)
@@ -104,7 +127,10 @@ def pipeline_defaults(source: str) -> SamplingDefaults:
     if source.startswith("builtin:"):
         pipeline = load_pipeline(source)
         denoiser = denoiser_of(pipeline)
-        return SamplingDefaults(_call_default(type(pipeline), "guidance_scale"), default_resolution(denoiser.config, pipeline_vae_scale(pipeline)))
+        return SamplingDefaults(
+            _call_default(type(pipeline), "guidance_scale"),
+            default_resolution(denoiser.config, pipeline_vae_scale(pipeline)),
+        )
     folder = resolve_source(source)
     index = read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else None
     if index is None:
@@ -118,7 +144,9 @@ def pipeline_defaults(source: str) -> SamplingDefaults:
         raise CheckpointError(f"{folder}: no unet/ or transformer/ folder with a config.json")
     vae = folder / "vae" / "config.json"
     scale = vae_scale_factor(read_json(vae) if vae.is_file() else None)
-    return SamplingDefaults(_call_default(pipeline_class, "guidance_scale"), default_resolution(read_json(denoiser / "config.json"), scale))
+    return SamplingDefaults(
+        _call_default(pipeline_class, "guidance_scale"), default_resolution(read_json(denoiser / "config.json"), scale)
+    )
 
 
 def default_device() -> torch.device:
@@ -172,13 +200,18 @@ def generate_images(
     return images
 
 
-def image_grid(rows: list[list[Image.Image]], captions: list[str] | None = None, row_labels: list[str] | None = None) -> Image.Image:
+def image_grid(
+    rows: list[list[Image.Image]], captions: list[str] | None = None, row_labels: list[str] | None = None
+) -> Image.Image:
     """Rows of equally sized images in one picture (row 0 on top), small images enlarged to at
     least 128 pixels (nearest neighbour: every pixel stays visible), with a caption under each
     column (at most three lines, ``…`` where it is cut) and a label left of each row when given."""
     scale = max(1, -(-MIN_GRID_SIDE // min(rows[0][0].size)))
     if scale > 1:
-        rows = [[image.resize((image.width * scale, image.height * scale), resample=Image.NEAREST) for image in row] for row in rows]
+        rows = [
+            [image.resize((image.width * scale, image.height * scale), resample=Image.NEAREST) for image in row]
+            for row in rows
+        ]
     width, height = rows[0][0].size
     columns = max(len(r) for r in rows)
     font = ImageFont.load_default()
@@ -216,7 +249,9 @@ def read_image(path: Path) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         if isinstance(error, InputError):
             raise
-        raise InputError(f"{path}: not a readable image ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+        raise InputError(
+            f"{path}: not a readable image ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        ) from None
 
 
 def image_format(path: Path) -> str:

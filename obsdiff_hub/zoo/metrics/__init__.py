@@ -39,7 +39,9 @@ def check_metrics(spec: EvaluationSpec, prompts: list[str]) -> None:
         try:
             check_shapes_prompts(prompts)
         except InputError as error:
-            raise InputError(f"the shapes metric scores shapes captions only ({error}); use `prompts` builtin:shapes") from None
+            raise InputError(
+                f"the shapes metric scores shapes captions only ({error}); use `prompts` builtin:shapes"
+            ) from None
     if spec.reference and not Path(spec.reference).is_dir():
         raise InputError(f"reference folder {spec.reference} does not exist")
     if "fid" in spec.metrics and spec.fid_features == "inception":

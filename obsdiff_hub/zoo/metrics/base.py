@@ -38,18 +38,33 @@ class MetricRow:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         model = data.pop("model")
-        return {"name": self.name, "label": self.label, **({"model": model} if model is not None else {}),
-                **{k: data[k] for k in ("pruned", "dense", "ci95", "samples")}}
+        return {
+            "name": self.name,
+            "label": self.label,
+            **({"model": model} if model is not None else {}),
+            **{k: data[k] for k in ("pruned", "dense", "ci95", "samples")},
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MetricRow:
         """A row read back from ``eval.json``; values that are not finite numbers are a ``ValueError``."""
         ci95 = tuple(data["ci95"])
         numbers = [data["pruned"], *ci95, *([data["dense"]] if data.get("dense") is not None else [])]
-        if len(ci95) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
-            raise ValueError(f"metric {str(data.get('name'))[:40]!r}: values and its 95% interval must be finite numbers")
-        return cls(str(data["name"]), str(data["label"]), float(data["pruned"]), data.get("dense"), (float(ci95[0]), float(ci95[1])), int(data["samples"]),
-                   data.get("model"))
+        if len(ci95) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers
+        ):
+            raise ValueError(
+                f"metric {str(data.get('name'))[:40]!r}: values and its 95% interval must be finite numbers"
+            )
+        return cls(
+            str(data["name"]),
+            str(data["label"]),
+            float(data["pruned"]),
+            data.get("dense"),
+            (float(ci95[0]), float(ci95[1])),
+            int(data["samples"]),
+            data.get("model"),
+        )
 
 
 def as_array(images: list[Image.Image]) -> np.ndarray:

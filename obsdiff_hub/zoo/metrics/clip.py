@@ -31,7 +31,10 @@ def _load_clip(source: str, revision: str | None) -> tuple[Any, Any, str]:
     try:
         model = CLIPModel.from_pretrained(source, revision=revision, use_safetensors=True).eval()
         processor = CLIPProcessor.from_pretrained(source, revision=revision)
-    except (OSError, HFValidationError) as error:  # with peft installed, transformers validates a missing path as a repo id
+    except (
+        OSError,
+        HFValidationError,
+    ) as error:  # with peft installed, transformers validates a missing path as a repo id
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise InputError(
             f"CLIP model {source} cannot be loaded ({reason}); give a local copy with `clip_model`, or leave clip out of `metrics`"
@@ -44,7 +47,9 @@ def _features(output: Any) -> torch.Tensor:
     return output.pooler_output if hasattr(output, "pooler_output") else output
 
 
-def clip_embeddings(images: list[Image.Image], prompts: list[str] | None, spec: EvaluationSpec) -> tuple[np.ndarray, np.ndarray | None, str]:
+def clip_embeddings(
+    images: list[Image.Image], prompts: list[str] | None, spec: EvaluationSpec
+) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Image embeddings (and, with ``prompts``, text embeddings) of CLIP, and the model's name."""
     model, processor, name = clip_model(spec)
     image_features, text_features = [], []
@@ -53,8 +58,14 @@ def clip_embeddings(images: list[Image.Image], prompts: list[str] | None, spec: 
             batch = processor(images=images[start : start + spec.batch_size], return_tensors="pt")
             image_features.append(_features(model.get_image_features(pixel_values=batch["pixel_values"])))
             if prompts is not None:
-                text = processor(text=prompts[start : start + spec.batch_size], return_tensors="pt", padding=True, truncation=True)
-                text_features.append(_features(model.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"])))
+                text = processor(
+                    text=prompts[start : start + spec.batch_size], return_tensors="pt", padding=True, truncation=True
+                )
+                text_features.append(
+                    _features(
+                        model.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"])
+                    )
+                )
     features = torch.cat(image_features)
     texts = torch.cat(text_features) if prompts is not None else None
     return features.float().numpy(), None if texts is None else texts.float().numpy(), name
@@ -69,4 +80,14 @@ def clip_score(samples: Samples, spec: EvaluationSpec) -> list[MetricRow]:
         scores[which] = 100 * np.clip(cos, 0, None)
     pruned = scores["pruned"]
     interval = bootstrap(lambda idx: float(pruned[idx].mean()), len(pruned))
-    return [MetricRow("clip_score", f"CLIP score ({name.split('@')[0]})", float(pruned.mean()), float(scores["dense"].mean()), interval, len(pruned), model=name)]
+    return [
+        MetricRow(
+            "clip_score",
+            f"CLIP score ({name.split('@')[0]})",
+            float(pruned.mean()),
+            float(scores["dense"].mean()),
+            interval,
+            len(pruned),
+            model=name,
+        )
+    ]

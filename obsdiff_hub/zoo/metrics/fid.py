@@ -55,7 +55,9 @@ def fid_features(images: list[Image.Image], spec: EvaluationSpec) -> tuple[np.nd
     rows = []
     with torch.inference_mode():
         for start in range(0, len(images), spec.batch_size):
-            batch = torch.from_numpy(as_array(images[start : start + spec.batch_size]).astype(np.uint8)).permute(0, 3, 1, 2)
+            batch = torch.from_numpy(as_array(images[start : start + spec.batch_size]).astype(np.uint8)).permute(
+                0, 3, 1, 2
+            )
             rows.append(extractor(batch)[0])
     return torch.cat(rows).double().numpy(), "Inception-v3 pool3 (torch-fidelity inception-v3-compat)"
 
@@ -77,10 +79,28 @@ def fid(samples: Samples, spec: EvaluationSpec) -> list[MetricRow]:
     def paired(idx: np.ndarray) -> float:
         return frechet_distance(pruned[idx], dense[idx])
 
-    rows = [MetricRow("fid_vs_dense", f"FID to the dense images ({name})", paired(np.arange(count)), 0.0, bootstrap(paired, count), count)]
+    rows = [
+        MetricRow(
+            "fid_vs_dense",
+            f"FID to the dense images ({name})",
+            paired(np.arange(count)),
+            0.0,
+            bootstrap(paired, count),
+            count,
+        )
+    ]
     if spec.reference:
         reference, _ = fid_features(reference_images(spec.reference), spec)
         interval = bootstrap(lambda idx: frechet_distance(pruned[idx], reference), count)
         label = f"FID to {Path(spec.reference).name} ({name})"
-        rows.append(MetricRow("fid_vs_reference", label, frechet_distance(pruned, reference), frechet_distance(dense, reference), interval, count))
+        rows.append(
+            MetricRow(
+                "fid_vs_reference",
+                label,
+                frechet_distance(pruned, reference),
+                frechet_distance(dense, reference),
+                interval,
+                count,
+            )
+        )
     return rows

@@ -18,4 +18,6 @@ def psnr_vs_dense(samples: Samples) -> list[MetricRow]:
         return 10 * math.log10(255.0**2 / mean) if mean > 0 else math.inf
 
     every = np.arange(len(mse))
-    return [MetricRow("psnr_vs_dense", "PSNR vs dense images (dB)", psnr(every), None, bootstrap(psnr, len(mse)), len(mse))]
+    return [
+        MetricRow("psnr_vs_dense", "PSNR vs dense images (dB)", psnr(every), None, bootstrap(psnr, len(mse)), len(mse))
+    ]

@@ -22,4 +22,13 @@ def image_reward(samples: Samples, spec: EvaluationSpec) -> list[MetricRow]:
             scores[which] = np.array([float(model.score(p, [i])) for p, i in zip(samples.prompts, images)])
     pruned = scores["pruned"]
     interval = bootstrap(lambda idx: float(pruned[idx].mean()), len(pruned))
-    return [MetricRow("image_reward", "ImageReward (ImageReward-v1.0)", float(pruned.mean()), float(scores["dense"].mean()), interval, len(pruned))]
+    return [
+        MetricRow(
+            "image_reward",
+            "ImageReward (ImageReward-v1.0)",
+            float(pruned.mean()),
+            float(scores["dense"].mean()),
+            interval,
+            len(pruned),
+        )
+    ]

@@ -37,5 +37,7 @@ def shapes_accuracy(samples: Samples) -> list[MetricRow]:
     for name, label in ROWS:
         pruned = per_image["pruned"][name]
         interval = bootstrap(lambda idx, v=pruned: float(v[idx].mean()), len(pruned))
-        rows.append(MetricRow(name, label, float(pruned.mean()), float(per_image["dense"][name].mean()), interval, len(pruned)))
+        rows.append(
+            MetricRow(name, label, float(pruned.mean()), float(per_image["dense"][name].mean()), interval, len(pruned))
+        )
     return rows
