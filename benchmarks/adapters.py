@@ -33,7 +33,7 @@ from peft import LoraConfig, get_peft_model_state_dict
 
 import obsdiff_hub as oh
 from obsdiff_hub import tiny
-from obsdiff_hub.architectures import adapter_for
+from obsdiff_hub.architectures import architecture_of
 from obsdiff_hub.architectures.surgery import structure_of
 from obsdiff_hub.models import build_model
 from obsdiff_hub.pruning.plan import builtin_config
@@ -149,14 +149,16 @@ def compile_costs() -> None:
     for name in ("sdxl-base-1.0.unet", "flux1-dev.transformer"):
         config = builtin_config(name)
         skeleton = build_model(config)
-        adapter = adapter_for(skeleton)
+        architecture = architecture_of(skeleton)
         rng = random.Random(0)
-        structure = {k: max(1, round(v * rng.uniform(0.6, 0.8))) for k, v in structure_of(skeleton, adapter).items()}
+        structure = {
+            k: max(1, round(v * rng.uniform(0.6, 0.8))) for k, v in structure_of(skeleton, architecture).items()
+        }
         dense_graphs, _ = graphs(build_model(config), 8)
         pruned_graphs, eager = graphs(build_model(config, structure=structure), 8)
         unlimited, _ = graphs(build_model(config, structure=structure), 128)
         print(
-            f"| {name} | {len(adapter.blocks(skeleton))} | {dense_graphs} | {pruned_graphs} | {eager} | {unlimited} |",
+            f"| {name} | {len(architecture.blocks(skeleton))} | {dense_graphs} | {pruned_graphs} | {eager} | {unlimited} |",
             flush=True,
         )
     torch._dynamo.config.recompile_limit = 8

@@ -31,6 +31,10 @@ VARIANTS = {
 }
 
 
+def _spread(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--packages", type=int, default=4)
@@ -67,10 +71,9 @@ def main() -> None:
                 psnr.append(scores["psnr_vs_dense"])
                 accuracy.append(scores["all"])
             label = "2:4" if granularity == "n:m" else f"{ratio:.0%}"
-            spread = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
             print(
-                f"| {granularity} | {label} | {variant} | {statistics.mean(psnr):.2f} ± {spread(psnr):.2f} | "
-                f"{statistics.mean(accuracy):.3f} ± {spread(accuracy):.3f} | {statistics.mean(seconds):.1f} |",
+                f"| {granularity} | {label} | {variant} | {statistics.mean(psnr):.2f} ± {_spread(psnr):.2f} | "
+                f"{statistics.mean(accuracy):.3f} ± {_spread(accuracy):.3f} | {statistics.mean(seconds):.1f} |",
                 flush=True,
             )
 

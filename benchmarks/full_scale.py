@@ -238,7 +238,7 @@ def main() -> None:
             capture_output=True,
             text=True,
         )
-        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+        line = next((out for out in done.stdout.splitlines() if out.startswith("RESULT ")), None)
         if line is None:
             print(f"{name}: failed\n{done.stderr[-3000:]}", flush=True)
             continue

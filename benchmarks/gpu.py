@@ -46,13 +46,13 @@ from solvers import error, problem, sparsegpt_baseline, timed  # noqa: E402  (be
 
 import obsdiff_hub as oh  # noqa: E402
 from obsdiff_hub import tiny  # noqa: E402
-from obsdiff_hub.architectures import adapter_for  # noqa: E402
+from obsdiff_hub.architectures import architecture_of  # noqa: E402
 from obsdiff_hub.architectures.sparse_kernels import enable_sparse_kernels  # noqa: E402
 from obsdiff_hub.architectures.surgery import structure_of  # noqa: E402
 from obsdiff_hub.errors import UnsupportedEnvironmentError  # noqa: E402
 from obsdiff_hub.maths.admm import AdmmSettings, refine  # noqa: E402
 from obsdiff_hub.maths.hessian import HessianAccumulator  # noqa: E402
-from obsdiff_hub.maths.solvers import obs_prune  # noqa: E402
+from obsdiff_hub.maths.obs import obs_prune  # noqa: E402
 from obsdiff_hub.models import build_model  # noqa: E402
 from obsdiff_hub.pruning.plan import builtin_config  # noqa: E402
 
@@ -70,8 +70,8 @@ def on(device: torch.device, inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def targeted(model: torch.nn.Module) -> set[str]:
-    adapter = adapter_for(model)
-    return {f"{p}.weight" for u in adapter.units(model, None, False) for s in u.sites for p in s.layers}
+    architecture = architecture_of(model)
+    return {f"{p}.weight" for u in architecture.units(model, None, False) for s in u.sites for p in s.layers}
 
 
 def calibration_dtypes(device: torch.device, tiny_run: bool, quick: bool) -> dict[str, Any]:
@@ -277,7 +277,7 @@ def block_speed(device: torch.device, tiny_run: bool, quick: bool) -> dict[str, 
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     skeleton = build_model(dict(config))
     structure = {
-        k: max(1, round(v * 0.7)) for k, v in structure_of(skeleton, adapter_for(skeleton)).items()
+        k: max(1, round(v * 0.7)) for k, v in structure_of(skeleton, architecture_of(skeleton)).items()
     }  # 30% of every coupling
     latent = 8 if tiny_run else 128
     results = {}

@@ -23,7 +23,7 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 
 from obsdiff_hub.maths.hessian import ACCUMULATION_PRECISIONS, HessianAccumulator
-from obsdiff_hub.maths.solvers import obs_prune
+from obsdiff_hub.maths.obs import obs_prune
 
 sys.path.insert(0, str(Path(__file__).parent))
 

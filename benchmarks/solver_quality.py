@@ -31,7 +31,7 @@ import torch
 
 import obsdiff_hub as oh
 from obsdiff_hub.maths.admm import AdmmSettings, layer_error, refine
-from obsdiff_hub.maths.solvers import obs_prune
+from obsdiff_hub.maths.obs import obs_prune
 from obsdiff_hub.pruning.prompts import builtin_prompts
 from obsdiff_hub.shapes.pipeline import evaluate, load_shapes_pipeline
 

@@ -21,13 +21,8 @@ import time
 
 import torch
 
-from obsdiff_hub.maths.solvers import (
-    GroupSelection,
-    column_groups,
-    obs_prune,
-    obs_prune_shared,
-    obs_remove_groups,
-)
+from obsdiff_hub.maths.group_obs import GroupSelection, column_groups, obs_remove_groups
+from obsdiff_hub.maths.obs import obs_prune, obs_prune_shared
 
 SHAPES = {
     "sdxl": {"hidden": 1280, "ffn": 5120, "head_dim": 64},

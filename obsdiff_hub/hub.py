@@ -61,6 +61,15 @@ _KNOWN = (
 )  # offline mode is a ConnectionError
 
 
+BUILTIN_PREFIX = "builtin:"
+
+
+def builtin_name(source: str) -> str | None:
+    """``NAME`` of a ``builtin:NAME`` source (a model or prompt set shipped with this package), else None:
+    the one place a source is told apart from a folder or a Hub repo id."""
+    return source.removeprefix(BUILTIN_PREFIX) if source.startswith(BUILTIN_PREFIX) else None
+
+
 def looks_like_local_path(source: str) -> bool:
     """What the Hub would never accept as a repo id: absolute or relative paths, ``~``,
     backslashes, or more than one ``/`` (a repo id is ``name`` or ``namespace/name``)."""

@@ -41,6 +41,15 @@ os.environ.pop("HF_TOKEN", None)
 os.environ.pop("HF_HUB_OFFLINE", None)
 
 
+def invoke(*args, **env):
+    """The command line, in process: ``invoke("prune", "-r", name, "--out", path)`` (arguments become strings)."""
+    from typer.testing import CliRunner
+
+    from obsdiff_hub.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env=env or None)
+
+
 class Hub:
     """olah for reads, the write double for uploads, both over one mirrors/ tree."""
 

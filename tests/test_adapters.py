@@ -19,7 +19,7 @@ from peft import LoraConfig, get_peft_model_state_dict
 
 import obsdiff_hub as oh
 from obsdiff_hub import tiny
-from obsdiff_hub.architectures import adapter_for
+from obsdiff_hub.architectures import architecture_of
 from obsdiff_hub.architectures.base import HeadCoupling
 from obsdiff_hub.checkpoints.inspection import inspect_checkpoint
 from obsdiff_hub.errors import CheckpointError, InputError
@@ -48,7 +48,7 @@ def expected_indices(model, structure):
     """Per reshaped layer, (kept dense rows, kept dense columns), from report.json's kept lists."""
     records = {r["module"]: r for r in structure if r["after"] < r["before"]}
     rows, cols = {}, {}
-    for c in adapter_for(model).couplings(model):
+    for c in architecture_of(model).couplings(model):
         if c.key not in records:
             continue
         kept, before = records[c.key]["kept"], records[c.key]["before"]

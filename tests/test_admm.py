@@ -10,7 +10,8 @@ import torch
 import obsdiff_hub as oh
 from obsdiff_hub import tiny
 from obsdiff_hub.maths.admm import AdmmSettings, layer_error, refine, refit
-from obsdiff_hub.maths.solvers import damp_hessian, obs_prune, obs_prune_shared
+from obsdiff_hub.maths.factor import damp_hessian
+from obsdiff_hub.maths.obs import obs_prune, obs_prune_shared
 
 
 def problem(rows: int, cols: int, samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +40,7 @@ def test_refit_is_the_least_squares_optimum_of_each_row():
         L = torch.linalg.cholesky(Hd)
         solution = torch.linalg.lstsq(L.T[:, kept], (W.double()[row] @ L), rcond=None).solution
         expected[row, kept] = solution
-    got = refit(W.double(), Hd, keep, iterations=500, tolerance=1e-13)
+    got = refit(W.double(), Hd, ~keep, iterations=500, tolerance=1e-13)
     assert float((got - expected).norm() / expected.norm()) < 1e-6
     assert bool((got[~keep] == 0).all())
 
@@ -82,7 +83,7 @@ def test_admm_is_closer_to_the_enumerated_optimum_than_obs():
             for kept in itertools.chain.from_iterable(itertools.combinations(range(cols), k) for k in range(cols + 1)):
                 keep = torch.zeros(1, cols, dtype=torch.bool)
                 keep[0, list(kept)] = True
-                fit = refit(W[row : row + 1].double(), Hd, keep, iterations=cols + 2, tolerance=1e-14)
+                fit = refit(W[row : row + 1].double(), Hd, ~keep, iterations=cols + 2, tolerance=1e-14)
                 best[row][cols - len(kept)] = min(best[row][cols - len(kept)], error(W[row : row + 1], fit, H))
         optimum = min(
             sum(best[r][c] for r, c in enumerate(split))
@@ -125,7 +126,9 @@ def test_end_to_end_every_layer_is_at_most_obs(granularity):
 
 def test_solver_settings_are_checked():
     with pytest.raises(
-        oh.InputError, match="solver 'admm' refines method obs-diff with granularity unstructured or n:m"
+        oh.InputError, match="solver admm applies to granularity unstructured or n:m, not 'structured'"
     ):
         oh.PruneConfig.coerce({"granularity": "structured", "solver": "admm"})
-    assert oh.PruneConfig.coerce({"solver": "obs+lsq"}).solver == "obs+lsq"
+    with pytest.raises(oh.InputError, match="solver 'admm' refines a method that compensates"):
+        oh.PruneConfig.coerce({"method": "magnitude", "solver": "admm"})
+    assert oh.PruneConfig.coerce({"solver": "obs+lsq"}).solver.name == "obs+lsq"

@@ -8,7 +8,8 @@ from obsdiff_hub.maths.baselines import (
     magnitude_prune,
     wanda_prune,
 )
-from obsdiff_hub.maths.solvers import GroupSelection, column_groups, obs_prune
+from obsdiff_hub.maths.group_obs import GroupSelection, column_groups
+from obsdiff_hub.maths.obs import obs_prune
 
 
 @pytest.mark.parametrize("sparsity", [0.5, 0.7])

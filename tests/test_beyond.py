@@ -7,15 +7,11 @@ import torch
 from layer_problems import make_problem
 
 from obsdiff_hub.maths.allocation import allocate_counts, weight_saliencies
+from obsdiff_hub.maths.counts import split_count
+from obsdiff_hub.maths.factor import asymmetric_target
+from obsdiff_hub.maths.group_obs import GroupSelection, column_groups, obs_remove_groups
 from obsdiff_hub.maths.hessian import CrossTermAccumulator, HessianAccumulator
-from obsdiff_hub.maths.solvers import (
-    GroupSelection,
-    asymmetric_target,
-    column_groups,
-    obs_prune,
-    obs_remove_groups,
-    split_count,
-)
+from obsdiff_hub.maths.obs import obs_prune
 
 
 def drifted_problem(rows=10, cols=32, samples=600, seed=0):
@@ -58,7 +54,7 @@ def test_wide_cross_terms_accumulate_in_row_panels_exactly():
 
 def test_the_asymmetric_target_is_the_least_squares_fit_of_the_dense_output():
     W, X, X_hat, H, G = drifted_problem()
-    target = asymmetric_target(W, H, G, percdamp=0.0).double()
+    target = asymmetric_target(W, H, G, damping_fraction=0.0).double()
     optimum = torch.linalg.lstsq(X_hat.T, (W @ X).T).solution.T  # argmin ‖W X − Ŵ X̂‖ over every Ŵ
     torch.testing.assert_close(target, optimum, rtol=1e-4, atol=1e-4)
 
@@ -67,9 +63,9 @@ def test_the_asymmetric_target_is_the_least_squares_fit_of_the_dense_output():
 def test_structured_asymmetric_removal_is_the_exact_optimum_over_the_kept_columns(group_size, count):
     W, X, X_hat, H, G = drifted_problem()
     groups = column_groups(32, group_size)
-    target = asymmetric_target(W, H, G, percdamp=0.0)
+    target = asymmetric_target(W, H, G, damping_fraction=0.0)
     (got,), (removed,) = obs_remove_groups(
-        [target], [H], groups, [GroupSelection(tuple(range(len(groups))), count)], percdamp=0.0
+        [target], [H], groups, [GroupSelection(tuple(range(len(groups))), count)], damping_fraction=0.0
     )
     keep = torch.ones(32, dtype=torch.bool)
     for g in removed:
@@ -78,7 +74,7 @@ def test_structured_asymmetric_removal_is_the_exact_optimum_over_the_kept_column
     optimum[:, keep] = torch.linalg.lstsq(X_hat[keep].T, (W @ X).T).solution.T  # ‖W X − Ŵ X̂‖ over kept weights, fp64
     torch.testing.assert_close(got.double(), optimum, rtol=1e-4, atol=1e-4)
     (symmetric,), _ = obs_remove_groups(
-        [W], [H], groups, [GroupSelection(tuple(range(len(groups))), count)], percdamp=0.0
+        [W], [H], groups, [GroupSelection(tuple(range(len(groups))), count)], damping_fraction=0.0
     )
     assert asymmetric_error(W, got, X, X_hat) < asymmetric_error(W, symmetric, X, X_hat)
 
@@ -117,7 +113,7 @@ def test_exact_counts_reach_the_walk_block_by_block():
     W, _, H = make_problem(12, 70, 300, seed=5)
     ((pruned, mask),) = [
         r
-        for r in __import__("obsdiff_hub.maths.solvers", fromlist=["x"]).obs_prune_shared(
+        for r in __import__("obsdiff_hub.maths.obs", fromlist=["x"]).obs_prune_shared(
             [W.float()], H.float(), 0.0, counts=[333], blocksize=32
         )
     ]

@@ -13,7 +13,7 @@ from diffusers import (
 
 import obsdiff_hub as oh
 from obsdiff_hub import tiny
-from obsdiff_hub.architectures import adapter_for
+from obsdiff_hub.architectures import architecture_of
 from obsdiff_hub.errors import CheckpointError
 from obsdiff_hub.models import BASE_CLASSES
 
@@ -253,8 +253,10 @@ def test_plan_counts_exactly_the_zeros_a_run_leaves(family, settings):
     torch.manual_seed(0)
     model = tiny.TINY_DENOISERS[family]().eval()
     config = {**model.config, "_class_name": type(model).__name__}
-    adapter = adapter_for(model)
-    layers = [p for unit in adapter.units(model, None, structured=False) for site in unit.sites for p in site.layers]
+    architecture = architecture_of(model)
+    layers = [
+        p for unit in architecture.units(model, None, structured=False) for site in unit.sites for p in site.layers
+    ]
     cal = tiny.toy_calibration([tiny.example_inputs(model, 2)], STEPS)
     pruned = oh.prune(model, dict(settings), calibration=cal, steps=STEPS).model
     zeros = sum(int((pruned.get_submodule(p).weight == 0).sum()) for p in layers)

@@ -114,13 +114,13 @@ def test_plan_sdxl_30_prints_published_count():
 
 
 def test_plan_of_a_builtin_recipe_uses_the_model_itself():
-    from obsdiff_hub.architectures import adapter_for
+    from obsdiff_hub.architectures import architecture_of
     from obsdiff_hub.zoo.sampling import load_pipeline
 
     unet = load_pipeline("builtin:tiny-shapes").unet
     weights = sum(
         unet.get_submodule(p).weight.numel()
-        for u in adapter_for(unet).units(unet, None, structured=False)
+        for u in architecture_of(unet).units(unet, None, structured=False)
         for s in u.sites
         for p in s.layers
     )
@@ -151,7 +151,7 @@ def test_every_zoo_recipe_validates_and_has_a_stable_identity():
     for name in names:
         recipe = load_recipe(name)
         assert recipe.sha256 == load_recipe(name).sha256
-        assert recipe.schema_version == 1 and recipe.version >= 1
+        assert recipe.schema_version == 2 and recipe.version >= 1
     assert load_recipe("sd35-large-30").prune.block_ids(38) == list(range(1, 37))
     assert load_recipe("sd35-large-2of4").prune.block_ids(38) == list(range(3, 26))
 
@@ -366,7 +366,7 @@ def test_recipes_list_keeps_names_whole_at_any_width_and_json_matches_show():
 
 def test_every_prune_config_field_round_trips_through_a_recipe_file(tmp_path):
     changed = dict(
-        method="l1",
+        method={"name": "l1"},
         granularity="structured",
         sparsity=0.35,
         block_sparsity={3: 0.1},
@@ -375,25 +375,24 @@ def test_every_prune_config_field_round_trips_through_a_recipe_file(tmp_path):
         weighting="linear_increase",
         alpha_min=0.5,
         alpha_max=1.5,
-        percdamp=0.05,
-        blocksize=64,
-        rrf_k=30,
-        head_saliency="exact",
-        neuron_batch=8,
+        damping_fraction=0.05,
         hessian_precision="tf32",
         hessian_device="cpu",
     )
-    refined = dict(
-        granularity="structured", calibration_target="dense", allocation="error", allocation_spread=0.2
-    )  # obs-diff only
-    solved = dict(
-        solver="admm", admm_iterations=30, admm_rho=0.2, refit_iterations=50, refit_tolerance=1e-5
-    )  # obs-diff, not structured
+    refined = dict(  # obs-diff only, with every setting of its own
+        method={"name": "obs-diff", "blocksize": 64, "head_saliency": "exact", "rrf_k": 30, "neuron_batch": 8},
+        granularity="structured",
+        calibration_target="dense",
+        allocation="error",
+        allocation_spread=0.2,
+    )
+    solved = dict(  # obs-diff, not structured
+        solver={"name": "admm", "iterations": 30, "rho": 0.2, "refit_iterations": 50, "refit_tolerance": 1e-5}
+    )
     defaults = PruneConfig().model_dump()
     groups = (changed, refined, solved)
-    assert set().union(*groups) | {"n", "m", "memory_budget_gb"} == set(
-        defaults
-    )  # every field, n:m and auto-only ones below
+    every_field = set().union(*groups) | {"n", "m", "memory_budget_gb"}  # n:m and auto-only ones below
+    assert every_field == set(defaults)
     assert all(group[k] != defaults[k] for group in groups for k in group)
     base = load_recipe("tiny-sd3-unstructured-50")
     path = tmp_path / "r.yaml"
@@ -414,7 +413,9 @@ def test_every_prune_config_field_round_trips_through_a_recipe_file(tmp_path):
     bad = invoke(
         "prune", "--recipe", "tiny-sd3-unstructured-50", "--set", "prune.percdamp=-1", "--out", tmp_path / "o"
     )
-    assert bad.exit_code == 2 and "prune.percdamp" in bad.output
+    assert bad.exit_code == 2 and "prune.damping_fraction: Input should be greater than or equal to 0" in bad.output
+    bad = invoke("prune", "-r", "tiny-sd3-unstructured-50", "--set", "prune.solver.rho=0.2", "--out", tmp_path / "o")
+    assert bad.exit_code == 2 and "obs setting rho: Extra inputs are not permitted" in bad.output
 
 
 def test_effective_recipe_records_overrides_and_reproduces_the_weights(tmp_path):

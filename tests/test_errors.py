@@ -47,7 +47,7 @@ def test_a_bug_is_exit_1_and_says_how_to_report_it(tmp_path, monkeypatch):
     def broken(self, unit, hessians, cross_terms=None):
         raise RuntimeError(BOOM)
 
-    monkeypatch.setattr(solving.SiteSolver, "solve", broken)
+    monkeypatch.setattr(solving.UnitPruner, "solve", broken)
     result = invoke("prune", "--recipe", "tiny-sd3-unstructured-50", "--out", tmp_path / "o", "--quiet")
     assert result.exit_code == 1
     assert result.output.strip() == (
@@ -60,7 +60,7 @@ def test_debug_shows_the_traceback_of_a_bug(tmp_path):
     patch = (
         "import obsdiff_hub.pruning.solving as s\n"
         "def broken(*args, **kwargs): raise RuntimeError('" + BOOM + "')\n"
-        "s.SiteSolver.solve = broken\n"
+        "s.UnitPruner.solve = broken\n"
         "from obsdiff_hub.cli import main\n"
         "main()\n"
     )

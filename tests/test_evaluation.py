@@ -274,7 +274,7 @@ def test_bench_on_cpu_matches_the_plan(tmp_path):
     for which in ("dense", "pruned"):
         timing = record["denoiser"][which]
         assert timing["repeats"] == 10 and 0 < timing["p25_ms"] <= timing["median_ms"] <= timing["p75_ms"]
-    blocks = oh.architectures.adapter_for(oh.tiny.tiny_sdxl_unet()).blocks(oh.tiny.tiny_sdxl_unet())
+    blocks = oh.architectures.architecture_of(oh.tiny.tiny_sdxl_unet()).blocks(oh.tiny.tiny_sdxl_unet())
     assert [b["block"] for b in record["blocks"]] == blocks and all(
         b["dense_ms"] > 0 and b["pruned_ms"] > 0 for b in record["blocks"]
     )

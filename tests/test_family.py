@@ -82,12 +82,12 @@ def test_a_family_that_cannot_share_is_one_line_before_any_work(tmp_path):
         and len(result.output.strip().splitlines()) == 1
     )
     assert not (tmp_path / "zoo").exists()
-    method = load_recipe(paths[0]).with_changes({"name": "other", "prune.percdamp": 0.05})
+    method = load_recipe(paths[0]).with_changes({"name": "other", "prune.damping_fraction": 0.05})
     (tmp_path / "p.yaml").write_text(method.to_yaml())
     result = runner.invoke(
         app, ["prune", "-r", str(paths[0]), "-r", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "zoo")]
     )
-    assert result.exit_code == 2 and "differs from member 1 in prune.percdamp" in result.output
+    assert result.exit_code == 2 and "differs from member 1 in prune.damping_fraction" in result.output
     with pytest.raises(InputError, match="given twice"):
         run_family([load_recipe(paths[0])] * 2, tmp_path / "zoo")
     assert not (tmp_path / "zoo").exists()

@@ -5,10 +5,11 @@ with a victim that must survive byte for byte, a marker that must not appear, or
 import ast
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import zlib
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def test_a_link_planted_at_generates_output_is_replaced_never_followed(tmp_path)
 
 
 def test_links_planted_in_the_evaluation_cache_and_records_are_never_followed(checkpoint, tmp_path, monkeypatch):
-    from obsdiff_hub.zoo import evaluation
+    from obsdiff_hub.zoo import records
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("OBSDIFF_HUB_CACHE", str(cache))
@@ -141,12 +142,12 @@ def test_links_planted_in_the_evaluation_cache_and_records_are_never_followed(ch
     for image in images:  # a predictable key: links planted where the next run writes
         image.unlink()
         image.symlink_to(target)
-    for name in (evaluation.EVAL_FILE, evaluation.GRID_FILE):
+    for name in (records.EVAL_FILE, records.GRID_FILE):
         (out / name).unlink()
         (out / name).symlink_to(target)
     assert invoke(*args, "--overwrite").exit_code == 0
     assert target.read_text() == "precious, must survive\n"
-    assert not any(p.is_symlink() for p in [*images, out / evaluation.EVAL_FILE, out / evaluation.GRID_FILE])
+    assert not any(p.is_symlink() for p in [*images, out / records.EVAL_FILE, out / records.GRID_FILE])
     # a link in place of a folder inside the cache is refused, and nothing is written through it
     shutil.rmtree(cache / "images")
     elsewhere = tmp_path / "elsewhere"
@@ -157,7 +158,7 @@ def test_links_planted_in_the_evaluation_cache_and_records_are_never_followed(ch
 
 
 def test_a_link_planted_at_bench_json_is_replaced(checkpoint, tmp_path):
-    from obsdiff_hub.zoo.bench import BENCH_FILE
+    from obsdiff_hub.zoo.records import BENCH_FILE
 
     out = tmp_path / "b"
     out.mkdir()
@@ -233,12 +234,30 @@ def test_the_listing_of_the_downloaded_commit_decides_even_when_the_repo_moves(h
 # ------------------------------------------------------------------------- bounds
 
 
-def peak_rss_mb(command: list[str], **kwargs) -> tuple[subprocess.CompletedProcess, float]:
-    """Run ``command``; its output and its peak resident memory (children's ru_maxrss, MiB)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    done = subprocess.run(command, capture_output=True, text=True, **kwargs)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return done, max(after, before) / 1024
+def peak_rss_mb(command: list, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``command``; its output and the peak resident memory of exactly its process tree, in MiB.
+
+    ``os.wait4`` returns the resource usage of that one child (and of the grandchildren it waited for),
+    so nothing this test process ran before it counts (``RUSAGE_CHILDREN`` is a maximum over every
+    child ever waited for)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen([str(c) for c in command], stdout=out, stderr=err)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                process.kill()
+                pid, status, usage = os.wait4(process.pid, 0)
+                break
+            time.sleep(0.05)
+        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    done = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    return done, usage.ru_maxrss / 1024
 
 
 CLI = [sys.executable, "-c", "from obsdiff_hub.cli import main; main()"]
@@ -280,7 +299,7 @@ def test_an_oversized_config_is_refused_before_anything_is_built(checkpoint, tmp
     config["layers_per_block"] = 10_000_000
     (bad / "unet" / "config.json").write_text(json.dumps(config))
     for command in (["inspect", bad / "unet"], ["generate", bad, "--prompt", "x", "--out", tmp_path / "g.png"]):
-        done, peak = peak_rss_mb([*CLI, *map(str, command)], timeout=120)
+        done, peak = peak_rss_mb([*CLI, *command], timeout=120)
         assert done.returncode == 2 and "layers_per_block = 10000000 is larger than 2,048" in done.stderr, done.stderr
         assert peak < 1024
 

@@ -13,7 +13,7 @@ PACKAGE = ROOT / "obsdiff_hub"
 
 # Bottom up. A module may import from its own layer and the layers below it.
 LAYERS = [
-    ("errors", ["_version", "errors", "units", "resources", "registration", "verbosity"]),
+    ("errors", ["_version", "errors", "dtypes", "units", "resources", "registration", "verbosity"]),
     ("maths", ["maths"]),
     ("architectures", ["architectures"]),
     ("tiny", ["tiny"]),
@@ -145,7 +145,7 @@ def test_the_maths_imports_torch_only():
 
 def test_the_command_line_binds_the_library_lazily():
     """``--help`` and usage errors must not load torch or diffusers: the CLI reaches the library
-    only through ``library(...)`` bindings and the dependency-free ``errors`` and ``units``."""
+    only through ``library(...)`` bindings and the dependency-free ``errors``, ``units`` and ``dtypes``."""
     direct = [
         f"{name}:{line} imports {module}"
         for name in MODULES
@@ -154,7 +154,7 @@ def test_the_command_line_binds_the_library_lazily():
         if (module := own(target)) is not None
         and not lazy
         and not module.startswith("obsdiff_hub.cli")
-        and module not in ("obsdiff_hub.errors", "obsdiff_hub.units", "obsdiff_hub._version")
+        and module not in ("obsdiff_hub.errors", "obsdiff_hub.units", "obsdiff_hub.dtypes", "obsdiff_hub._version")
     ]
     assert direct == []
     probe = "import sys, obsdiff_hub.cli; print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"

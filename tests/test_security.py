@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 import obsdiff_hub as oh
 from obsdiff_hub import tiny
-from obsdiff_hub.architectures import adapter_for
+from obsdiff_hub.architectures import architecture_of
 from obsdiff_hub.architectures.surgery import keep_heads, keep_neurons
 from obsdiff_hub.cli import app
 from obsdiff_hub.storage.manifest import MANIFEST, ManifestError, verify_manifest
@@ -246,7 +246,7 @@ def _legacy_pruned(family: str) -> torch.nn.Module:
     """What the reference project publishes: a diffusers model pruned in place, pickled whole."""
     torch.manual_seed(0)
     model = tiny.TINY_DENOISERS[family]().eval()
-    for coupling in adapter_for(model).couplings(model):
+    for coupling in architecture_of(model).couplings(model):
         count = coupling.count(model)
         keep = torch.arange(count - max(1, count // 3), dtype=torch.long)
         (keep_heads if hasattr(coupling, "head_dim") else keep_neurons)(model, coupling, keep)

@@ -2,26 +2,19 @@ import pytest
 import torch
 from layer_problems import make_problem, recon_error
 
-from obsdiff_hub.maths.solvers import (
-    GroupOBS,
-    GroupSelection,
-    column_groups,
-    obs_prune,
-    obs_prune_shared,
-    obs_remove_groups,
-    reversed_cholesky,
-    rrf_pick,
-)
+from obsdiff_hub.maths.factor import reversed_cholesky
+from obsdiff_hub.maths.group_obs import GroupOBS, GroupSelection, column_groups, obs_remove_groups, rrf_pick
+from obsdiff_hub.maths.obs import obs_prune, obs_prune_shared
 
 
-def damped(H: torch.Tensor, percdamp: float) -> torch.Tensor:
+def damped(H: torch.Tensor, damping_fraction: float) -> torch.Tensor:
     H = H.clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
-    return H + percdamp * torch.diag(H).mean() * torch.eye(len(H), dtype=H.dtype)
+    return H + damping_fraction * torch.diag(H).mean() * torch.eye(len(H), dtype=H.dtype)
 
 
-def reference_obs(W, H, sparsity, n, m, blocksize, percdamp):
+def reference_obs(W, H, sparsity, n, m, blocksize, damping_fraction):
     """Column-by-column OBS with an explicit inverse of the remaining columns' Hessian.
 
     Deliberately slow and independent of the Cholesky trick: for column j the remaining
@@ -30,7 +23,7 @@ def reference_obs(W, H, sparsity, n, m, blocksize, percdamp):
     """
     W = W.double().clone()
     W[:, torch.diag(H) == 0] = 0.0  # dead inputs carry no signal
-    H = damped(H.double(), percdamp)
+    H = damped(H.double(), damping_fraction)
     rows, cols = W.shape
     inv_diag = torch.tensor([torch.linalg.inv(H[j:, j:])[0, 0] for j in range(cols)], dtype=torch.float64)
     mask = torch.zeros(rows, cols, dtype=torch.bool)
@@ -88,8 +81,8 @@ def test_shared_hessian_equals_one_layer_at_a_time_with_each_layers_own_count(sp
 @pytest.mark.parametrize("sparsity,n,m", [(0.5, 0, 0), (0.7, 0, 0), (0.0, 2, 4), (0.0, 4, 8)])
 def test_obs_prune_matches_slow_reference(sparsity, n, m):
     W, _, H = make_problem(12, 48, 300, seed=1)
-    got, mask = obs_prune(W.float(), H.float(), sparsity, n, m, blocksize=16, percdamp=0.01)
-    want, want_mask = reference_obs(W, H, sparsity, n, m, blocksize=16, percdamp=0.01)
+    got, mask = obs_prune(W.float(), H.float(), sparsity, n, m, blocksize=16, damping_fraction=0.01)
+    want, want_mask = reference_obs(W, H, sparsity, n, m, blocksize=16, damping_fraction=0.01)
     assert torch.equal(mask, want_mask)
     assert rel(got, want) < 1e-5
 
@@ -118,10 +111,10 @@ def test_dead_columns_are_zeroed_and_dtype_kept():
     assert (got[:, :3] == 0).all()
 
 
-def lstsq_optimum(W, X, H, keep, percdamp):
+def lstsq_optimum(W, X, H, keep, damping_fraction):
     """argmin over Ŵ supported on `keep` of tr((W−Ŵ) H_damped (W−Ŵ)ᵀ), via lstsq on X."""
     samples = X.shape[1]
-    lam = percdamp * torch.diag(H).mean()
+    lam = damping_fraction * torch.diag(H).mean()
     # H_damped = 2/s · X_aug X_augᵀ with X_aug = [X, sqrt(lam·s/2) I]
     X_aug = torch.cat([X, (lam * samples / 2).sqrt() * torch.eye(len(X), dtype=X.dtype)], dim=1)
     sol = torch.linalg.lstsq(X_aug[keep].T, (W @ X_aug).T).solution.T
@@ -254,3 +247,43 @@ def test_bad_shapes_and_nan():
         GroupSelection(tuple(range(16)), 17)
     with pytest.raises(ValueError, match="2 sparsities for 1 layers"):
         obs_prune_shared([W], H, [0.5, 0.5])
+
+
+@pytest.mark.parametrize(
+    "rows,cols,sparsity,n,m,blocksize",
+    [
+        (24, 300, 0.5, 0, 0, 128),  # several blocks and a partial one, a super-block boundary
+        (20, 600, 0.7, 0, 0, 64),  # > 4 blocks: the super-block cache of earlier errors
+        (16, 64, 0.0, 2, 4, 16),
+        (16, 96, 0.0, 4, 8, 20),  # the block width rounds down to a multiple of m
+    ],
+)
+def test_the_fast_walk_equals_the_papers_loop(rows, cols, sparsity, n, m, blocksize):
+    """obs_prune_shared (stacked, transposed, cached) against obs_prune (Algorithm 1 as written), in fp64:
+    masks identical, weights to round-off."""
+    W, _, H = make_problem(rows, cols, 2 * cols, seed=cols)
+    want, want_mask = obs_prune(W, H, sparsity, n, m, blocksize=blocksize)
+    ((got, mask),) = obs_prune_shared([W], H, sparsity, n, m, blocksize=blocksize)
+    assert torch.equal(mask, want_mask)
+    assert rel(got, want) < 1e-9
+
+
+def test_the_fast_walk_equals_the_papers_loop_for_stacked_layers_with_allocated_counts():
+    """q/k/v stacked in one walk, each with its own allocated count, equal each layer's own reference run."""
+    _, _, H = make_problem(4, 200, 400, seed=21)
+    layers = [make_problem(rows, 200, 10, seed=22 + i)[0] for i, rows in enumerate((12, 7, 12))]
+    counts = [900, 333, 1500]
+    shared = obs_prune_shared(layers, H, 0.0, counts=counts, blocksize=64)
+    for W, count, (got, mask) in zip(layers, counts, shared):
+        want, want_mask = obs_prune(W, H, blocksize=64, count=count)
+        assert torch.equal(mask, want_mask) and int(mask.sum()) == count
+        assert rel(got, want) < 1e-9
+
+
+def test_the_fast_walk_equals_the_papers_loop_in_fp32():
+    W, _, H = make_problem(32, 256, 512, seed=5)
+    want, want_mask = obs_prune(W.float(), H.float(), 0.5, blocksize=64)
+    ((got, mask),) = obs_prune_shared([W.float()], H.float(), 0.5, blocksize=64)
+    assert got.dtype == torch.float32
+    assert torch.equal(mask, want_mask)
+    assert rel(got, want) < 1e-5

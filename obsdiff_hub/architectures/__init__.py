@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import InputError
 from .base import (
-    ArchitectureAdapter,
+    Architecture,
     BasicUnit,
     BlockUnit,
     HeadCoupling,
@@ -23,27 +23,27 @@ from .base import (
     Site,
     StructuredSite,
 )
-from .flux import FluxAdapter
-from .mmdit import MMDiTAdapter
-from .unet import UNetAdapter
+from .flux import FluxArchitecture
+from .mmdit import MMDiTArchitecture
+from .unet import UNetArchitecture
 
-ADAPTERS: tuple[ArchitectureAdapter, ...] = (UNetAdapter(), MMDiTAdapter(), FluxAdapter())
+ARCHITECTURES: tuple[Architecture, ...] = (UNetArchitecture(), MMDiTArchitecture(), FluxArchitecture())
 
 
-def adapter_for(model: nn.Module) -> ArchitectureAdapter:
-    """The adapter for ``model``, or an :class:`InputError` that lists the supported classes."""
-    for adapter in ADAPTERS:
-        if adapter.matches(model):
-            return adapter
-    supported = ", ".join(a.model_class_name for a in ADAPTERS)
+def architecture_of(model: nn.Module) -> Architecture:
+    """The architecture for ``model``, or an :class:`InputError` that lists the supported classes."""
+    for architecture in ARCHITECTURES:
+        if architecture.matches(model):
+            return architecture
+    supported = ", ".join(a.model_class_name for a in ARCHITECTURES)
     raise InputError(
         f"unsupported model class {type(model).__name__}; obsdiff-hub prunes {supported} (and subclasses)"
     )
 
 
 __all__ = [
-    "ADAPTERS",
-    "ArchitectureAdapter",
+    "ARCHITECTURES",
+    "Architecture",
     "BasicUnit",
     "BlockUnit",
     "HeadCoupling",
@@ -51,5 +51,5 @@ __all__ = [
     "NeuronCoupling",
     "Site",
     "StructuredSite",
-    "adapter_for",
+    "architecture_of",
 ]

@@ -1,4 +1,4 @@
-"""What an architecture adapter tells the engine: targeted layers, basic units, couplings.
+"""What an architecture tells the engine: targeted layers, basic units, couplings.
 
 Everything is expressed as module paths (``model.get_submodule(path)``) so the engine,
 the planner and the loader can share one description of each model family.
@@ -114,7 +114,7 @@ class BlockUnit:
     sites: BasicUnit
 
 
-class ArchitectureAdapter(ABC):
+class Architecture(ABC):
     """Knows one diffusers model family; the engine and loaders only talk to this interface."""
 
     family: str

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from torch import nn
 
 from ..errors import InputError
-from . import adapter_for
+from . import architecture_of
 
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 DENOISERS = ("unet", "transformer")
@@ -56,7 +56,7 @@ def resolution_multiple(denoiser: nn.Module, scale: int) -> int:
     and the latent packing (Flux packs 2×2 latents into a token), or for a UNet times its downsampling."""
     config = denoiser.config
     if config.get("patch_size"):
-        return scale * int(config["patch_size"]) * adapter_for(denoiser).latent_packing
+        return scale * int(config["patch_size"]) * architecture_of(denoiser).latent_packing
     return scale * 2 ** (len(config["block_out_channels"]) - 1)
 
 

@@ -6,7 +6,7 @@ from torch import nn
 
 from .base import (
     QKV,
-    ArchitectureAdapter,
+    Architecture,
     BasicUnit,
     HeadCoupling,
     LinearSite,
@@ -16,7 +16,7 @@ from .base import (
 from .mmdit import joint_block_units
 
 
-class FluxAdapter(ArchitectureAdapter):
+class FluxArchitecture(Architecture):
     family = "flux"
     model_class_name = "FluxTransformer2DModel"
     latent_packing = 2

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from .base import ArchitectureAdapter, HeadCoupling, NeuronCoupling
+from .base import Architecture, HeadCoupling, NeuronCoupling
 
 MAX_UNITS = 1 << 20  # no attention has more heads, no MLP more neurons
 
@@ -99,7 +99,7 @@ def _axis(current: int, pieces: list[tuple[bool, torch.Tensor]]) -> tuple[torch.
 
 
 def dense_selections(
-    model: nn.Module, adapter: ArchitectureAdapter, kept: Mapping[str, torch.Tensor], dense: Mapping[str, int]
+    model: nn.Module, architecture: Architecture, kept: Mapping[str, torch.Tensor], dense: Mapping[str, int]
 ) -> dict[str, Selection]:
     """Per Linear layer whose shape pruning changed, the rows and columns of the dense layer it kept.
 
@@ -110,7 +110,7 @@ def dense_selections(
     """
     rows: dict[str, list[tuple[bool, torch.Tensor]]] = {}
     cols: dict[str, list[tuple[bool, torch.Tensor]]] = {}
-    couplings = adapter.couplings(model)
+    couplings = architecture.couplings(model)
     unknown = sorted(set(kept) - {c.key for c in couplings})
     if unknown:
         raise CheckpointError(

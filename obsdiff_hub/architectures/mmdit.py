@@ -6,7 +6,7 @@ from torch import nn
 
 from .base import (
     QKV,
-    ArchitectureAdapter,
+    Architecture,
     BasicUnit,
     LinearSite,
     StructuredSite,
@@ -52,7 +52,7 @@ def joint_block_units(model: nn.Module, path: str, structured: bool) -> list[Bas
     return [qkv_unit, out_unit, ff_in, ff_out]
 
 
-class MMDiTAdapter(ArchitectureAdapter):
+class MMDiTArchitecture(Architecture):
     family = "mmdit"
     model_class_name = "SD3Transformer2DModel"
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .base import ArchitectureAdapter, HeadCoupling, NeuronCoupling
+from .base import Architecture, HeadCoupling, NeuronCoupling
 
 
 def sliced_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
@@ -81,22 +81,22 @@ def keep_neurons(model: nn.Module, coupling: NeuronCoupling, keep: torch.Tensor)
         owner.mlp_hidden_dim = len(keep)
 
 
-def structure_of(model: nn.Module, adapter: ArchitectureAdapter) -> dict[str, int]:
+def structure_of(model: nn.Module, architecture: Architecture) -> dict[str, int]:
     """Heads per attention and hidden width per MLP, keyed by module path (what config.json records)."""
-    return {c.key: c.count(model) for c in adapter.couplings(model)}
+    return {c.key: c.count(model) for c in architecture.couplings(model)}
 
 
-def apply_structure(model: nn.Module, adapter: ArchitectureAdapter, structure: dict[str, int]) -> None:
+def apply_structure(model: nn.Module, architecture: Architecture, structure: dict[str, int]) -> None:
     """Shrink a dense skeleton to the recorded shapes, keeping the leading heads/neurons.
 
     Weights are not meaningful afterwards (loaders fill them); on the meta device nothing
     is allocated.
     """
-    couplings = {c.key: c for c in adapter.couplings(model)}
+    couplings = {c.key: c for c in architecture.couplings(model)}
     unknown = sorted(set(structure) - set(couplings))
     if unknown:
         raise InputError(
-            f"pruned structure names modules this {adapter.model_class_name} does not have: {', '.join(unknown[:3])}"
+            f"pruned structure names modules this {architecture.model_class_name} does not have: {', '.join(unknown[:3])}"
         )
     for key, count in structure.items():
         c = couplings[key]

@@ -7,7 +7,7 @@ from torch import nn
 
 from .base import (
     QKV,
-    ArchitectureAdapter,
+    Architecture,
     BasicUnit,
     LinearSite,
     StructuredSite,
@@ -18,7 +18,7 @@ from .base import (
 )
 
 
-class UNetAdapter(ArchitectureAdapter):
+class UNetArchitecture(Architecture):
     family = "unet"
     model_class_name = "UNet2DConditionModel"
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..architectures import HeadCoupling, adapter_for
+from ..architectures import HeadCoupling, architecture_of
 from ..architectures.kept import decode, ranges
 from ..architectures.surgery import structure_of
 from ..errors import CheckpointError, InputError
@@ -78,13 +78,13 @@ def inspect_checkpoint(source: str, revision: str | None = None) -> CheckpointIn
     name = str(config.get("_class_name", ""))
     base = base_class_for(name)
     skeleton = build_model(config, source=str(folder / "config.json"))
-    adapter = adapter_for(skeleton)
-    dense = structure_of(skeleton, adapter)
-    kinds = {c.key: "heads" if isinstance(c, HeadCoupling) else "neurons" for c in adapter.couplings(skeleton)}
+    architecture = architecture_of(skeleton)
+    dense = structure_of(skeleton, architecture)
+    kinds = {c.key: "heads" if isinstance(c, HeadCoupling) else "neurons" for c in architecture.couplings(skeleton)}
     recorded = config.get(STRUCTURE_KEY) or {}
     now = {**dense, **recorded}
     tensor_shapes(folder)  # a truncated file is one clear error, not a traceback
-    targeted = {f"{p}.weight" for u in adapter.units(skeleton, None, False) for s in u.sites for p in s.layers}
+    targeted = {f"{p}.weight" for u in architecture.units(skeleton, None, False) for s in u.sites for p in s.layers}
     files = checkpoint_files(folder, (".safetensors",), recursive=False)
     zeros = total = tensors = 0
     for path in files:
@@ -137,10 +137,7 @@ def inspect_checkpoint(source: str, revision: str | None = None) -> CheckpointIn
 def base_model_of(source: str) -> str:
     """The dense model a pruned checkpoint was made from, from its provenance (for ``--base`` defaults)."""
     root = resolve_source(source)
-    report = root / "report.json"
-    record = read_json(report).get("provenance", {}) if report.is_file() else {}
-    if not record:
-        record = read_json(denoiser_folder(root) / "config.json").get(PROVENANCE_KEY) or {}
+    record = read_json(denoiser_folder(root) / "config.json").get(PROVENANCE_KEY) or {}
     base = record.get("base_model") if isinstance(record, dict) else None
     if not isinstance(base, str) or not base:
         raise InputError(f"{source} does not record the model it was pruned from; give its `base`")

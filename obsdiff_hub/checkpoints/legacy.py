@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from diffusers import ModelMixin
 
-from ..architectures import HeadCoupling, adapter_for
+from ..architectures import HeadCoupling, architecture_of
 from ..architectures.surgery import structure_of
 from ..errors import CheckpointError
 from ..models import BASE_CLASSES, build_model, provenance
@@ -119,6 +119,11 @@ def _stand_in(qualified: str, callable_without_args: bool = False) -> type:
     )
 
 
+def _natural_ints(values: Any) -> bool:
+    """A tuple of non-negative ints (a tensor record's size or stride)."""
+    return isinstance(values, tuple) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in values)
+
+
 def _rebuild_tensor_v2(
     storage: Any,
     offset: Any,
@@ -128,13 +133,12 @@ def _rebuild_tensor_v2(
     hooks: Any = None,
     metadata: Any = None,
 ) -> torch.Tensor:
-    ints = lambda v: isinstance(v, tuple) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
     if (
         not isinstance(storage, _Storage)
         or not isinstance(offset, int)
         or offset < 0
-        or not ints(size)
-        or not ints(stride)
+        or not _natural_ints(size)
+        or not _natural_ints(stride)
         or len(size) != len(stride)
     ):
         raise UnsafePickleError("refusing to convert: a tensor record is malformed")
@@ -353,10 +357,10 @@ def convert_legacy(
         raise UnsafePickleError(
             f"{path}: its config does not build a {cls.__name__} ({type(error).__name__}: {error})".splitlines()[0]
         ) from error
-    adapter = adapter_for(skeleton)
-    dense = structure_of(skeleton, adapter)
+    architecture = architecture_of(skeleton)
+    dense = structure_of(skeleton, architecture)
     structure: dict[str, int] = {}
-    for c in adapter.couplings(skeleton):
+    for c in architecture.couplings(skeleton):
         source = c.row_layers[0] if isinstance(c, HeadCoupling) else c.in_layer
         key = f"{source}.weight"
         if key not in tensors or tensors[key].dim() != 2:

@@ -21,7 +21,7 @@ from huggingface_hub import split_torch_state_dict_into_shards
 
 from ..architectures.components import denoiser_name
 from ..errors import InputError
-from ..models import promote, provenance
+from ..models import PROVENANCE_KEY, PRUNED_CLASSES, promote, provenance, stamp_provenance
 from ..storage.files import write_safetensors_file
 from ..storage.outputs import atomic_output, write_atomic
 
@@ -46,12 +46,12 @@ def write_safetensors(
     max_shard_size: int | str = "10GB",
     metadata: dict[str, str] | None = None,
 ) -> None:
-    """Write ``config.json`` (describing the model's current shapes) and safetensors shards
-    (+ index), ``metadata`` in every shard header. Floating tensors are cast to ``torch_dtype``
-    one shard at a time; the model itself is not changed."""
+    """Write ``config.json`` and safetensors shards (+ index), ``metadata`` in every shard header.
+    ``model`` must be promoted (:func:`obsdiff_hub.models.promote`: its config describes its shapes).
+    Floating tensors are cast to ``torch_dtype`` one shard at a time; the model itself is not changed."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    promote(model).save_config(directory)
+    model.save_config(directory)
     state = model.state_dict()
     pattern = with_variant(WEIGHTS_NAME, variant).replace(".safetensors", "{suffix}.safetensors")
     split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size, filename_pattern=pattern)
@@ -123,6 +123,12 @@ def save_pruned(
     return Path(directory)
 
 
+def is_promoted(model: ModelMixin) -> bool:
+    """Whether ``model`` is already the class and config its checkpoint needs: an ``OBSDiff*`` model,
+    or one the engine returned (it promotes, and stamps its provenance, once per run)."""
+    return isinstance(model, tuple(PRUNED_CLASSES.values())) or PROVENANCE_KEY in model.config
+
+
 def write_pruned(
     target: Any,
     folder: Path,
@@ -131,17 +137,20 @@ def write_pruned(
     variant: str | None = None,
     torch_dtype: torch.dtype | None = None,
     max_shard_size: int | str = "10GB",
-) -> None:
+) -> dict[str, str]:
     """The body of :func:`save_pruned`: write a pipeline or denoiser into an existing (temp) folder.
+    Returns the provenance written: ``record`` over what the engine stamped (it names the method).
 
     With ``torch_dtype`` the pipeline's other floating-point components are cast to it (in
     place) before saving, so the saved pipeline loads in one dtype: transformers and diffusers
     load components in their stored dtypes, and a pipeline mixing them cannot sample.
     """
-    record = record or provenance()
     pipeline = None if isinstance(target, ModelMixin) else target
     name = denoiser_name(pipeline) if pipeline is not None else None
-    model = promote(target if pipeline is None else getattr(pipeline, name), record)  # type: ignore[arg-type]
+    model = target if pipeline is None else getattr(pipeline, name)
+    if not is_promoted(model):  # pruned outside the engine (which promotes its results once)
+        model = promote(model, provenance())
+    record = stamp_provenance(model, record or provenance())
     if pipeline is not None and torch_dtype is not None:
         for other, component in pipeline.components.items():
             if (
@@ -158,6 +167,7 @@ def write_pruned(
 
     if pipeline is None:
         write_denoiser(folder)
-        return
+        return record
     pipeline.register_modules(**{name: model})  # model_index.json must name the (possibly promoted) class
     save_components(pipeline, folder, name, write_denoiser, variant=variant, max_shard_size=max_shard_size)  # type: ignore[arg-type]
+    return record

@@ -26,6 +26,7 @@ distributed = library("pruning.distributed")
 inspection = library("checkpoints.inspection")
 measurement = library("zoo.bench")
 precision = library("pruning.precision")
+records = library("zoo.records")
 
 
 def bench(
@@ -68,7 +69,7 @@ def bench(
     source = checkpoint(model_argument, model, "bench")
     dtype = dtype_option(dtype)
     positive(resolution, "--resolution")
-    folder = measurement.results_folder(source, out)
+    folder = records.results_folder(source, out)
     result = measurement.bench(
         source,
         base or inspection.base_model_of(source),

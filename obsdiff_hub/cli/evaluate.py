@@ -29,11 +29,11 @@ from .options import (
     renamed,
 )
 
-bench = library("zoo.bench")
 distributed = library("pruning.distributed")
 evaluation = library("zoo.evaluation")
 family = library("zoo.family")
 inspection = library("checkpoints.inspection")
+records = library("zoo.records")
 
 if TYPE_CHECKING:
     from ..zoo.evaluation import EvalResult
@@ -137,10 +137,10 @@ def evaluate(
     if whole_family and out is not None:
         raise InputError("a family is evaluated into each member's own folder; leave out --out")
     members = [str(m.folder) for m in family.family_members(Path(source))] if whole_family else [source]
-    records = []
+    results = []
     for member in members:  # the dense base's images are cached: a family samples the base once
         spec = evaluation.evaluation_settings(member, given)
-        folder = bench.results_folder(
+        folder = records.results_folder(
             member, Path(member) if whole_family else out
         )  # a family: each member's own folder
         display = None if quiet or as_json else ImageProgress()
@@ -154,11 +154,11 @@ def evaluate(
                 on_image=display,
                 overwrite=overwrite,
             )
-        records.append(result.to_dict())
+        results.append(result.to_dict())
         if quiet:
-            typer.echo(str(folder / evaluation.EVAL_FILE))
+            typer.echo(str(folder / records.EVAL_FILE))
         elif not as_json:
             print_metrics(result)
-            console.print(f"wrote {folder / evaluation.EVAL_FILE} and {folder / result.grid}")
+            console.print(f"wrote {folder / records.EVAL_FILE} and {folder / result.grid}")
     if as_json:
-        print_json(records if whole_family else records[0])
+        print_json(results if whole_family else results[0])

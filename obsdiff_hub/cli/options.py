@@ -12,9 +12,8 @@ from typing import Annotated, Any, Literal, Optional
 import typer
 import yaml
 
+from ..dtypes import DTYPE_NAMES
 from ..errors import InputError
-
-DTYPE_NAMES = ("float32", "float16", "bfloat16")
 
 ModelArg = Annotated[
     Optional[str],

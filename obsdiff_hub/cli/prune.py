@@ -300,7 +300,7 @@ def print_summary(result: RunOutput) -> None:
     table.add_row("mean sparsity (targeted layers)", f"{report.mean_sparsity:.3f}")
     table.add_row("mean relative reconstruction error", f"{report.mean_relative_error:.4g}")
     if report.mean_start_error is not None:
-        table.add_row(f"  before {result.recipe.prune.solver} (the obs result)", f"{report.mean_start_error:.4g}")
+        table.add_row(f"  before {result.recipe.prune.solver.name} (the obs result)", f"{report.mean_start_error:.4g}")
     if result.plan is not None and result.plan.flops_before:
         table.add_row(
             "FLOPs per forward (1024², batch 1)",

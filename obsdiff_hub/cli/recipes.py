@@ -14,6 +14,8 @@ from .options import JsonOpt, ResolutionOpt, positive
 
 recipes = library("zoo.recipes")
 runs = library("zoo.runs")
+methods = library("pruning.methods")
+solvers = library("pruning.solvers")
 
 if TYPE_CHECKING:
     from ..zoo.recipes import Recipe
@@ -79,6 +81,46 @@ def show_recipe(
         return
     typer.echo(f"# {recipe.name} v{recipe.version} sha256 {recipe.sha256}")
     typer.echo(recipe.to_yaml(), nl=False)
+
+
+def choice_record(cls: Any) -> dict[str, Any]:
+    """A registered method or solver as data: its name, where it applies, and its settings."""
+    settings = {
+        name: {"default": field.default, "description": field.description or ""}
+        for name, field in cls.model_fields.items()
+        if name != "name"
+    }
+    return {
+        "name": cls.name_of(),
+        "summary": cls.summary,
+        "granularities": list(cls.granularities),
+        "settings": settings,
+    }
+
+
+@recipes_app.command("methods", cls=Command)
+@reports_errors
+def list_methods(as_json: JsonOpt = False) -> None:
+    """The methods (prune.method) and refining solvers (prune.solver) a recipe can name, with their settings.
+
+    A recipe names one alone (its defaults) or with settings, e.g. solver: {name: admm, iterations: 30}.
+
+    \b
+    Example: obsdiff-hub recipes methods
+    """
+    kinds = {"method": list(methods.METHODS), "solver": list(solvers.SOLVERS)}
+    if as_json:
+        print_json({kind: [choice_record(cls) for cls in classes] for kind, classes in kinds.items()})
+        return
+    for kind, classes in kinds.items():
+        table = Table(title=f"prune.{kind}")
+        for column in ("name", "granularities", "what it does", "settings (default)"):
+            table.add_column(column)
+        for cls in classes:
+            record = choice_record(cls)
+            settings = "\n".join(f"{k} ({v['default']}): {v['description']}" for k, v in record["settings"].items())
+            table.add_row(record["name"], ", ".join(record["granularities"]), record["summary"], settings or "–")
+        print_table(table)
 
 
 def plan(recipe: RecipeOpt, resolution: ResolutionOpt = None, as_json: JsonOpt = False) -> None:

@@ -27,7 +27,8 @@ from typing import Sequence
 import torch
 
 from ..errors import InputError
-from .solvers import damp_hessian
+from .factor import damp_hessian
+from .selection import smallest, smallest_n_of_m
 
 
 @dataclass(frozen=True)
@@ -52,59 +53,55 @@ def layer_error(W: torch.Tensor, W_new: torch.Tensor, H: torch.Tensor) -> torch.
 def refit(
     W: torch.Tensor,
     H: torch.Tensor,
-    keep: torch.Tensor,
+    mask: torch.Tensor,
     start: torch.Tensor | None = None,
     iterations: int = 100,
     tolerance: float = 1e-6,
 ) -> torch.Tensor:
     """The kept weights solved to the optimum of ``tr((Ŵ − W) H (Ŵ − W)ᵀ)`` with the pruned ones
-    (``keep`` False) at zero: ``Ŵ_K H_KK = (W H)_K`` per row, by Jacobi-preconditioned conjugate
+    (``mask`` True) at zero: ``Ŵ_K H_KK = (W H)_K`` per row, by Jacobi-preconditioned conjugate
     gradients over all rows at once. ``H`` must be positive definite on every kept set (damped).
     ``start``: the initial guess (default: ``W`` masked). Computes in ``W``'s dtype, at least fp32."""
     dtype = torch.promote_types(W.dtype, torch.float32)
-    W, H, keep = W.to(dtype), H.to(device=W.device, dtype=dtype), keep.to(W.device)
-    mask = keep.to(dtype)
-    X = (start.to(dtype) if start is not None else W) * mask
+    W, H = W.to(dtype), H.to(device=W.device, dtype=dtype)
+    kept = (~mask.to(W.device)).to(dtype)
+    X = (start.to(dtype) if start is not None else W) * kept
     inverse_diag = 1.0 / torch.diagonal(H)
-    R = ((W - X) @ H) * mask  # the negative gradient on the kept weights
+    R = ((W - X) @ H) * kept  # the negative gradient on the kept weights
     Z = R * inverse_diag
     P = Z.clone()
     rz = (R * Z).sum(1)
-    scale = ((W @ H) * mask).norm(dim=1).clamp_min(torch.finfo(dtype).tiny)
+    tiny = torch.finfo(dtype).tiny
+    scale = ((W @ H) * kept).norm(dim=1).clamp_min(tiny)
     for step in range(iterations):
-        Q = (P @ H) * mask
+        Q = (P @ H) * kept
         curvature = (P * Q).sum(1)
-        alpha = torch.where(curvature > 0, rz / curvature.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(rz))
+        alpha = torch.where(curvature > 0, rz / curvature.clamp_min(tiny), torch.zeros_like(rz))
         X.addcmul_(alpha.unsqueeze(1), P)
         R.addcmul_(alpha.unsqueeze(1), Q, value=-1)
         if (step + 1) % 8 == 0 and bool((R.norm(dim=1) <= tolerance * scale).all()):
             break
         Z = R * inverse_diag
         rz_new = (R * Z).sum(1)
-        beta = torch.where(rz > 0, rz_new / rz.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(rz))
+        beta = torch.where(rz > 0, rz_new / rz.clamp_min(tiny), torch.zeros_like(rz))
         P = Z + beta.unsqueeze(1) * P
         rz = rz_new
-    return X * mask
+    return X * kept
 
 
 def project(
-    values: torch.Tensor, bounds: Sequence[int], pruned: Sequence[int], n: int = 0, m: int = 0
+    values: torch.Tensor, bounds: Sequence[int], counts: Sequence[int], n: int = 0, m: int = 0
 ) -> torch.Tensor:
-    """The sparsity pattern closest to ``values`` (True = kept): per layer (rows ``bounds[i]:bounds[i+1]``)
-    the ``pruned[i]`` smallest magnitudes zeroed, or with ``m`` the ``n`` smallest of every group of
-    ``m`` consecutive columns of each row."""
+    """The sparsity pattern closest to ``values`` (the mask, True where pruned): per layer (rows
+    ``bounds[i]:bounds[i+1]``) its ``counts[i]`` smallest magnitudes, or with ``m`` the ``n`` smallest of
+    every group of ``m`` consecutive columns of each row."""
     magnitude = values.abs()
-    keep = torch.ones_like(values, dtype=torch.bool)
     if m:
-        rows, cols = values.shape
-        grouped = magnitude.reshape(rows, cols // m, m)
-        smallest = torch.topk(grouped, n, dim=-1, largest=False).indices
-        return keep.view(rows, cols // m, m).scatter_(-1, smallest, False).view(rows, cols)
-    for (r1, r2), count in zip(zip(bounds, bounds[1:]), pruned):
-        if count:
-            layer = magnitude[r1:r2].reshape(-1)
-            keep[r1:r2].view(-1)[torch.topk(layer, count, largest=False, sorted=False).indices] = False
-    return keep
+        return smallest_n_of_m(magnitude, n, m)
+    mask = torch.zeros_like(values, dtype=torch.bool)
+    for (r1, r2), count in zip(zip(bounds, bounds[1:]), counts):
+        mask[r1:r2] = smallest(magnitude[r1:r2], count)
+    return mask
 
 
 def refine(
@@ -116,14 +113,14 @@ def refine(
     search: bool = True,
     n: int = 0,
     m: int = 0,
-    percdamp: float = 0.01,
+    damping_fraction: float = 0.01,
     settings: AdmmSettings = AdmmSettings(),
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Refine layers that share ``H``, each from its pruned start (``starts``, ``masks`` True where
-    pruned). ``search``: ADMM looks for a better mask first (:func:`admm_prune`); otherwise the
-    start's mask is kept and only the weights are re-fitted (``solver: obs+lsq``). Per layer the
-    better of the result and its start on ``tr((Ŵ − W) H (Ŵ − W)ᵀ)`` (undamped ``H``) is returned,
-    so no layer gets worse. Each layer keeps its start's zero count (unstructured) or N:M pattern.
+    """Refine layers that share ``H``, each from its pruned start (``starts`` with their ``masks``).
+    ``search``: ADMM looks for a better mask first (:func:`admm_masks`); otherwise the start's mask
+    is kept and only the weights are re-fitted (``solver: obs+lsq``). Per layer the better of the
+    result and its start on ``tr((Ŵ − W) H (Ŵ − W)ᵀ)`` (undamped ``H``) is returned, so no layer gets
+    worse. Each layer keeps its start's zero count (unstructured) or N:M pattern.
     Returns ``[(Ŵ, mask), ...]`` like the solvers."""
     if not weights:
         return []
@@ -132,23 +129,22 @@ def refine(
     device = weights[0].device
     W = torch.cat([w.detach().to(device=device, dtype=torch.float32) for w in weights])
     start = torch.cat([s.detach().to(device=device, dtype=torch.float32) for s in starts])
-    pruned = torch.cat([k.to(device) for k in masks])
+    start_mask = torch.cat([mask.to(device) for mask in masks])
     bounds = torch.tensor([0] + [w.shape[0] for w in weights]).cumsum(0).tolist()
     H = H.detach().to(device=device, dtype=torch.float32)
-    Hd, dead = damp_hessian(H, percdamp, device)
+    Hd, dead = damp_hessian(H, damping_fraction, device)
     W[:, dead] = 0.0  # inputs that never carry signal: their weights are zeros, pruned first
     if search:
-        counts = [int(pruned[r1:r2].sum()) for r1, r2 in zip(bounds, bounds[1:])]
-        keep, guess = admm_masks(W, Hd, start, ~pruned, bounds, counts, n, m, settings)
+        counts = [int(start_mask[r1:r2].sum()) for r1, r2 in zip(bounds, bounds[1:])]
+        mask, guess = admm_masks(W, Hd, start, start_mask, bounds, counts, n, m, settings)
     else:
-        keep, guess = ~pruned, start
-    refined = refit(W, Hd, keep, start=guess, iterations=settings.refit_iterations, tolerance=settings.refit_tolerance)
+        mask, guess = start_mask, start
+    refined = refit(W, Hd, mask, start=guess, iterations=settings.refit_iterations, tolerance=settings.refit_tolerance)
     out = []
     for (r1, r2), w, s, k in zip(zip(bounds, bounds[1:]), weights, starts, masks):
-        better = float(layer_error(W[r1:r2], refined[r1:r2], H).sum()) <= float(
-            layer_error(W[r1:r2], start[r1:r2], H).sum()
-        )
-        out.append((refined[r1:r2].to(w.dtype), ~keep[r1:r2]) if better else (s.to(w.dtype), k.to(device)))
+        error = float(layer_error(W[r1:r2], refined[r1:r2], H).sum())
+        better = error <= float(layer_error(W[r1:r2], start[r1:r2], H).sum())
+        out.append((refined[r1:r2].to(w.dtype), mask[r1:r2]) if better else (s.to(w.dtype), k.to(device)))
     return out
 
 
@@ -156,33 +152,34 @@ def admm_masks(
     W: torch.Tensor,
     Hd: torch.Tensor,
     start: torch.Tensor,
-    keep: torch.Tensor,
+    start_mask: torch.Tensor,
     bounds: Sequence[int],
     counts: Sequence[int],
     n: int,
     m: int,
     settings: AdmmSettings,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ADMM from ``start`` on the scaled problem (unit-diagonal ``D⁻¹ Hd D⁻¹``): the mask it
-    settles on (True = kept) and its weights, unscaled (a starting guess for the re-fit)."""
+    """ADMM from ``start`` (pruned by ``start_mask``) on the scaled problem (unit-diagonal ``D⁻¹ Hd D⁻¹``): the mask it settles
+    on (True where pruned) and its weights, unscaled (a starting guess for the re-fit)."""
     d = torch.sqrt(torch.diagonal(Hd))
     Hs = Hd / d.unsqueeze(0) / d.unsqueeze(1)
     eigenvalues, Q = torch.linalg.eigh(Hs)  # one factorisation serves every ρ
     target = (W * d) @ Hs  # W H in the scaled variables
     Z = start * d
     V = torch.zeros_like(Z)
-    rho, checked, settled = settings.rho, keep, 0
-    kept = max(int(keep.sum()), 1)
+    rho, settled = settings.rho, 0
+    mask = checked = start_mask
+    kept = max(int((~start_mask).sum()), 1)
     for step in range(settings.iterations):
         B = (((target - V + rho * Z) @ Q) / (eigenvalues + rho)) @ Q.T
-        keep = project(B + V / rho, bounds, counts, n, m)
-        Z = (B + V / rho) * keep
+        mask = project(B + V / rho, bounds, counts, n, m)
+        Z = (B + V / rho).masked_fill_(mask, 0.0)
         V.add_(B - Z, alpha=rho)
         if (step + 1) % settings.check_every == 0:  # grow ρ faster the less the mask still moves
-            changed = int((keep != checked).sum())
+            changed = int((mask != checked).sum())
             rho *= 1.1 if changed > 0.01 * kept else 1.2 if changed else 1.5
             settled = settled + 1 if not changed else 0
-            checked = keep
+            checked = mask
             if settled >= 3:
                 break
-    return keep, Z / d
+    return mask, Z / d

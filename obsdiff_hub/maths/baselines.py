@@ -1,6 +1,6 @@
 """Baselines the paper compares against, with the solvers' calling convention. Imports torch only.
 
-Each unstructured baseline is called like :func:`obsdiff_hub.maths.solvers.obs_prune` and
+Each unstructured baseline is called like :func:`obsdiff_hub.maths.obs.obs_prune` and
 returns ``(W_pruned, mask)``; none of them updates the kept weights.
 """
 
@@ -11,29 +11,19 @@ from typing import Sequence
 import torch
 
 from ..errors import InputError
-from .counts import removal_count
-from .solvers import GroupSelection, check_sparsity, prepare_layer
+from .counts import check_sparsity, removal_count
+from .factor import prepare_layer
+from .group_obs import GroupSelection
+from .selection import smallest, smallest_n_of_m, smallest_per_row
 
 
 def _mask_from_scores(scores: torch.Tensor, sparsity: float, n: int, m: int, per_row: bool) -> torch.Tensor:
     """Prune the lowest scores: per N:M group, per output row, or over the whole layer."""
-    rows, cols = scores.shape
-    mask = torch.zeros_like(scores, dtype=torch.bool)
     if m:
-        if cols % m:
-            raise InputError(f"{n}:{m} sparsity needs the input width ({cols}) to be a multiple of {m}")
-        grouped = scores.reshape(rows, cols // m, m)
-        idx = torch.topk(grouped, n, dim=-1, largest=False).indices
-        return mask.view(rows, cols // m, m).scatter_(-1, idx, True).view(rows, cols)
+        return smallest_n_of_m(scores, n, m)
     if per_row:
-        k = removal_count(cols, sparsity)
-        if k:
-            mask.scatter_(1, torch.topk(scores, k, dim=1, largest=False).indices, True)
-        return mask
-    k = removal_count(scores.numel(), sparsity)
-    if k:
-        mask.view(-1)[torch.topk(scores.flatten(), k, largest=False).indices] = True
-    return mask
+        return smallest_per_row(scores, removal_count(scores.shape[1], sparsity))
+    return smallest(scores, removal_count(scores.numel(), sparsity))
 
 
 def _apply(W: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -71,7 +61,7 @@ def dsnot_prune(
     n: int = 0,
     m: int = 0,
     max_cycles: int = 50,
-    percdamp: float = 0.01,
+    damping_fraction: float = 0.01,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DSnoT-style training-free mask refinement with a Hessian-based criterion.
 
@@ -82,13 +72,13 @@ def dsnot_prune(
     sparsity pattern (per row, or per group) is preserved. Weights are not updated.
     """
     _, mask = wanda_prune(W, H, sparsity, n, m)
-    Wf, Hd = prepare_layer(W, H, percdamp)
+    Wf, Hd = prepare_layer(W, H, damping_fraction)
     rows, cols = Wf.shape
     mask = mask.to(Wf.device).clone()
     diag = torch.diag(Hd)
     row_ids = torch.arange(rows, device=Wf.device)
     active = torch.ones(rows, dtype=torch.bool, device=Wf.device)
-    inf = torch.tensor(float("inf"), device=Wf.device)
+    inf = torch.tensor(float("inf"), device=Wf.device, dtype=Wf.dtype)
     for _ in range(max_cycles):
         delta = torch.where(mask, Wf, torch.zeros_like(Wf))
         g = delta @ Hd  # gradient of e/2 with respect to δ
@@ -122,7 +112,7 @@ def l1_remove_groups(
     selections: Sequence[GroupSelection],
     **_: object,
 ) -> tuple[list[torch.Tensor], list[list[int]]]:
-    """Structured L1 baseline, called like :func:`obsdiff_hub.maths.solvers.obs_remove_groups`.
+    """Structured L1 baseline, called like :func:`obsdiff_hub.maths.group_obs.obs_remove_groups`.
 
     Each selection removes the groups whose columns have the smallest ``Σ|w|`` over all
     ``weights`` together (stable order on ties); their columns are zeroed, nothing is

@@ -208,7 +208,7 @@ class CrossTermAccumulator:
     ``X`` are a layer's inputs in the dense network, ``X̂`` the inputs the same calls give in
     the network being pruned (the same trajectories). With the layer's Hessian ``H`` of ``X̂``,
     ``W + W G H⁻¹`` is the weight that reproduces the *dense* output ``W X`` from ``X̂`` (see
-    :func:`obsdiff_hub.maths.solvers.asymmetric_target`). Normalised like the Hessian.
+    :func:`obsdiff_hub.maths.factor.asymmetric_target`). Normalised like the Hessian.
     """
 
     def __init__(self, num_columns: int, *, device: torch.device | str | None = None) -> None:

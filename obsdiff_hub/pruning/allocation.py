@@ -18,7 +18,7 @@ from torch import nn
 
 from ..architectures import BlockUnit, HeadCoupling, StructuredSite
 from ..maths.allocation import allocate_counts, bounds_for, weight_saliencies
-from ..maths.counts import group_removal_count, layer_removal_count
+from ..maths.counts import group_removal_count
 from .config import PruneConfig
 
 
@@ -45,7 +45,7 @@ def allocate_package(
             for path in site.layers:  # type: ignore[union-attr]
                 W = weight(path)
                 rows, cols = W.shape
-                uniform = layer_removal_count(rows, cols, ratio, cfg.blocksize)
+                uniform = cfg.method.removal_count(rows, cols, ratio)
                 low, high = _bounded(W.numel(), uniform, ratio, cfg.allocation_spread, W.numel())
                 scores.append(weight_saliencies(W, H))
                 lower.append(low)

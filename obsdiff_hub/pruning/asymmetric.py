@@ -4,7 +4,7 @@ OBS-Diff calibrates each package on the already-pruned network and fits each lay
 own output on those drifted inputs, ``‖W X̂ − Ŵ X̂‖``. Here a dense copy of the denoiser runs
 on exactly the inputs of every call of the calibrated model, so each hooked layer sees both
 its drifted input ``X̂`` and the dense network's ``X``; the cross term ``(X − X̂)ᵀ X̂`` turns
-the solve into ``min ‖W X − Ŵ X̂‖`` (see :func:`obsdiff_hub.maths.solvers.asymmetric_target`),
+the solve into ``min ‖W X − Ŵ X̂‖`` (see :func:`obsdiff_hub.maths.factor.asymmetric_target`),
 in closed form, for every granularity. The dense forward stops as soon as the package's last
 layer has been reached, so it costs a fraction of a forward per call.
 """

@@ -1,106 +1,143 @@
 """Typed settings for one pruning run: one schema for Python dicts, recipe files and the CLI.
 
 A recipe's ``prune`` and ``calibration`` sections *are* these models, so every field has
-one name, one default and one validation, whichever way it is set.
+one name, one default and one validation, whichever way it is set. The method and the refining
+solver are picked by name from their registries (:mod:`.methods`, :mod:`.solvers`), each with its
+own settings.
 """
 
 from __future__ import annotations
 
-import difflib
-import typing
+import warnings
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, field_validator, model_validator
 
-from ..errors import InputError
+from ..dtypes import DtypeName
 from ..maths.hessian import AccumulationPrecision, WeightingStrategy
+from .methods import METHODS
+from .registry import registry_field
+from .solvers import SOLVERS
+from .validation import StrictModel
 
-Method = Literal["obs-diff", "magnitude", "wanda", "dsnot", "l1"]
 Granularity = Literal["unstructured", "n:m", "structured"]
-RunDtype = Literal["auto", "float32", "float16", "bfloat16"]
+RunDtype = Literal["auto"] | DtypeName
+
+# Schema 1 kept every method's and solver's settings flat on ``prune``; per chosen method or solver,
+# where each flat name lives now (the others had no effect on that choice).
+FLAT_METHOD_SETTINGS = {
+    "obs-diff": {
+        "blocksize": "blocksize",
+        "rrf_k": "rrf_k",
+        "head_saliency": "head_saliency",
+        "neuron_batch": "neuron_batch",
+    }
+}
+FLAT_SOLVER_SETTINGS = {
+    "admm": {
+        "admm_iterations": "iterations",
+        "admm_rho": "rho",
+        "refit_iterations": "refit_iterations",
+        "refit_tolerance": "refit_tolerance",
+    },
+    "obs+lsq": {"refit_iterations": "iterations", "refit_tolerance": "tolerance"},
+}
+RENAMED = {"percdamp": "damping_fraction"}
 
 
-class StrictModel(BaseModel):
-    """Frozen, and unknown fields are errors (a typo in a recipe must not be ignored)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @classmethod
-    def coerce(cls, value: Any) -> Any:
-        """``value`` if it already is one, else validated from a mapping; a bad field is an
-        :class:`InputError` naming it (``calibration.steps: ...``)."""
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls.model_validate(value if value is not None else {})
-        except ValidationError as error:
-            raise InputError(describe_error(error, cls)) from None
-
-
-def _fields_at(model: type[BaseModel], path: list[str]) -> list[str]:
-    """Field names of the (nested) model that ``path`` leads to, or [] if it leads elsewhere."""
-    for part in path:
-        field = model.model_fields.get(part)
-        options = [field.annotation, *typing.get_args(field.annotation)] if field is not None else []
-        nested = [t for t in options if isinstance(t, type) and issubclass(t, BaseModel)]
-        if not nested:
-            return []
-        model = nested[0]
-    return list(model.model_fields)
+def _nested(data: dict[str, Any], section: str, default: str, table: dict[str, dict[str, str]], lenient: bool) -> None:
+    """Move ``data``'s flat settings of ``section`` (method or solver) into its settings mapping."""
+    known = {key for names in table.values() for key in names}
+    flat = {key: data.pop(key) for key in list(data) if key in known}
+    if not flat:
+        return
+    choice = data.get(section, default)
+    nested = (
+        dict(choice)
+        if isinstance(choice, dict)
+        else choice.model_dump()
+        if hasattr(choice, "model_dump")
+        else {"name": choice}
+    )
+    where = table.get(str(nested.get("name")), {})
+    for key, value in flat.items():
+        if key in where:
+            nested[where[key]] = value
+        elif not lenient:
+            users = " or ".join(name for name, names in table.items() if key in names)
+            raise ValueError(f"{key} is a setting of {section} {users}, not of {nested.get('name')!r}")
+    data[section] = nested
 
 
-def describe_error(error: ValidationError, model: type[BaseModel]) -> str:
-    """The first problem of a failed validation of ``model`` in one line: the field, pydantic's
-    message, the allowed values, and for an unknown field the closest real one."""
-    first = error.errors()[0]
-    loc = [str(part) for part in first["loc"]]
-    expected = str(first.get("ctx", {}).get("expected", ""))
-    hint = f" (allowed: {expected})" if expected and expected not in first["msg"] else ""
-    if first["type"] == "extra_forbidden" and loc:
-        close = difflib.get_close_matches(loc[-1], _fields_at(model, loc[:-1]), n=1, cutoff=0.6)
-        hint = f"; did you mean {'.'.join([*loc[:-1], close[0]])}?" if close else ""
-    return f"{'.'.join(loc) or model.__name__}: {first['msg']}{hint}"
+def schema_2_path(field: str, prune: dict[str, Any]) -> list[str]:
+    """Where a ``prune`` field named the schema-1 way (``percdamp``, ``admm_rho``, ...) lives now, for the
+    method and solver ``prune`` (a schema-2 mapping) chooses; other fields are where they were."""
+    if field in RENAMED:
+        return [RENAMED[field]]
+    for section, table in (("method", FLAT_METHOD_SETTINGS), ("solver", FLAT_SOLVER_SETTINGS)):
+        choice = prune.get(section)
+        name = choice.get("name") if isinstance(choice, dict) else choice
+        if field in table.get(str(name), {}):
+            return [section, table[str(name)][field]]
+    return [field]  # not a setting of the chosen ones: validation says whose it is
+
+
+def migrate_flat_settings(data: Any, *, lenient: bool = False) -> Any:
+    """Schema-1 ``prune`` settings in schema 2's shape: ``percdamp`` is ``damping_fraction``, and the flat
+    ``blocksize``, ``rrf_k``, ``head_saliency``, ``neuron_batch``, ``admm_*`` and ``refit_*`` move into the
+    chosen method's or solver's settings. ``lenient`` (a schema-1 file): a flat setting of another
+    method or solver is dropped (it had no effect); otherwise it is an error."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for old, new in RENAMED.items():
+        if old in data:
+            if new in data:
+                raise ValueError(f"{old} is the old name of {new}; give one of them")
+            data[new] = data.pop(old)
+    _nested(data, "method", METHODS.default, FLAT_METHOD_SETTINGS, lenient)
+    _nested(data, "solver", SOLVERS.default, FLAT_SOLVER_SETTINGS, lenient)
+    return data
 
 
 class PruneConfig(StrictModel):
     """What to prune and how (SPEC §1–2 defaults)."""
 
-    method: Method = "obs-diff"
+    method: registry_field(METHODS) = Field(
+        default_factory=METHODS.default_settings, description="the pruning method, with its settings"
+    )
     granularity: Granularity = "unstructured"
     sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="per targeted layer, or heads/neurons per block")
-    n: int = Field(0, ge=0, description="N of N:M (granularity n:m)")
-    m: int = Field(0, ge=0, description="M of N:M (granularity n:m)")
+    n: int = Field(0, ge=0, le=1024, description="N of N:M (granularity n:m)")
+    m: int = Field(0, ge=0, le=1024, description="M of N:M (granularity n:m)")
     block_sparsity: dict[int, float] = Field(default_factory=dict, description="per-block overrides of sparsity")
     blocks: list[int] | str | None = Field(None, description="block indices, a 'start:stop' range, or None for all")
     packages: int | Literal["auto"] = Field(
         "auto", description="module packages P, or 'auto': the fewest whose Hessians fit the free memory"
     )
     memory_budget_gb: float | None = Field(
-        None, gt=0, description="with packages 'auto': cap on Hessian memory alive at once"
+        None, gt=0, le=1e6, description="with packages 'auto': cap on Hessian memory alive at once"
     )
     weighting: WeightingStrategy = "log_decrease"
-    alpha_min: float = Field(0.8, gt=0)
-    alpha_max: float = Field(1.2, gt=0)
-    percdamp: float = Field(0.01, ge=0)
-    blocksize: int = Field(128, ge=1)
-    rrf_k: int = Field(60, ge=0)
-    head_saliency: Literal["reference", "exact"] = "reference"
-    neuron_batch: int = Field(32, ge=1, description="FFN neurons removed per OBS round (heads: always 1)")
+    alpha_min: float = Field(0.8, gt=0, le=1e6)
+    alpha_max: float = Field(1.2, gt=0, le=1e6)
+    damping_fraction: float = Field(
+        0.01,
+        ge=0,
+        le=1e3,
+        description="Hessian damping: this fraction of mean(diag H) is added to the diagonal before every solve "
+        "(schema 1: percdamp)",
+    )
     hessian_precision: AccumulationPrecision = "fp32"
     hessian_device: Literal["model", "cpu"] = Field(
         "model",
-        description="cpu: keep the Hessian sums in host memory (products still computed on the accelerator): more blocks per package on a full GPU",
+        description="cpu: keep the Hessian sums in host memory (products still computed on the accelerator): "
+        "more blocks per package on a full GPU",
     )
     calibration_target: Literal["self", "dense"] = Field(
         "self",
-        description="dense: fit the dense network's outputs from the drifted inputs (asymmetric; a dense copy runs alongside)",
+        description="dense: fit the dense network's outputs from the drifted inputs (asymmetric; a dense copy "
+        "runs alongside)",
     )
     allocation: Literal["uniform", "error"] = Field(
         "uniform", description="error: per-layer sparsity from measured sensitivity, same total"
@@ -108,21 +145,25 @@ class PruneConfig(StrictModel):
     allocation_spread: float = Field(
         0.1, ge=0.0, lt=1.0, description="with allocation error: each layer within ratio ± spread"
     )
-    solver: Literal["obs", "obs+lsq", "admm"] = Field(
-        "obs",
-        description="obs: the paper's greedy pass; obs+lsq: its mask with the kept weights re-fitted to the optimum; "
-        "admm: mask and weights refined by ADMM from the obs result, then re-fitted (unstructured and N:M)",
+    solver: registry_field(SOLVERS) = Field(
+        default_factory=SOLVERS.default_settings,
+        description="the refining solver run on the method's result, with its settings",
     )
-    admm_iterations: int = Field(60, ge=1, le=10_000, description="with solver admm: ADMM steps at most")
-    admm_rho: float = Field(
-        0.1, gt=0, description="with solver admm: the first penalty, relative to the scaled Hessian's unit diagonal"
-    )
-    refit_iterations: int = Field(
-        100, ge=1, le=100_000, description="with solver obs+lsq or admm: conjugate-gradient steps at most"
-    )
-    refit_tolerance: float = Field(
-        1e-6, gt=0, lt=1, description="with solver obs+lsq or admm: relative residual at which the re-fit stops"
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_settings(cls, data: Any) -> Any:
+        """Schema-1 spellings (``percdamp``, flat ``admm_*``, ...) still work, with a note."""
+        migrated = migrate_flat_settings(data)
+        if migrated is not data and migrated != data:
+            old = sorted(set(data) - set(migrated))
+            warnings.warn(
+                f"prune settings {', '.join(old)} are schema-1 spellings; see `obsdiff-hub recipes methods` for "
+                "where they live now",
+                FutureWarning,
+                stacklevel=2,
+            )
+        return migrated
 
     @field_validator("block_sparsity")
     @classmethod
@@ -146,17 +187,13 @@ class PruneConfig(StrictModel):
                 raise ValueError(f"granularity 'n:m' needs 0 < n < m, got n={self.n}, m={self.m}")
         elif self.n or self.m:
             raise ValueError(f"n and m only apply to granularity 'n:m', not {self.granularity!r}")
-        if self.method == "l1" and self.granularity != "structured":
-            raise ValueError("method 'l1' is a structured baseline: use granularity 'structured'")
-        if self.granularity == "structured" and self.method not in ("obs-diff", "l1"):
-            raise ValueError(f"structured pruning supports methods obs-diff and l1, not {self.method!r}")
+        self.method.check(self)
+        self.solver.check(self)
         if self.alpha_min > self.alpha_max:
             raise ValueError(f"alpha_min ({self.alpha_min}) must not exceed alpha_max ({self.alpha_max})")
-        if self.calibration_target == "dense" and self.method != "obs-diff":
+        if self.calibration_target == "dense" and not self.method.compensates:
             raise ValueError("calibration_target 'dense' applies to method obs-diff (the baselines do not compensate)")
-        if self.solver != "obs" and (self.method != "obs-diff" or self.granularity == "structured"):
-            raise ValueError(f"solver {self.solver!r} refines method obs-diff with granularity unstructured or n:m")
-        if self.allocation == "error" and (self.method != "obs-diff" or self.granularity == "n:m"):
+        if self.allocation == "error" and (not self.method.compensates or self.granularity == "n:m"):
             raise ValueError(
                 "allocation 'error' applies to method obs-diff with granularity unstructured or structured"
             )

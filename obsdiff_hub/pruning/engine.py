@@ -26,7 +26,7 @@ from typing import Any, Callable, Literal, Protocol
 import torch
 from torch import nn
 
-from ..architectures import ArchitectureAdapter, BlockUnit, adapter_for, surgery
+from ..architectures import Architecture, BlockUnit, architecture_of, surgery
 from ..architectures.components import denoiser_name, denoiser_of, pipeline_vae_scale
 from ..errors import InputError
 from ..maths.hessian import HessianAccumulator, timestep_weights
@@ -40,7 +40,7 @@ from .hessian_store import HessianStore, state_sha256
 from .hooks import collect_hessians
 from .packages import PackagePlan, activation_bytes, hessian_layers, plan_packages
 from .precision import DTYPES, Precision, check_device_dtype, release_freed_memory
-from .prompts import prompts_sha256, resolve_prompts
+from .prompts import PromptSet, resolve_prompts
 from .report import (
     PackageRecord,
     PruneReport,
@@ -48,7 +48,7 @@ from .report import (
     peak_memory_bytes,
     reset_peak_memory,
 )
-from .solving import SiteSolver, UnitResult, share_result, unit_cost
+from .solving import UnitPruner, UnitResult, share_result, unit_cost
 from .steps import StepClock
 
 
@@ -84,11 +84,11 @@ class PruneResult:
     model: nn.Module
     report: PruneReport
     pipeline: Any | None = None
-    adapter: ArchitectureAdapter = field(repr=False, default=None)  # type: ignore[assignment]
+    architecture: Architecture = field(repr=False, default=None)  # type: ignore[assignment]
 
     def structure(self) -> dict[str, int]:
         """Heads per attention and width per MLP, as recorded in checkpoint configs."""
-        return surgery.structure_of(self.model, self.adapter)
+        return surgery.structure_of(self.model, self.architecture)
 
 
 @dataclass
@@ -97,7 +97,7 @@ class Run:
 
     config: PruneConfig
     pipeline: Any | None
-    adapter: ArchitectureAdapter
+    architecture: Architecture
     device: torch.device
     world: World
     precision: Precision
@@ -105,7 +105,7 @@ class Run:
     alphas: torch.Tensor
     plan: PackagePlan
     report: PruneReport
-    solver: SiteSolver
+    pruner: UnitPruner
     dense: nn.Module | None = None  # asymmetric calibration: the dense copy run alongside
     progress: ProgressCallback | None = None
     state: PackageState | None = None
@@ -133,6 +133,8 @@ def prune(
     state: PackageState | None = None,
     save_hessians: str | Path | None = None,
     hessians: str | Path | None = None,
+    world: World | None = None,
+    prompts: PromptSet | None = None,
 ) -> PruneResult:
     """Prune a diffusers pipeline or a bare denoiser with OBS-Diff (or a baseline).
 
@@ -148,7 +150,9 @@ def prune(
     applied to the model) and get a callback after each package (see ``zoo/resume.py``).
     ``save_hessians``: a folder to save every package's Hessians in; ``hessians``: such a folder
     to take them from instead of running trajectories (same base, calibration and earlier
-    packages only, see :mod:`.hessian_store`).
+    packages only, see :mod:`.hessian_store`). ``world``: the processes of the run (default: joined
+    from the launcher's environment); ``prompts``: the calibration prompts already resolved from
+    ``calibration``'s source (default: resolved here).
 
     Returns the pruned model (structured results as their ``OBSDiff*`` class, with the
     pruned shapes and provenance in the config; the pipeline, if any, holds it).
@@ -162,6 +166,8 @@ def prune(
         dtype=dtype,
         progress=progress,
         state=state,
+        world=world,
+        prompts=prompts,
     )
     run.store = open_store(run, calibration, save_hessians, hessians)
     first = state.completed if state is not None else 0
@@ -216,6 +222,8 @@ def prune_family(
     device: torch.device | str | None = None,
     dtype: str | torch.dtype | None = None,
     progress: ProgressCallback | None = None,
+    world: World | None = None,
+    prompts: PromptSet | None = None,
 ) -> None:
     """:func:`prune` for several sparsities of one model, calibrating the first package once.
 
@@ -225,6 +233,7 @@ def prune_family(
     network. Each member starts from a copy of the dense denoiser and is bit for bit what
     :func:`prune` gives for its config alone. ``on_member(i, result)`` receives each result in turn
     (the pipeline holds that member's model until the next member starts: save it then).
+    ``world`` and ``prompts`` as for :func:`prune`; the members share them.
     """
     cfgs = [PruneConfig.coerce(c) for c in configs]
     check_family(cfgs)
@@ -238,7 +247,20 @@ def prune_family(
                 target = fresh
             else:
                 pipeline.register_modules(**{denoiser_name(pipeline): fresh})
-        run = setup(target, cfg, calibration=calibration, steps=steps, device=device, dtype=dtype, progress=progress)
+        run = setup(
+            target,
+            cfg,
+            calibration=calibration,
+            steps=steps,
+            device=device,
+            dtype=dtype,
+            progress=progress,
+            world=world,
+            prompts=prompts,
+        )
+        world = run.world
+        if isinstance(run.calibrate, PipelineCalibration):
+            prompts = PromptSet(tuple(run.calibrate.prompts), run.report.calibration["prompts_sha256"])
         for index, package in enumerate(run.plan.packages):
             if index == 0 and shared is not None:
                 hessians, crosses = dict(shared[0]), dict(shared[1])
@@ -282,23 +304,25 @@ def setup(
     dtype: str | torch.dtype | None = None,
     progress: ProgressCallback | None = None,
     state: PackageState | None = None,
+    world: World | None = None,
+    prompts: PromptSet | None = None,
 ) -> Run:
     """Everything before the first trajectory: settings checked, the model in its compute dtype
     on the run device, the processes joined, prompts encoded, units packed into packages."""
     cfg = PruneConfig.coerce(config)
     pipeline = None if isinstance(target, nn.Module) else target
     model = target if pipeline is None else denoiser_of(pipeline)
-    adapter = adapter_for(model)
+    architecture = architecture_of(model)
     if isinstance(model, tuple(PRUNED_CLASSES.values())):
         model.kept_selections()  # a pruned base's kept-indices record is checked now, not after the work
     run_device = World.local_device(torch.device(device)) if device is not None else next(model.parameters()).device
     settings, num_steps, compute = _calibration_settings(pipeline, calibration, steps, dtype)
     check_device_dtype(run_device, compute or torch.float32)
-    world = World.from_environment(run_device)
+    world = world or World.from_environment(run_device)
     precision = Precision(model, compute, run_device)
     model = precision.working.eval()  # calibration is inference: no dropout in the trajectories
     report = (state.previous_report if state is not None else None) or PruneReport(
-        family=adapter.family,
+        family=architecture.family,
         model_class=type(model).__name__,
         config=cfg.model_dump(),
         params_before=count_parameters(model),
@@ -315,13 +339,13 @@ def setup(
     if settings is not None:
         if isinstance(getattr(pipeline, "vae", None), nn.Module):
             pipeline.vae.to(run_device)  # diffusers takes the sampling device from the first component
-        prompts = resolve_prompts(settings.prompts)
+        prompts = prompts or PromptSet.of(resolve_prompts(settings.prompts))
         calibrate = PipelineCalibration(
-            pipeline, settings, prompts, run_device, precision.compute, world.shard(len(prompts))
+            pipeline, settings, list(prompts.texts), run_device, precision.compute, world.shard(len(prompts.texts))
         )
         report.calibration = {
-            "prompts": len(prompts),
-            "prompts_sha256": prompts_sha256(prompts),
+            "prompts": len(prompts.texts),
+            "prompts_sha256": prompts.sha256,
             "unconditional": unconditional_input(pipeline, settings.negative_prompt)
             if calibrate.uses_cfg
             else "none (no classifier-free guidance)",
@@ -329,12 +353,12 @@ def setup(
         batch = settings.batch_size * (2 if calibrate.uses_cfg else 1)
         latent = settings.resolution // pipeline_vae_scale(pipeline) if settings.resolution else None
 
-    units = adapter.units(model, cfg.block_ids(len(adapter.blocks(model))), cfg.granularity == "structured")
+    units = architecture.units(model, cfg.block_ids(len(architecture.blocks(model))), cfg.granularity == "structured")
     plan = _plan(model, units, cfg, run_device, report, batch, latent)
     run = Run(
         config=cfg,
         pipeline=pipeline,
-        adapter=adapter,
+        architecture=architecture,
         device=run_device,
         world=world,
         precision=precision,
@@ -342,7 +366,7 @@ def setup(
         alphas=timestep_weights(cfg.weighting, num_steps, cfg.alpha_min, cfg.alpha_max),
         plan=plan,
         report=report,
-        solver=SiteSolver(precision, cfg),
+        pruner=UnitPruner(precision, cfg),
         dense=copy.deepcopy(model).eval() if cfg.calibration_target == "dense" else None,
         progress=progress,
         state=state,
@@ -488,10 +512,10 @@ def solve_package(
     """Solve every unit of the package on the rank that owns it, apply the results on every rank,
     free the Hessians, and record the package (and save it, when the run is resumable)."""
     t0 = time.perf_counter()
-    world, solver = run.world, run.solver
+    world, pruner = run.world, run.pruner
     if run.config.allocation == "error":  # the same on every rank: same Hessians, same weights
-        solver.counts = allocate_package(
-            run.model, package, solver.weight, lambda p: hessians[p].hessian(), run.config
+        pruner.counts = allocate_package(
+            run.model, package, pruner.weight, lambda p: hessians[p].hessian(), run.config
         )
     owners = world.owners([unit_cost(run.model, unit) for unit in package])
     pending: list[tuple[int, UnitResult | None]] = []
@@ -505,15 +529,15 @@ def solve_package(
                 hessians[p].release()
                 if crosses:
                     crosses[p].release()
-            result = solver.solve(unit, unit_hessians, cross_terms) if mine else None
+            result = pruner.solve(unit, unit_hessians, cross_terms) if mine else None
             del unit_hessians, cross_terms
             if world.size == 1:
-                solver.apply(unit, result, run.report)  # type: ignore[arg-type]
+                pruner.apply(unit, result, run.report)  # type: ignore[arg-type]
             else:
                 pending.append((position, result))
             run.tell("solve", index, position + 1, len(package))
     for position, result in pending:
-        solver.apply(package[position], share_result(world, result, owners[position], run.device), run.report)
+        pruner.apply(package[position], share_result(world, result, owners[position], run.device), run.report)
     hessians.clear()
     crosses.clear()
     release_freed_memory()
@@ -537,7 +561,7 @@ def finish(run: Run) -> PruneResult:
     kept = {r.module: (r.before, r.kept) for r in report.structure}
     pruned = promote(
         run.precision.result(),
-        provenance(method=cfg.method, granularity=cfg.granularity, sparsity=cfg.ratio_label),
+        provenance(method=cfg.method.name, granularity=cfg.granularity, sparsity=cfg.ratio_label),
         kept,
     )
     report.params_after = count_parameters(pruned)
@@ -545,4 +569,4 @@ def finish(run: Run) -> PruneResult:
         run.calibrate.restore_devices()
     if run.pipeline is not None:
         run.pipeline.register_modules(**{denoiser_name(run.pipeline): pruned})
-    return PruneResult(model=pruned, report=report, pipeline=run.pipeline, adapter=run.adapter)
+    return PruneResult(model=pruned, report=report, pipeline=run.pipeline, architecture=run.architecture)

@@ -18,11 +18,11 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..architectures import HeadCoupling, adapter_for
+from ..architectures import HeadCoupling, architecture_of
 from ..architectures.inputs import example_inputs, run_denoiser
 from ..architectures.surgery import apply_structure
 from ..errors import InputError
-from ..maths.counts import group_removal_count, layer_removal_count
+from ..maths.counts import group_removal_count, n_of_m_removal_count
 from ..models import STRUCTURE_KEY, build_model
 from ..resources import data_dir
 from ..storage.files import is_regular_file, read_json
@@ -64,9 +64,9 @@ def builtin_config(name: str) -> dict[str, Any]:
 
 def planned_structure(model: torch.nn.Module, prune: PruneConfig) -> dict[str, int]:
     """Heads/widths each coupling of the chosen blocks keeps after a structured ``prune``."""
-    adapter = adapter_for(model)
+    architecture = architecture_of(model)
     record: dict[str, int] = {}
-    for unit in adapter.units(model, prune.block_ids(len(adapter.blocks(model))), structured=True):
+    for unit in architecture.units(model, prune.block_ids(len(architecture.blocks(model))), structured=True):
         ratio = prune.sparsity_for(unit.block)
         for site in unit.sites:
             for coupling in (site.heads, site.neurons):
@@ -78,16 +78,16 @@ def planned_structure(model: torch.nn.Module, prune: PruneConfig) -> dict[str, i
 
 def zeroed_weights(model: torch.nn.Module, prune: PruneConfig) -> int:
     """Targeted weights an unstructured or N:M ``prune`` sets to zero (shapes unchanged)."""
-    adapter = adapter_for(model)
+    architecture = architecture_of(model)
     zeroed = 0
-    for unit in adapter.units(model, prune.block_ids(len(adapter.blocks(model))), structured=False):
+    for unit in architecture.units(model, prune.block_ids(len(architecture.blocks(model))), structured=False):
         for site in unit.sites:
             for path in site.layers:  # type: ignore[union-attr]
                 rows, cols = model.get_submodule(path).weight.shape
                 if prune.granularity == "n:m":
-                    zeroed += rows * cols // prune.m * prune.n
+                    zeroed += n_of_m_removal_count(rows, cols, prune.n, prune.m)
                 else:
-                    zeroed += layer_removal_count(rows, cols, prune.sparsity_for(unit.block), prune.blocksize)
+                    zeroed += prune.method.removal_count(rows, cols, prune.sparsity_for(unit.block))
     return zeroed
 
 
@@ -127,16 +127,16 @@ def plan(
         flops_before = _flops(model, latent) if latent else None
         heads = neurons = zeroed = 0
         if prune.granularity == "structured":
-            adapter = adapter_for(model)
+            architecture = architecture_of(model)
             structure = planned_structure(model, prune)
-            for coupling in adapter.couplings(model):
+            for coupling in architecture.couplings(model):
                 if coupling.key in structure:
                     removed = coupling.count(model) - structure[coupling.key]
                     if isinstance(coupling, HeadCoupling):
                         heads += removed
                     else:
                         neurons += removed
-            apply_structure(model, adapter, structure)
+            apply_structure(model, architecture, structure)
             flops_after = _flops(model, latent) if latent else None
         else:
             zeroed = zeroed_weights(model, prune)

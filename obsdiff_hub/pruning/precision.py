@@ -18,9 +18,10 @@ import ctypes
 import torch
 from torch import nn
 
+from ..dtypes import DTYPE_NAMES
 from ..errors import InputError, UnsupportedEnvironmentError
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 _WIDENS_EXACTLY = {
     (torch.float16, torch.float32),
     (torch.bfloat16, torch.float32),

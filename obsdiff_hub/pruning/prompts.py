@@ -10,9 +10,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from ..errors import InputError
 from ..hub import HubClient
@@ -121,9 +122,21 @@ def contained_path(relative: str, base_dir: Path) -> Path:
     return path
 
 
-def prompts_sha256(prompts: list[str]) -> str:
-    """Identity of a calibration set (recorded in effective recipes and checked on re-runs)."""
+def prompts_sha256(prompts: Sequence[str]) -> str:
+    """Identity of a prompt set (recorded in effective recipes, evaluations and Hessian stores; checked on re-runs)."""
     return hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Prompts resolved from their source once per run, with their identity."""
+
+    texts: tuple[str, ...]
+    sha256: str
+
+    @classmethod
+    def of(cls, texts: Sequence[str]) -> PromptSet:
+        return cls(tuple(texts), prompts_sha256(texts))
 
 
 def resolve_prompts(source: PromptSource, base_dir: Path | None = None) -> list[str]:

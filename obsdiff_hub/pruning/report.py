@@ -18,7 +18,8 @@ class LayerRecord:
     shape: tuple[int, int]
     sparsity: float  # fraction of zero weights (structured: of zeroed input columns before removal)
     relative_error: float  # ‖(W−Ŵ)X‖² / ‖WX‖² on the calibration Hessian
-    start_error: float | None = None  # solver obs+lsq or admm: the same for the obs result it started from
+    start_error: float | None = None  # a refining solver: the same for the obs result it started from
+    zeroed: int = 0  # unstructured / N:M: weights set to zero (structured removals change shapes instead)
 
 
 @dataclass
@@ -79,10 +80,8 @@ class PruneReport:
     @property
     def zeroed_weights(self) -> int:
         """Weights an unstructured or N:M run set to zero (shapes unchanged; 0 for structured runs,
-        whose removed heads and neurons are gone from the shapes)."""
-        if self.config.get("granularity") == "structured":
-            return 0
-        return sum(round(r.sparsity * r.shape[0] * r.shape[1]) for r in self.layers)
+        whose removed heads and neurons are gone from the shapes); what ``plan`` predicts."""
+        return sum(r.zeroed for r in self.layers)
 
     def removed(self, kind: str) -> int:
         """Heads (``kind="heads"``) or FFN neurons (``"neurons"``) a structured run removed."""
@@ -91,7 +90,8 @@ class PruneReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruneReport:
         fields = {k: v for k, v in data.items() if k not in ("mean_sparsity", "mean_relative_error")}
-        fields["layers"] = [LayerRecord(**{**r, "shape": tuple(r["shape"])}) for r in fields.get("layers", [])]
+        structured = fields.get("config", {}).get("granularity") == "structured"
+        fields["layers"] = [_layer_record(r, structured) for r in fields.get("layers", [])]
         fields["structure"] = [StructureRecord(**r) for r in fields.get("structure", [])]
         fields["packages"] = [PackageRecord(**r) for r in fields.get("packages", [])]
         return cls(**fields)
@@ -101,6 +101,13 @@ class PruneReport:
         data["mean_sparsity"] = self.mean_sparsity
         data["mean_relative_error"] = self.mean_relative_error
         return data
+
+
+def _layer_record(data: dict[str, Any], structured: bool) -> LayerRecord:
+    """A layer's record; reports written before 0.5 carry no ``zeroed`` count, which their sparsity gives exactly."""
+    rows, cols = data["shape"]
+    zeroed = data.get("zeroed", 0 if structured else round(data["sparsity"] * rows * cols))
+    return LayerRecord(**{**data, "shape": (rows, cols), "zeroed": zeroed})
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -23,10 +23,10 @@ from ..architectures import (
     surgery,
 )
 from ..maths.counts import group_removal_count
-from ..maths.solvers import GroupSelection, asymmetric_target
+from ..maths.factor import asymmetric_target
+from ..maths.group_obs import GroupSelection
 from .config import PruneConfig
 from .distributed import World
-from .methods import GROUP_METHODS, LAYER_METHODS, REFINERS
 from .precision import Precision
 from .report import LayerRecord, PruneReport, StructureRecord
 
@@ -60,8 +60,8 @@ def unit_cost(model: nn.Module, unit: BlockUnit) -> float:
     return cost
 
 
-class SiteSolver:
-    """Applies one config's method to the sites of a unit, through the run's :class:`Precision`."""
+class UnitPruner:
+    """Applies one config's method and solver to the sites of a unit, through the run's :class:`Precision`."""
 
     def __init__(self, precision: Precision, config: PruneConfig) -> None:
         self.precision = precision
@@ -76,7 +76,7 @@ class SiteSolver:
     def target(self, path: str, H: torch.Tensor, G: torch.Tensor | None) -> torch.Tensor:
         """What the solve fits: the weight itself, or with a cross term the dense network's outputs."""
         W = self.weight(path)
-        return W if G is None else asymmetric_target(W, H, G, self.config.percdamp)
+        return W if G is None else asymmetric_target(W, H, G, self.config.damping_fraction)
 
     def solve(
         self, unit: BlockUnit, hessians: dict[str, torch.Tensor], cross_terms: dict[str, torch.Tensor] | None = None
@@ -99,18 +99,20 @@ class SiteSolver:
         weights = [self.weight(p) for p in site.layers]
         targets = [self.target(p, H, G) for p in site.layers] if G is not None else weights
         counts = [self.counts[p] for p in site.layers] if self.counts else None
-        solved = LAYER_METHODS[cfg.method](targets, H, [cfg.sparsity_for(block)] * len(weights), cfg, counts)
+        ratios = [cfg.sparsity_for(block)] * len(weights)
+        pattern = {"n": cfg.n, "m": cfg.m, "damping_fraction": cfg.damping_fraction}
+        solved = cfg.method.prune_layers(targets, H, ratios, counts=counts, **pattern)
         starts: list[float | None] = [None] * len(weights)
-        if cfg.solver != "obs":  # refine the greedy result; record where it started
+        if cfg.solver.refines:  # refine the greedy result; record where it started
             starts = [relative_error(W, W_start, H) for W, (W_start, _) in zip(weights, solved)]
-            solved = REFINERS[cfg.solver](targets, H, solved, cfg)
+            solved = cfg.solver.refine(targets, H, solved, **pattern)
         for path, W, (W_new, mask), start in zip(site.layers, weights, solved, starts):
             result.weights[path] = W_new
-            result.layers.append(
-                LayerRecord(
-                    path, block, tuple(W.shape), float(mask.float().mean()), relative_error(W, W_new, H), start
-                )
+            zeroed = int(mask.sum())
+            record = LayerRecord(
+                path, block, tuple(W.shape), zeroed / W.numel(), relative_error(W, W_new, H), start, zeroed
             )
+            result.layers.append(record)
 
     def _solve_structured(
         self,
@@ -135,16 +137,17 @@ class SiteSolver:
 
         selections = [
             GroupSelection(tuple(head_ids), count(site.heads, head_ids)),
-            GroupSelection(tuple(neuron_ids), count(site.neurons, neuron_ids), cfg.neuron_batch),
+            GroupSelection(tuple(neuron_ids), count(site.neurons, neuron_ids), cfg.method.group_batch("neurons")),
         ]
-        solved, (gone_heads, gone_neurons) = GROUP_METHODS[cfg.method](
-            targets, [hessians[p] for p in site.out_layers], groups, selections, cfg
+        out_hessians = [hessians[p] for p in site.out_layers]
+        solved, (gone_heads, gone_neurons) = cfg.method.remove_groups(
+            targets, out_hessians, groups, selections, damping_fraction=cfg.damping_fraction
         )
-        for path, W, W_new in zip(site.out_layers, weights, solved):
+        for path, W, W_new, H in zip(site.out_layers, weights, solved, out_hessians):
             result.weights[path] = W_new
-            zeroed = float((W_new == 0).all(0).float().mean())
+            removed_columns = float((W_new == 0).all(0).float().mean())  # deleted by apply(), not left as zeros
             result.layers.append(
-                LayerRecord(path, block, tuple(W.shape), zeroed, relative_error(W, W_new, hessians[path]))
+                LayerRecord(path, block, tuple(W.shape), removed_columns, relative_error(W, W_new, H))
             )
         for coupling, ids, gone, offset in (
             (site.heads, head_ids, gone_heads, 0),

@@ -11,7 +11,6 @@ The resolution defaults to the pipeline's own (1024 for SDXL, SD3 and Flux; 32 f
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..architectures import adapter_for
+from ..architectures import architecture_of
 from ..architectures.components import (
     default_resolution,
     denoiser_of,
@@ -33,14 +32,12 @@ from ..architectures.inputs import example_inputs, run_denoiser
 from ..architectures.sparse_kernels import enable_sparse_kernels
 from ..checkpoints.inspection import denoiser_folder
 from ..errors import InputError
-from ..hub import resolve_source
+from ..hub import builtin_name, resolve_source
 from ..models import pruned_class_for
 from ..pruning.plan import costs
 from ..storage.files import read_json
-from ..storage.outputs import add_owned, probe_writable, read_marker, write_atomic
+from .records import BENCH_FILE, write_record
 from .sampling import load_pipeline
-
-BENCH_FILE = "bench.json"
 
 
 @dataclass
@@ -191,7 +188,7 @@ def load_denoiser(
 ) -> LoadedDenoiser:
     """The denoiser of a checkpoint folder, a Hub repo (pipeline or component layout) or a
     ``builtin:`` model, its config, and the pipeline's pixels per latent."""
-    if source.startswith("builtin:"):
+    if builtin_name(source) is not None:
         pipeline = load_pipeline(source)
         model = denoiser_of(pipeline).to(device=device, dtype=dtype).eval()
         config = {**model.config, "_class_name": type(model).__name__}
@@ -280,7 +277,7 @@ def measure(
         whole = timer(lambda: run_denoiser(model, inputs, 500.0), warmup, repeats)
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     blocks = {}
-    for path, (args, kwargs) in _block_inputs(model, inputs, adapter_for(model).blocks(model)).items():
+    for path, (args, kwargs) in _block_inputs(model, inputs, architecture_of(model).blocks(model)).items():
         block = model.get_submodule(path)
         with torch.inference_mode():
             blocks[path] = Timing.of(timer(lambda b=block, a=args, k=kwargs: b(*a, **k), warmup, repeats))
@@ -355,23 +352,6 @@ def bench(
     )
 
 
-def results_folder(model: str, out: Path | None) -> Path:
-    """Where bench.json / eval.json go: ``out`` (created only when the results are written, so a
-    failed run leaves nothing), or the model's own folder when it is an output of this tool;
-    anything else needs an ``out`` folder (no writes into a stranger's folder)."""
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            raise InputError(f"{out} is a file; give a folder as the `out` for the results")
-        probe_writable(out)
-        return out
-    if Path(model).is_dir() and read_marker(Path(model)) is not None:
-        return Path(model)
-    raise InputError(f"{model} is not a checkpoint folder written by obsdiff-hub: pass `out` FOLDER for the results")
-
-
 def write_bench(result: BenchResult, folder: Path) -> Path:
     """``bench.json`` into ``folder`` (atomically; recorded as this tool's file); returns its path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(folder / BENCH_FILE, json.dumps(result.to_dict(), indent=2) + "\n")
-    add_owned(folder, [BENCH_FILE])
-    return folder / BENCH_FILE
+    return write_record(folder, BENCH_FILE, result.to_dict())

@@ -4,25 +4,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from huggingface_hub import EvalResult as HubEvalResult
 from huggingface_hub import ModelCard, ModelCardData
 
-from ..architectures import ADAPTERS
+from ..architectures import ARCHITECTURES
 from ..errors import InputError
+from ..hub import builtin_name
 from ..models import PRUNED_CLASSES, base_class_for
 from ..pruning.prompts import builtin_prompts
 from ..pruning.report import PruneReport
 from ..resources import data_dir
 from ..shapes.dataset import evaluation_scenes
-from ..storage.files import read_json
-from ..storage.outputs import add_owned, owned_files, write_atomic
+from ..storage.outputs import owned_files
 from ..units import human
-from .bench import BENCH_FILE, BenchResult
-from .evaluation import EVAL_FILE, EvalResult
+from .bench import BenchResult
+from .evaluation import EvalResult
 from .recipes import Recipe, load_recipe
+from .records import (
+    BENCH_FILE,
+    CARD_FILE,
+    EVAL_FILE,
+    RECIPE_FILE,
+    REPORT_FILE,
+    read_record,
+    read_run_record,
+    write_record,
+)
 
 CARD_TEMPLATE = "obsdiff.md"
 # The Hub's base_model_relation values are adapter, merge, quantized, finetune; none means
@@ -38,6 +48,102 @@ def _billions(n: int) -> str:
     return f"{n / 1e9:.3f} B" if n >= 1e8 else f"{n / 1e6:.3f} M"
 
 
+def card_data(recipe: Recipe, evaluation: EvalResult | None = None) -> ModelCardData:
+    """The card's metadata (what the Hub indexes): base model, library, tags, measured metrics."""
+    base = recipe.base_model
+    measured = bool(evaluation and evaluation.metrics)
+    return ModelCardData(
+        base_model=None if builtin_name(base.repo_id) is not None else base.repo_id,
+        library_name="diffusers",
+        pipeline_tag="text-to-image",
+        license=base.license,
+        tags=TAGS + [recipe.prune.granularity.replace(":", "-"), base.family],
+        model_name=recipe.name if measured else None,
+        eval_results=_eval_results(evaluation) if evaluation and measured else None,
+    )
+
+
+def usage_fields(recipe: Recipe, repo: str) -> dict[str, str]:
+    """How to load the checkpoint: the whole pipeline, the denoiser into its dense base, and why which class."""
+    base = recipe.base_model
+    structured = recipe.prune.granularity == "structured"
+    base_name = next(a.model_class_name for a in ARCHITECTURES if a.family == base.family)
+    cls = PRUNED_CLASSES[base_class_for(base_name)].__name__ if structured else base_name
+    pipeline = (
+        ("import obsdiff_hub  # registers the pruned classes with DiffusionPipeline\n" if structured else "")
+        + "import torch\nfrom diffusers import DiffusionPipeline\n\n"
+        + f'pipe = DiffusionPipeline.from_pretrained("{repo}", dtype=torch.float16).to("cuda")\n'
+        + f"image = pipe({json.dumps(example_prompt(recipe), ensure_ascii=False)}).images[0]"
+    )
+    load = f'{base.component} = {cls}.from_pretrained("{repo}", subfolder="{base.component}", dtype=torch.float16)\n'
+    imports = f"from obsdiff_hub import {cls}" if structured else f"from diffusers import {cls}"
+    if builtin_name(base.repo_id) is not None:  # no Hub id: the shipped dense pipeline takes the pruned component
+        component = (
+            f"import torch\nimport obsdiff_hub\n{imports}\n\n{load}"
+            f'pipe = obsdiff_hub.load_pipeline("{base.repo_id}", torch_dtype=torch.float16)  # the dense base\n'
+            f"pipe.register_modules({base.component}={base.component})"
+        )
+    else:
+        component = (
+            f"import torch\nfrom diffusers import {base.pipeline}\n{imports}\n\n{load}"
+            f'pipe = {base.pipeline}.from_pretrained("{base.repo_id}", {base.component}={base.component}, '
+            "dtype=torch.float16)"
+        )
+    note = (
+        "Structured pruning gives every block its own head count and FFN width, recorded in `config.json`\n"
+        f"(`obsdiff_structure`); `{cls}` rebuilds those shapes, so `pip install obsdiff-hub` is needed."
+        if structured
+        else "Shapes are unchanged (pruned weights are zeros), so plain diffusers loads this checkpoint."
+    )
+    return {"usage_pipeline": pipeline, "usage_component": component, "loading_note": note}
+
+
+def result_fields(recipe: Recipe, report: PruneReport) -> dict[str, Any]:
+    """What the run did: parameters, sparsity, reconstruction error, heads and neurons removed."""
+    structured = recipe.prune.granularity == "structured"
+    refined = report.mean_start_error
+    return {
+        "params_before": _billions(report.params_before),
+        "params_after": _billions(report.params_after),
+        "mean_sparsity": f"{report.mean_sparsity:.4f}",
+        "mean_error": f"{report.mean_relative_error:.4g}"
+        + (f" (the obs result it was refined from: {refined:.4g})" if refined is not None else ""),
+        "heads_removed": report.removed("heads"),
+        "neurons_removed": report.removed("neurons"),
+        "sparsity_note": "Removed heads and neurons are physically deleted; the remaining weights carry the OBS "
+        "compensation."
+        if structured
+        else "Pruned weights are stored as zeros; the remaining weights carry the OBS compensation.",
+    }
+
+
+def measured_fields(
+    evaluation: EvalResult | None, bench: BenchResult | None, plan: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Quality (``eval.json``), speed (``bench.json``) and FLOPs (the offline plan), where measured."""
+    fields: dict[str, Any] = {
+        "metrics": _metric_rows(evaluation),
+        "evaluation_settings": _settings_text(evaluation) if evaluation else None,
+        "sample_grid": evaluation.grid if evaluation else None,
+        "speed": _speed_rows(bench) if bench else None,
+        "speed_settings": None,
+        "flops_before": None,
+    }
+    if bench:
+        fields["speed_settings"] = (
+            f"{bench.device}, {bench.dtype}, {bench.resolution}², batch {bench.batch}, "
+            f"median of {bench.dense.denoiser.repeats} after {bench.warmup} warm-up runs"
+        )
+    if plan and plan.get("flops_before"):
+        fields.update(
+            flops_before=human(plan["flops_before"], "FLOPs"),
+            flops_after=human(plan["flops_after"], "FLOPs"),
+            flop_change=f"{-100 * plan['flop_reduction']:+.2f}%",
+            plan_resolution=plan["resolution"],
+        )
+    return fields
+
+
 def render_card(
     recipe: Recipe,
     report: PruneReport,
@@ -50,121 +156,44 @@ def render_card(
 ) -> ModelCard:
     """Render and validate the card for one pruned checkpoint from its effective recipe, its
     report and (when measured) its ``eval.json`` and ``bench.json``."""
-    metrics = _metric_rows(evaluation)
-    base = recipe.base_model
-    structured = recipe.prune.granularity == "structured"
-    base_name = next(a.model_class_name for a in ADAPTERS if a.family == base.family)
-    pruned_cls = PRUNED_CLASSES[base_class_for(base_name)].__name__ if structured else base_name
-    repo = repo_id or f"<namespace>/{recipe.name}"
-    data = ModelCardData(
-        base_model=None if base.repo_id.startswith("builtin:") else base.repo_id,
-        library_name="diffusers",
-        pipeline_tag="text-to-image",
-        license=base.license,
-        tags=TAGS + [recipe.prune.granularity.replace(":", "-"), base.family],
-        model_name=recipe.name if metrics else None,
-        eval_results=_eval_results(evaluation) if metrics else None,
-    )
-    heads, neurons = report.removed("heads"), report.removed("neurons")
-    usage_pipeline = (
-        ("import obsdiff_hub  # registers the pruned classes with DiffusionPipeline\n" if structured else "")
-        + "import torch\nfrom diffusers import DiffusionPipeline\n\n"
-        + f'pipe = DiffusionPipeline.from_pretrained("{repo}", dtype=torch.float16).to("cuda")\n'
-        + f"image = pipe({json.dumps(example_prompt(recipe), ensure_ascii=False)}).images[0]"
-    )
-    loader = pruned_cls if structured else f"diffusers.{pruned_cls}"
-    load_component = f'{base.component} = {pruned_cls}.from_pretrained("{repo}", subfolder="{base.component}", dtype=torch.float16)\n'
-    component_import = f"from obsdiff_hub import {pruned_cls}" if structured else f"from diffusers import {pruned_cls}"
-    if base.repo_id.startswith("builtin:"):  # no Hub id: the shipped dense pipeline takes the pruned component
-        usage_component = (
-            f"import torch\nimport obsdiff_hub\n{component_import}\n\n{load_component}"
-            f'pipe = obsdiff_hub.load_pipeline("{base.repo_id}", torch_dtype=torch.float16)  # the dense base\n'
-            f"pipe.register_modules({base.component}={base.component})"
-        )
-    else:
-        usage_component = (
-            f"import torch\nfrom diffusers import {base.pipeline}\n{component_import}\n\n{load_component}"
-            f'pipe = {base.pipeline}.from_pretrained("{base.repo_id}", {base.component}={base.component}, dtype=torch.float16)'
-        )
-    loading_note = (
-        "Structured pruning gives every block its own head count and FFN width, recorded in `config.json`\n"
-        f"(`obsdiff_structure`); `{loader}` rebuilds those shapes, so `pip install obsdiff-hub` is needed."
-        if structured
-        else "Shapes are unchanged (pruned weights are zeros), so plain diffusers loads this checkpoint."
-    )
-    sparsity_note = (
-        "Removed heads and neurons are physically deleted; the remaining weights carry the OBS compensation."
-        if structured
-        else "Pruned weights are stored as zeros; the remaining weights carry the OBS compensation."
-    )
+    base, prune = recipe.base_model, recipe.prune
     fields = dict(
-        title=f"{recipe.name} (OBS-Diff {recipe.prune.granularity}, {recipe.prune.ratio_label})",
+        title=f"{recipe.name} (OBS-Diff {prune.granularity}, {prune.ratio_label})",
         description=recipe.description,
         base_model=base.repo_id,
         base_revision=base_revision or base.revision,
         component=base.component,
         model_class=report.model_class,
-        method=recipe.prune.method,
-        granularity=recipe.prune.granularity,
-        ratio=recipe.prune.ratio_label,
-        blocks=recipe.prune.blocks if recipe.prune.blocks is not None else "all",
-        params_before=_billions(report.params_before),
-        params_after=_billions(report.params_after),
-        mean_sparsity=f"{report.mean_sparsity:.4f}",
-        mean_error=f"{report.mean_relative_error:.4g}"
-        + (
-            f" (the obs result it was refined from: {report.mean_start_error:.4g})"
-            if report.mean_start_error is not None
-            else ""
-        ),
-        heads_removed=heads,
-        neurons_removed=neurons,
-        sparsity_note=sparsity_note,
+        method=prune.method.name,
+        granularity=prune.granularity,
+        ratio=prune.ratio_label,
+        blocks=prune.blocks if prune.blocks is not None else "all",
         calibration=calibration_rows(recipe, report),
         derived_from=recipe.derived_from,
-        metrics=metrics,
-        evaluation_settings=_settings_text(evaluation) if evaluation else None,
-        sample_grid=evaluation.grid if evaluation else None,
-        speed=_speed_rows(bench) if bench else None,
-        speed_settings=f"{bench.device}, {bench.dtype}, {bench.resolution}², batch {bench.batch}, median of {bench.dense.denoiser.repeats} after {bench.warmup} warm-up runs"
-        if bench
-        else None,
-        usage_pipeline=usage_pipeline,
-        usage_component=usage_component,
-        loading_note=loading_note,
         recipe_name=recipe.name,
         recipe_version=recipe.version,
         recipe_sha256=recipe.sha256,
         recipe_yaml=recipe.to_yaml(),
-        flops_before=None,
+        **result_fields(recipe, report),
+        **measured_fields(evaluation, bench, plan),
+        **usage_fields(recipe, repo_id or f"<namespace>/{recipe.name}"),
     )
-    if plan and plan.get("flops_before"):
-        fields.update(
-            flops_before=human(plan["flops_before"], "FLOPs"),
-            flops_after=human(plan["flops_after"], "FLOPs"),
-            flop_change=f"{-100 * plan['flop_reduction']:+.2f}%",
-            plan_resolution=plan["resolution"],
-        )
-    card = ModelCard.from_template(data, template_path=str(data_dir("model_cards") / CARD_TEMPLATE), **fields)
+    template = str(data_dir("model_cards") / CARD_TEMPLATE)
+    card = ModelCard.from_template(card_data(recipe, evaluation), template_path=template, **fields)
     validate_card(card.content)
     return card
 
 
 def check_card(recipe: Recipe) -> None:
-    """Render and validate the card a run of ``recipe`` will publish, with nothing measured yet, so
-    metadata the Hub would refuse stops the run before any work instead of after it."""
-    render_card(
-        recipe,
-        PruneReport(
-            family=recipe.base_model.family, model_class="", config=recipe.prune.model_dump(), params_before=0
-        ),
-    )
+    """Validate the metadata a run of ``recipe`` will publish, so metadata the Hub would refuse stops the run
+    before any work instead of after it (the card itself is rendered once, when the checkpoint is written)."""
+    validate_card(f"---\n{card_data(recipe).to_yaml()}\n---\n")
 
 
 def example_prompt(recipe: Recipe) -> str:
     """A prompt the model was made for: the first of its evaluation or calibration prompts."""
     evaluation, prompts = recipe.evaluation, recipe.calibration.prompts
-    if evaluation is not None and evaluation.prompts == "builtin:shapes":
+    if evaluation is not None and builtin_name(evaluation.prompts) == "shapes":
         return evaluation_scenes(1)[0].caption
     if prompts.source == "inline" and prompts.texts:
         return prompts.texts[0]
@@ -208,14 +237,11 @@ def calibration_rows(recipe: Recipe, report: PruneReport) -> list[tuple[str, str
             f"{len(report.packages) or prune.packages}"
             + (" (chosen by memory)" if report.package_plan.get("mode") == "auto" else ""),
         ),
+        ("method", prune.method.card_text(prune.granularity)),
+        ("solver", prune.solver.card_text(prune.granularity)),
         (
-            "solver",
-            {
-                "obs": "OBS (the paper's greedy pass)",
-                "obs+lsq": "OBS, then its kept weights re-fitted to the least-squares optimum",
-                "admm": f"OBS, then masks and weights refined by ADMM ({prune.admm_iterations} steps at most) and re-fitted; no layer kept worse than OBS",
-            }[prune.solver]
-            + f"; percdamp {prune.percdamp}, blocksize {prune.blocksize}, Hessian accumulation {prune.hessian_precision}",
+            "Hessian",
+            f"damping {prune.damping_fraction} × mean diagonal, accumulation {prune.hessian_precision}",
         ),
         (
             "layer targets",
@@ -230,13 +256,6 @@ def calibration_rows(recipe: Recipe, report: PruneReport) -> list[tuple[str, str
             else "uniform",
         ),
     ]
-    if prune.granularity == "structured":
-        rows.append(
-            (
-                "structured",
-                f"head saliency {prune.head_saliency}, RRF k {prune.rrf_k}, {prune.neuron_batch} neurons per OBS round",
-            )
-        )
     return rows
 
 
@@ -320,54 +339,34 @@ def _eval_results(evaluation: EvalResult) -> list[HubEvalResult]:
 
 def card_for_folder(directory: Path, repo_id: str | None = None) -> str:
     """The card of a pruned checkpoint folder, from its recipe.yaml, report.json, eval.json and bench.json."""
-    missing = [n for n in ("recipe.yaml", "report.json") if not (directory / n).is_file()]
+    missing = [n for n in (RECIPE_FILE, REPORT_FILE) if not (directory / n).is_file()]
     if missing:
         raise CardError(f"{directory} is not a pruned checkpoint (no {missing[0]}); run obsdiff-hub prune first")
-    recipe = load_recipe(directory / "recipe.yaml")
-    data, report = read_record(directory / "report.json", lambda d: (d, prune_report(d)))
+    recipe = load_recipe(directory / RECIPE_FILE)
+    run = read_run_record(directory)
     evaluation = (
         read_record(directory / EVAL_FILE, EvalResult.from_dict) if (directory / EVAL_FILE).is_file() else None
     )
     bench = read_record(directory / BENCH_FILE, BenchResult.from_dict) if (directory / BENCH_FILE).is_file() else None
-    provenance = data.get("provenance") if isinstance(data.get("provenance"), dict) else {}
     card = render_card(
         recipe,
-        report,
+        run.report,
         repo_id=repo_id,
-        plan=data.get("plan") if isinstance(data.get("plan"), dict) else None,
+        plan=run.plan,
         evaluation=evaluation,
         bench=bench,
-        base_revision=provenance.get("base_revision"),
+        base_revision=run.provenance.get("base_revision"),
     )
     return card.content
-
-
-def prune_report(data: dict[str, Any]) -> PruneReport:
-    """The run's report from a ``report.json`` record (which adds the provenance and plan)."""
-    return PruneReport.from_dict({k: v for k, v in data.items() if k not in ("provenance", "plan")})
-
-
-def read_record(path: Path, parse: Callable[[dict[str, Any]], Any]) -> Any:
-    """One of a checkpoint folder's JSON records, read back; a damaged one is a :class:`CardError` naming it."""
-    data = read_json(path)
-    try:
-        return parse(data)
-    except (KeyError, TypeError, AttributeError, ValueError) as error:
-        raise CardError(
-            f"{path}: not a record obsdiff-hub wrote ({type(error).__name__}: {error}); run the command that writes it again"
-        ) from None
 
 
 def write_card(directory: Path, repo_id: str | None = None, *, overwrite: bool = False) -> Path:
     """Render the folder's card into its ``README.md`` (for review before a push); returns the path.
     A ``README.md`` this tool did not write is replaced only with ``overwrite``."""
-    readme = directory / "README.md"
-    if (readme.exists() or readme.is_symlink()) and "README.md" not in owned_files(directory) and not overwrite:
+    readme = directory / CARD_FILE
+    if (readme.exists() or readme.is_symlink()) and CARD_FILE not in owned_files(directory) and not overwrite:
         raise CardError(f"{readme} was not written by obsdiff-hub; pass `overwrite` to replace it")
-    content = card_for_folder(directory, repo_id)
-    write_atomic(directory / "README.md", content)
-    add_owned(directory, ["README.md"])
-    return directory / "README.md"
+    return write_record(directory, CARD_FILE, card_for_folder(directory, repo_id))
 
 
 def validate_card(content: str) -> dict[str, Any]:

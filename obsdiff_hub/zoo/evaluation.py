@@ -29,17 +29,18 @@ from pydantic import ValidationError
 
 from .._version import __version__
 from ..errors import InputError
-from ..hub import local_folder_or_repo, resolve_source
-from ..pruning.config import describe_error
-from ..pruning.prompts import builtin_prompts, contained_path, read_prompt_file
+from ..hub import builtin_name, local_folder_or_repo, resolve_source
+from ..pruning.prompts import builtin_prompts, contained_path, prompts_sha256, read_prompt_file
+from ..pruning.validation import describe_error
 from ..shapes.dataset import evaluation_scenes
 from ..storage.diagnostics import check_pipeline_configs
 from ..storage.files import checkpoint_files, is_regular_file
 from ..storage.manifest import sha256_file
-from ..storage.outputs import add_owned, real_folders, write_atomic
+from ..storage.outputs import real_folders, write_atomic
 from .metrics import METRICS, MetricRow, Samples, check_metrics
 from .metrics.clip import CLIP_MODEL
 from .recipes import EvaluationSpec, RecipeError, load_recipe
+from .records import EVAL_FILE, GRID_FILE, write_record
 from .sampling import (
     default_device,
     generate_images,
@@ -49,8 +50,6 @@ from .sampling import (
     read_image,
 )
 
-EVAL_FILE = "eval.json"
-GRID_FILE = "samples.png"
 # What changes the images (the cache key): not the metrics or their models.
 IMAGE_SETTINGS = ("prompts", "num", "steps", "guidance_scale", "resolution", "seed", "batch_size")
 ONLINE_METRICS = ["psnr", "clip"]
@@ -109,7 +108,7 @@ def resolved(spec: EvaluationSpec, base: str) -> EvaluationSpec:
 
 def revision_of(source: str) -> str:
     """What exactly ``source`` was: the commit of a Hub repo's snapshot, a local folder, or this version's built-in."""
-    if source.startswith("builtin:"):
+    if builtin_name(source) is not None:
         return f"built-in of obsdiff-hub {__version__}"
     if local_folder_or_repo(source) is not None:
         return "local folder"
@@ -159,10 +158,10 @@ def eval_prompts(spec: EvaluationSpec, folder: Path | None = None) -> list[str]:
     """``spec.num`` prompts: ``builtin:captions``, ``builtin:shapes`` (the shapes model's fixed
     evaluation scenes) or a prompt file. ``folder``: the recipe's folder when a recipe named
     the file (it must lie inside); None when the user gave the path directly."""
-    if spec.prompts == "builtin:shapes":
+    if builtin_name(spec.prompts) == "shapes":
         prompts = [s.caption for s in evaluation_scenes(spec.num)]
-    elif spec.prompts.startswith("builtin:"):
-        prompts = builtin_prompts(spec.prompts.removeprefix("builtin:"))
+    elif builtin_name(spec.prompts) is not None:
+        prompts = builtin_prompts(builtin_name(spec.prompts))
     else:
         prompts = read_prompt_file(contained_path(spec.prompts, folder) if folder is not None else spec.prompts)
     return [prompts[i % len(prompts)] for i in range(spec.num)]
@@ -170,7 +169,7 @@ def eval_prompts(spec: EvaluationSpec, folder: Path | None = None) -> list[str]:
 
 def fingerprint(source: str) -> str:
     """Identity of a model for the image cache: sha256 over its files' names, sizes and hashes."""
-    if source.startswith("builtin:"):
+    if builtin_name(source) is not None:
         return hashlib.sha256(f"{source}:{__version__}".encode()).hexdigest()
     folder = resolve_source(source)
     digest = hashlib.sha256()
@@ -229,7 +228,7 @@ def evaluate(
     prompts = eval_prompts(spec, folder)
     check_metrics(spec, prompts)
     for source in (base, model):  # configs that cannot be built stop the run before any sampling
-        local = None if source.startswith("builtin:") else local_folder_or_repo(source)
+        local = None if builtin_name(source) is not None else local_folder_or_repo(source)
         if local is not None:
             check_pipeline_configs(local)
     spec = resolved(spec, base)
@@ -244,7 +243,7 @@ def evaluate(
     )
     rows = [row for metric in spec.metrics for row in METRICS[metric](samples, spec)]
     used = {k: v for k, v in spec.model_dump().items() if v is not None}  # every setting that applied, none left open
-    settings = {**used, "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
+    settings = {**used, "prompts_sha256": prompts_sha256(prompts)}
     return EvalResult(__version__, model, base, settings, rows), samples
 
 
@@ -277,8 +276,6 @@ def evaluate_checkpoint(
         captions=samples.prompts[:columns],
         row_labels=["dense", "pruned"],
     )
-    out_folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_folder / GRID_FILE, image_bytes(grid))
-    write_atomic(out_folder / EVAL_FILE, json.dumps(result.to_dict(), indent=2) + "\n")
-    add_owned(out_folder, [GRID_FILE, EVAL_FILE])
+    write_record(out_folder, GRID_FILE, image_bytes(grid))
+    write_record(out_folder, EVAL_FILE, result.to_dict())
     return result

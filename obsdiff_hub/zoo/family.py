@@ -19,11 +19,13 @@ from ..errors import InputError
 from ..hub import HubClient, PushResult, check_repo_id
 from ..storage.files import is_regular_file
 from ..storage.manifest import MANIFEST, build_manifest, manifest_bytes
-from .cards import card_for_folder, prune_report, read_record
-from .evaluation import EVAL_FILE, EvalResult
+from .cards import card_for_folder
+from .evaluation import EvalResult
 from .metrics import MetricRow
-from .publishing import check_checkpoint_folder, publish
+from .publishing import publish
 from .recipes import load_recipe
+from .records import CARD_FILE, EVAL_FILE, RECIPE_FILE, check_checkpoint_folder, read_record, read_run_record
+from .resume import PARTIAL_SUFFIX
 from .sampling import image_bytes
 
 PLOT_FILE = "quality.png"
@@ -49,7 +51,7 @@ def is_family(directory: Path) -> bool:
     """A folder holding pruned checkpoints in sub-folders rather than being one."""
     if not directory.is_dir() or (directory / "model_index.json").exists() or (directory / "config.json").exists():
         return False
-    return any(is_regular_file(p / "recipe.yaml") for p in directory.iterdir() if p.is_dir() and not p.is_symlink())
+    return any(is_regular_file(p / RECIPE_FILE) for p in directory.iterdir() if p.is_dir() and not p.is_symlink())
 
 
 def family_members(directory: Path) -> list[Member]:
@@ -65,13 +67,15 @@ def family_members(directory: Path) -> list[Member]:
         )
     members = []
     for folder in sorted(
-        p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".partial")
+        p
+        for p in directory.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(PARTIAL_SUFFIX)
     ):
         if folder.is_symlink():
             raise InputError(f"{folder} is a link; a family's members are folders inside it")
         check_checkpoint_folder(folder)
-        recipe = load_recipe(folder / "recipe.yaml")
-        report = read_record(folder / "report.json", prune_report)
+        recipe = load_recipe(folder / RECIPE_FILE)
+        report = read_run_record(folder).report
         metrics = (
             read_record(folder / EVAL_FILE, EvalResult.from_dict).metrics
             if is_regular_file(folder / EVAL_FILE)
@@ -202,7 +206,7 @@ def publish_family(
     for m in members:  # every card renders and validates before anything is pushed
         card_for_folder(m.folder, repo_id)
     plot = quality_plot(members)
-    in_memory = {"README.md": family_card(members, repo_id, plot is not None).encode("utf-8")}
+    in_memory = {CARD_FILE: family_card(members, repo_id, plot is not None).encode("utf-8")}
     if plot is not None:
         in_memory[PLOT_FILE] = image_bytes(plot)
     pushed = {

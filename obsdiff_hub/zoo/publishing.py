@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 from .._version import __version__
-from ..errors import InputError
 from ..hub import (
     MANIFEST,
     HubClient,
@@ -21,22 +20,9 @@ from ..hub import (
     check_repo_id,
     manifest_bytes,
 )
-from ..storage.files import readable_file
 from .cards import card_for_folder
 from .recipes import load_recipe
-
-
-def check_checkpoint_folder(directory: Path) -> None:
-    """A folder ``prune`` wrote: a diffusers layout with its ``recipe.yaml`` and ``report.json``."""
-    if not directory.is_dir():
-        raise InputError(f"{directory} does not exist or is not a directory")
-    missing = [
-        n for n in ("recipe.yaml", "report.json") if not readable_file(directory / n, directory)
-    ]  # never through a link out of it
-    if missing or not ((directory / "model_index.json").is_file() or (directory / "config.json").is_file()):
-        raise InputError(
-            f"{directory} is not a pruned checkpoint (needs recipe.yaml, report.json and a diffusers layout); run obsdiff-hub prune first"
-        )
+from .records import CARD_FILE, RECIPE_FILE, check_checkpoint_folder
 
 
 def publish(
@@ -54,9 +40,9 @@ def publish(
     directory = Path(directory)
     check_checkpoint_folder(directory)
     check_repo_id(repo_id, namespaced=True)
-    recipe = load_recipe(directory / "recipe.yaml")
+    recipe = load_recipe(directory / RECIPE_FILE)
     in_memory = {
-        "README.md": card_for_folder(directory, repo_id).encode("utf-8"),
+        CARD_FILE: card_for_folder(directory, repo_id).encode("utf-8"),
         MANIFEST: manifest_bytes(build_manifest(directory)),
     }
     return HubClient(endpoint, token).push(

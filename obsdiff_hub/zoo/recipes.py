@@ -20,11 +20,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError
 
+from ..dtypes import DtypeName
 from ..errors import InputError
-from ..pruning.config import CalibrationConfig, PruneConfig, StrictModel, describe_error
+from ..pruning.config import CalibrationConfig, PruneConfig, migrate_flat_settings, schema_2_path
+from ..pruning.validation import StrictModel, describe_error
 from ..resources import data_dir
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: each method's and solver's settings nested under its name (1 is migrated on load)
 MAX_RECIPE_BYTES = 1024**2
 MAX_YAML_NODES = 100_000  # with every alias expanded: a recipe has a few hundred
 CONFIG_NAME = r"^[a-z0-9][a-z0-9._\-]*$"
@@ -47,7 +49,7 @@ class BaseModelSpec(StrictModel):
 
 
 class OutputSpec(StrictModel):
-    dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    dtype: DtypeName = "float16"
     variant: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$")
 
 
@@ -77,7 +79,7 @@ class RecipeIdentity(StrictModel):
 
 
 class Recipe(StrictModel):
-    schema_version: Literal[1]
+    schema_version: Literal[2]
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9.\-]*$")
     version: int = Field(ge=1)
     description: str
@@ -109,20 +111,26 @@ class Recipe(StrictModel):
         return RecipeIdentity(name=self.name, version=self.version, sha256=self.sha256)
 
     def to_yaml(self) -> str:
-        return "# obsdiff-hub recipe (schema 1). See README.md, 'Recipes'.\n" + yaml.safe_dump(
+        return f"# obsdiff-hub recipe (schema {SCHEMA_VERSION}). See README.md, 'Recipes'.\n" + yaml.safe_dump(
             self.model_dump(mode="json"), sort_keys=False
         )
 
     def with_changes(self, changes: dict[str, Any]) -> Recipe:
-        """A copy with dotted-path changes (``{"prune.sparsity": 0.4}``), validated as a whole."""
+        """A copy with dotted-path changes (``{"prune.sparsity": 0.4}``), validated as a whole. Schema-1
+        field names (``prune.percdamp``, ``prune.admm_rho``) change the field that holds them now."""
         data = self.model_dump(mode="json")
         for dotted, value in changes.items():
             node = data
             *parents, leaf = dotted.split(".")
+            if parents == ["prune"]:
+                *more, leaf = schema_2_path(leaf, data["prune"])
+                parents += more
             for part in parents:
                 child = node.get(part)
                 if child is None:
                     child = node[part] = {}
+                if isinstance(child, str) and part in ("method", "solver"):
+                    child = node[part] = {"name": child}  # a bare name gains settings
                 if not isinstance(child, dict):
                     raise RecipeError(f"{dotted}: {part} is not a section of the recipe")
                 node = child
@@ -136,6 +144,8 @@ def validate_recipe(data: Any, where: str) -> Recipe:
     """A recipe from parsed YAML, or a one-line error naming the first bad field."""
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: a recipe is a YAML mapping, got {type(data).__name__}")
+    if data.get("schema_version") == 1:
+        data = migrate_schema_1(data, where)
     if data.get("schema_version") != SCHEMA_VERSION:
         raise RecipeError(
             f"{where}: schema_version {data.get('schema_version')!r} is not supported (this obsdiff-hub reads {SCHEMA_VERSION})"
@@ -144,6 +154,17 @@ def validate_recipe(data: Any, where: str) -> Recipe:
         return Recipe.model_validate(data)
     except ValidationError as error:
         raise RecipeError(f"{where}: {describe_error(error, Recipe)}") from error
+
+
+def migrate_schema_1(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """A schema-1 recipe as the identical schema-2 recipe: its flat method and solver settings nested
+    under the chosen method and solver (settings of the others, which had no effect, dropped)."""
+    prune = data.get("prune")
+    try:
+        migrated = migrate_flat_settings(prune, lenient=True) if isinstance(prune, dict) else prune
+    except ValueError as error:
+        raise RecipeError(f"{where}: prune: {error}") from None
+    return {**data, "schema_version": SCHEMA_VERSION, "prune": migrated}
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..checkpoints.saving import write_safetensors
 from ..errors import InputError
-from ..models import STRUCTURE_KEY, pruned_class_for
+from ..models import STRUCTURE_KEY, promote, pruned_class_for
 from ..pruning.precision import floating_dtype
 from ..pruning.report import PruneReport
 from ..storage.files import read_json
@@ -41,9 +41,12 @@ class ResumeError(InputError):
     """A partial run that cannot be resumed; the message says what to do."""
 
 
+PARTIAL_SUFFIX = ".partial"
+
+
 def partial_folder(out: Path) -> Path:
     """Where a run writing ``out`` keeps its progress: ``<out>.partial`` beside it."""
-    return out.with_name(out.name + ".partial")
+    return out.with_name(out.name + PARTIAL_SUFFIX)
 
 
 def saved_packages(out: Path) -> int:
@@ -121,7 +124,7 @@ class DiskState:
         tmp = Path(tempfile.mkdtemp(prefix=".state.", dir=self.directory))
         listed = read_marker(self.directory)["files"]  # type: ignore[index]
         mark_owned(self.directory, [*listed, f"{tmp.name}/", f".state.old.{tmp.name}/"], kind="partial")
-        write_safetensors(model, tmp, torch_dtype=floating_dtype(model))
+        write_safetensors(promote(model), tmp, torch_dtype=floating_dtype(model))  # its shapes in its config
         apply_umask_modes(tmp)
         old = self.directory / f".state.old.{tmp.name}"
         if self.state_dir.exists():

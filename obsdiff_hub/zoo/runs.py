@@ -13,7 +13,6 @@ and dtype actually used, the prompts pinned by count and sha256 (file prompts in
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -21,7 +20,7 @@ from typing import Any, Callable, Literal
 import torch
 from diffusers import DiffusionPipeline
 
-from ..architectures import adapter_for
+from ..architectures import architecture_of
 from ..architectures.components import (
     check_resolution,
     default_resolution,
@@ -31,7 +30,7 @@ from ..architectures.components import (
 )
 from ..checkpoints.saving import write_pruned
 from ..errors import InputError
-from ..hub import HubClient, local_folder_or_repo
+from ..hub import HubClient, builtin_name, local_folder_or_repo
 from ..models import provenance
 from ..pruning.config import PromptSource
 from ..pruning.distributed import World, resolve_device
@@ -44,15 +43,16 @@ from ..pruning.engine import (
 )
 from ..pruning.plan import PlanResult, plan
 from ..pruning.precision import DTYPES, check_device_dtype
-from ..pruning.prompts import prompts_sha256, resolve_prompts
+from ..pruning.prompts import PromptSet, resolve_prompts
 from ..resources import data_dir
 from ..storage.diagnostics import check_pipeline_configs, explained_pipeline_failure
 from ..storage.files import stored_dtype
-from ..storage.outputs import atomic_output, check_writable_target, write_atomic
+from ..storage.outputs import atomic_output, check_writable_target
 from . import cards
 from .evaluation import EvalResult, eval_prompts, evaluate_checkpoint
 from .metrics import check_metrics
 from .recipes import Recipe, RecipeError
+from .records import CARD_FILE, RECIPE_FILE, REPORT_FILE, RunRecord, write_record
 from .resume import DiskState, partial_folder
 from .sampling import load_pipeline
 
@@ -74,7 +74,7 @@ class RunOutput:
 def load_base_pipeline(recipe: Recipe) -> Any:
     """The recipe's base pipeline in its checkpoint's own dtype, checked against the recipe's family."""
     source = recipe.base_model.repo_id
-    if source.startswith("builtin:"):
+    if builtin_name(source) is not None:
         pipeline = load_pipeline(source)
     else:
         # Download exactly the files from_pretrained reads (not every variant), then read the dtype.
@@ -88,7 +88,7 @@ def load_base_pipeline(recipe: Recipe) -> Any:
             check_pipeline_configs(folder)
             dtype = stored_dtype(folder / recipe.base_model.component)
             pipeline = DiffusionPipeline.from_pretrained(folder, dtype=dtype, use_safetensors=True)
-    found = adapter_for(denoiser_of(pipeline)).family
+    found = architecture_of(denoiser_of(pipeline)).family
     if found != recipe.base_model.family:
         raise ModelMismatchError(
             f"recipe {recipe.name} is for {recipe.base_model.family} models but {source} has a {type(denoiser_of(pipeline)).__name__}; "
@@ -110,7 +110,7 @@ def plan_recipe(recipe: Recipe, resolution: int | None = None) -> PlanResult:
     base = recipe.base_model
     if base.config:
         config, scale, multiple, default = base.config, 8, 64, 1024
-    elif base.repo_id.startswith("builtin:"):
+    elif builtin_name(base.repo_id) is not None:
         pipeline = load_pipeline(base.repo_id)
         denoiser = denoiser_of(pipeline)
         config = {**denoiser.config, "_class_name": type(denoiser).__name__}
@@ -157,16 +157,18 @@ def requested_recipe(
 
 def prompt_source(prompts: str, column: str | None, count: int) -> PromptSource:
     """A prompt file given directly (any path), or ``builtin:NAME`` for a shipped set."""
-    if prompts.startswith("builtin:"):
-        return PromptSource(source="builtin", path=prompts.removeprefix("builtin:"), count=count)
+    if (name := builtin_name(prompts)) is not None:
+        return PromptSource(source="builtin", path=name, count=count)
     return PromptSource(source="file", path=prompts, column=column, count=count)
 
 
-def pinned_prompts(source: PromptSource, prompts: list[str]) -> PromptSource:
+def pinned_prompts(source: PromptSource, prompts: PromptSet) -> PromptSource:
     """The prompt source as a re-run needs it: count and sha256 pinned; a local file inlined."""
     if source.source == "file":
-        return PromptSource(source="inline", texts=prompts, count=len(prompts), sha256=prompts_sha256(prompts))
-    return source.model_copy(update={"count": len(prompts), "sha256": prompts_sha256(prompts)})
+        return PromptSource(
+            source="inline", texts=list(prompts.texts), count=len(prompts.texts), sha256=prompts.sha256
+        )
+    return source.model_copy(update={"count": len(prompts.texts), "sha256": prompts.sha256})
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,7 @@ class Prepared:
 
     recipe: Recipe  # as given
     requested: Recipe  # every override applied
-    texts: list[str]
+    prompts: PromptSet  # resolved and hashed once, here
     pinned: PromptSource
     out: Path
 
@@ -200,9 +202,8 @@ class Prepared:
     def calibration(self) -> Any:
         """The calibration settings with the resolved prompts inline."""
         cal = self.requested.calibration
-        return cal.model_copy(
-            update={"prompts": PromptSource(source="inline", texts=self.texts, count=len(self.texts))}
-        )
+        texts = list(self.prompts.texts)
+        return cal.model_copy(update={"prompts": PromptSource(source="inline", texts=texts, count=len(texts))})
 
 
 def prepare(
@@ -226,18 +227,18 @@ def prepare(
     check_device_dtype(run_device, DTYPES.get(cal.dtype, torch.float32))
     if o.prompts:
         source = prompt_source(o.prompts, o.prompt_column, cal.prompts.count)
-        texts = resolve_prompts(source)
+        prompts = PromptSet.of(resolve_prompts(source))
     else:
         source = cal.prompts
         if source.source == "file" and requested.folder is None:
             raise RecipeError("a shipped recipe cannot name a prompt file; give the `prompts` file")
-        texts = resolve_prompts(source, requested.folder)
+        prompts = PromptSet.of(resolve_prompts(source, requested.folder))
     cards.check_card(requested)
     if requested.evaluation is not None:
         check_metrics(
             requested.evaluation, eval_prompts(requested.evaluation, requested.folder or data_dir("recipes"))
         )
-    return Prepared(recipe, requested, texts, pinned_prompts(source, texts), out)
+    return Prepared(recipe, requested, prompts, pinned_prompts(source, prompts), out)
 
 
 def write_run(
@@ -269,9 +270,6 @@ def write_run(
         recipe_version=effective.version,
         recipe_sha256=effective.sha256,
         derived_from_sha256=effective.derived_from.sha256 if effective.derived_from else None,
-        method=used.method,
-        granularity=used.granularity,
-        sparsity=used.ratio_label,
         base_model=requested.base_model.repo_id,
         base_revision=base_revision,
         prompts_sha256=pinned.sha256,
@@ -280,7 +278,7 @@ def write_run(
     if is_main:
         out = prepared.out
         with atomic_output(out, overwrite=overwrite) as tmp:
-            write_pruned(
+            stamped = write_pruned(
                 pipeline,
                 tmp,
                 record=record,
@@ -303,16 +301,12 @@ def write_run(
                 evaluation=evaluation,
                 base_revision=base_revision,
             )
-            write_atomic(tmp / "recipe.yaml", effective.to_yaml())
-            write_atomic(
-                tmp / "report.json",
-                json.dumps(
-                    {**report.to_dict(), "provenance": record, "plan": plan_info.to_dict() if plan_info else None},
-                    indent=2,
-                ),
+            write_record(tmp, RECIPE_FILE, effective.to_yaml())
+            write_record(
+                tmp, REPORT_FILE, RunRecord(report, stamped, plan_info.to_dict() if plan_info else None).to_dict()
             )
-            write_atomic(tmp / "README.md", card.content)
-    return RunOutput(prepared.out, result, effective, plan_info, evaluation, len(set(prepared.texts)))
+            write_record(tmp, CARD_FILE, card.content)
+    return RunOutput(prepared.out, result, effective, plan_info, evaluation, len(set(prepared.prompts.texts)))
 
 
 def run_recipe(
@@ -358,6 +352,8 @@ def run_recipe(
         state=state,
         save_hessians=save_hessians,
         hessians=hessians,
+        world=world,
+        prompts=prepared.prompts,
     )
     output = write_run(prepared, pipeline, result, overwrite=overwrite, is_main=world.is_main)
     if world.is_main:
@@ -397,7 +393,7 @@ def run_family(
     root = Path(out)
     if root.is_symlink() or (root.exists() and not root.is_dir()):
         raise InputError(f"{root} is a link or a file; give `out` a folder (it will hold one folder per member)")
-    members_or_progress = set(names) | {f"{n}.partial" for n in names}
+    members_or_progress = set(names) | {partial_folder(Path(n)).name for n in names}
     foreign = sorted(p.name for p in root.iterdir() if p.name not in members_or_progress) if root.exists() else []
     if foreign:
         raise InputError(f"{root} holds {foreign[0]}, which is not a member of this family; choose another `out`")
@@ -433,6 +429,8 @@ def run_family(
         calibration=first.calibration,
         device=run_device,
         progress=progress,
+        world=world,
+        prompts=first.prompts,
     )
     world.close()
     return written

@@ -25,7 +25,7 @@ from ..architectures.components import (
     vae_scale_factor,
 )
 from ..errors import CheckpointError, InputError
-from ..hub import HubClient, fetch, local_folder_or_repo, resolve_source
+from ..hub import BUILTIN_PREFIX, HubClient, builtin_name, fetch, local_folder_or_repo, resolve_source
 from ..pruning.prompts import check_lengths
 from ..shapes.pipeline import load_shapes_pipeline
 from ..storage.diagnostics import check_pipeline_configs, explained_pipeline_failure
@@ -66,12 +66,11 @@ def load_pipeline(
     """
     if not isinstance(source, str):
         pipeline = source
-    elif source.startswith("builtin:"):
-        name = source.removeprefix("builtin:")
+    elif (name := builtin_name(source)) is not None:
         registry = _builtins()
         if name not in registry:
             raise InputError(
-                f"unknown built-in model {source!r}; built-ins: {', '.join('builtin:' + n for n in registry)}"
+                f"unknown built-in model {source!r}; built-ins: {', '.join(BUILTIN_PREFIX + n for n in registry)}"
             )
         pipeline = registry[name]()
     else:
@@ -124,7 +123,7 @@ def _call_default(pipeline_class: type, name: str) -> Any:
 def pipeline_defaults(source: str) -> SamplingDefaults:
     """The guidance scale and resolution ``source`` samples with by default, read from its
     ``model_index.json`` and component configs (a built-in is loaded; no weights are read otherwise)."""
-    if source.startswith("builtin:"):
+    if builtin_name(source) is not None:
         pipeline = load_pipeline(source)
         denoiser = denoiser_of(pipeline)
         return SamplingDefaults(

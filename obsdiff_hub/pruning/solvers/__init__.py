@@ -1,0 +1,6 @@
+"""The refining solvers a recipe's ``prune.solver`` names, by name (see :mod:`..registry`): one module each."""
+
+from . import admm, lsq, obs
+from .base import SOLVERS, RefiningSolver
+
+__all__ = ["SOLVERS", "RefiningSolver", "admm", "lsq", "obs"]

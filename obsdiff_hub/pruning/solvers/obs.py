@@ -1,0 +1,34 @@
+"""``solver: obs``: the method's result as it is (the paper's greedy pass)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal, Sequence
+
+import torch
+
+from ..methods import LayerResult
+from .base import SOLVERS, RefiningSolver
+
+
+@SOLVERS.register
+class GreedyPass(RefiningSolver):
+    """No refinement: OBS-Diff's single left-to-right pass."""
+
+    name: Literal["obs"] = "obs"
+    summary: ClassVar[str] = "the paper's greedy pass as it is (no refinement)"
+    refines: ClassVar[bool] = False
+
+    def card_text(self, granularity: str) -> str:
+        return "OBS (the paper's greedy pass)"
+
+    def refine(
+        self,
+        targets: Sequence[torch.Tensor],
+        H: torch.Tensor,
+        starts: LayerResult,
+        *,
+        n: int,
+        m: int,
+        damping_fraction: float,
+    ) -> LayerResult:
+        return list(starts)
