@@ -87,7 +87,8 @@ def lora(steps: int) -> None:
         dense.load_lora_weights(root / "lora")
         _, dense_lora = evaluate(dense)
         print(
-            f"\n## dense LoRA mapped onto pruned shapes checkpoints (LoRA: {steps} steps, {trained_s:.0f} s; 60 captions, same seeds)\n"
+            f"\n## dense LoRA mapped onto pruned shapes checkpoints (LoRA: {steps} steps, {trained_s:.0f} s; 60 "
+            "captions, same seeds)\n"
         )
         print(f"dense+LoRA vs dense: {psnr(dense_lora, dense_images):.2f} dB (how much the LoRA changes the images)\n")
         print("| checkpoint | pruned vs dense (dB) | pruned+LoRA vs dense+LoRA (dB) | pruned+LoRA vs dense (dB) |")
@@ -105,7 +106,8 @@ def lora(steps: int) -> None:
             pruned.load_lora_weights(root / "lora")
             _, with_lora = evaluate(pruned)
             print(
-                f"| {label} | {psnr(plain, dense_images):.2f} | {psnr(with_lora, dense_lora):.2f} | {psnr(with_lora, dense_images):.2f} |",
+                f"| {label} | {psnr(plain, dense_images):.2f} | {psnr(with_lora, dense_lora):.2f} | "
+                f"{psnr(with_lora, dense_images):.2f} |",
                 flush=True,
             )
 
@@ -158,7 +160,8 @@ def compile_costs() -> None:
         pruned_graphs, eager = graphs(build_model(config, structure=structure), 8)
         unlimited, _ = graphs(build_model(config, structure=structure), 128)
         print(
-            f"| {name} | {len(architecture.blocks(skeleton))} | {dense_graphs} | {pruned_graphs} | {eager} | {unlimited} |",
+            f"| {name} | {len(architecture.blocks(skeleton))} | {dense_graphs} | {pruned_graphs} | {eager} | "
+            f"{unlimited} |",
             flush=True,
         )
     torch._dynamo.config.recompile_limit = 8
@@ -170,7 +173,8 @@ def main() -> None:
     parser.add_argument("--lora-steps", type=int, default=400)
     args = parser.parse_args()
     print(
-        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}"
     )
     parts = args.parts.split(",")
     if "lora" in parts:

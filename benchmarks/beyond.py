@@ -42,7 +42,8 @@ def main() -> None:
     args = parser.parse_args()
     _, dense_images = evaluate(load_shapes_pipeline())
     print(
-        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, torch {torch.__version__}, shapes model, {args.packages} packages, "
+        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, torch {torch.__version__}, shapes model, "
+        f"{args.packages} packages, "
         f"{args.seeds} calibration seeds (mean ± sd)"
     )
     print("| granularity | ratio | variant | PSNR vs dense (dB) | caption acc. (all 3) | prune time (s) |")

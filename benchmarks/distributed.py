@@ -86,7 +86,8 @@ def main() -> None:
         one_single = run(prune, 1, Path(tmp) / "b")
         many = run(launcher + prune, max(1, cores // args.processes), Path(tmp) / "c")
     print(
-        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {cores} cores, torch {torch.__version__}, {args.recipe}, "
+        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {cores} cores, torch {torch.__version__}, "
+        f"{args.recipe}, "
         f"{args.prompts} prompts × {args.steps} steps at {args.resolution}², batch 1, 1 package"
     )
     print("| run | engine total (s) | speed-up over 1 process |")
@@ -94,7 +95,8 @@ def main() -> None:
     print(f"| 1 process, {cores} threads | {one_all:.2f} | 1.00× |")
     print(f"| 1 process, 1 thread | {one_single:.2f} | {one_all / one_single:.2f}× |")
     print(
-        f"| {args.processes} processes (torchrun), {max(1, cores // args.processes)} thread(s) each | {many:.2f} | {one_all / many:.2f}× |"
+        f"| {args.processes} processes (torchrun), {max(1, cores // args.processes)} thread(s) each | {many:.2f} | "
+        f"{one_all / many:.2f}× |"
     )
 
 

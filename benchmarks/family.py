@@ -31,7 +31,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     print(
-        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}"
+        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}, device {args.device}"
     )
     configs = [dict(granularity="unstructured", sparsity=r, packages=args.packages) for r in RATIOS]
 
@@ -56,14 +57,17 @@ def main() -> None:
     family_s = time.perf_counter() - start
     equal = all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(members, singles))
     print(
-        f"\n## {len(RATIOS)} unstructured sparsities ({', '.join(f'{round(r * 100)}%' for r in RATIOS)}), {args.packages} package(s)\n"
+        f"\n## {len(RATIOS)} unstructured sparsities ({', '.join(f'{round(r * 100)}%' for r in RATIOS)}), "
+        f"{args.packages} package(s)\n"
     )
     print(
-        "| five single runs (s) | one family run (s) | speed-up | calibration not repeated (s) | members equal to single runs, bit for bit |"
+        "| five single runs (s) | one family run (s) | speed-up | calibration not repeated (s) | members equal to "
+        "single runs, bit for bit |"
     )
     print("|---|---|---|---|---|")
     print(
-        f"| {single_s:.1f} | {family_s:.1f} | {single_s / family_s:.2f}× | {shared[0]:.1f} | {'yes' if equal else 'NO'} |"
+        f"| {single_s:.1f} | {family_s:.1f} | {single_s / family_s:.2f}× | {shared[0]:.1f} | "
+        f"{'yes' if equal else 'NO'} |"
     )
 
 

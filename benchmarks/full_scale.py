@@ -227,7 +227,8 @@ def main() -> None:
         print("RESULT " + json.dumps(run_one(args.recipes[0], args.packages, args.device)), flush=True)
         return
     print(
-        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}, "
+        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"device {args.device}, "
         "1 prompt × 2 steps at 256², CFG, batch 1",
         flush=True,
     )
@@ -245,7 +246,8 @@ def main() -> None:
         results.append(json.loads(line.removeprefix("RESULT ")))
         print(json.dumps(results[-1]), flush=True)
     print(
-        "| recipe | packages | trajectories (s) | Hessians (s) | Hessians / trajectories (worst package) | solves (s) | save (s) | reload (s) "
+        "| recipe | packages | trajectories (s) | Hessians (s) | Hessians / trajectories (worst package) | solves "
+        "(s) | save (s) | reload (s) "
         "| peak RSS (GB) | predicted (GB) | measured / predicted | params after (B) | SPEC §4 |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -253,8 +255,10 @@ def main() -> None:
         worst = max(h / t for t, h, _ in r["per_package"])
         peak = r["peak_rss_gb"].get("prune", 0)
         print(
-            f"| {r['recipe']} | {r['packages']} ({r['mode']}) | {r['trajectories_s']:.1f} | {r['hessian_s']:.1f} | {worst:.2f}× | {r['solve_s']:.1f} "
-            f"| {r['save_s']:.1f} | {r['reload_s']:.1f} | {peak:.2f} | {r['predicted_peak_gb']:.2f} | {peak / r['predicted_peak_gb']:.2f} "
+            f"| {r['recipe']} | {r['packages']} ({r['mode']}) | {r['trajectories_s']:.1f} | {r['hessian_s']:.1f} | "
+            f"{worst:.2f}× | {r['solve_s']:.1f} "
+            f"| {r['save_s']:.1f} | {r['reload_s']:.1f} | {peak:.2f} | {r['predicted_peak_gb']:.2f} | "
+            f"{peak / r['predicted_peak_gb']:.2f} "
             f"| {r['params_b']:.2f} | {r['spec_params_b']:.2f} |"
         )
 

@@ -368,7 +368,8 @@ def main() -> None:
             print(f"{name}: {records[name]['status']} ({records[name]['seconds']:.1f} s)", flush=True)
     (args.out / "gpu.json").write_text(json.dumps({**header, "checks": records}, indent=2, default=str) + "\n")
     lines = [
-        f"{header['device']}, torch {header['torch']} (CUDA {header['cuda']}, driver {header['driver']}), {header['date']}, {header['mode']} run",
+        f"{header['device']}, torch {header['torch']} (CUDA {header['cuda']}, driver {header['driver']}), "
+        f"{header['date']}, {header['mode']} run",
         "",
         "| check | status | s | numbers |",
         "|---|---|---|---|",

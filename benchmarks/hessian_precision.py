@@ -125,7 +125,8 @@ def compare(name: str, X: torch.Tensor, W: torch.Tensor) -> list[str]:
 def main() -> None:
     diffusers_logging.disable_progress_bar()
     print(
-        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, torch {torch.__version__}; tf32/bf16 rounding emulated on CPU"
+        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, torch {torch.__version__}; tf32/bf16 rounding "
+        "emulated on CPU"
     )
     print("| activations | rows×cols | precision | ‖H − H_fp64‖ / ‖H_fp64‖ | 50% OBS reconstruction error vs fp32 H |")
     print("|---|---|---|---|---|")

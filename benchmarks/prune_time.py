@@ -66,7 +66,8 @@ def main() -> None:
         prompts=prompts, steps=args.steps, guidance_scale=5.0, resolution=args.resolution, batch_size=4
     )
     print(
-        f"# {platform.machine()} {args.device}, torch {torch.__version__}, tiny {args.family}, {len(prompts)} prompts × {args.steps} steps at {args.resolution}²"
+        f"# {platform.machine()} {args.device}, torch {torch.__version__}, tiny {args.family}, {len(prompts)} "
+        f"prompts × {args.steps} steps at {args.resolution}²"
     )
     print(
         "| P | engine total (s) | encode | trajectories | Hessians | solves | reference-style total (s) | speed-up |"
@@ -89,8 +90,10 @@ def main() -> None:
             for a, b in zip(denoiser_of(ours_pipe).state_dict().values(), denoiser_of(ref_pipe).state_dict().values())
         )
         print(
-            f"| {len(ours.report.packages)} | {ours_s:.2f} | {st['prompt_encoding_s']:.2f} | {st['trajectories_s']:.2f} | "
-            f"{st['hessian_accumulation_s']:.2f} | {st['solve_s']:.2f} | {ref_s:.2f} | {ref_s / ours_s:.2f}× {'(same weights)' if same else '(weights differ!)'} |"
+            f"| {len(ours.report.packages)} | {ours_s:.2f} | {st['prompt_encoding_s']:.2f} | "
+            f"{st['trajectories_s']:.2f} | "
+            f"{st['hessian_accumulation_s']:.2f} | {st['solve_s']:.2f} | {ref_s:.2f} | {ref_s / ours_s:.2f}× "
+            f"{'(same weights)' if same else '(weights differ!)'} |"
         )
 
 

@@ -45,7 +45,8 @@ def main() -> None:
     dense_scores, dense_images = evaluate(load_shapes_pipeline())
     print(f"# {platform.machine()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
     print(
-        "| method | granularity | ratio | caption acc. (all 3) | caption acc. (mean) | PSNR vs dense (dB) | prune time (s) |"
+        "| method | granularity | ratio | caption acc. (all 3) | caption acc. (mean) | PSNR vs dense (dB) | prune "
+        "time (s) |"
     )
     print("|---|---|---|---|---|---|---|")
     print(f"| dense | – | – | {dense_scores['all']:.3f} | {dense_scores['mean']:.3f} | – | – |")
@@ -59,7 +60,8 @@ def main() -> None:
         scores, _ = evaluate(pipe, reference=dense_images)
         label = "2:4" if granularity == "n:m" else f"{ratio:.0%}"
         print(
-            f"| {method} | {granularity} | {label} | {scores['all']:.3f} | {scores['mean']:.3f} | {scores['psnr_vs_dense']:.2f} | {seconds:.1f} |",
+            f"| {method} | {granularity} | {label} | {scores['all']:.3f} | {scores['mean']:.3f} | "
+            f"{scores['psnr_vs_dense']:.2f} | {seconds:.1f} |",
             flush=True,
         )
 

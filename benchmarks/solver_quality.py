@@ -79,7 +79,8 @@ def shapes(seeds: int, device: str) -> None:
                 errors_obs = errors
             ratio = statistics.mean(e / o for e, o in zip(errors, errors_obs))
             print(
-                f"| {label} | {solver} | {statistics.mean(psnr):.2f} ± {spread(psnr):.2f} | {statistics.mean(accuracy):.3f} ± {spread(accuracy):.3f} "
+                f"| {label} | {solver} | {statistics.mean(psnr):.2f} ± {spread(psnr):.2f} | "
+                f"{statistics.mean(accuracy):.3f} ± {spread(accuracy):.3f} "
                 f"| {statistics.mean(errors):.4g} | {ratio:.3f}× | {statistics.mean(seconds):.1f} |",
                 flush=True,
             )
@@ -117,7 +118,8 @@ def real(block: int, device: str) -> None:
             reference = reference or errors
             at_most = sum(errors[k] <= reference[k] * (1 + 1e-6) for k in errors)
             print(
-                f"| {label} | {solver} | {sum(errors.values()):.4g} | {sum(errors.values()) / sum(reference.values()):.3f}× "
+                f"| {label} | {solver} | {sum(errors.values()):.4g} | "
+                f"{sum(errors.values()) / sum(reference.values()):.3f}× "
                 f"| {at_most}/{len(errors)} | {report.stages['solve_s']:.1f} |",
                 flush=True,
             )
@@ -151,7 +153,8 @@ def timing(device: str, shapes: list[tuple[int, int]]) -> None:
             base = float(layer_error(W, Wo, H).sum())
             print(
                 f"| {rows}×{cols} | {label} | {row[0]:.1f} | {row[1]:.1f} | {row[2]:.1f} | {row[2] / row[0]:.1f}× "
-                f"| {float(layer_error(W, results[False], H).sum()) / base:.3f} | {float(layer_error(W, results[True], H).sum()) / base:.3f} |",
+                f"| {float(layer_error(W, results[False], H).sum()) / base:.3f} | "
+                f"{float(layer_error(W, results[True], H).sum()) / base:.3f} |",
                 flush=True,
             )
 
@@ -165,7 +168,8 @@ def main() -> None:
     parser.add_argument("--shapes", default="1280x5120,2432x9728", help="layer shapes of the time part, ROWSxCOLS,...")
     args = parser.parse_args()
     print(
-        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}"
+        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}, device {args.device}"
     )
     parts = args.parts.split(",")
     if "shapes" in parts:

@@ -126,7 +126,8 @@ def main() -> None:
     rate = gemm_rate(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(
-        f"# {time.strftime('%Y-%m-%d')}, device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"# {time.strftime('%Y-%m-%d')}, device {device} ({name}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, "
         f"fp32 GEMM {rate / 1e9:.0f} GFLOP/s"
     )
     rows_out = []
@@ -207,7 +208,8 @@ def main() -> None:
             )
         )
     print(
-        "| model | layer | shape | solver | time (s) | SparseGPT-style (s) | speed-up | error ratio | time / FLOP floor |"
+        "| model | layer | shape | solver | time (s) | SparseGPT-style (s) | speed-up | error ratio | time / FLOP "
+        "floor |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows_out:
@@ -217,7 +219,8 @@ def main() -> None:
             else "– | – | –"
         )
         print(
-            f"| {r['model']} | {r['layer']} | {r['shape'][0]}×{r['shape'][1]} | {r['solver']} | {r['seconds']:.2f} | {base} | {r['seconds'] / r['floor_s']:.2f}× |"
+            f"| {r['model']} | {r['layer']} | {r['shape'][0]}×{r['shape'][1]} | {r['solver']} | {r['seconds']:.2f} "
+            f"| {base} | {r['seconds'] / r['floor_s']:.2f}× |"
         )
     print(json.dumps({"device": str(device), "gemm_flops": rate, "rows": rows_out}))
 

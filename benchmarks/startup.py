@@ -38,7 +38,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(
-        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, {date.today()}, median of {args.repeats}"
+        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, {date.today()}, median "
+        f"of {args.repeats}"
     )
     print("| what | seconds |\n|---|---|")
     for label, command in CASES.items():

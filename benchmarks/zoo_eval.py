@@ -55,11 +55,13 @@ def main() -> None:
                 dense = "–" if m.get("dense") is None else f"{m['dense']:.3f}"
                 low, high = m["ci95"]
                 print(
-                    f"| {recipe} | {m['label']} | {dense} | {m['pruned']:.3f} | [{low:.3f}, {high:.3f}] | {m['samples']} |",
+                    f"| {recipe} | {m['label']} | {dense} | {m['pruned']:.3f} | [{low:.3f}, {high:.3f}] | "
+                    f"{m['samples']} |",
                     flush=True,
                 )
         print(
-            "\n| model | resolution | dense forward (ms) | pruned forward (ms) | speed-up | median block speed-up | params | FLOPs |"
+            "\n| model | resolution | dense forward (ms) | pruned forward (ms) | speed-up | median block speed-up "
+            "| params | FLOPs |"
         )
         print("|---|---|---|---|---|---|---|---|")
         for label, recipe, overrides, resolution in BENCHED:
@@ -81,9 +83,11 @@ def main() -> None:
             blocks = sorted(x["speedup"] for x in b["blocks"])
             params, flops = b["params"], b["flops"]
             print(
-                f"| {label} | {resolution}² | {d['dense']['median_ms']:.2f} | {d['pruned']['median_ms']:.2f} | {d['speedup']:.2f}× | "
+                f"| {label} | {resolution}² | {d['dense']['median_ms']:.2f} | {d['pruned']['median_ms']:.2f} | "
+                f"{d['speedup']:.2f}× | "
                 f"{blocks[len(blocks) // 2]:.2f}× | {params['dense'] / 1e6:.3f} M → {params['pruned'] / 1e6:.3f} M | "
-                f"{flops['dense'] / 1e9:.3f} → {flops['pruned'] / 1e9:.3f} GFLOPs ({100 * (flops['pruned'] / flops['dense'] - 1):+.1f}%) |",
+                f"{flops['dense'] / 1e9:.3f} → {flops['pruned'] / 1e9:.3f} GFLOPs "
+                f"({100 * (flops['pruned'] / flops['dense'] - 1):+.1f}%) |",
                 flush=True,
             )
 

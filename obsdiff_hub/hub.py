@@ -84,7 +84,8 @@ def looks_like_local_path(source: str) -> bool:
 
 
 def check_repo_id(repo_id: str, *, namespaced: bool = False) -> str:
-    """``repo_id`` if the Hub accepts it (``namespaced``: it must be ``NAMESPACE/NAME``), else an :class:`InputError`."""
+    """``repo_id`` if the Hub accepts it (``namespaced``: it must be ``NAMESPACE/NAME``), else an
+    :class:`InputError`."""
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
@@ -187,7 +188,10 @@ class HubClient:
         if isinstance(error, LocalTokenNotFoundError):
             return f"{what}no Hub token: set HF_TOKEN (or pass a `token`), or run `hf auth login`"
         if isinstance(error, RepositoryNotFoundError):  # also gated and private repos the token cannot see
-            return f"{what}no such repo on {self.url}, or it is private or gated: check the name and your token (HF_TOKEN)"
+            return (
+                f"{what}no such repo on {self.url}, or it is private or gated: check the name and your token "
+                "(HF_TOKEN)"
+            )
         if isinstance(error, RevisionNotFoundError):
             return f"{what}that revision does not exist on {self.url}; check the `revision`"
         if isinstance(error, HfHubHTTPError):
@@ -197,7 +201,10 @@ class HubClient:
         reason = (str(error).splitlines() or [type(error).__name__])[0]
         where = "no local folder has that name, and " if maybe_folder else ""
         cache = ", nor find it in the cache" if source else ""
-        return f"{what}{where}cannot reach the Hub at {self.url}{cache} ({reason}); check the name, the endpoint and your connection"
+        return (
+            f"{what}{where}cannot reach the Hub at {self.url}{cache} ({reason}); check the name, the endpoint "
+            "and your connection"
+        )
 
     # ------------------------------------------------------------------ reads
 

@@ -38,6 +38,10 @@ os.environ.update(
     OBSDIFF_HUB_CACHE=str(_HUB_ROOT / "obsdiff-cache"),
 )
 os.environ.pop("HF_TOKEN", None)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core: one thread each, or their torch thread pools fight over the cores
+    # (set before torch is imported; subprocesses inherit it)
+    os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.pop("HF_HUB_OFFLINE", None)
 
 

@@ -102,7 +102,8 @@ def test_importing_leaves_diffusers_classes_as_diffusers_ships_them():
     import sys
 
     probe = (
-        "import diffusers; from diffusers import UNet2DConditionModel as U, SD3Transformer2DModel as S, FluxTransformer2DModel as F;"
+        "import diffusers; from diffusers import UNet2DConditionModel as U, SD3Transformer2DModel as S, "
+        "FluxTransformer2DModel as F;"
         "before = [c.from_pretrained.__func__ for c in (U, S, F, diffusers.ModelMixin)];"
         "import obsdiff_hub;"
         "after = [c.from_pretrained.__func__ for c in (U, S, F, diffusers.ModelMixin)];"

@@ -178,7 +178,8 @@ def test_card_never_replaces_a_readme_it_did_not_write(shapes_out, tmp_path):
 
 def test_startup_does_not_load_the_libraries():
     probe = (
-        "import sys; sys.argv = ['obsdiff-hub', '--help']\nfrom obsdiff_hub.cli import app\ntry:\n    app()\nexcept SystemExit:\n    pass\n"
+        "import sys; sys.argv = ['obsdiff-hub', '--help']\nfrom obsdiff_hub.cli import app\ntry:\n    "
+        "app()\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules), file=sys.stderr)"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)

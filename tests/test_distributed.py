@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import distributed_job
 import pytest
 import torch
+from conftest import invoke
 from safetensors.torch import load_file
 
 HERE = Path(__file__).parent
@@ -63,13 +65,8 @@ def test_two_processes_prune_a_pipeline_like_one(recipe, tmp_path):
         "calibration.batch_size=1",
         "--quiet",
     ]
-    alone = subprocess.run(
-        [EXE, "prune", *common, "--out", tmp_path / "one"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert alone.returncode == 0, alone.stderr
+    alone = invoke("prune", *common, "--out", tmp_path / "one")  # one process: this one
+    assert alone.exit_code == 0, alone.output
     together = torchrun(EXE, "prune", *common, "--out", tmp_path / "two")
     assert together.returncode == 0, together.stderr[-3000:]
     assert together.stdout.strip().splitlines() == [str(tmp_path / "two")]  # rank 0 alone reports
@@ -79,10 +76,7 @@ def test_two_processes_prune_a_pipeline_like_one(recipe, tmp_path):
 
 
 def test_two_processes_through_the_calibration_callable(tmp_path):
-    alone = subprocess.run(
-        [sys.executable, HERE / "distributed_job.py", tmp_path / "one"], capture_output=True, text=True
-    )
-    assert alone.returncode == 0, alone.stderr
+    distributed_job.run(str(tmp_path / "one"))  # one process: this one
     together = torchrun(HERE / "distributed_job.py", tmp_path / "two")
     assert together.returncode == 0, together.stderr[-3000:]
     assert_same_pruning(tmp_path / "one", tmp_path / "two")

@@ -157,7 +157,10 @@ def test_the_command_line_binds_the_library_lazily():
         and module not in ("obsdiff_hub.errors", "obsdiff_hub.units", "obsdiff_hub.dtypes", "obsdiff_hub._version")
     ]
     assert direct == []
-    probe = "import sys, obsdiff_hub.cli; print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    probe = (
+        "import sys, obsdiff_hub.cli; print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in "
+        "sys.modules))"
+    )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"
 

@@ -39,7 +39,11 @@ def as_schema_1(data: dict) -> dict:
         )
     if solver["name"] == "obs+lsq":
         flat.update(refit_iterations=solver["iterations"], refit_tolerance=solver["tolerance"])
-    return {**data, "schema_version": 1, "prune": {**prune, "method": method["name"], "solver": solver["name"], **flat}}
+    return {
+        **data,
+        "schema_version": 1,
+        "prune": {**prune, "method": method["name"], "solver": solver["name"], **flat},
+    }
 
 
 def write(path, data):
@@ -71,9 +75,10 @@ def test_flat_settings_land_in_the_chosen_method_and_solver(tmp_path):
     assert migrated.method.blocksize == 32 and migrated.damping_fraction == 0.02
     # settings of a solver or method not chosen had no effect in schema 1: dropped, the same recipe
     old["prune"].update(solver="obs", method="magnitude")
-    assert load_recipe(write(tmp_path / "inert.yaml", old)).prune == recipe.with_changes(
-        {"prune.method": "magnitude", "prune.damping_fraction": 0.02}
-    ).prune
+    assert (
+        load_recipe(write(tmp_path / "inert.yaml", old)).prune
+        == recipe.with_changes({"prune.method": "magnitude", "prune.damping_fraction": 0.02}).prune
+    )
 
 
 def test_a_schema_1_recipe_prunes_to_the_same_checkpoint_byte_for_byte(tmp_path):

@@ -82,7 +82,8 @@ def map_lora_state_dict(
             what = "rows" if axis == 0 else "columns"
             fits = f"{current} (pruned) or {dense} (dense base)" if index is not None else str(current)
             raise InputError(
-                f"LoRA tensor {key} has {size} {what}, {path} takes {fits}: the LoRA was made for a different base model"
+                f"LoRA tensor {key} has {size} {what}, {path} takes {fits}: the LoRA was made for a different base "
+                "model"
             )
     return mapped
 
@@ -114,7 +115,8 @@ def slice_ip_adapter_processors(
                 if selection is None or selection.rows is None or linear.out_features != selection.dense_rows:
                     reason = UNRECORDED if not recorded else "the IP-Adapter was made for a different base model"
                     raise CheckpointError(
-                        f"IP-Adapter projection for {attention} has {linear.out_features} outputs, the attention {width}: {reason}"
+                        f"IP-Adapter projection for {attention} has {linear.out_features} outputs, the attention "
+                        f"{width}: {reason}"
                     )
                 projections[i] = sliced_linear(linear, rows=selection.rows)
         if hasattr(processor, "hidden_size"):

@@ -121,7 +121,8 @@ def dense_selections(
             continue
         if len(kept[coupling.key]) != coupling.count(model):
             raise CheckpointError(
-                f"{coupling.key}: the kept-indices record keeps {len(kept[coupling.key])} units, the model has {coupling.count(model)}"
+                f"{coupling.key}: the kept-indices record keeps {len(kept[coupling.key])} units, the model has "
+                f"{coupling.count(model)}"
             )
         unit = torch.zeros(dense[coupling.key], dtype=torch.bool)
         unit[kept[coupling.key]] = True

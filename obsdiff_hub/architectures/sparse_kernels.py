@@ -26,7 +26,8 @@ def enable_sparse_kernels(model: nn.Module) -> int:
     device, dtype = params[0].device, params[0].dtype
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
         raise UnsupportedEnvironmentError(
-            "`sparse_kernels` needs the model on a CUDA GPU with compute capability >= 8.0; put it on one (`device` cuda)"
+            "`sparse_kernels` needs the model on a CUDA GPU with compute capability >= 8.0; put it on one "
+            "(`device` cuda)"
         )
     if dtype not in (torch.float16, torch.bfloat16):
         raise InputError(f"`sparse_kernels` needs the dtype float16 or bfloat16, got {dtype}")

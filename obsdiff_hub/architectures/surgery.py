@@ -96,7 +96,8 @@ def apply_structure(model: nn.Module, architecture: Architecture, structure: dic
     unknown = sorted(set(structure) - set(couplings))
     if unknown:
         raise InputError(
-            f"pruned structure names modules this {architecture.model_class_name} does not have: {', '.join(unknown[:3])}"
+            f"pruned structure names modules this {architecture.model_class_name} does not have: "
+            f"{', '.join(unknown[:3])}"
         )
     for key, count in structure.items():
         c = couplings[key]

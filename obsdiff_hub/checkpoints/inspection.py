@@ -107,7 +107,8 @@ def inspect_checkpoint(source: str, revision: str | None = None) -> CheckpointIn
         indices = decode(entry, f"{folder / 'config.json'} {KEPT_KEY}[{key!r}]").tolist()
         if key not in now or len(indices) != now[key]:
             raise CheckpointError(
-                f"{folder / 'config.json'}: {KEPT_KEY}[{key!r}] keeps {len(indices)} units, the pruned shapes say {now.get(key, 'none')}"
+                f"{folder / 'config.json'}: {KEPT_KEY}[{key!r}] keeps {len(indices)} units, the pruned shapes say "
+                f"{now.get(key, 'none')}"
             )
         kept[key] = ranges(indices)
     if not pruned:
@@ -116,7 +117,10 @@ def inspect_checkpoint(source: str, revision: str | None = None) -> CheckpointIn
         ip = " and IP-Adapters" if name == "UNet2DConditionModel" else ""
         adapters = f"kept indices recorded for {len(kept)} pruned modules: LoRAs{ip} of the dense base map onto it"
     else:
-        adapters = "kept indices not recorded (saved before obsdiff-hub 0.3): adapters of the dense base cannot be mapped onto it"
+        adapters = (
+            "kept indices not recorded (saved before obsdiff-hub 0.3): adapters of the dense base cannot be "
+            "mapped onto it"
+        )
     return CheckpointInfo(
         path=str(folder),
         class_name=name,

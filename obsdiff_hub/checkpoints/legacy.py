@@ -106,7 +106,8 @@ class _InertMeta(type):
     def __call__(cls, *args: Any) -> Any:
         if not cls.callable_without_args or args:  # type: ignore[attr-defined]
             raise UnsafePickleError(
-                f"refusing to convert: the pickle calls {cls.qualified} with arguments, which a module checkpoint never does"
+                f"refusing to convert: the pickle calls {cls.qualified} with arguments, which a module checkpoint "
+                "never does"
             )  # type: ignore[attr-defined]
         return super().__call__()
 
@@ -215,7 +216,8 @@ class _InertUnpickler(pickle._Unpickler):
                 self.classes[qualified] = _stand_in(qualified, callable_without_args=(module, name) == _CONFIG_CLASS)
             return self.classes[qualified]
         raise UnsafePickleError(
-            f"refusing to convert: the pickle references {qualified}, which a model checkpoint never needs; nothing in it was run"
+            f"refusing to convert: the pickle references {qualified}, which a model checkpoint never needs; "
+            "nothing in it was run"
         )
 
     def persistent_load(self, pid: Any) -> _Storage:  # noqa: D102 - pickle's hook

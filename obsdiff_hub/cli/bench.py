@@ -29,35 +29,41 @@ precision = library("pruning.precision")
 records = library("zoo.records")
 
 
+RepeatsOpt = Annotated[
+    int,
+    typer.Option(
+        "--repeats",
+        metavar="INT",
+        help="Timed repetitions after 2 warm-up runs (10 or more for steady quartiles).",
+    ),
+]
+DtypeOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--dtype", metavar="DTYPE", help="float16, bfloat16 or float32 (default: float16 on CUDA, float32 on CPU)."
+    ),
+]
+SparseKernelsOpt = Annotated[
+    bool,
+    typer.Option("--sparse-kernels", help="2:4 checkpoints: time with semi-structured sparse kernels (CUDA)."),
+]
+OutOpt = Annotated[
+    Optional[Path],
+    typer.Option("--out", metavar="DIR", help="Where bench.json goes (default: the checkpoint's folder)."),
+]
+
+
 def bench(
     model_argument: ModelArg = None,
     model: ModelAlias = None,
     base: BaseOpt = None,
     resolution: ResolutionOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", metavar="INT", help="Latents per forward.")] = 1,
-    repeats: Annotated[
-        int,
-        typer.Option(
-            "--repeats",
-            metavar="INT",
-            help="Timed repetitions after 2 warm-up runs (10 or more for steady quartiles).",
-        ),
-    ] = 10,
+    repeats: RepeatsOpt = 10,
     device: DeviceOpt = None,
-    dtype: Annotated[
-        Optional[str],
-        typer.Option(
-            "--dtype", metavar="DTYPE", help="float16, bfloat16 or float32 (default: float16 on CUDA, float32 on CPU)."
-        ),
-    ] = None,
-    sparse_kernels: Annotated[
-        bool,
-        typer.Option("--sparse-kernels", help="2:4 checkpoints: time with semi-structured sparse kernels (CUDA)."),
-    ] = False,
-    out: Annotated[
-        Optional[Path],
-        typer.Option("--out", metavar="DIR", help="Where bench.json goes (default: the checkpoint's folder)."),
-    ] = None,
+    dtype: DtypeOpt = None,
+    sparse_kernels: SparseKernelsOpt = False,
+    out: OutOpt = None,
     quiet: QuietOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the bench.json record.")] = False,
 ) -> None:

@@ -50,30 +50,58 @@ def print_metrics(result: EvalResult) -> None:
     print_table(scores)
 
 
+MetricsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--metrics",
+        metavar="LIST",
+        help="Comma-separated: psnr, clip, fid, imagereward, shapes (default: the recipe's, else psnr,clip; "
+        "psnr when offline).",
+    ),
+]
+PromptsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--prompts",
+        metavar="SOURCE",
+        help="builtin:captions, builtin:shapes or a prompt file (default: the recipe's).",
+    ),
+]
+NumPromptsOpt = Annotated[
+    Optional[int],
+    typer.Option("--num-prompts", metavar="INT", help="Images per model (default: the recipe's, else 60)."),
+]
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", metavar="INT", help="Images per sampling call.")]
+ReferenceOpt = Annotated[
+    Optional[Path],
+    typer.Option("--reference", metavar="DIR", help="Folder of reference images for FID (e.g. MS-COCO 2014 val)."),
+]
+FidFeaturesOpt = Annotated[
+    Optional[str], typer.Option("--fid-features", metavar="KIND", help="inception (standard FID) or clip.")
+]
+ClipModelOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--clip-model",
+        metavar="MODEL",
+        help="CLIP for the clip metric: a Hub id or folder (default: OpenAI ViT-B/16, pinned revision).",
+    ),
+]
+OutOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--out", metavar="DIR", help="Where eval.json and samples.png go (default: the checkpoint's folder)."
+    ),
+]
+
+
 def evaluate(
     model_argument: ModelArg = None,
     model: ModelAlias = None,
     base: BaseOpt = None,
-    metrics: Annotated[
-        Optional[str],
-        typer.Option(
-            "--metrics",
-            metavar="LIST",
-            help="Comma-separated: psnr, clip, fid, imagereward, shapes (default: the recipe's, else psnr,clip; psnr when offline).",
-        ),
-    ] = None,
-    prompts: Annotated[
-        Optional[str],
-        typer.Option(
-            "--prompts",
-            metavar="SOURCE",
-            help="builtin:captions, builtin:shapes or a prompt file (default: the recipe's).",
-        ),
-    ] = None,
-    num_prompts: Annotated[
-        Optional[int],
-        typer.Option("--num-prompts", metavar="INT", help="Images per model (default: the recipe's, else 60)."),
-    ] = None,
+    metrics: MetricsOpt = None,
+    prompts: PromptsOpt = None,
+    num_prompts: NumPromptsOpt = None,
     num: Annotated[Optional[int], typer.Option("--num", hidden=True, help="Old spelling of --num-prompts.")] = None,
     num_inference_steps: StepsOpt = None,
     steps: StepsAlias = None,
@@ -81,36 +109,18 @@ def evaluate(
     guidance: GuidanceAlias = None,
     resolution: ResolutionOpt = None,
     seed: SeedOpt = None,
-    batch_size: Annotated[
-        Optional[int], typer.Option("--batch-size", metavar="INT", help="Images per sampling call.")
-    ] = None,
-    reference: Annotated[
-        Optional[Path],
-        typer.Option("--reference", metavar="DIR", help="Folder of reference images for FID (e.g. MS-COCO 2014 val)."),
-    ] = None,
-    fid_features: Annotated[
-        Optional[str], typer.Option("--fid-features", metavar="KIND", help="inception (standard FID) or clip.")
-    ] = None,
-    clip_model: Annotated[
-        Optional[str],
-        typer.Option(
-            "--clip-model",
-            metavar="MODEL",
-            help="CLIP for the clip metric: a Hub id or folder (default: OpenAI ViT-B/16, pinned revision).",
-        ),
-    ] = None,
+    batch_size: BatchSizeOpt = None,
+    reference: ReferenceOpt = None,
+    fid_features: FidFeaturesOpt = None,
+    clip_model: ClipModelOpt = None,
     device: DeviceOpt = None,
-    out: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--out", metavar="DIR", help="Where eval.json and samples.png go (default: the checkpoint's folder)."
-        ),
-    ] = None,
+    out: OutOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier eval.json there.")] = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Measure quality next to the dense model (same prompts and seeds): eval.json with 95% intervals, a captioned grid.
+    """Measure quality next to the dense model (same prompts and seeds): eval.json with 95% intervals, and a
+    captioned grid.
 
     Settings not given come from the checkpoint's recipe (what prune measured), then the pipeline.
     A family folder (prune -r A -r B --out DIR) is evaluated member by member, sampling the base once.

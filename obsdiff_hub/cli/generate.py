@@ -63,7 +63,7 @@ def generate(
     with --base the dense base's row above the model's.
 
     \b
-    Example: obsdiff-hub generate tiny-out --base builtin:tiny-shapes -p "a small red circle on the left" --out grid.png
+    Example: obsdiff-hub generate tiny-out --base builtin:tiny-shapes -p "a small red circle" --out grid.png
     """
     source = checkpoint(model_argument, model, "generate")
     if not prompt:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 
 import typer
 from rich.table import Table
@@ -35,86 +35,100 @@ if TYPE_CHECKING:
     from ..zoo.runs import Overrides, RunOutput
 
 
+RecipeOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--recipe",
+        "-r",
+        metavar="RECIPE",
+        help="A shipped recipe's name (see `recipes list`) or a recipe YAML file; repeat it for a family of "
+        "sparsities calibrated once (one folder each under --out).",
+    ),
+]
+BaseOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--base", metavar="BASE", help="The dense model to prune: Hub repo id or folder (default: the recipe's)."
+    ),
+]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Output folder (default: ./RECIPE).")]
+DtypeOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--dtype",
+        metavar="DTYPE",
+        help="Calibration dtype: float32, float16 or bfloat16 (default: the checkpoint's own).",
+    ),
+]
+PromptsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--prompts",
+        metavar="SOURCE",
+        help="Calibration prompts: a .txt/.jsonl/.csv/.tsv file, or builtin:captions / builtin:shapes.",
+    ),
+]
+PromptColumnOpt = Annotated[
+    Optional[str],
+    typer.Option("--prompt-column", metavar="COLUMN", help="Column of a .csv/.tsv/.jsonl prompt file."),
+]
+NumPromptsOpt = Annotated[
+    Optional[int],
+    typer.Option("--num-prompts", metavar="INT", help="Calibration prompts to use (a shorter source is cycled)."),
+]
+PackagesOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--packages", metavar="P|auto", help="Module packages: a count, or auto (the fewest that fit in memory)."
+    ),
+]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--set", metavar="FIELD=VALUE", help="Change any recipe field, e.g. prune.sparsity=0.4 (repeatable)."
+    ),
+]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run from its last finished package.")
+]
+RestartOpt = Annotated[
+    bool, typer.Option("--restart", help="Discard the saved progress of an interrupted run and start over.")
+]
+SaveHessiansOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--save-hessians",
+        metavar="DIR",
+        help="Save every package's Hessians (fp32 safetensors) to reuse with --hessians.",
+    ),
+]
+HessiansOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--hessians",
+        metavar="DIR",
+        help="Take the Hessians from a store --save-hessians wrote (same base and calibration): no trajectories.",
+    ),
+]
+
+
 def prune(
-    recipe: Annotated[
-        list[str],
-        typer.Option(
-            "--recipe",
-            "-r",
-            metavar="RECIPE",
-            help="A shipped recipe's name (see `recipes list`) or a recipe YAML file; repeat it for a family of sparsities calibrated once (one folder each under --out).",
-        ),
-    ],
-    base: Annotated[
-        Optional[str],
-        typer.Option(
-            "--base", metavar="BASE", help="The dense model to prune: Hub repo id or folder (default: the recipe's)."
-        ),
-    ] = None,
+    recipe: RecipeOpt,
+    base: BaseOpt = None,
     model: Annotated[Optional[str], typer.Option("--model", hidden=True, help="Old spelling of --base.")] = None,
     revision: RevisionOpt = None,
-    out: Annotated[
-        Optional[Path], typer.Option("--out", metavar="DIR", help="Output folder (default: ./RECIPE).")
-    ] = None,
+    out: OutOpt = None,
     device: DeviceOpt = None,
-    dtype: Annotated[
-        Optional[str],
-        typer.Option(
-            "--dtype",
-            metavar="DTYPE",
-            help="Calibration dtype: float32, float16 or bfloat16 (default: the checkpoint's own).",
-        ),
-    ] = None,
-    prompts: Annotated[
-        Optional[str],
-        typer.Option(
-            "--prompts",
-            metavar="SOURCE",
-            help="Calibration prompts: a .txt/.jsonl/.csv/.tsv file, or builtin:captions / builtin:shapes.",
-        ),
-    ] = None,
-    prompt_column: Annotated[
-        Optional[str],
-        typer.Option("--prompt-column", metavar="COLUMN", help="Column of a .csv/.tsv/.jsonl prompt file."),
-    ] = None,
-    num_prompts: Annotated[
-        Optional[int],
-        typer.Option("--num-prompts", metavar="INT", help="Calibration prompts to use (a shorter source is cycled)."),
-    ] = None,
-    packages: Annotated[
-        Optional[str],
-        typer.Option(
-            "--packages", metavar="P|auto", help="Module packages: a count, or auto (the fewest that fit in memory)."
-        ),
-    ] = None,
-    set_: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            "--set", metavar="FIELD=VALUE", help="Change any recipe field, e.g. prune.sparsity=0.4 (repeatable)."
-        ),
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted run from its last finished package.")
-    ] = False,
-    restart: Annotated[
-        bool, typer.Option("--restart", help="Discard the saved progress of an interrupted run and start over.")
-    ] = False,
-    save_hessians: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--save-hessians",
-            metavar="DIR",
-            help="Save every package's Hessians (fp32 safetensors) to reuse with --hessians.",
-        ),
-    ] = None,
-    hessians: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--hessians",
-            metavar="DIR",
-            help="Take the Hessians from a store --save-hessians wrote (same base and calibration): no trajectories.",
-        ),
-    ] = None,
+    dtype: DtypeOpt = None,
+    prompts: PromptsOpt = None,
+    prompt_column: PromptColumnOpt = None,
+    num_prompts: NumPromptsOpt = None,
+    packages: PackagesOpt = None,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
+    restart: RestartOpt = False,
+    save_hessians: SaveHessiansOpt = None,
+    hessians: HessiansOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -125,58 +139,50 @@ def prune(
     Example: obsdiff-hub prune -r tiny-shapes-unstructured-50 --out tiny-out
     Family:  obsdiff-hub prune -r sdxl-10 -r sdxl-20 -r sdxl-30 --out zoo
     """
+    options = overrides(
+        renamed(base, model, "--base", "--model"), revision, dtype, prompts, prompt_column, num_prompts, packages, set_
+    )
     if len(recipe) > 1:
         if save_hessians or hessians:
             raise InputError(
-                "--save-hessians and --hessians apply to single-recipe runs (a family already calibrates its first package once)"
+                "--save-hessians and --hessians apply to single-recipe runs (a family already calibrates its first "
+                "package once)"
             )
-        family(
-            recipe,
-            overrides(
-                renamed(base, model, "--base", "--model"),
-                revision,
-                dtype,
-                prompts,
-                prompt_column,
-                num_prompts,
-                packages,
-                set_,
-            ),
-            out=out,
-            device=device,
-            resume=resume or restart,
-            overwrite=overwrite,
-            quiet=quiet,
-            as_json=as_json,
-        )
+        output = dict(out=out, resume=resume or restart, overwrite=overwrite, quiet=quiet, as_json=as_json)
+        family(recipe, options, device=device, **output)
         return
     loaded = recipes.load_recipe(recipe[0])
     target = out or Path(loaded.name)
     main = distributed.is_main_process()  # under torchrun / accelerate, rank 0 reports
     display = PruneProgress() if main and not quiet and not as_json else None
+    with interrupted_saves_progress(target), display if display is not None else nullcontext():
+        result = runs.run_recipe(
+            loaded,
+            target,
+            options,
+            device=device,
+            resume=resume,
+            restart=restart,
+            overwrite=overwrite,
+            progress=display,
+            save_hessians=save_hessians,
+            hessians=hessians,
+        )
+    if not main:
+        return
+    if as_json:
+        print_json(summary_record(result))
+    elif quiet:
+        typer.echo(str(target))
+    else:
+        print_summary(result)
+
+
+@contextmanager
+def interrupted_saves_progress(target: Path) -> Iterator[None]:
+    """Ctrl-C: say how much progress is saved and how to resume, and exit with the interrupt's code."""
     try:
-        with display if display is not None else nullcontext():
-            result = runs.run_recipe(
-                loaded,
-                target,
-                overrides(
-                    renamed(base, model, "--base", "--model"),
-                    revision,
-                    dtype,
-                    prompts,
-                    prompt_column,
-                    num_prompts,
-                    packages,
-                    set_,
-                ),
-                device=device,
-                resume=resume,
-                restart=restart,
-                overwrite=overwrite,
-                progress=display,
-                save_hessians=save_hessians,
-                hessians=hessians,
-            )
+        yield
     except KeyboardInterrupt:
         done = resume_state.saved_packages(target)
         where = resume_state.partial_folder(target)
@@ -187,14 +193,6 @@ def prune(
         )
         typer.echo(f"interrupted: {saved}", err=True)
         raise typer.Exit(INTERRUPTED) from None
-    if not main:
-        return
-    if as_json:
-        print_json(summary_record(result))
-    elif quiet:
-        typer.echo(str(target))
-    else:
-        print_summary(result)
 
 
 def overrides(
@@ -312,7 +310,8 @@ def print_summary(result: RunOutput) -> None:
     )
     table.add_row(
         "dtypes",
-        f"calibration {report.precision['compute']}, base checkpoint {report.precision['checkpoint']}, saved {result.recipe.output.dtype}",
+        f"calibration {report.precision['compute']}, base checkpoint {report.precision['checkpoint']}, saved "
+        f"{result.recipe.output.dtype}",
     )
     for stage, seconds in report.stages.items():
         table.add_row(stage.removesuffix("_s").replace("_", " "), f"{seconds:.2f} s")

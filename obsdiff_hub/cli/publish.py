@@ -76,7 +76,8 @@ def push(
     if family.is_family(Path(folder)):
         if branch or tag or commit_message:
             raise InputError(
-                "a family is pushed one branch and tag per member (named after its recipe); --branch, --tag and --commit-message apply to single checkpoints"
+                "a family is pushed one branch and tag per member (named after its recipe); --branch, --tag and "
+                "--commit-message apply to single checkpoints"
             )
         members, card = family.publish_family(folder, repo_id, private=private, token=token, endpoint=endpoint)
         if as_json:

@@ -159,8 +159,8 @@ def admm_masks(
     m: int,
     settings: AdmmSettings,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ADMM from ``start`` (pruned by ``start_mask``) on the scaled problem (unit-diagonal ``D⁻¹ Hd D⁻¹``): the mask it settles
-    on (True where pruned) and its weights, unscaled (a starting guess for the re-fit)."""
+    """ADMM from ``start`` (pruned by ``start_mask``) on the scaled problem (unit-diagonal ``D⁻¹ Hd D⁻¹``): the
+    mask it settles on (True where pruned) and its weights, unscaled (a starting guess for the re-fit)."""
     d = torch.sqrt(torch.diagonal(Hd))
     Hs = Hd / d.unsqueeze(0) / d.unsqueeze(1)
     eigenvalues, Q = torch.linalg.eigh(Hs)  # one factorisation serves every ρ

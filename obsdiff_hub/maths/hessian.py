@@ -225,7 +225,8 @@ class CrossTermAccumulator:
         """Add ``2·weight·(dense − pruned)ᵀ pruned`` for matching rows of the two inputs."""
         if dense.shape != pruned.shape or dense.shape[-1] != self.num_columns:
             raise InputError(
-                f"dense inputs {tuple(dense.shape)} and pruned inputs {tuple(pruned.shape)} must match, width {self.num_columns}"
+                f"dense inputs {tuple(dense.shape)} and pruned inputs {tuple(pruned.shape)} must match, width "
+                f"{self.num_columns}"
             )
         device = _compute_device(pruned, self._sum)
         x_hat = pruned.detach().reshape(-1, self.num_columns).to(device=device, dtype=torch.float32)

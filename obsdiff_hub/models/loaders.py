@@ -154,7 +154,8 @@ class DenseAdapterMixin:
         if granularity in ("unstructured", "n:m"):
             warnings.warn(
                 f"fusing a LoRA into this {granularity}-sparse model fills its pruned zeros (the weights become dense "
-                "and sparse kernels no longer apply); keep the adapter unfused (load_lora_weights + set_adapters) to stay sparse",
+                "and sparse kernels no longer apply); keep the adapter unfused (load_lora_weights + set_adapters) "
+                "to stay sparse",
                 UserWarning,
                 stacklevel=2,
             )

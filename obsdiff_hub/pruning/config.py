@@ -232,7 +232,8 @@ class PromptSource(StrictModel):
     source: Literal["builtin", "file", "hub-dataset", "inline"] = "builtin"
     path: str | None = Field(
         None,
-        description="builtin: set name (captions, shapes); file: path relative to the recipe; hub-dataset: file in the repo",
+        description="builtin: set name (captions, shapes); file: path relative to the recipe; hub-dataset: file in "
+        "the repo",
     )
     repo_id: str | None = Field(None, description="Hub dataset repo id (source: hub-dataset)")
     revision: str | None = Field(None, description="Hub dataset revision (source: hub-dataset)")

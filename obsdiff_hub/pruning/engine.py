@@ -207,7 +207,8 @@ def check_family(configs: list[PruneConfig]) -> None:
         for key, value in cfg.model_dump().items():
             if key not in SPARSITY_FIELDS and value != first[key]:
                 raise InputError(
-                    f"family member {i} differs from member 1 in prune.{key} ({value!r} vs {first[key]!r}); members may differ only in "
+                    f"family member {i} differs from member 1 in prune.{key} ({value!r} vs {first[key]!r}); "
+                    "members may differ only in "
                     f"{', '.join(sorted(SPARSITY_FIELDS))}"
                 )
 
@@ -337,19 +338,7 @@ def setup(
     calibrate: Calibration = calibration
     batch, latent = 1, None
     if settings is not None:
-        if isinstance(getattr(pipeline, "vae", None), nn.Module):
-            pipeline.vae.to(run_device)  # diffusers takes the sampling device from the first component
-        prompts = prompts or PromptSet.of(resolve_prompts(settings.prompts))
-        calibrate = PipelineCalibration(
-            pipeline, settings, list(prompts.texts), run_device, precision.compute, world.shard(len(prompts.texts))
-        )
-        report.calibration = {
-            "prompts": len(prompts.texts),
-            "prompts_sha256": prompts.sha256,
-            "unconditional": unconditional_input(pipeline, settings.negative_prompt)
-            if calibrate.uses_cfg
-            else "none (no classifier-free guidance)",
-        }
+        calibrate = _pipeline_calibration(pipeline, settings, prompts, precision, world, report)
         batch = settings.batch_size * (2 if calibrate.uses_cfg else 1)
         latent = settings.resolution // pipeline_vae_scale(pipeline) if settings.resolution else None
 
@@ -377,6 +366,33 @@ def setup(
             calibrate.encode()
         report.stages["prompt_encoding_s"] = report.stages.get("prompt_encoding_s", 0.0) + time.perf_counter() - t0
     return run
+
+
+def _pipeline_calibration(
+    pipeline: Any,
+    settings: CalibrationConfig,
+    prompts: PromptSet | None,
+    precision: Precision,
+    world: World,
+    report: PruneReport,
+) -> PipelineCalibration:
+    """The pipeline's own sampler over this rank's share of the prompts (resolved here unless given),
+    recorded in the report."""
+    if isinstance(getattr(pipeline, "vae", None), nn.Module):
+        pipeline.vae.to(precision.device)  # diffusers takes the sampling device from the first component
+    prompts = prompts or PromptSet.of(resolve_prompts(settings.prompts))
+    shard = world.shard(len(prompts.texts))
+    calibrate = PipelineCalibration(
+        pipeline, settings, list(prompts.texts), precision.device, precision.compute, shard
+    )
+    report.calibration = {
+        "prompts": len(prompts.texts),
+        "prompts_sha256": prompts.sha256,
+        "unconditional": unconditional_input(pipeline, settings.negative_prompt)
+        if calibrate.uses_cfg
+        else "none (no classifier-free guidance)",
+    }
+    return calibrate
 
 
 def _plan(
@@ -422,7 +438,8 @@ def open_store(run: Run, calibration: Any, save: str | Path | None, load: str | 
     cfg = run.config
     if not isinstance(run.calibrate, PipelineCalibration):
         raise InputError(
-            "a Hessian store needs the pipeline's own calibration settings (a calibration callable cannot be identified)"
+            "a Hessian store needs the pipeline's own calibration settings (a calibration callable cannot be "
+            "identified)"
         )
     if cfg.calibration_target == "dense" or run.world.size > 1:
         raise InputError("a Hessian store works with calibration_target: network in one process")

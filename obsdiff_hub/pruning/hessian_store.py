@@ -59,11 +59,13 @@ class HessianStore:
         if write:
             if self.folder.is_symlink() or (self.folder.exists() and not ours):
                 raise InputError(
-                    f"{self.folder} exists and is not a Hessian store obsdiff-hub wrote; give `save_hessians` a new folder"
+                    f"{self.folder} exists and is not a Hessian store obsdiff-hub wrote; give `save_hessians` a "
+                    "new folder"
                 )
             if ours and first_foreign_file(self.folder) is not None:
                 raise InputError(
-                    f"{self.folder} holds {first_foreign_file(self.folder)}, which obsdiff-hub did not write; give `save_hessians` a new folder"
+                    f"{self.folder} holds {first_foreign_file(self.folder)}, which obsdiff-hub did not write; give "
+                    "`save_hessians` a new folder"
                 )
             if not ours:
                 probe_writable(self.folder)
@@ -78,7 +80,8 @@ class HessianStore:
         return self.folder / f"package-{index + 1}.safetensors"
 
     def check(self, index: int, state: str | None) -> None:
-        """Refuse a stored package made by anything else than this run (``state``: the network's digest, None to skip)."""
+        """Refuse a stored package made by anything else than this run (``state``: the network's digest, None to
+        skip)."""
         path = self.path(index)
         if not readable_file(path, self.folder):
             raise InputError(f"{path} is missing from the Hessian store; it holds fewer packages than this run has")

@@ -90,6 +90,7 @@ class Precision:
             model.to(dtype=self.compute)
             release_freed_memory()
         self.working = model.to(device)
+        self.device = device
 
     @property
     def models(self) -> list[nn.Module]:

@@ -37,7 +37,8 @@ def builtin_prompts(name: str = "captions") -> list[str]:
 
 
 def read_prompt_file(path: str | Path, column: str | None = None) -> list[str]:
-    """``.txt`` (one per line), ``.jsonl`` (``column`` or ``prompt``/``caption``/``text``), ``.csv``/``.tsv`` (``column``)."""
+    """``.txt`` (one per line), ``.jsonl`` (``column`` or ``prompt``/``caption``/``text``), ``.csv``/``.tsv``
+    (``column``)."""
     path = Path(path)
     if not path.is_file():
         raise PromptError(f"cannot read prompt file {path}: not a regular file")
@@ -55,7 +56,8 @@ def read_prompt_file(path: str | Path, column: str | None = None) -> list[str]:
             rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ","))
         except csv.Error as error:
             raise PromptError(
-                f"{path}: not a readable {suffix[1:]} file ({error}); a prompt is at most {MAX_PROMPT_CHARS} characters"
+                f"{path}: not a readable {suffix[1:]} file ({error}); a prompt is at most {MAX_PROMPT_CHARS} "
+                "characters"
             ) from None
         key = column or _guess_column(rows[0].keys() if rows else [], path)
         if rows and key not in rows[0]:
@@ -90,7 +92,8 @@ def check_lengths(prompts: list[str], where: str) -> list[str]:
     for number, prompt in enumerate(prompts, 1):
         if len(prompt) > MAX_PROMPT_CHARS:
             raise PromptError(
-                f"{where}: prompt {number} has {len(prompt):,} characters, more than the {MAX_PROMPT_CHARS} a prompt may have"
+                f"{where}: prompt {number} has {len(prompt):,} characters, more than the {MAX_PROMPT_CHARS} a "
+                "prompt may have"
             )
     return prompts
 
@@ -164,6 +167,7 @@ def resolve_prompts(source: PromptSource, base_dir: Path | None = None) -> list[
     if source.sha256 is not None and prompts_sha256(chosen) != source.sha256:
         raise PromptError(
             f"the {source.count} calibration prompts from {source.source} {source.path or ''}".rstrip()
-            + f" do not match the recipe's sha256 {source.sha256[:12]}…; the source changed since the recipe was written"
+            + f" do not match the recipe's sha256 {source.sha256[:12]}…; the source changed since the recipe was "
+            "written"
         )
     return chosen

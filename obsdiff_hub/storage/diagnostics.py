@@ -53,7 +53,8 @@ def check_pipeline_configs(folder: Path) -> None:
             and not isinstance(getattr(LIBRARIES[library], class_name, None), type)
         ):
             raise CheckpointError(
-                f"{index}: component {name} is declared as {library}.{class_name}, which is not a class; the pipeline cannot load"
+                f"{index}: component {name} is declared as {library}.{class_name}, which is not a class; the "
+                "pipeline cannot load"
             )
         config = folder / name / "config.json"
         if config.is_file():
@@ -84,7 +85,10 @@ def diagnose(folder: Path, model_class: Any) -> str | None:
     for key, shape in shapes.items():
         if key in expected and expected[key] != shape:
             module = key.rsplit(".", 1)[0]
-            return f"{folder}: module {module}: config builds {key} as {list(expected[key])} but the file holds {list(shape)}"
+            return (
+                f"{folder}: module {module}: config builds {key} as {list(expected[key])} but the file holds "
+                f"{list(shape)}"
+            )
     return None
 
 

@@ -102,7 +102,8 @@ def check_config_bounds(config: Any, where: str, key: str = "", level: int = 0) 
                 or not 1 <= size <= MAX_CONFIG_INT
             ):
                 raise CheckpointError(
-                    f"{where}: obsdiff_structure entry {str(module)[:80]!r}: {str(size)[:40]} is not a module path with a size from 1 to {MAX_CONFIG_INT:,}"
+                    f"{where}: obsdiff_structure entry {str(module)[:80]!r}: {str(size)[:40]} is not a module path "
+                    f"with a size from 1 to {MAX_CONFIG_INT:,}"
                 )
     elif isinstance(config, dict):
         for name, value in config.items():

@@ -121,6 +121,7 @@ def verify_manifest(
             if blob is not None and blob.exists():
                 blob.unlink()
             raise ManifestError(
-                f"{name}: sha256 does not match {MANIFEST} (corrupted or tampered); the file was deleted, download it again"
+                f"{name}: sha256 does not match {MANIFEST} (corrupted or tampered); the file was deleted, download "
+                "it again"
             )
     return len(entries)

@@ -146,7 +146,8 @@ def probe_writable(folder: Path) -> None:
         os.rmdir(tempfile.mkdtemp(prefix=".obsdiff-probe-", dir=ancestor))
     except OSError as error:
         raise OutputError(
-            f"nothing can be written in {ancestor} ({error.strerror}), so {folder} cannot be created; choose another `out`"
+            f"nothing can be written in {ancestor} ({error.strerror}), so {folder} cannot be created; choose "
+            "another `out`"
         ) from None
 
 
@@ -254,7 +255,8 @@ def check_writable_target(target: Path, overwrite: bool) -> None:
         foreign = first_foreign_file(target)
         if foreign is not None:
             raise OutputError(
-                f"{target} holds {foreign}, which obsdiff-hub did not write; `overwrite` only replaces an empty folder "
+                f"{target} holds {foreign}, which obsdiff-hub did not write; `overwrite` only replaces an empty "
+                "folder "
                 "or an earlier obsdiff-hub output. Move your files or choose another `out`"
             )
     ancestor = target.parent

@@ -313,7 +313,8 @@ def bench(
         resolution = resolution or default_resolution(loaded.model.config, loaded.vae_scale)
         if resolution % loaded.vae_scale:
             raise InputError(
-                f"`resolution` must be a multiple of {loaded.vae_scale} (the VAE's pixels per latent), got {resolution}"
+                f"`resolution` must be a multiple of {loaded.vae_scale} (the VAE's pixels per latent), got "
+                f"{resolution}"
             )
         results[which] = measure(
             loaded.model,
@@ -329,7 +330,8 @@ def bench(
             torch.cuda.empty_cache()
     if scales["dense"] != scales["pruned"]:
         raise InputError(
-            f"{model} and {base} have different VAEs ({scales['pruned']} vs {scales['dense']} pixels per latent): not one base and its pruned model"
+            f"{model} and {base} have different VAEs ({scales['pruned']} vs {scales['dense']} pixels per latent): "
+            "not one base and its pruned model"
         )
     threads = torch.get_num_threads()
     name = (

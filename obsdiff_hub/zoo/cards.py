@@ -215,7 +215,8 @@ def calibration_rows(recipe: Recipe, report: PruneReport) -> list[tuple[str, str
         ("prompts", f"{prompts.count}, {source}" + (f", sha256 `{prompts.sha256[:16]}…`" if prompts.sha256 else "")),
         (
             "trajectories",
-            f"{cal.steps} steps, guidance {cal.guidance_scale}, {cal.resolution or 'default'} px, batch {cal.batch_size}, seed {cal.seed} + prompt index",
+            f"{cal.steps} steps, guidance {cal.guidance_scale}, {cal.resolution or 'default'} px, batch "
+            f"{cal.batch_size}, seed {cal.seed} + prompt index",
         ),
         (
             "unconditional input",
@@ -229,7 +230,8 @@ def calibration_rows(recipe: Recipe, report: PruneReport) -> list[tuple[str, str
         ("scheduler", cal.scheduler or "the pipeline's own"),
         (
             "dtypes",
-            f"calibration {report.precision.get('compute', cal.dtype)}, checkpoint {report.precision.get('checkpoint', '?')}, saved {recipe.output.dtype}",
+            f"calibration {report.precision.get('compute', cal.dtype)}, checkpoint "
+            f"{report.precision.get('checkpoint', '?')}, saved {recipe.output.dtype}",
         ),
         ("timestep weighting", f"{prune.weighting} ({prune.alpha_min} → {prune.alpha_max})"),
         (
@@ -314,7 +316,8 @@ def _settings_text(evaluation: EvalResult) -> str:
     s = evaluation.settings
     return (
         f"{s['num']} prompts ({s['prompts']}), image i with seed {s['seed']} + i for both models, {s['steps']} steps, "
-        f"guidance {s['guidance_scale'] if s['guidance_scale'] is not None else 'default'}, resolution {s['resolution'] or 'default'}"
+        f"guidance {s['guidance_scale'] if s['guidance_scale'] is not None else 'default'}, resolution "
+        f"{s['resolution'] or 'default'}"
     )
 
 

@@ -265,7 +265,8 @@ def evaluate_checkpoint(
     ``base_revision``: what the base was (default: found from ``base``)."""
     if (out_folder / EVAL_FILE).exists() and not overwrite:
         raise InputError(
-            f"{out_folder / EVAL_FILE} holds an earlier evaluation; pass `overwrite` to replace it, or write elsewhere with `out`"
+            f"{out_folder / EVAL_FILE} holds an earlier evaluation; pass `overwrite` to replace it, or write "
+            "elsewhere with `out`"
         )
     result, samples = evaluate(str(model), base, spec, folder=prompt_folder, device=device, on_image=on_image)
     result.model = "this checkpoint" if Path(model) == out_folder else str(model)

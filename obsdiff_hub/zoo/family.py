@@ -102,7 +102,8 @@ def family_members(directory: Path) -> list[Member]:
     if len(set(names)) < len(names):
         twice = next(n for n in names if names.count(n) > 1)
         raise InputError(
-            f"two members of {directory} were made by recipe {twice}; a family publishes one member per recipe (its branch and tag)"
+            f"two members of {directory} were made by recipe {twice}; a family publishes one member per recipe "
+            "(its branch and tag)"
         )
     return sorted(members, key=lambda m: (m.ratio, m.name))
 
@@ -184,7 +185,8 @@ def family_card(members: list[Member], repo_id: str, plot: bool) -> str:
         lines += ["", f"![quality vs sparsity]({PLOT_FILE})"]
     lines += [
         "",
-        "Metrics are each member's `eval.json` (95% bootstrap intervals); see each member's card for how they were measured.",
+        "Metrics are each member's `eval.json` (95% bootstrap intervals); see each member's card for how they were "
+        "measured.",
         "",
     ]
     return "\n".join(lines)

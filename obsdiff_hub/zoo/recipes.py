@@ -148,7 +148,8 @@ def validate_recipe(data: Any, where: str) -> Recipe:
         data = migrate_schema_1(data, where)
     if data.get("schema_version") != SCHEMA_VERSION:
         raise RecipeError(
-            f"{where}: schema_version {data.get('schema_version')!r} is not supported (this obsdiff-hub reads {SCHEMA_VERSION})"
+            f"{where}: schema_version {data.get('schema_version')!r} is not supported (this obsdiff-hub reads "
+            f"{SCHEMA_VERSION})"
         )
     try:
         return Recipe.model_validate(data)
@@ -216,7 +217,8 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     if shipped:
         if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]*", str(name_or_path)):
             raise RecipeError(
-                f"no recipe file {str(name_or_path)!r}, and that is not a shipped recipe's name (`obsdiff-hub recipes list`)"
+                f"no recipe file {str(name_or_path)!r}, and that is not a shipped recipe's name (`obsdiff-hub "
+                "recipes list`)"
             )
         path = data_dir("recipes") / f"{name_or_path}.yaml"
         if not path.is_file():

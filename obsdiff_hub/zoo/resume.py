@@ -91,7 +91,8 @@ class DiskState:
             )
         if record.get("kind") != "partial":
             raise OutputError(
-                f"{self.directory} is an obsdiff-hub checkpoint, not saved progress; move it away or choose another `out`"
+                f"{self.directory} is an obsdiff-hub checkpoint, not saved progress; move it away or choose "
+                "another `out`"
             )
         foreign = first_foreign_file(self.directory)
         if foreign is not None:

@@ -91,7 +91,8 @@ def load_base_pipeline(recipe: Recipe) -> Any:
     found = architecture_of(denoiser_of(pipeline)).family
     if found != recipe.base_model.family:
         raise ModelMismatchError(
-            f"recipe {recipe.name} is for {recipe.base_model.family} models but {source} has a {type(denoiser_of(pipeline)).__name__}; "
+            f"recipe {recipe.name} is for {recipe.base_model.family} models but {source} has a "
+            f"{type(denoiser_of(pipeline)).__name__}; "
             "pick a recipe of that family (`obsdiff-hub recipes list`)"
         )
     resolution = recipe.calibration.resolution
@@ -388,7 +389,8 @@ def run_family(
     names = [r.name for r in recipes]
     if len(set(names)) < len(names):
         raise InputError(
-            f"recipe {next(n for n in names if names.count(n) > 1)} is given twice; every member needs its own name (its folder)"
+            f"recipe {next(n for n in names if names.count(n) > 1)} is given twice; every member needs its own "
+            "name (its folder)"
         )
     root = Path(out)
     if root.is_symlink() or (root.exists() and not root.is_dir()):
@@ -407,7 +409,8 @@ def run_family(
         ):
             if mine != theirs:
                 raise RecipeError(
-                    f"{member.requested.name} and {first.requested.name} differ in {what}; a family shares its base model and calibration"
+                    f"{member.requested.name} and {first.requested.name} differ in {what}; a family shares its "
+                    "base model and calibration"
                 )
     check_family([m.requested.prune for m in members])
     world = World.from_environment(run_device)

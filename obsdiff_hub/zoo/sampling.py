@@ -249,7 +249,8 @@ def read_image(path: Path) -> Image.Image:
         if isinstance(error, InputError):
             raise
         raise InputError(
-            f"{path}: not a readable image ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+            f"{path}: not a readable image ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})"
         ) from None
 
 

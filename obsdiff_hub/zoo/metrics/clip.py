@@ -37,7 +37,8 @@ def _load_clip(source: str, revision: str | None) -> tuple[Any, Any, str]:
     ) as error:  # with peft installed, transformers validates a missing path as a repo id
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise InputError(
-            f"CLIP model {source} cannot be loaded ({reason}); give a local copy with `clip_model`, or leave clip out of `metrics`"
+            f"CLIP model {source} cannot be loaded ({reason}); give a local copy with `clip_model`, or leave clip "
+            "out of `metrics`"
         ) from None
     return model, processor, f"{source}@{revision}" if revision else source
 

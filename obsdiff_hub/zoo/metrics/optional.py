@@ -7,7 +7,8 @@ import importlib.util
 from ...errors import UnsupportedEnvironmentError
 
 OPTIONAL = {
-    "torch_fidelity": "FID with Inception features needs torch-fidelity: pip install 'obsdiff-hub[eval]' (or `fid_features` clip)",
+    "torch_fidelity": "FID with Inception features needs torch-fidelity: pip install 'obsdiff-hub[eval]' (or "
+    "`fid_features` clip)",
     "ImageReward": "the imagereward metric needs the image-reward package: pip install 'obsdiff-hub[imagereward]'",
 }
 

@@ -1,4 +1,5 @@
-"""Caption accuracy on the embedded shapes model: does the shipped scorer see the shape, colour and size the caption asks for?"""
+"""Caption accuracy on the embedded shapes model: does the shipped scorer see the shape, colour and size the
+caption asks for?"""
 
 from __future__ import annotations
 
