@@ -54,6 +54,14 @@ def invoke(*args, **env):
     return CliRunner().invoke(app, [str(a) for a in args], env=env or None)
 
 
+@pytest.fixture(scope="session")
+def shapes_dense():
+    """The shipped shapes model's scores and images on its 60 evaluation scenes (computed once per worker)."""
+    from obsdiff_hub.shapes.pipeline import evaluate, load_shapes_pipeline
+
+    return evaluate(load_shapes_pipeline())
+
+
 class Hub:
     """olah for reads, the write double for uploads, both over one mirrors/ tree."""
 

@@ -117,10 +117,10 @@ def test_eval_on_the_shapes_model_end_to_end(shapes_checkpoint, destroyed_checkp
     assert good["clip_score"]["dense"] == bad["clip_score"]["dense"]  # the same dense images, from the cache
 
 
-def test_eval_agrees_with_the_benchmark_path_for_the_same_seeds(shapes_checkpoint):
+def test_eval_agrees_with_the_benchmark_path_for_the_same_seeds(shapes_checkpoint, shapes_dense):
     """benchmarks/shapes_quality.py scores float images in one batch; eval scores the saved PNGs.
     Same prompts and seeds: the same caption accuracy, PSNR within 8-bit quantisation."""
-    from obsdiff_hub.shapes.pipeline import evaluate, load_shapes_pipeline
+    from obsdiff_hub.shapes.pipeline import evaluate
 
     result = invoke(
         "eval",
@@ -135,7 +135,7 @@ def test_eval_agrees_with_the_benchmark_path_for_the_same_seeds(shapes_checkpoin
     )
     assert result.exit_code == 0, result.output
     got = metrics_of(shapes_checkpoint)
-    dense_scores, dense_images = evaluate(load_shapes_pipeline())
+    dense_scores, dense_images = shapes_dense
     pruned_scores, _ = evaluate(DiffusionPipeline.from_pretrained(shapes_checkpoint), reference=dense_images)
     assert abs(got["caption_accuracy"]["dense"] - dense_scores["all"]) <= 1 / 60
     assert abs(got["caption_accuracy"]["pruned"] - pruned_scores["all"]) <= 1 / 60
