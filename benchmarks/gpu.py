@@ -52,7 +52,7 @@ from obsdiff_hub.architectures.surgery import structure_of  # noqa: E402
 from obsdiff_hub.errors import UnsupportedEnvironmentError  # noqa: E402
 from obsdiff_hub.maths.admm import AdmmSettings, refine  # noqa: E402
 from obsdiff_hub.maths.hessian import HessianAccumulator  # noqa: E402
-from obsdiff_hub.maths.obs import obs_prune  # noqa: E402
+from obsdiff_hub.maths.obs import obs_prune_shared  # noqa: E402
 from obsdiff_hub.models import build_model  # noqa: E402
 from obsdiff_hub.pruning.plan import builtin_config  # noqa: E402
 
@@ -170,7 +170,7 @@ def bench_events(device: torch.device, tiny_run: bool, quick: bool, folder: Path
 def sparse_kernels(device: torch.device, tiny_run: bool, quick: bool) -> dict[str, Any]:
     width = 256 if tiny_run else 4096
     linear = torch.nn.Linear(width, width, bias=False)
-    W, _ = obs_prune(linear.weight.detach(), torch.eye(width), 0.5, 2, 4)
+    ((W, _),) = obs_prune_shared([linear.weight.detach()], torch.eye(width), 0.5, 2, 4)
     linear.weight = torch.nn.Parameter(W)
     if device.type != "cuda":
         try:
@@ -205,7 +205,7 @@ def solvers(device: torch.device, tiny_run: bool, quick: bool) -> dict[str, Any]
     for rows, cols in shapes:
         W, H = problem(rows, cols, device)
         for label, (n, m) in (("50%", (0, 0)), ("2:4", (2, 4))):
-            obs_s, (Wo, mask) = timed(lambda: obs_prune(W, H, 0.5, n, m), device)
+            obs_s, (Wo, mask) = timed(lambda: obs_prune_shared([W], H, 0.5, n, m)[0], device)
             base_s, Wb = timed(lambda: sparsegpt_baseline(W, H, 0.5, n, m), device)
             admm_s, refined = timed(
                 lambda: refine([W], H, [Wo], [mask], search=True, n=n, m=m, settings=AdmmSettings()), device
@@ -220,7 +220,7 @@ def solvers(device: torch.device, tiny_run: bool, quick: bool) -> dict[str, Any]
             }
             if device.type == "cuda":
                 torch.backends.cuda.matmul.allow_tf32 = True
-                entry["obs_tf32_s"], _ = timed(lambda: obs_prune(W, H, 0.5, n, m), device)
+                entry["obs_tf32_s"], _ = timed(lambda: obs_prune_shared([W], H, 0.5, n, m)[0], device)
                 torch.backends.cuda.matmul.allow_tf32 = False
             entry["passed"] = entry["error_ratio"] <= 1.001 and entry["admm_error_ratio"] <= 1.0 + 1e-9
             results[f"{rows}x{cols} {label}"] = entry

@@ -23,7 +23,7 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 
 from obsdiff_hub.maths.hessian import ACCUMULATION_PRECISIONS, HessianAccumulator
-from obsdiff_hub.maths.obs import obs_prune
+from obsdiff_hub.maths.obs import obs_prune_shared
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -108,7 +108,7 @@ def compare(name: str, X: torch.Tensor, W: torch.Tensor) -> list[str]:
         hessians[precision] = acc.hessian()
 
     def pruned_error(H: torch.Tensor) -> float:
-        W_hat, _ = obs_prune(W, H, 0.5)
+        ((W_hat, _),) = obs_prune_shared([W], H, 0.5)
         delta = W.double() - W_hat.double()
         return float((delta @ reference * delta).sum())
 

@@ -31,7 +31,7 @@ import torch
 
 import obsdiff_hub as oh
 from obsdiff_hub.maths.admm import AdmmSettings, layer_error, refine
-from obsdiff_hub.maths.obs import obs_prune
+from obsdiff_hub.maths.obs import obs_prune_shared
 from obsdiff_hub.pruning.prompts import builtin_prompts
 from obsdiff_hub.shapes.pipeline import evaluate, load_shapes_pipeline
 
@@ -141,7 +141,7 @@ def timing(device: str, shapes: list[tuple[int, int]]) -> None:
         for label, (sparsity, n, m) in (("50%", (0.5, 0, 0)), ("2:4", (0.5, 2, 4))):
             row = []
             start = time.perf_counter()
-            Wo, mask = obs_prune(W, H, sparsity, n, m)
+            ((Wo, mask),) = obs_prune_shared([W], H, sparsity, n, m)
             row.append(time.perf_counter() - start)
             results = {}
             for search in (False, True):

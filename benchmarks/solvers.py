@@ -22,7 +22,7 @@ import time
 import torch
 
 from obsdiff_hub.maths.group_obs import GroupSelection, column_groups, obs_remove_groups
-from obsdiff_hub.maths.obs import obs_prune, obs_prune_shared
+from obsdiff_hub.maths.obs import obs_prune_shared
 
 SHAPES = {
     "sdxl": {"hidden": 1280, "ffn": 5120, "head_dim": 64},
@@ -142,14 +142,14 @@ def main() -> None:
                 ("50%", dict(sparsity=0.5), dict(sparsity=0.5)),
                 ("2:4", dict(sparsity=0.0, n=2, m=4), dict(sparsity=0.0, prunen=2, prunem=4)),
             ]:
-                t_ours, (W_ours, _) = timed(lambda: obs_prune(W, H, **ours_kw), device)
+                t_ours, (W_ours, _) = timed(lambda: obs_prune_shared([W], H, **ours_kw)[0], device)
                 t_base, W_base = timed(lambda: sparsegpt_baseline(W, H, **base_kw), device)
                 rows_out.append(
                     dict(
                         model=model,
                         layer=layer,
                         shape=[rows, cols],
-                        solver=f"obs_prune {label}",
+                        solver=f"obs_prune_shared {label}",
                         seconds=t_ours,
                         baseline_s=t_base,
                         error_ratio=error(W, W_ours, H) / error(W, W_base, H),

@@ -30,10 +30,10 @@ class ExactRefit(RefiningSolver):
     def card_text(self, granularity):
         return f"exact per-row re-fit (ridge {self.ridge})"
 
-    def refine(self, targets, H, starts, *, n, m, damping_fraction):
-        Hd, _ = damp_hessian(H, damping_fraction, dtype=torch.float64)
+    def refine(self, problem, starts):
+        Hd, _ = damp_hessian(problem.H, problem.damping_fraction, dtype=torch.float64)
         out = []
-        for W, (_, mask) in zip(targets, starts):
+        for W, (_, mask) in zip(problem.weights, starts):
             W = W.double()
             fitted = torch.zeros_like(W)
             for row in range(W.shape[0]):
@@ -41,7 +41,7 @@ class ExactRefit(RefiningSolver):
                 block = Hd[kept][:, kept]
                 block = block + self.ridge * block.diagonal().mean() * torch.eye(len(kept), dtype=block.dtype)
                 fitted[row, kept] = torch.linalg.solve(block, (W[row] @ Hd)[kept])
-            out.append((fitted.to(targets[0].dtype), mask))
+            out.append((fitted.to(problem.weights[0].dtype), mask))
         return out
 
 

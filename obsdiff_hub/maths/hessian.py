@@ -96,20 +96,20 @@ def _tf32_matmuls(enabled: bool) -> Iterator[None]:
 _PANEL = 1024
 
 
-def _compute_device(inputs: torch.Tensor, store: torch.Tensor) -> torch.device:
+def _compute_device(inputs: torch.Tensor, total: torch.Tensor) -> torch.device:
     """Where a product is computed: on the inputs' accelerator even when the sum is kept in host
     memory (only the d×d panels cross, never the activations), else where the sum lives."""
-    return inputs.device if inputs.device.type != "cpu" else store.device
+    return inputs.device if inputs.device.type != "cpu" else total.device
 
 
-def _add_product(store: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float) -> None:
-    """``store += alpha · a @ b`` in fp32: in place when all three share a device and dtype,
+def _add_product(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float) -> None:
+    """``total += alpha · a @ b`` in fp32: in place when all three share a device and dtype,
     else through one fp32 product (bf16 inputs, or a sum kept on another device)."""
-    if a.device == store.device and a.dtype == torch.float32:
-        store.addmm_(a, b, alpha=alpha)
+    if a.device == total.device and a.dtype == torch.float32:
+        total.addmm_(a, b, alpha=alpha)
         return
     product = torch.mm(a, b) if a.dtype == torch.float32 else torch.mm(a, b, out_dtype=torch.float32)
-    store.add_(product.to(store.device), alpha=alpha)
+    total.add_(product.to(total.device), alpha=alpha)
 
 
 class HessianAccumulator:

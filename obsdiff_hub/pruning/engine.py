@@ -38,7 +38,7 @@ from .config import CalibrationConfig, PruneConfig
 from .distributed import World
 from .hessian_store import HessianStore, state_sha256
 from .hooks import collect_hessians
-from .packages import PackagePlan, activation_bytes, hessian_layers, plan_packages
+from .packages import PackageLayout, activation_bytes, hessian_layers, plan_packages
 from .precision import DTYPES, Precision, check_device_dtype, release_freed_memory
 from .prompts import PromptSet, resolve_prompts
 from .report import (
@@ -103,7 +103,7 @@ class Run:
     precision: Precision
     calibrate: Calibration
     alphas: torch.Tensor
-    plan: PackagePlan
+    plan: PackageLayout
     report: PruneReport
     pruner: UnitPruner
     dense: nn.Module | None = None  # asymmetric calibration: the dense copy run alongside
@@ -395,6 +395,11 @@ def _pipeline_calibration(
     return calibrate
 
 
+def hessian_home(cfg: PruneConfig) -> torch.device | None:
+    """Where the Hessian sums live: host memory with ``hessian_device: cpu``, else (None) beside each layer."""
+    return torch.device("cpu") if cfg.hessian_device == "cpu" else None
+
+
 def _plan(
     model: nn.Module,
     units: list[BlockUnit],
@@ -403,14 +408,11 @@ def _plan(
     report: PruneReport,
     batch: int,
     latent: int | None,
-) -> PackagePlan:
+) -> PackageLayout:
     """Units packed into packages (by count, or the fewest that fit the memory), and the peak the
     run should reach on the device: the model (twice when asymmetric), a calibration forward, the plan's needs."""
     asymmetric = cfg.calibration_target == "dense"  # a cross term per Hessian, and a dense copy alongside
     activations = activation_bytes(model, device, batch, latent) if cfg.packages == "auto" else 0
-    store = (
-        torch.device("cpu") if cfg.hessian_device == "cpu" else None
-    )  # where the Hessian sums live (default: beside each layer)
     plan = plan_packages(
         model,
         units,
@@ -419,7 +421,7 @@ def _plan(
         device,
         activations,
         hessian_factor=2 if asymmetric else 1,
-        hessian_device=store,
+        hessian_device=hessian_home(cfg),
     )
     report.package_plan = plan.summary()
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -468,7 +470,7 @@ def calibrate_package(
     layers = [p for unit in package for p in hessian_layers(unit)]
     clock = StepClock(run.alphas)
     hook_time = [0.0]
-    store = torch.device("cpu") if cfg.hessian_device == "cpu" else None
+    home = hessian_home(cfg)
     t0 = time.perf_counter()
     network = ""  # the digest of the network this package calibrates on (only a store needs it)
     if (
@@ -476,7 +478,7 @@ def calibrate_package(
     ):  # before the first package nothing is pruned: the network is the base the store identity hashed
         network = run.store.identity["base_sha256"] if index == 0 else state_sha256(run.model)
     if run.store is not None and not run.store.write and run.store.holds(index, network):
-        saved = run.store.load(index, network, run.model, layers, store)
+        saved = run.store.load(index, network, run.model, layers, home)
         run.report.package_plan.setdefault("hessians_reused", []).append(index + 1)
         return (
             saved,
@@ -489,10 +491,10 @@ def calibrate_package(
     with run.world.together(f"calibrating package {index + 1}"):
         with (
             collect_hessians(
-                run.model, layers, lambda: clock.alpha, cfg.hessian_precision, hook_time, store
+                run.model, layers, lambda: clock.alpha, cfg.hessian_precision, hook_time, home
             ) as hessians,
             # before any package is pruned X̂ = X: the cross term is zero and the dense forward is skipped
-            dense_targets(run.model, run.dense, layers, lambda: clock.alpha, store)
+            dense_targets(run.model, run.dense, layers, lambda: clock.alpha, home)
             if run.dense is not None and index > 0
             else nullcontext({}) as crosses,
         ):

@@ -34,7 +34,7 @@ def hessian_bytes(model: nn.Module, unit: BlockUnit) -> int:
 
 
 @dataclass(frozen=True)
-class PackagePlan:
+class PackageLayout:
     """How the units were packed, for the report and the summary."""
 
     packages: list[list[BlockUnit]]
@@ -127,7 +127,7 @@ def plan_packages(
     activation_bytes: int = 0,
     hessian_factor: int = 1,
     hessian_device: torch.device | None = None,
-) -> PackagePlan:
+) -> PackageLayout:
     """Contiguous packages: a fixed count, or (``"auto"``) the fewest within a memory budget.
 
     The auto budget is ``memory_budget_gb`` if given, else what is free where the Hessians are
@@ -135,7 +135,7 @@ def plan_packages(
     device, ``activation_bytes`` (the calibration forward's peak) and the largest solve's
     workspace. ``hessian_factor``: d×d buffers per Hessian (2 with asymmetric cross terms).
     """
-    store = hessian_device or device
+    home = hessian_device or device
     if not units:
         raise InputError("no layers to prune: the block selection (`prune.blocks`) is empty")
     sizes = [hessian_factor * hessian_bytes(model, u) for u in units]
@@ -148,15 +148,15 @@ def plan_packages(
         groups = [list(range(a, b)) for a, b in zip(bounds, bounds[1:])]
         mode, budget = "fixed", None
     else:
-        beside = activation_bytes + solve_workspace_bytes(model, units) if store == device else 0
-        free = free_memory_bytes(store) - beside
+        beside = activation_bytes + solve_workspace_bytes(model, units) if home == device else 0
+        free = free_memory_bytes(home) - beside
         budget = int(memory_budget_gb * GiB) if memory_budget_gb is not None else max(int(0.9 * free), 1)
         groups, mode = split_by_budget(sizes, budget), "auto"
-    return PackagePlan(
+    return PackageLayout(
         [[units[i] for i in g] for g in groups],
         [sum(sizes[i] for i in g) for g in groups],
         mode,
         budget,
         solve_workspace_bytes(model, units),
-        hessians_on_device=store == device,
+        hessians_on_device=home == device,
     )

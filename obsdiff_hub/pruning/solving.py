@@ -27,6 +27,7 @@ from ..maths.factor import asymmetric_target
 from ..maths.group_obs import GroupSelection
 from .config import PruneConfig
 from .distributed import World
+from .methods import GroupProblem, LayerProblem
 from .precision import Precision
 from .report import LayerRecord, PruneReport, StructureRecord
 
@@ -100,12 +101,12 @@ class UnitPruner:
         targets = [self.target(p, H, G) for p in site.layers] if G is not None else weights
         counts = [self.counts[p] for p in site.layers] if self.counts else None
         ratios = [cfg.sparsity_for(block)] * len(weights)
-        pattern = {"n": cfg.n, "m": cfg.m, "damping_fraction": cfg.damping_fraction}
-        solved = cfg.method.prune_layers(targets, H, ratios, counts=counts, **pattern)
+        problem = LayerProblem(targets, H, ratios, cfg.n, cfg.m, cfg.damping_fraction, counts)
+        solved = cfg.method.prune_layers(problem)
         starts: list[float | None] = [None] * len(weights)
         if cfg.solver.refines:  # refine the greedy result; record where it started
             starts = [relative_error(W, W_start, H) for W, (W_start, _) in zip(weights, solved)]
-            solved = cfg.solver.refine(targets, H, solved, **pattern)
+            solved = cfg.solver.refine(problem, solved)
         for path, W, (W_new, mask), start in zip(site.layers, weights, solved, starts):
             result.weights[path] = W_new
             zeroed = int(mask.sum())
@@ -140,9 +141,8 @@ class UnitPruner:
             GroupSelection(tuple(neuron_ids), count(site.neurons, neuron_ids), cfg.method.group_batch("neurons")),
         ]
         out_hessians = [hessians[p] for p in site.out_layers]
-        solved, (gone_heads, gone_neurons) = cfg.method.remove_groups(
-            targets, out_hessians, groups, selections, damping_fraction=cfg.damping_fraction
-        )
+        problem = GroupProblem(targets, out_hessians, groups, selections, cfg.damping_fraction)
+        solved, (gone_heads, gone_neurons) = cfg.method.remove_groups(problem)
         for path, W, W_new, H in zip(site.out_layers, weights, solved, out_hessians):
             result.weights[path] = W_new
             removed_columns = float((W_new == 0).all(0).float().mean())  # deleted by apply(), not left as zeros

@@ -4,6 +4,15 @@ Each method is one class with its own settings: :mod:`.obs_diff` (the paper's) a
 """
 
 from . import baselines, obs_diff
-from .base import METHODS, GroupResult, LayerResult, PruningMethod
+from .base import METHODS, GroupProblem, GroupResult, LayerProblem, LayerResult, PruningMethod
 
-__all__ = ["METHODS", "GroupResult", "LayerResult", "PruningMethod", "baselines", "obs_diff"]
+__all__ = [
+    "METHODS",
+    "GroupProblem",
+    "GroupResult",
+    "LayerProblem",
+    "LayerResult",
+    "PruningMethod",
+    "baselines",
+    "obs_diff",
+]

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Sequence
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
 
 from ...maths import baselines
 from ...maths.counts import removal_count
-from ...maths.group_obs import GroupSelection
-from .base import METHODS, GroupResult, LayerResult, PruningMethod
+from .base import METHODS, GroupProblem, GroupResult, LayerProblem, LayerResult, PruningMethod
 
 
 class _OneLayerAtATime(PruningMethod):
@@ -23,18 +22,9 @@ class _OneLayerAtATime(PruningMethod):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def prune_layers(
-        self,
-        weights: Sequence[torch.Tensor],
-        H: torch.Tensor,
-        ratios: Sequence[float],
-        *,
-        n: int,
-        m: int,
-        damping_fraction: float,
-        counts: Sequence[int] | None = None,
-    ) -> LayerResult:
-        return [self.prune_one(W, H, ratio, n, m) for W, ratio in zip(weights, ratios)]
+    def prune_layers(self, problem: LayerProblem) -> LayerResult:
+        p = problem
+        return [self.prune_one(W, p.H, ratio, p.n, p.m) for W, ratio in zip(p.weights, p.ratios)]
 
 
 @METHODS.register
@@ -86,20 +76,11 @@ class DSnoT(_OneLayerAtATime):
     def removal_count(self, rows: int, cols: int, ratio: float) -> int:
         return rows * removal_count(cols, ratio)
 
-    def prune_layers(
-        self,
-        weights: Sequence[torch.Tensor],
-        H: torch.Tensor,
-        ratios: Sequence[float],
-        *,
-        n: int,
-        m: int,
-        damping_fraction: float,
-        counts: Sequence[int] | None = None,
-    ) -> LayerResult:
+    def prune_layers(self, problem: LayerProblem) -> LayerResult:
+        p = problem
         return [
-            baselines.dsnot_prune(W, H, ratio, n, m, self.max_cycles, damping_fraction)
-            for W, ratio in zip(weights, ratios)
+            baselines.dsnot_prune(W, p.H, ratio, p.n, p.m, self.max_cycles, p.damping_fraction)
+            for W, ratio in zip(p.weights, p.ratios)
         ]
 
 
@@ -114,13 +95,6 @@ class L1(PruningMethod):
     def card_text(self, granularity: str) -> str:
         return "L1 (baseline): the heads and FFN neurons with the smallest Σ|w|, kept weights unchanged"
 
-    def remove_groups(
-        self,
-        weights: Sequence[torch.Tensor],
-        hessians: Sequence[torch.Tensor],
-        groups: Sequence[torch.Tensor],
-        selections: Sequence[GroupSelection],
-        *,
-        damping_fraction: float,
-    ) -> GroupResult:
-        return baselines.l1_remove_groups(weights, hessians, groups, selections)
+    def remove_groups(self, problem: GroupProblem) -> GroupResult:
+        p = problem
+        return baselines.l1_remove_groups(p.weights, p.hessians, p.groups, p.selections)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Sequence
+from typing import ClassVar, Literal
 
-import torch
 from pydantic import Field
 
 from ...maths.counts import layer_removal_count
-from ...maths.group_obs import GroupSelection, obs_remove_groups
+from ...maths.group_obs import obs_remove_groups
 from ...maths.obs import obs_prune_shared
-from .base import METHODS, GroupResult, LayerResult, PruningMethod
+from .base import METHODS, GroupProblem, GroupResult, LayerProblem, LayerResult, PruningMethod
 
 
 @METHODS.register
@@ -41,37 +40,14 @@ class ObsDiff(PruningMethod):
     def removal_count(self, rows: int, cols: int, ratio: float) -> int:
         return layer_removal_count(rows, cols, ratio, self.blocksize)
 
-    def prune_layers(
-        self,
-        weights: Sequence[torch.Tensor],
-        H: torch.Tensor,
-        ratios: Sequence[float],
-        *,
-        n: int,
-        m: int,
-        damping_fraction: float,
-        counts: Sequence[int] | None = None,
-    ) -> LayerResult:
-        return obs_prune_shared(weights, H, ratios, n, m, self.blocksize, damping_fraction, counts)
+    def prune_layers(self, problem: LayerProblem) -> LayerResult:
+        p = problem
+        return obs_prune_shared(p.weights, p.H, p.ratios, p.n, p.m, self.blocksize, p.damping_fraction, p.counts)
 
-    def remove_groups(
-        self,
-        weights: Sequence[torch.Tensor],
-        hessians: Sequence[torch.Tensor],
-        groups: Sequence[torch.Tensor],
-        selections: Sequence[GroupSelection],
-        *,
-        damping_fraction: float,
-    ) -> GroupResult:
-        return obs_remove_groups(
-            weights,
-            hessians,
-            groups,
-            selections,
-            damping_fraction=damping_fraction,
-            saliency=self.head_saliency,
-            rrf_k=self.rrf_k,
-        )
+    def remove_groups(self, problem: GroupProblem) -> GroupResult:
+        p = problem
+        options = {"damping_fraction": p.damping_fraction, "saliency": self.head_saliency, "rrf_k": self.rrf_k}
+        return obs_remove_groups(p.weights, p.hessians, p.groups, p.selections, **options)
 
     def group_batch(self, kind: str) -> int:
         return self.neuron_batch if kind == "neurons" else 1

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Sequence
+from typing import ClassVar, Literal
 
-import torch
 from pydantic import Field
 
-from ...maths.admm import AdmmSettings, refine
-from ..methods import LayerResult
-from .base import SOLVERS, RefiningSolver
+from ...maths.admm import AdmmSettings
+from .base import SOLVERS, RefitSolver
 
 
 @SOLVERS.register
-class Admm(RefiningSolver):
+class Admm(RefitSolver):
     """ADMM over masks and weights in the scaled problem (see :mod:`obsdiff_hub.maths.admm`), started from
     the OBS result, then the final mask re-fitted exactly; a layer keeps the better of the two."""
 
@@ -34,24 +32,5 @@ class Admm(RefiningSolver):
             f"{self.rho}) and re-fitted; no layer kept worse than OBS"
         )
 
-    def refine(
-        self,
-        targets: Sequence[torch.Tensor],
-        H: torch.Tensor,
-        starts: LayerResult,
-        *,
-        n: int,
-        m: int,
-        damping_fraction: float,
-    ) -> LayerResult:
-        settings = AdmmSettings(self.iterations, self.rho, self.refit_iterations, self.refit_tolerance)
-        return refine(
-            targets,
-            H,
-            [w for w, _ in starts],
-            [mask for _, mask in starts],
-            n=n,
-            m=m,
-            damping_fraction=damping_fraction,
-            settings=settings,
-        )
+    def admm_settings(self) -> AdmmSettings:
+        return AdmmSettings(self.iterations, self.rho, self.refit_iterations, self.refit_tolerance)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Sequence
+from typing import ClassVar, Literal
 
-import torch
 from pydantic import Field
 
-from ...maths.admm import AdmmSettings, refine
-from ..methods import LayerResult
-from .base import SOLVERS, RefiningSolver
+from ...maths.admm import AdmmSettings
+from .base import SOLVERS, RefitSolver
 
 
 @SOLVERS.register
-class LeastSquaresRefit(RefiningSolver):
+class LeastSquaresRefit(RefitSolver):
     """Keeps the OBS mask and re-fits the kept weights exactly (per row ``ŵ_K H_KK = (W H)_K``), by
     Jacobi-preconditioned conjugate gradients over all rows at once."""
 
@@ -22,6 +20,7 @@ class LeastSquaresRefit(RefiningSolver):
     tolerance: float = Field(1e-6, gt=0, lt=1, description="relative residual at which the re-fit stops")
 
     summary: ClassVar[str] = "the OBS mask, kept weights re-fitted to the least-squares optimum (cheap)"
+    search: ClassVar[bool] = False
     granularities: ClassVar[tuple[str, ...]] = ("unstructured", "n:m")
 
     def card_text(self, granularity: str) -> str:
@@ -30,25 +29,5 @@ class LeastSquaresRefit(RefiningSolver):
             f"steps at most, tolerance {self.tolerance}); no layer kept worse than OBS"
         )
 
-    def refine(
-        self,
-        targets: Sequence[torch.Tensor],
-        H: torch.Tensor,
-        starts: LayerResult,
-        *,
-        n: int,
-        m: int,
-        damping_fraction: float,
-    ) -> LayerResult:
-        settings = AdmmSettings(refit_iterations=self.iterations, refit_tolerance=self.tolerance)
-        return refine(
-            targets,
-            H,
-            [w for w, _ in starts],
-            [mask for _, mask in starts],
-            search=False,
-            n=n,
-            m=m,
-            damping_fraction=damping_fraction,
-            settings=settings,
-        )
+    def admm_settings(self) -> AdmmSettings:
+        return AdmmSettings(refit_iterations=self.iterations, refit_tolerance=self.tolerance)

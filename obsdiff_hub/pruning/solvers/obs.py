@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Sequence
+from typing import ClassVar, Literal
 
-import torch
-
-from ..methods import LayerResult
+from ..methods import LayerProblem, LayerResult
 from .base import SOLVERS, RefiningSolver
 
 
@@ -21,14 +19,5 @@ class GreedyPass(RefiningSolver):
     def card_text(self, granularity: str) -> str:
         return "OBS (the paper's greedy pass)"
 
-    def refine(
-        self,
-        targets: Sequence[torch.Tensor],
-        H: torch.Tensor,
-        starts: LayerResult,
-        *,
-        n: int,
-        m: int,
-        damping_fraction: float,
-    ) -> LayerResult:
+    def refine(self, problem: LayerProblem, starts: LayerResult) -> LayerResult:
         return list(starts)
