@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -93,6 +94,29 @@ def check_repo_id(repo_id: str, *, namespaced: bool = False) -> str:
     if namespaced and "/" not in repo_id:
         raise InputError(f"invalid repo id {repo_id!r}: use NAMESPACE/NAME")
     return repo_id
+
+
+REF_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
+RESERVED_REFS = frozenset({"HEAD", "main"})
+
+
+def check_ref_name(name: str, what: str, *, reserved: frozenset[str] = frozenset({"HEAD"})) -> str:
+    """``name`` if git (and so the Hub) accepts it as a branch or tag name, and it is not ``reserved``; else a
+    one-line :class:`InputError` before anything is committed. Stricter than git: letters, digits, ``.``,
+    ``_`` and ``-``, no ``..``, not ending in ``.`` or ``.lock``, at most 200 characters."""
+    if (
+        not REF_NAME.fullmatch(name)
+        or ".." in name
+        or name.endswith((".", ".lock"))
+        or len(name) > 200
+        or name in reserved
+    ):
+        taken = f"; {name!r} is reserved" if name in reserved else ""
+        raise InputError(
+            f"{what} {name[:80]!r} is not a valid git branch or tag name (letters, digits, '.', '_' and '-'; no '..', "
+            f"not ending in '.' or '.lock'){taken}"
+        )
+    return name
 
 
 def local_folder_or_repo(source: str) -> Path | None:
@@ -268,6 +292,15 @@ class HubClient:
 
     # ------------------------------------------------------------------ writes
 
+    def refs(self, repo_id: str) -> tuple[set[str], set[str]]:
+        """The repo's branch and tag names (both empty for a repo that does not exist yet)."""
+        with self.errors(repo_id):
+            try:
+                refs = self.api.list_repo_refs(repo_id)
+            except RepositoryNotFoundError:
+                return set(), set()
+        return {b.name for b in refs.branches}, {t.name for t in refs.tags}
+
     def push(
         self,
         directory: Path,
@@ -284,6 +317,10 @@ class HubClient:
         (path in repo → bytes, taking precedence), then ``tag`` (if any) on it. The token, the repo's
         refs and the tag are checked first, so a failed push leaves the repo as it was."""
         check_repo_id(repo_id, namespaced=True)
+        if tag is not None:
+            check_ref_name(tag, "tag")
+        if branch is not None:
+            check_ref_name(branch, "branch")
         operations = [
             CommitOperationAdd(path_in_repo=relative, path_or_fileobj=str(path))
             for path in sorted(directory.rglob("*"))
@@ -295,11 +332,7 @@ class HubClient:
         operations += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in in_memory.items()]
         with self.errors():
             self.api.whoami()  # a wrong or missing token fails here, before anything is created
-            try:
-                refs = self.api.list_repo_refs(repo_id)
-                branches, tags = {b.name for b in refs.branches}, {t.name for t in refs.tags}
-            except RepositoryNotFoundError:
-                branches, tags = set(), set()
+            branches, tags = self.refs(repo_id)
             if tag in tags:
                 raise HubError(f"tag {tag} already exists on {repo_id}; choose another `tag` (nothing was committed)")
             self.api.create_repo(repo_id, private=private, exist_ok=True)

@@ -29,8 +29,8 @@ def check_finite(H: torch.Tensor) -> None:
     """One fp64 reduction instead of an elementwise pass: any NaN or Inf makes the sum non-finite."""
     if not bool(torch.isfinite(H.sum(dtype=torch.float64))):
         raise InputError(
-            "Hessian contains NaN or Inf; the calibration activations overflowed "
-            "(calibrate with the `dtype` float32 or bfloat16)"
+            "a layer's Hessian contains NaN or Inf: the calibration activations overflowed (calibrate with the "
+            "`dtype` float32 or bfloat16), or the damping made it overflow (lower `damping_fraction`)"
         )
 
 

@@ -7,11 +7,15 @@ IP-Adapter) onto the kept heads and neurons, and warns when fusing fills a spars
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import warnings
 from typing import Any, Mapping
 
+import diffusers
 import torch
+from accelerate import init_empty_weights
 from diffusers.loaders.lora_base import _fetch_state_dict
 from diffusers.utils import convert_unet_state_dict_to_peft
 
@@ -19,6 +23,7 @@ from ..architectures import architecture_of
 from ..architectures.dense_adapters import map_lora_state_dict, slice_ip_adapter_processors
 from ..architectures.kept import Selection, decode, dense_selections
 from ..architectures.sparse_kernels import enable_sparse_kernels
+from ..architectures.surgery import structure_of
 from ..errors import CheckpointError, InputError, ObsDiffError
 from ..hub import HubClient, cached_snapshot, fetch
 from ..storage.diagnostics import diagnose
@@ -27,6 +32,53 @@ from .keys import KEPT_KEY, PROVENANCE_KEY, STRUCTURE_KEY
 
 def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def safetensors_only(weight_name: Any, use_safetensors: Any) -> bool:
+    """``use_safetensors=True`` for an adapter file, or a one-line error: a ``.bin`` (or any other) weight file
+    is a pickle, which can run code, and this tool reads safetensors only."""
+    if use_safetensors is False or (weight_name is not None and not str(weight_name).endswith(".safetensors")):
+        raise InputError(
+            f"obsdiff-hub loads adapters from safetensors files only (a pickled {str(weight_name or 'file')[:80]!r} "
+            "can run code); convert it with safetensors.torch.save_file, or load it into the dense base"
+        )
+    return True
+
+
+def check_adapter_tensors(state_dict: Mapping[str, Any]) -> None:
+    """Every adapter tensor a finite floating-point tensor, else one line naming the first that is not."""
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            kind = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+            raise InputError(f"adapter tensor {str(key)[:120]} is {kind}, not floating point; not a LoRA's weight")
+        if not bool(torch.isfinite(value).all()):
+            raise InputError(f"adapter tensor {str(key)[:120]} holds NaN or Inf; the adapter file is damaged")
+
+
+ADAPTER_LOADERS = ("load_lora_weights", "load_ip_adapter")
+
+
+def safetensors_adapters(pipeline: Any) -> Any:
+    """``pipeline`` with its LoRA and IP-Adapter loaders taking safetensors files only: set on this instance, so
+    diffusers' classes stay as diffusers ships them. A pickled adapter is one line, never ``torch.load``."""
+    for name in ADAPTER_LOADERS:
+        method = getattr(pipeline, name, None)
+        if method is None or getattr(method, "safetensors_only", False):
+            continue
+        signature = inspect.signature(method)
+
+        def guarded(*args: Any, _method: Any = method, _signature: Any = signature, **kwargs: Any) -> Any:
+            bound = _signature.bind_partial(*args, **kwargs).arguments
+            names = bound.get("weight_name", bound.get("kwargs", {}).get("weight_name"))
+            source = args[0] if args else kwargs.get("pretrained_model_name_or_path_or_dict")
+            if not isinstance(source, dict):
+                for weight_name in names if isinstance(names, (list, tuple)) else [names]:
+                    kwargs["use_safetensors"] = safetensors_only(weight_name, kwargs.get("use_safetensors"))
+            return _method(*args, **kwargs)
+
+        guarded.safetensors_only = True  # type: ignore[attr-defined]
+        setattr(pipeline, name, functools.wraps(method)(guarded))
+    return pipeline
 
 
 class PrunedLoadingMixin:
@@ -95,11 +147,31 @@ class DenseAdapterMixin:
         record = self.config.get(KEPT_KEY)  # type: ignore[attr-defined]
         if not isinstance(record, Mapping):
             return {}, not self.config.get(STRUCTURE_KEY)  # type: ignore[attr-defined]
+        dense = self.dense_counts()
+        for key, entry in record.items():  # bounded by the base's real sizes before anything is decoded
+            where = f"{type(self).__name__} config {KEPT_KEY}[{str(key)[:80]!r}]"
+            if key not in dense:
+                raise CheckpointError(f"{where}: this {type(self).__name__} has no such attention or MLP")
+            of = entry.get("of") if isinstance(entry, Mapping) else None
+            if of != dense[key]:
+                raise CheckpointError(f"{where}: records {str(of)[:20]} units where the base has {dense[key]}")
         kept = {
             key: decode(entry, f"{type(self).__name__} config {KEPT_KEY}[{key!r}]") for key, entry in record.items()
         }
-        dense = {key: int(entry["of"]) for key, entry in record.items()}
         return dense_selections(self, architecture_of(self), kept, dense), True  # type: ignore[arg-type]
+
+    def dense_counts(self) -> dict[str, int]:
+        """Heads per attention and neurons per MLP of the dense base this model's config describes (from a
+        meta-device skeleton of the base class, built once per model)."""
+        cached = self.__dict__.get("_obsdiff_dense_counts")
+        if cached is None:
+            architecture = architecture_of(self)  # type: ignore[arg-type]
+            base = getattr(diffusers, architecture.model_class_name)
+            config = {k: v for k, v in self.config.items() if not k.startswith("_") and k != STRUCTURE_KEY}  # type: ignore[attr-defined]
+            with init_empty_weights():
+                skeleton = base.from_config(config)
+            cached = self.__dict__["_obsdiff_dense_counts"] = structure_of(skeleton, architecture)
+        return cached
 
     def load_lora_adapter(
         self,
@@ -112,6 +184,7 @@ class DenseAdapterMixin:
         pruned model: tensors of reshaped layers are restricted to the kept rows and columns first."""
         state_dict = pretrained_model_name_or_path_or_dict
         if not isinstance(state_dict, dict):
+            kwargs["use_safetensors"] = safetensors_only(kwargs.get("weight_name"), kwargs.get("use_safetensors"))
             fetch_args = (
                 "weight_name",
                 "use_safetensors",
@@ -131,6 +204,7 @@ class DenseAdapterMixin:
                 **{k: kwargs.pop(k, None) for k in fetch_args},
             )
             kwargs["metadata"] = metadata
+        check_adapter_tensors(state_dict)
         if state_dict and not any("lora_A" in k or ".lokr_" in k for k in state_dict):
             state_dict = convert_unet_state_dict_to_peft(state_dict)
         selections, recorded = self.kept_selections()

@@ -260,12 +260,12 @@ class CalibrationConfig(StrictModel):
 
     prompts: PromptSource = PromptSource()
     steps: int = Field(25, ge=1, le=10_000, description="sampling steps per trajectory")
-    guidance_scale: float = Field(7.0, ge=0)
+    guidance_scale: float = Field(7.0, ge=0, le=1000)
     resolution: int | None = Field(
         512, ge=8, le=16_384, description="image side in pixels; None: the pipeline's default"
     )
     batch_size: int = Field(4, ge=1, le=4096)
-    seed: int = Field(24432, description="prompt i is sampled with seed + i")
+    seed: int = Field(24432, ge=0, le=2**62, description="prompt i is sampled with seed + i")
     negative_prompt: str | None = Field(None, description="None: the pipeline's own unconditional input (SDXL: zeros)")
     scheduler: str | None = Field(None, description="diffusers scheduler class; None keeps the pipeline's")
     dtype: RunDtype = Field(

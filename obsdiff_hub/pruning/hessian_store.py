@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..maths.hessian import HessianAccumulator
+from ..storage import jsonio
 from ..storage.files import readable_file, safetensors_header, write_safetensors_file
 from ..storage.outputs import (
     add_owned,
@@ -46,6 +48,44 @@ def state_sha256(model: nn.Module) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
+
+
+def update_digest(digest: Any, name: str, tensor: torch.Tensor) -> None:
+    tensor = tensor.detach().to("cpu", torch.float32).contiguous()
+    digest.update(f"{name}:{tuple(tensor.shape)};".encode())
+    digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+
+
+def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """A digest of a store file's tensors (names, shapes and fp32 bytes, in name order), saved with them."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        update_digest(digest, name, tensors[name])
+    return digest.hexdigest()
+
+
+def check_saved_hessian(path: Path, name: str, H: torch.Tensor, total: Any, width: int) -> tuple[float, int]:
+    """A stored Hessian sum and its totals as only accumulation makes them, else an error naming the layer:
+    ``width``², finite, a non-negative diagonal that is not all zero, every entry within Cauchy-Schwarz of
+    the diagonal (``|H_ij|² ≤ H_ii H_jj``), and finite positive totals. Returns ``(Σ α·samples, samples)``."""
+    damaged = f"{path}: the Hessian of {name}"
+    if tuple(H.shape) != (width, width):
+        raise InputError(f"{damaged} is not {width}×{width}; it was saved for another model")
+    valid = (
+        isinstance(total, list)
+        and len(total) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in total)
+    )
+    if not valid or not (math.isfinite(total[0]) and total[0] > 0 and total[1] >= 1 and total[1] == int(total[1])):
+        raise InputError(f"{damaged} has no finite positive totals; the store is damaged")
+    lower = torch.tril(H.double())
+    diagonal = lower.diagonal()
+    if not bool(torch.isfinite(lower).all()) or bool((diagonal < 0).any()) or not bool((diagonal > 0).any()):
+        raise InputError(f"{damaged} is not finite with a non-negative, non-zero diagonal; the store is damaged")
+    bound = torch.sqrt(diagonal.unsqueeze(0) * diagonal.unsqueeze(1)) * (1 + 1e-3) + 1e-30
+    if bool((lower.abs() > bound).any()):
+        raise InputError(f"{damaged} has entries larger than its diagonal allows; the store is damaged")
+    return float(total[0]), int(total[1])
 
 
 class HessianStore:
@@ -100,7 +140,7 @@ class HessianStore:
         with safetensors_header(path) as f:
             text = (f.metadata() or {}).get(key, "{}")
         try:
-            record = json.loads(text)
+            record = jsonio.loads(text)
         except ValueError:
             record = None
         if not isinstance(record, dict):
@@ -118,10 +158,12 @@ class HessianStore:
     def store_package(self, index: int, state: str, accumulators: dict[str, HessianAccumulator]) -> None:
         tensors = {name: acc.sum.detach().to("cpu", torch.float32).contiguous() for name, acc in accumulators.items()}
         totals = {name: [acc.total_weight, acc.num_samples] for name, acc in accumulators.items()}
-        identity = json.dumps({**self.identity, "state_sha256": state}, sort_keys=True)
-        write_safetensors_file(
-            self.path(index), tensors, metadata={"identity": identity, "totals": json.dumps(totals, sort_keys=True)}
-        )
+        metadata = {
+            "identity": json.dumps({**self.identity, "state_sha256": state}, sort_keys=True),
+            "totals": json.dumps(totals, sort_keys=True),
+            "content_sha256": content_sha256(tensors),
+        }
+        write_safetensors_file(self.path(index), tensors, metadata=metadata)
         add_owned(self.folder, [self.path(index).name])
 
     def load(
@@ -130,26 +172,24 @@ class HessianStore:
         """The package's accumulators, exactly as the run that saved them left them."""
         self.check(index, state)
         path = self.path(index)
-        accumulators: dict[str, HessianAccumulator] = {}
         totals = self._record(path, "totals")
+        accumulators: dict[str, HessianAccumulator] = {}
+        digest = hashlib.sha256()
         with safetensors_header(path) as f:
             missing = sorted(set(layers) - set(f.keys()))
             if missing:
                 raise InputError(f"{path} has no Hessian for {missing[0]}; it was saved for another package layout")
-            for name in layers:
-                width = model.get_submodule(name).in_features
-                total = totals.get(name)
-                valid = (
-                    isinstance(total, list)
-                    and len(total) == 2
-                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in total)
-                )
-                if tuple(f.get_slice(name).get_shape()) != (width, width) or not valid or not total[0] > 0:
-                    raise InputError(
-                        f"{path}: the Hessian of {name} is not {width}×{width} with its totals; the store is damaged"
-                    )
-                acc = HessianAccumulator(width, device=device or model.get_submodule(name).weight.device)
-                acc.sum.copy_(f.get_tensor(name))
-                acc.total_weight, acc.num_samples = float(total[0]), int(total[1])
-                accumulators[name] = acc
+            recorded = (f.metadata() or {}).get("content_sha256")
+            for name in sorted(f.keys()):  # one tensor in memory at a time beside the accumulators
+                tensor = f.get_tensor(name)
+                update_digest(digest, name, tensor)
+                if name in layers:
+                    width = model.get_submodule(name).in_features
+                    total = check_saved_hessian(path, name, tensor, totals.get(name), width)
+                    acc = HessianAccumulator(width, device=device or model.get_submodule(name).weight.device)
+                    acc.sum.copy_(tensor)
+                    acc.total_weight, acc.num_samples = total
+                    accumulators[name] = acc
+        if recorded != digest.hexdigest():
+            raise InputError(f"{path}: its Hessians do not match the digest saved with them; the store is damaged")
         return accumulators

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -17,6 +16,7 @@ from typing import Iterable, Sequence
 
 from ..errors import InputError
 from ..hub import HubClient
+from ..storage import jsonio
 from .config import PromptSource
 
 BUILTIN_PROMPT_SETS = {"captions": "calibration_prompts.txt", "shapes": "shapes_prompts.txt"}
@@ -69,9 +69,9 @@ def read_prompt_file(path: str | Path, column: str | None = None) -> list[str]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise PromptError(f"{path}:{number}: not JSON ({error.msg})") from error
+                record = jsonio.loads(line)
+            except ValueError as error:
+                raise PromptError(f"{path}:{number}: not JSON ({getattr(error, 'msg', error)})") from error
             if not isinstance(record, dict):
                 raise PromptError(f"{path}:{number}: each line must be a JSON object")
             key = column or _guess_column(record.keys(), path)

@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError
+from . import jsonio
 from .outputs import atomic_path
 
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -130,7 +131,7 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         if path.stat().st_size > MAX_JSON_BYTES:
             raise CheckpointError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB, not a checkpoint's JSON file")
-        data = json.loads(path.read_text())
+        data = jsonio.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{path}: not readable JSON ({error}); download the checkpoint again") from error
     if not isinstance(data, dict):

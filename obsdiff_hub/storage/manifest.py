@@ -18,10 +18,12 @@ from typing import Any, Collection
 
 from .._version import __version__
 from ..errors import CheckpointError
+from . import jsonio
 from .files import checkpoint_files, hub_cache_blob
 
 MANIFEST = "obsdiff-manifest.json"
 WEIGHT_SUFFIXES = (".safetensors",)
+MAX_MANIFEST_BYTES = 16 * 1024**2  # a manifest lists a few hundred files
 
 
 class ManifestError(CheckpointError):
@@ -98,8 +100,10 @@ def verify_manifest(
         raise ManifestError(
             f"{root} has no {MANIFEST}; it was not published by obsdiff-hub push, so it cannot be verified"
         )
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{MANIFEST} is larger than {MAX_MANIFEST_BYTES >> 20} MiB; refusing the download")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = jsonio.loads(path.read_text())
     except ValueError as error:
         raise ManifestError(f"{MANIFEST} is not valid JSON ({error}); refusing the download") from error
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):

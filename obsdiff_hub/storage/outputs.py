@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import stat
 import tempfile
 from contextlib import contextmanager
@@ -29,8 +30,10 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import InputError
+from . import jsonio
 
 MARKER = ".obsdiff-hub.json"
+MAX_MARKER_BYTES = 16 * 1024**2  # a marker lists the files of one checkpoint
 
 
 class OutputError(InputError):
@@ -96,35 +99,187 @@ def real_folders(folder: Path, root: Path, *, create: bool = True) -> None:
             raise OutputError(f"{current} is a link or a file where a folder belongs; refusing to write through it")
 
 
+DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+class HeldFolder:
+    """A folder opened once and written only through its descriptor.
+
+    Every create, write, rename and delete below it is relative to the descriptor (``dir_fd``, with
+    ``O_NOFOLLOW`` at every step), so renaming the folder, or putting a link under its name, while
+    this tool works cannot move a write elsewhere; :meth:`verify` refuses, in one line, once the
+    name no longer leads to the folder that was opened. Writers that take a path (safetensors, PIL,
+    ``save_pretrained``) get :attr:`pinned`, a path through the descriptor itself on Linux
+    (``/proc/self/fd/N``).
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = Path(path)
+        self.fd = fd
+        info = os.fstat(fd)
+        self.identity = (info.st_dev, info.st_ino)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, create: bool = False, follow_link: bool = True) -> HeldFolder:
+        """``path`` opened as a folder (created with its parents if ``create``). The path itself is taken as
+        given (where the user or this tool chose to write, a link included) unless ``follow_link`` is off;
+        below it, :meth:`folder` and every write refuse links."""
+        path = Path(path)
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                pass
+        try:
+            return cls(path, os.open(path, DIRECTORY_FLAGS if not follow_link else os.O_RDONLY | os.O_DIRECTORY))
+        except OSError as error:
+            raise OutputError(f"{path} is not a folder this tool can write into ({error.strerror})") from None
+
+    def __enter__(self) -> HeldFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+    @property
+    def pinned(self) -> Path:
+        """A path that leads to this very folder whatever happens to its name (Linux), else its name."""
+        proc = Path(f"/proc/self/fd/{self.fd}")
+        return proc if proc.is_dir() else self.path
+
+    def verify(self) -> None:
+        """Refuse once the folder's name leads anywhere but the folder that was opened."""
+        try:
+            info = os.stat(self.path)  # the folder its name leads to now
+            same = stat.S_ISDIR(info.st_mode) and (info.st_dev, info.st_ino) == self.identity
+        except OSError:
+            same = False
+        if not same:
+            raise OutputError(
+                f"{self.path} was replaced (renamed, removed or made a link) while obsdiff-hub wrote into it; "
+                "nothing more was written there"
+            )
+
+    def exists(self, name: str) -> bool:
+        try:
+            os.lstat(name, dir_fd=self.fd)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def folder(self, relative: str | os.PathLike, *, create: bool = True) -> HeldFolder:
+        """A sub-folder, every step a real folder (created when missing and ``create``); a link is refused."""
+        fd = os.dup(self.fd)
+        current = self.path
+        try:
+            for part in Path(relative).parts:
+                current = current / part
+                if create:
+                    try:
+                        os.mkdir(part, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                try:
+                    child = os.open(part, DIRECTORY_FLAGS, dir_fd=fd)
+                except OSError:
+                    raise OutputError(
+                        f"{current} is a link or a file where a folder belongs; refusing to write through it"
+                    ) from None
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return HeldFolder(current, fd)
+
+    def make_temp_folder(self, prefix: str) -> HeldFolder:
+        """A fresh folder with an unpredictable name, marked at once as this tool's unfinished work (so a
+        crash leaves a leftover the next run recognises as its own)."""
+        while True:
+            name = f"{prefix}{secrets.token_hex(4)}.tmp"
+            try:
+                os.mkdir(name, 0o700, dir_fd=self.fd)
+                break
+            except FileExistsError:
+                continue
+        folder = self.folder(name, create=False)
+        folder.mark([], kind="temp")
+        return folder
+
+    @contextmanager
+    def writing(self, name: str) -> Iterator[Path]:
+        """A fresh file to write ``name`` through (for writers that take a path): created exclusively and never
+        through a link, flushed to disk, given the umask's mode and renamed over ``name`` (a link there is
+        replaced, not followed)."""
+        while True:
+            tmp = f".{name}.{secrets.token_hex(8)}.tmp"
+            try:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=self.fd))
+                break
+            except FileExistsError:
+                continue
+        try:
+            yield self.pinned / tmp
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self.fd)
+            try:
+                os.fsync(fd)
+                os.fchmod(fd, 0o666 & ~current_umask())
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=self.fd)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def write(self, name: str, data: bytes | str) -> None:
+        """Write ``data`` to ``name`` in this folder through :meth:`writing`."""
+        with self.writing(name) as tmp:
+            fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+    def rename(self, source: str, target: str) -> None:
+        os.rename(source, target, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+
+    def remove_tree(self, name: str) -> None:
+        """Delete a sub-folder and everything in it, through the descriptor (links inside are removed, not
+        followed)."""
+        shutil.rmtree(name, dir_fd=self.fd)
+
+    def mark(self, files: list[str] | None = None, kind: str = "checkpoint") -> None:
+        """:func:`mark_owned` for this folder, written through the descriptor."""
+        info = os.fstat(self.fd)
+        listed = sorted(set(files if files is not None else _relative_files(self.pinned)) - {MARKER})
+        record = {"tool": "obsdiff-hub", "kind": kind, "device": info.st_dev, "inode": info.st_ino, "files": listed}
+        if kind == "temp":
+            record.update(pid=os.getpid(), host=socket.gethostname())
+        self.write(MARKER, json.dumps(record, indent=1) + "\n")
+
+
 @contextmanager
 def atomic_path(path: Path, root: Path | None = None) -> Iterator[Path]:
-    """A fresh file to write ``path`` through, for writers that take a path (safetensors, PIL):
-    created empty, exclusively and never through a link, with an unpredictable name beside
-    ``path``; when the block succeeds it is flushed to disk, given the umask's mode and renamed
-    over ``path`` (a link there is replaced, not followed). Folders from ``root`` (default:
-    ``path``'s own folder) down to ``path`` must be real folders; missing ones are created."""
+    """A fresh file to write ``path`` through (see :meth:`HeldFolder.writing`). Folders from ``root``
+    (default: ``path``'s own folder) down to ``path`` must be real folders; missing ones are created."""
     path = Path(path)
-    real_folders(path.parent, root if root is not None else path.parent)
-    while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
-            break
-        except FileExistsError:
-            continue
+    base = Path(root) if root is not None else path.parent
     try:
+        relative = path.parent.relative_to(base)
+    except ValueError:
+        raise OutputError(f"{path} is not inside {base}; refusing to write there") from None
+    with HeldFolder.open(base) as held, held.folder(relative) as folder, folder.writing(path.name) as tmp:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            os.fsync(fd)
-            os.fchmod(fd, 0o666 & ~current_umask())
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_atomic(path: Path, data: bytes | str, root: Path | None = None) -> None:
@@ -154,6 +309,7 @@ def probe_writable(folder: Path) -> None:
 def check_writable_file(path: Path) -> None:
     """Fail before any work unless ``path`` can be written: its folder exists and is writable, and
     ``path`` is not itself a folder."""
+    check_name_lengths(path, FILE_SUFFIX_BYTES)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(
@@ -168,10 +324,8 @@ def mark_owned(folder: Path, files: list[str] | None = None, kind: str = "checkp
     """Write the marker: ``files`` (default: everything in ``folder`` now) are this tool's, an
     entry ending in ``/`` with everything below it; ``kind`` is ``checkpoint`` (an output
     folder) or ``partial`` (saved progress)."""
-    stat = folder.stat()
-    listed = sorted(set(files if files is not None else _relative_files(folder)) - {MARKER})
-    record = {"tool": "obsdiff-hub", "kind": kind, "device": stat.st_dev, "inode": stat.st_ino, "files": listed}
-    write_atomic(folder / MARKER, json.dumps(record, indent=1) + "\n")
+    with HeldFolder.open(folder) as held:
+        held.mark(files, kind)
 
 
 def owned_files(folder: Path) -> set[str]:
@@ -193,7 +347,9 @@ def read_marker(folder: Path) -> dict | None:
     if folder.is_symlink() or not folder.is_dir() or path.is_symlink() or not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text())
+        if path.stat().st_size > MAX_MARKER_BYTES:
+            return None
+        record = jsonio.loads(path.read_text())
     except (OSError, ValueError):
         return None
     stat = folder.stat()
@@ -243,8 +399,29 @@ def remove_owned(folder: Path) -> None:
     shutil.rmtree(folder)
 
 
+NAME_MAX = 255  # bytes in one path component, on every file system this runs on
+# What this tool adds to a name it writes beside: ".NAME.<8 hex>.tmp", ".NAME.old-<8 hex>", "NAME.partial";
+# ".NAME.<16 hex>.tmp" for a file.
+FOLDER_SUFFIX_BYTES = 14
+FILE_SUFFIX_BYTES = 22
+
+
+def check_name_lengths(path: Path, suffix_bytes: int) -> None:
+    """Every component of ``path`` fits a file system's name limit, the last one with room for the temporary
+    names this tool makes from it: checked before any work, not discovered when the result is written."""
+    parts = path.parts
+    for index, part in enumerate(parts):
+        room = NAME_MAX - (suffix_bytes if index == len(parts) - 1 else 0)
+        if len(part.encode()) > room:
+            raise OutputError(
+                f"{part[:40]}… is {len(part.encode())} bytes long; a name in {path.parent} can have at most {room} "
+                "(the file system's 255, less what this tool adds for its temporary names); choose a shorter one"
+            )
+
+
 def check_writable_target(target: Path, overwrite: bool) -> None:
     """Fail before any work if ``target`` cannot become this tool's output folder."""
+    check_name_lengths(target, FOLDER_SUFFIX_BYTES)
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise OutputError(f"{target} exists and is not a folder; choose another output directory")
     if target.exists():
@@ -269,31 +446,71 @@ def check_writable_target(target: Path, overwrite: bool) -> None:
     probe_writable(target.parent)
 
 
-@contextmanager
-def atomic_output(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temp folder beside ``target``; when the block succeeds it becomes ``target`` in one rename.
+def is_leftover(path: Path) -> bool:
+    """A temp folder this tool made on this host for a process that no longer runs: an interrupted run's
+    unfinished output, safe to remove."""
+    record = read_marker(path)
+    if record is None or record.get("kind") != "temp" or record.get("host") != socket.gethostname():
+        return False
+    pid = record.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False  # the process that made it still runs
 
-    Every file in it is then listed in the marker and given umask modes. An earlier output at
-    ``target`` (only ever an empty folder or this tool's own, see :func:`check_writable_target`)
-    is moved aside first and deleted only after the new one is in place; if the block fails,
-    ``target`` is untouched and the temp folder removed.
+
+def remove_leftovers(held: HeldFolder, name: str) -> None:
+    """Remove the leftovers of interrupted runs that wrote ``name`` in ``held`` (``.NAME.*.tmp``)."""
+    for entry in os.listdir(held.fd):
+        if entry.startswith(f".{name}.") and entry.endswith(".tmp") and is_leftover(held.pinned / entry):
+            held.remove_tree(entry)
+
+
+@contextmanager
+def atomic_output(
+    target: str | os.PathLike, *, overwrite: bool = False, parent: HeldFolder | None = None
+) -> Iterator[Path]:
+    """Yield a folder to write ``target`` into; when the block succeeds it becomes ``target`` in one rename.
+
+    The folder is made inside ``target``'s parent, held open (``parent``, or opened here) for the whole
+    write, and yielded as a path through its own descriptor: nothing written goes elsewhere if a name
+    on the way is swapped for a link, and the final rename refuses if the parent's name no longer leads
+    to the folder opened. Every file is then listed in the marker and given umask modes. An earlier
+    output at ``target`` (only ever an empty folder or this tool's own, see :func:`check_writable_target`)
+    is moved aside first and deleted only after the new one is in place; if the block fails, ``target``
+    is untouched and the temp folder removed. With ``overwrite``, leftovers of interrupted runs of the
+    same target are removed first.
     """
     target = Path(target)
     check_writable_target(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    held = parent if parent is not None else HeldFolder.open(target.parent, create=True)
+    name = target.name
     try:
-        yield tmp
-        mark_owned(tmp, kind="checkpoint")
-        apply_umask_modes(tmp)
-        if target.exists():
-            check_writable_target(target, overwrite)  # unchanged while we worked?
-            aside = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
-            target.rename(aside)
-            tmp.rename(target)
-            shutil.rmtree(aside)
-        else:
-            tmp.rename(target)
+        if overwrite:
+            remove_leftovers(held, name)
+        with held.make_temp_folder(f".{name}.") as tmp:
+            temp_name = tmp.path.name
+            try:
+                yield tmp.pinned
+                tmp.mark(kind="checkpoint")
+                apply_umask_modes(tmp.pinned)
+                held.verify()
+                if held.exists(name):
+                    check_writable_target(target, overwrite)  # unchanged while we worked?
+                    aside = f".{name}.old-{secrets.token_hex(4)}"
+                    held.rename(name, aside)
+                    held.rename(temp_name, name)
+                    held.remove_tree(aside)
+                else:
+                    held.rename(temp_name, name)
+            finally:
+                if held.exists(temp_name):
+                    held.remove_tree(temp_name)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        if parent is None:
+            held.close()

@@ -36,7 +36,7 @@ from ..shapes.dataset import evaluation_scenes
 from ..storage.diagnostics import check_pipeline_configs
 from ..storage.files import checkpoint_files, is_regular_file
 from ..storage.manifest import sha256_file
-from ..storage.outputs import real_folders, write_atomic
+from ..storage.outputs import HeldFolder
 from .metrics import METRICS, MetricRow, Samples, check_metrics
 from .metrics.clip import CLIP_MODEL
 from .recipes import EvaluationSpec, RecipeError, load_recipe
@@ -196,8 +196,22 @@ def cached_images(
     if all(is_regular_file(p) for p in paths):
         return [read_image(p) for p in paths]
     root.mkdir(parents=True, exist_ok=True)
-    real_folders(folder, root)  # before sampling: a link planted in the cache stops the run, not its results
-    images = generate_images(
+    # held from before sampling: a link planted in the cache stops the run, and none planted later is followed
+    with HeldFolder.open(root) as cache, cache.folder(Path("images") / key) as held:
+        images = _generate(source, prompts, spec, device, on_image)
+        for image, path in zip(images, paths):
+            held.write(path.name, image_bytes(image))
+    return images
+
+
+def _generate(
+    source: str,
+    prompts: list[str],
+    spec: EvaluationSpec,
+    device: torch.device | None,
+    on_image: Callable[[int], None] | None,
+) -> list[Image.Image]:
+    return generate_images(
         source,
         prompts,
         seed=spec.seed,
@@ -208,9 +222,6 @@ def cached_images(
         batch_size=spec.batch_size,
         on_image=on_image,
     )
-    for image, path in zip(images, paths):
-        write_atomic(path, image_bytes(image), root=root)  # the cache may be shared: never through a planted link
-    return images
 
 
 def evaluate(
@@ -262,14 +273,36 @@ def evaluate_checkpoint(
     """Evaluate the checkpoint ``model`` against ``base``; write ``eval.json`` and the captioned
     grid (dense row on top, pruned below, at most 8 columns) into ``out_folder``. An earlier
     ``eval.json`` there is replaced only with ``overwrite`` (checked before any sampling).
-    ``base_revision``: what the base was (default: found from ``base``)."""
+    ``base_revision``: what the base was (default: found from ``base``). An existing ``out_folder`` is held
+    open from before the sampling: the results go into that folder or nowhere, even if its name is
+    swapped for a link meanwhile."""
     if (out_folder / EVAL_FILE).exists() and not overwrite:
         raise InputError(
             f"{out_folder / EVAL_FILE} holds an earlier evaluation; pass `overwrite` to replace it, or write "
             "elsewhere with `out`"
         )
+    held = HeldFolder.open(out_folder) if out_folder.is_dir() else None
+    try:
+        result = _evaluate_into(model, base, spec, held or out_folder, base_revision, prompt_folder, device, on_image)
+    finally:
+        if held is not None:
+            held.close()
+    return result
+
+
+def _evaluate_into(
+    model: str | Path,
+    base: str,
+    spec: EvaluationSpec,
+    out_folder: Path | HeldFolder,
+    base_revision: str | None,
+    prompt_folder: Path | None,
+    device: torch.device | None,
+    on_image: Callable[[str, int, int], None] | None,
+) -> EvalResult:
     result, samples = evaluate(str(model), base, spec, folder=prompt_folder, device=device, on_image=on_image)
-    result.model = "this checkpoint" if Path(model) == out_folder else str(model)
+    written_to = out_folder.path if isinstance(out_folder, HeldFolder) else out_folder
+    result.model = "this checkpoint" if Path(model) == written_to else str(model)
     result.base_revision = base_revision or revision_of(base)
     columns = min(8, len(samples.prompts))
     grid = image_grid(

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ..errors import InputError
-from ..hub import HubClient, PushResult, check_repo_id
+from ..errors import HubError, InputError, ObsDiffError
+from ..hub import RESERVED_REFS, HubClient, PushResult, check_ref_name, check_repo_id
 from ..storage.files import is_regular_file
 from ..storage.manifest import MANIFEST, build_manifest, manifest_bytes
 from .cards import card_for_folder
@@ -192,6 +192,35 @@ def family_card(members: list[Member], repo_id: str, plot: bool) -> str:
     return "\n".join(lines)
 
 
+def check_publishable(members: list[Member], repo_id: str, client: HubClient) -> None:
+    """Everything a family push needs, checked before its first commit: every card renders, every member's
+    branch and tag is a valid ref (and no member is called ``main``, the family card's branch), no two tags
+    collide, and none of the tags exists on the repo yet."""
+    tags = []
+    for m in members:
+        card_for_folder(m.folder, repo_id)
+        check_ref_name(m.name, "member (branch)", reserved=RESERVED_REFS)
+        tags.append(check_ref_name(load_recipe(m.folder / RECIPE_FILE).tag, f"{m.name}'s tag"))
+    if len(set(tags)) < len(tags):
+        raise InputError(f"two members would get the tag {next(t for t in tags if tags.count(t) > 1)}; rename one")
+    _, existing = client.refs(repo_id)
+    taken = sorted(set(tags) & existing)
+    if taken:
+        raise HubError(f"tag {taken[0]} already exists on {repo_id}; nothing was pushed (bump the recipe's version)")
+
+
+def half_published(repo_id: str, pushed: dict[str, PushResult], failed: str, error: Exception) -> str:
+    """What a family push that stopped part-way has published, and how to finish or undo it."""
+    if not pushed:
+        return f"{failed} could not be pushed, nothing was published: {error}"
+    done = ", ".join(f"{name} (branch {name}, tag {result.tag})" for name, result in pushed.items())
+    return (
+        f"{failed} could not be pushed ({error}); already published on {repo_id}: {done}. To finish, fix the cause "
+        "and push the remaining members with `obsdiff-hub push MEMBER --repo-id ... --branch NAME`; to undo, delete "
+        "those branches and tags (HfApi().delete_branch / delete_tag)"
+    )
+
+
 def publish_family(
     directory: str | Path,
     repo_id: str,
@@ -205,29 +234,32 @@ def publish_family(
     directory = Path(directory)
     check_repo_id(repo_id, namespaced=True)
     members = family_members(directory)
-    for m in members:  # every card renders and validates before anything is pushed
-        card_for_folder(m.folder, repo_id)
+    client = HubClient(endpoint, token)
+    check_publishable(members, repo_id, client)
     plot = quality_plot(members)
     in_memory = {CARD_FILE: family_card(members, repo_id, plot is not None).encode("utf-8")}
     if plot is not None:
         in_memory[PLOT_FILE] = image_bytes(plot)
-    pushed = {
-        m.name: publish(m.folder, repo_id, private=private, branch=m.name, token=token, endpoint=endpoint)
-        for m in members
-    }
+    pushed: dict[str, PushResult] = {}
+    for m in members:
+        try:
+            pushed[m.name] = publish(m.folder, repo_id, private=private, branch=m.name, token=token, endpoint=endpoint)
+        except ObsDiffError as error:
+            raise HubError(half_published(repo_id, pushed, m.name, error)) from error
     with tempfile.TemporaryDirectory() as empty:
-        in_memory[MANIFEST] = manifest_bytes(
-            build_manifest(empty)
-        )  # no weights on main: pull and verify find nothing to check
-        card = HubClient(endpoint, token).push(
-            Path(empty),
-            repo_id,
-            in_memory=in_memory,
-            tag=None,
-            private=private,
-            commit_message=f"family card: {', '.join(m.name for m in members)}",
-            tag_message="",
-        )
+        in_memory[MANIFEST] = manifest_bytes(build_manifest(empty))  # no weights on main: nothing to verify there
+        try:
+            card = client.push(
+                Path(empty),
+                repo_id,
+                in_memory=in_memory,
+                tag=None,
+                private=private,
+                commit_message=f"family card: {', '.join(m.name for m in members)}",
+                tag_message="",
+            )
+        except ObsDiffError as error:
+            raise HubError(half_published(repo_id, pushed, "the family card on main", error)) from error
     return pushed, card
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from ..dtypes import DtypeName
 from ..errors import InputError
@@ -60,9 +60,9 @@ class EvaluationSpec(StrictModel):
     prompts: str = Field("builtin:captions", description="builtin:NAME or a prompt file")
     num: int = Field(60, ge=1, le=1_000_000, description="images per model")
     steps: int = Field(25, ge=1, le=10_000)
-    guidance_scale: float | None = Field(None, ge=0)
+    guidance_scale: float | None = Field(None, ge=0, le=1000)
     resolution: int | None = Field(None, ge=8, le=16_384)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**62)
     batch_size: int = Field(8, ge=1, le=4096)
     clip_model: str | None = Field(
         None, description="CLIP for clip (and fid_features: clip): Hub id or local folder; default OpenAI ViT-B/16"
@@ -90,6 +90,16 @@ class Recipe(StrictModel):
     evaluation: EvaluationSpec | None = None
     derived_from: RecipeIdentity | None = Field(None, description="the recipe this effective recipe was run from")
     _folder: Path | None = PrivateAttr(default=None)
+
+    @field_validator("name")
+    @classmethod
+    def _a_git_ref(cls, value: str) -> str:
+        """The name becomes a tag (``NAME-vN``) and, in a family, a branch: it must be a valid git ref."""
+        if len(value) > 200:  # a tag, a branch and a folder name (with this tool's suffixes) must all fit
+            raise ValueError(f"{value[:40]}… has {len(value)} characters; a recipe name has at most 200")
+        if ".." in value or value.endswith((".", ".lock")):
+            raise ValueError(f"{value[:80]!r} cannot be a git tag or branch (no '..', not ending in '.' or '.lock')")
+        return value
 
     @property
     def folder(self) -> Path | None:

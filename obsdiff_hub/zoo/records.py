@@ -17,7 +17,15 @@ from typing import Any, Callable, TypeVar
 from ..errors import InputError
 from ..pruning.report import PruneReport
 from ..storage.files import read_json, readable_file
-from ..storage.outputs import add_owned, probe_writable, read_marker, write_atomic
+from ..storage.outputs import (
+    FOLDER_SUFFIX_BYTES,
+    HeldFolder,
+    add_owned,
+    check_name_lengths,
+    probe_writable,
+    read_marker,
+    write_atomic,
+)
 
 RECIPE_FILE = "recipe.yaml"
 REPORT_FILE = "report.json"
@@ -45,10 +53,16 @@ def read_record(path: Path, parse: Callable[[dict[str, Any]], T]) -> T:
         ) from None
 
 
-def write_record(folder: Path, name: str, content: dict[str, Any] | bytes | str) -> Path:
-    """``folder / name`` written atomically (a dict as indented JSON) and listed as this tool's file."""
-    folder.mkdir(parents=True, exist_ok=True)
+def write_record(folder: Path | HeldFolder, name: str, content: dict[str, Any] | bytes | str) -> Path:
+    """``folder / name`` written atomically (a dict as indented JSON) and listed as this tool's file. A held
+    folder is written through its descriptor, and only while its name still leads to it."""
     data = json.dumps(content, indent=2) + "\n" if isinstance(content, dict) else content
+    if isinstance(folder, HeldFolder):
+        folder.verify()
+        folder.write(name, data)
+        add_owned(folder.pinned, [name])
+        return folder.path / name
+    folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / name, data)
     add_owned(folder, [name])
     return folder / name
@@ -97,6 +111,7 @@ def results_folder(model: str, out: Path | None) -> Path:
     failed run leaves nothing), or the model's own folder when it is an output of this tool;
     anything else needs an ``out`` folder (no writes into a stranger's folder)."""
     if out is not None:
+        check_name_lengths(out, FOLDER_SUFFIX_BYTES)
         if out.exists() and not out.is_dir():
             raise InputError(f"{out} is a file; give a folder as the `out` for the results")
         probe_writable(out)

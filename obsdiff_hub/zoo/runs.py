@@ -30,7 +30,7 @@ from ..architectures.components import (
 )
 from ..checkpoints.saving import write_pruned
 from ..errors import InputError
-from ..hub import HubClient, builtin_name, local_folder_or_repo
+from ..hub import RESERVED_REFS, HubClient, builtin_name, check_ref_name, local_folder_or_repo
 from ..models import provenance
 from ..pruning.config import PromptSource
 from ..pruning.distributed import World, resolve_device
@@ -47,7 +47,7 @@ from ..pruning.prompts import PromptSet, resolve_prompts
 from ..resources import data_dir
 from ..storage.diagnostics import check_pipeline_configs, explained_pipeline_failure
 from ..storage.files import stored_dtype
-from ..storage.outputs import atomic_output, check_writable_target
+from ..storage.outputs import HeldFolder, atomic_output, check_writable_target, is_leftover
 from . import cards
 from .evaluation import EvalResult, eval_prompts, evaluate_checkpoint
 from .metrics import check_metrics
@@ -243,10 +243,17 @@ def prepare(
 
 
 def write_run(
-    prepared: Prepared, pipeline: Any, result: PruneResult, *, overwrite: bool = False, is_main: bool = True
+    prepared: Prepared,
+    pipeline: Any,
+    result: PruneResult,
+    *,
+    overwrite: bool = False,
+    is_main: bool = True,
+    parent: HeldFolder | None = None,
 ) -> RunOutput:
     """The finished checkpoint (pipeline, effective recipe, report, evaluation, card), assembled in a
-    temp folder that appears at ``prepared.out`` in one rename (on the main process only)."""
+    temp folder that appears at ``prepared.out`` in one rename (on the main process only). ``parent``:
+    ``prepared.out``'s folder, held open by the caller (a family's root, for all its members)."""
     requested, pinned = prepared.requested, prepared.pinned
     report = result.report
     used = requested.prune.model_copy(update={"packages": report.package_plan["packages"], "memory_budget_gb": None})
@@ -278,7 +285,7 @@ def write_run(
     evaluation = None
     if is_main:
         out = prepared.out
-        with atomic_output(out, overwrite=overwrite) as tmp:
+        with atomic_output(out, overwrite=overwrite, parent=parent) as tmp:
             stamped = write_pruned(
                 pipeline,
                 tmp,
@@ -392,13 +399,10 @@ def run_family(
             f"recipe {next(n for n in names if names.count(n) > 1)} is given twice; every member needs its own "
             "name (its folder)"
         )
+    for name in names:  # each becomes a branch when the family is pushed; main holds the family card
+        check_ref_name(name, "family member", reserved=RESERVED_REFS)
     root = Path(out)
-    if root.is_symlink() or (root.exists() and not root.is_dir()):
-        raise InputError(f"{root} is a link or a file; give `out` a folder (it will hold one folder per member)")
-    members_or_progress = set(names) | {partial_folder(Path(n)).name for n in names}
-    foreign = sorted(p.name for p in root.iterdir() if p.name not in members_or_progress) if root.exists() else []
-    if foreign:
-        raise InputError(f"{root} holds {foreign[0]}, which is not a member of this family; choose another `out`")
+    check_family_root(root, names, overwrite)
     run_device = resolve_device(device)
     members = [prepare(r, Path(out) / r.name, run_device, overrides, overwrite=overwrite) for r in recipes]
     first = members[0]
@@ -418,9 +422,12 @@ def run_family(
         raise InputError("family runs use one process; run each recipe under the launcher on its own")
     pipeline = load_base_pipeline(first.requested)
     written: list[Path] = []
+    held: list[HeldFolder] = []  # the root, opened at the first write and held for every member after it
 
     def finished(index: int, result: PruneResult) -> None:
-        output = write_run(members[index], pipeline, result, overwrite=overwrite)
+        if not held:
+            held.append(HeldFolder.open(root, create=True, follow_link=False))
+        output = write_run(members[index], pipeline, result, overwrite=overwrite, parent=held[0])
         written.append(output.directory)
         if on_output is not None:
             on_output(output)
@@ -435,5 +442,27 @@ def run_family(
         world=world,
         prompts=first.prompts,
     )
+    for folder in held:
+        folder.close()
     world.close()
     return written
+
+
+def check_family_root(root: Path, names: list[str], overwrite: bool) -> None:
+    """``root`` may hold only this family's members and their progress folders; leftovers of an
+    interrupted run of this tool are removed with ``overwrite`` and named as such without it."""
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise InputError(f"{root} is a link or a file; give `out` a folder (it will hold one folder per member)")
+    if not root.exists():
+        return
+    members_or_progress = set(names) | {partial_folder(Path(n)).name for n in names}
+    for entry in sorted(p.name for p in root.iterdir() if p.name not in members_or_progress):
+        if not is_leftover(root / entry):
+            raise InputError(f"{root} holds {entry}, which is not a member of this family; choose another `out`")
+        if not overwrite:
+            raise InputError(
+                f"{root} holds {entry}, the unfinished output of an interrupted obsdiff-hub run; pass `overwrite` "
+                "to remove it"
+            )
+        with HeldFolder.open(root, follow_link=False) as held:
+            held.remove_tree(entry)

@@ -26,6 +26,7 @@ from ..architectures.components import (
 )
 from ..errors import CheckpointError, InputError
 from ..hub import BUILTIN_PREFIX, HubClient, builtin_name, fetch, local_folder_or_repo, resolve_source
+from ..models.loaders import safetensors_adapters
 from ..pruning.prompts import check_lengths
 from ..shapes.pipeline import load_shapes_pipeline
 from ..storage.diagnostics import check_pipeline_configs, explained_pipeline_failure
@@ -63,6 +64,7 @@ def load_pipeline(
 
     ``verify``: check the snapshot against its ``obsdiff-manifest.json`` before loading
     (a mismatching file is deleted and the load refused), as ``OBSDiff*.from_pretrained`` does.
+    The pipeline's ``load_lora_weights`` and ``load_ip_adapter`` then read safetensors files only.
     """
     if not isinstance(source, str):
         pipeline = source
@@ -101,10 +103,10 @@ def load_pipeline(
         with explained_pipeline_failure(source, folder):
             check_pipeline_configs(folder)
             pipeline = DiffusionPipeline.from_pretrained(folder, dtype=torch_dtype, use_safetensors=True, **kwargs)
-        return pipeline.to(device) if device is not None else pipeline
+        torch_dtype = None  # loaded in it
     if torch_dtype is not None:
         pipeline.to(dtype=torch_dtype)
-    return pipeline.to(device) if device is not None else pipeline
+    return safetensors_adapters(pipeline.to(device) if device is not None else pipeline)
 
 
 @dataclass(frozen=True)
