@@ -136,10 +136,10 @@ def test_deeply_nested_json_is_one_line_everywhere_it_is_read(family, tmp_path):
     assert read_marker(bad) is None  # not this tool's folder any more: nothing in it is replaced or removed
 
 
-def test_a_nested_hessian_store_header_is_one_line(tmp_path):
-    recipe = load_recipe("tiny-sd3-unstructured-50").with_changes(SHORT)
+def test_a_nested_hessian_store_header_is_one_line(saved_store, tmp_path):
+    recipe, genuine = saved_store
     store = tmp_path / "hs"
-    run_recipe(recipe, tmp_path / "a", save_hessians=store)
+    shutil.copytree(genuine, store)
     package = store / "package-1.safetensors"
     tensors = load_file(package)
     os.unlink(package)
@@ -225,11 +225,21 @@ def test_a_family_push_checks_every_member_and_tag_before_the_first_commit(famil
 # ------------------------------------------------------------------------ Hessian stores
 
 
-@pytest.mark.parametrize("forgery", ["zero", "infinite totals", "digest", "beyond its diagonal"])
-def test_a_forged_hessian_store_under_a_copied_identity_is_refused(forgery, tmp_path):
+@pytest.fixture(scope="module")
+def saved_store(tmp_path_factory):
+    """A genuine Hessian store of a short run, and the recipe that made it."""
     recipe = load_recipe("tiny-sd3-unstructured-50").with_changes(SHORT)
+    folder = tmp_path_factory.mktemp("store")
+    run_recipe(recipe, folder / "a", save_hessians=folder / "hs")
+    return recipe, folder / "hs"
+
+
+@pytest.mark.parametrize("forgery", ["zero", "infinite totals", "digest", "beyond its diagonal"])
+def test_a_forged_hessian_store_under_a_copied_identity_is_refused(forgery, saved_store, tmp_path):
+    recipe, genuine = saved_store
     store = tmp_path / "hs"
-    run_recipe(recipe, tmp_path / "a", save_hessians=store)
+    shutil.copytree(genuine, store)
+    mark_owned(store, ["package-1.safetensors"], kind="hessians")  # the copy's own marker (a new inode)
     package = store / "package-1.safetensors"
     from safetensors import safe_open
 

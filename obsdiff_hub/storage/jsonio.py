@@ -14,10 +14,6 @@ from typing import Any
 MAX_DEPTH = 64
 
 
-class JsonTooDeep(ValueError):
-    """Nested deeper than :data:`MAX_DEPTH` (a ``ValueError``, like every other malformed JSON)."""
-
-
 def depth(value: Any) -> int:
     """How deeply ``value`` nests lists and objects (a scalar is 0), without recursion."""
     deepest, stack = 0, [(value, 1)]
@@ -34,12 +30,12 @@ def depth(value: Any) -> int:
 
 
 def loads(text: str | bytes) -> Any:
-    """``json.loads``, refusing (``JsonTooDeep``) anything nested deeper than :data:`MAX_DEPTH`; other malformed
-    JSON is ``json.JSONDecodeError`` as usual (both are ``ValueError``)."""
+    """``json.loads``, refusing anything nested deeper than :data:`MAX_DEPTH` with a ``ValueError``, as malformed
+    JSON is (``json.JSONDecodeError``): callers turn either into their one-line error."""
     try:
         data = json.loads(text)
     except RecursionError:
-        raise JsonTooDeep(f"nested deeper than {MAX_DEPTH} levels") from None
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
     if depth(data) > MAX_DEPTH:
-        raise JsonTooDeep(f"nested deeper than {MAX_DEPTH} levels")
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
     return data
