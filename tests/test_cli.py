@@ -235,21 +235,15 @@ def test_prompt_files_all_formats(tmp_path):
         assert read_prompt_file(tmp_path / name) == ["a cat", "a dog"], name
 
 
-def test_subprocess_version_and_prune(tmp_path):
+def test_the_installed_command_and_its_first_errors(tmp_path):
+    """The entry point itself (a whole run through it: tests/test_main_job.py); the errors in process."""
     exe = Path(sys.executable).parent / "obsdiff-hub"
     version = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.strip() == f"obsdiff-hub {oh.__version__}"
-    # a whole run through the installed command: tests/test_shapes.py's main job
-    bad = subprocess.run([exe, "prune", "--recipe", "nope"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown recipe")
-    late = subprocess.run(
-        [exe, "prune", "--recipe", "tiny-flux-2of4", "--set", "prune.sparsty=0.4", "--out", tmp_path / "g"],
-        capture_output=True,
-        text=True,
-    )
-    assert late.returncode == 2 and late.stderr.startswith(
-        "error: override: prune.sparsty"
-    )  # no progress display's blank line first
+    bad = invoke("prune", "--recipe", "nope")
+    assert bad.exit_code == 2 and bad.output.startswith("error: unknown recipe")
+    late = invoke("prune", "--recipe", "tiny-flux-2of4", "--set", "prune.sparsty=0.4", "--out", tmp_path / "g")
+    assert late.exit_code == 2 and late.output.startswith("error: override: prune.sparsty")  # no blank line first
 
 
 def test_progress_into_a_log_is_one_line_per_finished_step_and_packages_can_be_auto(tmp_path):

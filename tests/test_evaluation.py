@@ -17,6 +17,8 @@ from obsdiff_hub.cli import app
 from obsdiff_hub.zoo.metrics import frechet_distance
 
 runner = CliRunner()
+# a shorter calibration than the recipe's: the checkpoint only has to be a pruned model, not the best one
+SHORT = ["--set", "calibration.prompts.count=8", "--set", "calibration.steps=10"]
 SHAPES_EVAL = [
     "--prompts",
     "builtin:shapes",
@@ -48,7 +50,7 @@ def tiny_clip(tmp_path_factory):
 def shapes_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("shapes") / "ckpt"
     result = invoke(
-        "prune", "--recipe", "tiny-shapes-unstructured-50", "--out", out, "--quiet", "--set", "evaluation=null"
+        "prune", "--recipe", "tiny-shapes-unstructured-50", "--out", out, "--quiet", "--set", "evaluation=null", *SHORT
     )
     assert result.exit_code == 0, result.output
     return out
