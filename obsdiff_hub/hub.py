@@ -18,8 +18,6 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +45,7 @@ from huggingface_hub.utils import validate_repo_id
 from .errors import HubError, InputError
 from .storage.files import is_regular_file
 from .storage.manifest import MANIFEST, build_manifest, manifest_bytes, verify_manifest
-from .storage.outputs import real_folders
+from .storage.outputs import FOLDER_SUFFIX_BYTES, Destination, HeldFolder, check_name_lengths, real_folders
 
 # The HTTP library huggingface_hub uses (httpx, or httpx2 in 2.x): its transport errors.
 _TRANSPORT_ERROR: type[Exception] = importlib.import_module(
@@ -367,16 +365,20 @@ def cached_snapshot(
         return None
 
 
-def move_into(stage: Path, folder: Path) -> None:
-    """Every file of a staged download into ``folder``, by rename: each destination's folders must be
-    real folders (checked for all files before the first moves), and a link at a destination name is
-    replaced, never followed. The download's own ``.cache`` bookkeeping stays behind."""
-    files = [p for p in sorted(stage.rglob("*")) if is_regular_file(p) and p.relative_to(stage).parts[0] != ".cache"]
-    for file in files:
-        real_folders((folder / file.relative_to(stage)).parent, folder, create=False)
-    for file in files:
-        real_folders((folder / file.relative_to(stage)).parent, folder)
-        os.replace(file, folder / file.relative_to(stage))
+def move_into(stage: HeldFolder, folder: HeldFolder) -> None:
+    """Every file of a staged download into ``folder``, by rename through both descriptors: each
+    destination's folders must be real folders (checked for all files before the first moves), and a
+    link at a destination name is replaced, never followed. The download's own ``.cache`` bookkeeping
+    stays behind."""
+    files = [
+        p.relative_to(stage.pinned)
+        for p in sorted(stage.pinned.rglob("*"))
+        if is_regular_file(p) and p.relative_to(stage.pinned).parts[0] != ".cache"
+    ]
+    for relative in files:
+        real_folders((folder.pinned / relative).parent, folder.pinned, create=False)
+    for relative in files:
+        folder.move_in(stage, relative.as_posix())
 
 
 def fetch(
@@ -419,14 +421,18 @@ def fetch(
         )
         return Fetched(snapshot.path, snapshot.commit, checked)
     target = Path(local_dir)
-    target.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".obsdiff-pull-", dir=target))
-    try:
-        snapshot = client.staged_snapshot(source, stage, revision=revision, maybe_folder=not hub_only)
-        checked = verify_manifest(stage, subfolder, repo_files=snapshot.files, delete=True) if verify else 0
-        move_into(stage, target)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    check_name_lengths(target, FOLDER_SUFFIX_BYTES)
+    with Destination(target) as place, place.parent() as parent, parent.folder(target.name) as held:
+        stage = held.make_temp_folder(".obsdiff-pull-")  # the download lands in the held folder, nowhere else
+        try:
+            snapshot = client.staged_snapshot(source, stage.pinned, revision=revision, maybe_folder=not hub_only)
+            checked = verify_manifest(stage.pinned, subfolder, repo_files=snapshot.files, delete=True) if verify else 0
+            held.verify()
+            move_into(stage, held)
+        finally:
+            stage.close()
+            if held.exists(stage.path.name):
+                held.remove_tree(stage.path.name)
     return Fetched(target, snapshot.commit, checked)
 
 

@@ -160,6 +160,7 @@ def test_a_nested_hessian_store_header_is_one_line(saved_store, tmp_path):
         ("prune.damping_fraction=1e308", "prune.damping_fraction: Input should be less than or equal to 1000"),
         ("calibration.guidance_scale=.nan", "calibration.guidance_scale: Input should be a finite number"),
         ("calibration.seed=-1", "calibration.seed: Input should be greater than or equal to 0"),
+        ("prune.sparsity=" + "[" * 50_000 + "]" * 50_000, "--set prune.sparsity: the value is nested too deeply"),
     ],
 )
 def test_non_finite_or_unbounded_numbers_are_refused_before_any_work(assignment, expected, tmp_path):
@@ -234,7 +235,7 @@ def saved_store(tmp_path_factory):
     return recipe, folder / "hs"
 
 
-@pytest.mark.parametrize("forgery", ["zero", "infinite totals", "digest", "beyond its diagonal"])
+@pytest.mark.parametrize("forgery", ["zero", "infinite totals", "tiny totals", "digest", "beyond its diagonal"])
 def test_a_forged_hessian_store_under_a_copied_identity_is_refused(forgery, saved_store, tmp_path):
     recipe, genuine = saved_store
     store = tmp_path / "hs"
@@ -249,9 +250,9 @@ def test_a_forged_hessian_store_under_a_copied_identity_is_refused(forgery, save
     name = sorted(tensors)[0]
     if forgery == "zero":
         tensors = {k: torch.zeros_like(v) for k, v in tensors.items()}
-    elif forgery == "infinite totals":
+    elif forgery in ("infinite totals", "tiny totals"):
         totals = json.loads(metadata["totals"])
-        totals[name] = [float("inf"), totals[name][1]]
+        totals[name] = [float("inf") if forgery == "infinite totals" else 1e-300, totals[name][1]]
         metadata["totals"] = json.dumps(totals)
     elif forgery == "beyond its diagonal":
         tensors[name][1, 0] = 1e6 * tensors[name].diagonal().max()
@@ -267,6 +268,7 @@ def test_a_forged_hessian_store_under_a_copied_identity_is_refused(forgery, save
     expected = {
         "zero": "non-zero diagonal",
         "infinite totals": "no finite positive totals",
+        "tiny totals": "totals these timestep weights cannot give",
         "digest": "do not match the digest",
         "beyond its diagonal": "larger than its diagonal allows",
     }[forgery]
@@ -365,3 +367,92 @@ def test_a_family_push_that_stops_part_way_says_what_was_published_and_how_to_fi
     assert "fam-50 could not be pushed (the Hub refused the commit)" in message
     assert "already published on zoo/half: fam-30 (branch fam-30, tag fam-30-v1)" in message
     assert "to undo, delete those branches and tags" in message
+
+
+def test_every_adapter_loader_of_a_loaded_pipeline_refuses_pickles_and_damaged_tensors(family, tmp_path, monkeypatch):
+    pytest.importorskip("peft")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load was called on an adapter file")
+
+    pipe = oh.load_pipeline(str(family / "fam-30"))  # unstructured: a plain SD3Transformer2DModel
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    tensors = lora_of(pipe.transformer)
+    torch.save(tensors, lora / "l.bin")
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(oh.InputError, match="safetensors files only"):
+        pipe.transformer.load_lora_adapter(str(lora), weight_name="l.bin")  # a component's own loader
+    text = {
+        "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": torch.full((2, 8), float("nan"))
+    }
+    save_file(text, lora / "text.safetensors")
+    with pytest.raises(oh.InputError, match="NaN or Inf"):
+        pipe.load_lora_weights(str(lora), weight_name="text.safetensors")  # a text encoder's LoRA
+
+
+def test_an_ip_adapter_is_read_from_safetensors_only_image_encoder_included(tmp_path, monkeypatch):
+    from test_adapters import ip_adapter_state_dict
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from obsdiff_hub import tiny
+
+    pipe = tiny.tiny_sdxl_pipeline()
+    saved = oh.save_pruned(pipe, tmp_path / "sdxl")
+    pipe = oh.load_pipeline(str(saved))
+    state = ip_adapter_state_dict(pipe.unet)
+    adapter = tmp_path / "ip"
+    flat = {f"{part}.{k}": v for part, tensors in state.items() for k, v in tensors.items()}
+    adapter.mkdir()
+    save_file(flat, adapter / "ip.safetensors")
+    encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            image_size=32, patch_size=16, projection_dim=16,
+        )
+    )  # fmt: skip
+    encoder.save_pretrained(adapter / "image_encoder")
+    (adapter / "image_encoder" / "model.safetensors").unlink()  # only a pickle: pytorch_model.bin
+    torch.save(encoder.state_dict(), adapter / "image_encoder" / "pytorch_model.bin")
+    calls = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a) or {})
+    with pytest.raises(Exception):  # noqa: B017 - whichever refusal: transformers finds no safetensors file
+        pipe.load_ip_adapter(str(adapter), subfolder="", weight_name="ip.safetensors")
+    assert calls == []
+    with pytest.raises(oh.InputError, match="safetensors files only"):
+        pipe.load_ip_adapter(str(adapter), subfolder="", weight_name="ip.bin")
+    state["ip_adapter"]["1.to_k_ip.weight"][0, 0] = float("nan")
+    with pytest.raises(oh.InputError, match="NaN or Inf"):
+        pipe.unet._load_ip_adapter_weights([state])
+
+
+def test_the_pruned_classes_attention_processors_load_from_safetensors_only(tmp_path):
+    unet = oh.OBSDiffUNet.from_config(oh.tiny.tiny_sdxl_pipeline().unet.config)
+    with pytest.raises(oh.InputError, match="safetensors files only"):
+        unet.load_attn_procs(str(tmp_path), weight_name="pytorch_lora_weights.bin")
+
+
+def test_pull_into_a_local_dir_swapped_for_a_link_mid_download_writes_nothing_there(hub, family, tmp_path):
+    from obsdiff_hub import hub as hub_module
+
+    pushed = invoke(
+        "push", family / "fam-30", "--repo-id", "zoo/pull-race", "--token", hub.token, "--endpoint", hub.write_endpoint
+    )
+    assert pushed.exit_code == 0, pushed.output
+    local, victim = tmp_path / "local", victim_folder(tmp_path)
+    local.mkdir()
+    download = hub_module.HubClient.staged_snapshot
+
+    def download_then_swap(self, *args, **kwargs):
+        snapshot = download(self, *args, **kwargs)
+        local.rename(tmp_path / "local-moved")
+        local.symlink_to(victim)
+        return snapshot
+
+    hub_module.HubClient.staged_snapshot = download_then_swap
+    try:
+        with pytest.raises(OutputError, match="was replaced"):
+            hub_module.pull("zoo/pull-race", local_dir=local)
+    finally:
+        hub_module.HubClient.staged_snapshot = download
+    assert sorted(os.listdir(victim)) == ["precious.txt"]

@@ -33,6 +33,7 @@ distributed = library("pruning.distributed")
 evaluation = library("zoo.evaluation")
 family = library("zoo.family")
 inspection = library("checkpoints.inspection")
+outputs = library("storage.outputs")
 records = library("zoo.records")
 
 if TYPE_CHECKING:
@@ -147,6 +148,8 @@ def evaluate(
     if whole_family and out is not None:
         raise InputError("a family is evaluated into each member's own folder; leave out --out")
     members = [str(m.folder) for m in family.family_members(Path(source))] if whole_family else [source]
+    # a family's folder is held from here: each member's results go into the member folder inside it, or nowhere
+    root = outputs.HeldFolder.open(source, follow_link=False) if whole_family else nullcontext()
     results = []
     for member in members:  # the dense base's images are cached: a family samples the base once
         spec = evaluation.evaluation_settings(member, given)
@@ -154,12 +157,13 @@ def evaluate(
             member, Path(member) if whole_family else out
         )  # a family: each member's own folder
         display = None if quiet or as_json else ImageProgress()
-        with display if display is not None else nullcontext():
+        target = root.folder(Path(member).name, create=False) if whole_family else nullcontext(folder)
+        with target as into, display if display is not None else nullcontext():
             result = evaluation.evaluate_checkpoint(
                 member,
                 base or inspection.base_model_of(member),
                 spec,
-                folder,
+                into,
                 device=run_device,
                 on_image=display,
                 overwrite=overwrite,

@@ -100,7 +100,10 @@ def assignments(items: list[str]) -> dict[str, Any]:
         try:
             changes[key] = yaml.safe_load(raw) if raw else None
         except yaml.YAMLError as error:
-            raise InputError(f"--set {item!r}: the value is not valid YAML ({str(error).splitlines()[0]})") from None
+            reason = str(error).splitlines()[0]
+            raise InputError(f"--set {item[:80]!r}: the value is not valid YAML ({reason})") from None
+        except RecursionError:
+            raise InputError(f"--set {key}: the value is nested too deeply to be a setting") from None
     return changes
 
 

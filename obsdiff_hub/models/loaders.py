@@ -7,8 +7,6 @@ IP-Adapter) onto the kept heads and neurons, and warns when fusing fills a spars
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 import warnings
 from typing import Any, Mapping
@@ -28,57 +26,11 @@ from ..errors import CheckpointError, InputError, ObsDiffError
 from ..hub import HubClient, cached_snapshot, fetch
 from ..storage.diagnostics import diagnose
 from .keys import KEPT_KEY, PROVENANCE_KEY, STRUCTURE_KEY
+from .safe_adapters import check_adapter_tensors, safetensors_only
 
 
 def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
-def safetensors_only(weight_name: Any, use_safetensors: Any) -> bool:
-    """``use_safetensors=True`` for an adapter file, or a one-line error: a ``.bin`` (or any other) weight file
-    is a pickle, which can run code, and this tool reads safetensors only."""
-    if use_safetensors is False or (weight_name is not None and not str(weight_name).endswith(".safetensors")):
-        raise InputError(
-            f"obsdiff-hub loads adapters from safetensors files only (a pickled {str(weight_name or 'file')[:80]!r} "
-            "can run code); convert it with safetensors.torch.save_file, or load it into the dense base"
-        )
-    return True
-
-
-def check_adapter_tensors(state_dict: Mapping[str, Any]) -> None:
-    """Every adapter tensor a finite floating-point tensor, else one line naming the first that is not."""
-    for key, value in state_dict.items():
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-            kind = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
-            raise InputError(f"adapter tensor {str(key)[:120]} is {kind}, not floating point; not a LoRA's weight")
-        if not bool(torch.isfinite(value).all()):
-            raise InputError(f"adapter tensor {str(key)[:120]} holds NaN or Inf; the adapter file is damaged")
-
-
-ADAPTER_LOADERS = ("load_lora_weights", "load_ip_adapter")
-
-
-def safetensors_adapters(pipeline: Any) -> Any:
-    """``pipeline`` with its LoRA and IP-Adapter loaders taking safetensors files only: set on this instance, so
-    diffusers' classes stay as diffusers ships them. A pickled adapter is one line, never ``torch.load``."""
-    for name in ADAPTER_LOADERS:
-        method = getattr(pipeline, name, None)
-        if method is None or getattr(method, "safetensors_only", False):
-            continue
-        signature = inspect.signature(method)
-
-        def guarded(*args: Any, _method: Any = method, _signature: Any = signature, **kwargs: Any) -> Any:
-            bound = _signature.bind_partial(*args, **kwargs).arguments
-            names = bound.get("weight_name", bound.get("kwargs", {}).get("weight_name"))
-            source = args[0] if args else kwargs.get("pretrained_model_name_or_path_or_dict")
-            if not isinstance(source, dict):
-                for weight_name in names if isinstance(names, (list, tuple)) else [names]:
-                    kwargs["use_safetensors"] = safetensors_only(weight_name, kwargs.get("use_safetensors"))
-            return _method(*args, **kwargs)
-
-        guarded.safetensors_only = True  # type: ignore[attr-defined]
-        setattr(pipeline, name, functools.wraps(method)(guarded))
-    return pipeline
 
 
 class PrunedLoadingMixin:
@@ -210,6 +162,14 @@ class DenseAdapterMixin:
         selections, recorded = self.kept_selections()
         state_dict = map_lora_state_dict(state_dict, self, selections, prefix, recorded)  # type: ignore[arg-type]
         super().load_lora_adapter(state_dict, prefix=prefix, hotswap=hotswap, **kwargs)  # type: ignore[misc]
+
+    def load_attn_procs(self, pretrained_model_name_or_path_or_dict: Any, **kwargs: Any) -> Any:
+        """diffusers' ``load_attn_procs``, from safetensors files only."""
+        if not isinstance(pretrained_model_name_or_path_or_dict, dict):
+            kwargs["use_safetensors"] = safetensors_only(kwargs.get("weight_name"), kwargs.get("use_safetensors"))
+        else:
+            check_adapter_tensors(pretrained_model_name_or_path_or_dict)
+        return super().load_attn_procs(pretrained_model_name_or_path_or_dict, **kwargs)  # type: ignore[misc]
 
     def _convert_ip_adapter_attn_to_diffusers(
         self, state_dicts: list[dict[str, Any]], *args: Any, **kwargs: Any

@@ -30,9 +30,9 @@ from ..maths.hessian import HessianAccumulator
 from ..storage import jsonio
 from ..storage.files import readable_file, safetensors_header, write_safetensors_file
 from ..storage.outputs import (
-    add_owned,
+    Destination,
+    HeldFolder,
     first_foreign_file,
-    mark_owned,
     probe_writable,
     read_marker,
 )
@@ -64,10 +64,13 @@ def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def check_saved_hessian(path: Path, name: str, H: torch.Tensor, total: Any, width: int) -> tuple[float, int]:
+def check_saved_hessian(
+    path: Path, name: str, H: torch.Tensor, total: Any, width: int, alphas: tuple[float, float]
+) -> tuple[float, int]:
     """A stored Hessian sum and its totals as only accumulation makes them, else an error naming the layer:
     ``width``², finite, a non-negative diagonal that is not all zero, every entry within Cauchy-Schwarz of
-    the diagonal (``|H_ij|² ≤ H_ii H_jj``), and finite positive totals. Returns ``(Σ α·samples, samples)``."""
+    the diagonal (``|H_ij|² ≤ H_ii H_jj``), a whole number of samples (at most 2⁵³) and ``Σ α·samples``
+    between the run's smallest and largest timestep weight times the samples. Returns both totals."""
     damaged = f"{path}: the Hessian of {name}"
     if tuple(H.shape) != (width, width):
         raise InputError(f"{damaged} is not {width}×{width}; it was saved for another model")
@@ -76,8 +79,11 @@ def check_saved_hessian(path: Path, name: str, H: torch.Tensor, total: Any, widt
         and len(total) == 2
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in total)
     )
-    if not valid or not (math.isfinite(total[0]) and total[0] > 0 and total[1] >= 1 and total[1] == int(total[1])):
+    if not valid or not (math.isfinite(total[0]) and 1 <= total[1] <= 2**53 and total[1] == int(total[1])):
         raise InputError(f"{damaged} has no finite positive totals; the store is damaged")
+    low, high = alphas[0] * total[1] * (1 - 1e-6), alphas[1] * total[1] * (1 + 1e-6)
+    if not low <= total[0] <= high:
+        raise InputError(f"{damaged} has totals these timestep weights cannot give; the store is damaged")
     lower = torch.tril(H.double())
     diagonal = lower.diagonal()
     if not bool(torch.isfinite(lower).all()) or bool((diagonal < 0).any()) or not bool((diagonal > 0).any()):
@@ -95,6 +101,7 @@ class HessianStore:
         self.folder = Path(folder)
         self.identity = dict(identity)
         self.write = write
+        self.held: HeldFolder | None = None  # a store being written: every write goes through it
         ours = not self.folder.is_symlink() and (read_marker(self.folder) or {}).get("kind") == KIND
         if write:
             if self.folder.is_symlink() or (self.folder.exists() and not ours):
@@ -109,12 +116,22 @@ class HessianStore:
                 )
             if not ours:
                 probe_writable(self.folder)
-                self.folder.mkdir(parents=True)
-                mark_owned(self.folder, [], kind=KIND)
+                with Destination(self.folder) as place, place.parent() as parent:
+                    self.held = parent.folder(self.folder.name)
+                self.held.mark([], kind=KIND)
+            else:
+                self.held = HeldFolder.open(self.folder, follow_link=False)
         else:
             if not ours:
                 raise InputError(f"{self.folder} is not a Hessian store written by obsdiff-hub (`save_hessians`)")
             self.check(0, None)
+            self.held = HeldFolder.open(self.folder, follow_link=False)  # packages calibrated again are added
+
+    def alpha_range(self) -> tuple[float, float]:
+        """The run's smallest and largest timestep weight, from the identity (``[weighting, α_min, α_max]``;
+        ``uniform`` weighs every step 1)."""
+        weighting, alpha_min, alpha_max = json.loads(self.identity["timestep_weights"])
+        return (1.0, 1.0) if weighting == "uniform" else (float(alpha_min), float(alpha_max))
 
     def path(self, index: int) -> Path:
         return self.folder / f"package-{index + 1}.safetensors"
@@ -163,8 +180,12 @@ class HessianStore:
             "totals": json.dumps(totals, sort_keys=True),
             "content_sha256": content_sha256(tensors),
         }
-        write_safetensors_file(self.path(index), tensors, metadata=metadata)
-        add_owned(self.folder, [self.path(index).name])
+        assert self.held is not None, "opened in __init__"
+        self.held.verify()
+        name = self.path(index).name
+        write_safetensors_file(self.held.pinned / name, tensors, metadata=metadata)
+        listed = read_marker(self.held.pinned)
+        self.held.mark([*(listed or {}).get("files", []), name], kind=KIND)
 
     def load(
         self, index: int, state: str, model: nn.Module, layers: list[str], device: torch.device | None
@@ -185,7 +206,7 @@ class HessianStore:
                 update_digest(digest, name, tensor)
                 if name in layers:
                     width = model.get_submodule(name).in_features
-                    total = check_saved_hessian(path, name, tensor, totals.get(name), width)
+                    total = check_saved_hessian(path, name, tensor, totals.get(name), width, self.alpha_range())
                     acc = HessianAccumulator(width, device=device or model.get_submodule(name).weight.device)
                     acc.sum.copy_(tensor)
                     acc.total_weight, acc.num_samples = total

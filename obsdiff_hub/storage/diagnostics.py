@@ -59,6 +59,9 @@ def check_pipeline_configs(folder: Path) -> None:
         config = folder / name / "config.json"
         if config.is_file():
             check_config_bounds(read_json(config), str(config))
+        # tokenizer and scheduler files too: bounded in size and nesting before a library reads them
+        for other in sorted((folder / name).glob("*.json")) if (folder / name).is_dir() else []:
+            read_json(other)
 
 
 def diagnose(folder: Path, model_class: Any) -> str | None:

@@ -100,6 +100,12 @@ def real_folders(folder: Path, root: Path, *, create: bool = True) -> None:
 
 
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+PINNED = "/proc/self/fd/"
+
+
+def is_pinned(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is (below) a :attr:`HeldFolder.pinned` path of this process."""
+    return str(path).startswith(PINNED)
 
 
 class HeldFolder:
@@ -131,8 +137,9 @@ class HeldFolder:
                 os.mkdir(path)
             except FileExistsError:
                 pass
+        follow = follow_link or is_pinned(path)  # a pinned path is a link by design: to the folder held
         try:
-            return cls(path, os.open(path, DIRECTORY_FLAGS if not follow_link else os.O_RDONLY | os.O_DIRECTORY))
+            return cls(path, os.open(path, os.O_RDONLY | os.O_DIRECTORY if follow else DIRECTORY_FLAGS))
         except OSError as error:
             raise OutputError(f"{path} is not a folder this tool can write into ({error.strerror})") from None
 
@@ -201,9 +208,10 @@ class HeldFolder:
             raise
         return HeldFolder(current, fd)
 
-    def make_temp_folder(self, prefix: str) -> HeldFolder:
+    def make_temp_folder(self, prefix: str, *, mark: bool = True) -> HeldFolder:
         """A fresh folder with an unpredictable name, marked at once as this tool's unfinished work (so a
-        crash leaves a leftover the next run recognises as its own)."""
+        crash leaves a leftover the next run recognises as its own; ``mark`` off: the caller's marker
+        lists it)."""
         while True:
             name = f"{prefix}{secrets.token_hex(4)}.tmp"
             try:
@@ -212,7 +220,8 @@ class HeldFolder:
             except FileExistsError:
                 continue
         folder = self.folder(name, create=False)
-        folder.mark([], kind="temp")
+        if mark:
+            folder.mark([], kind="temp")
         return folder
 
     @contextmanager
@@ -253,6 +262,13 @@ class HeldFolder:
     def rename(self, source: str, target: str) -> None:
         os.rename(source, target, src_dir_fd=self.fd, dst_dir_fd=self.fd)
 
+    def move_in(self, source: HeldFolder, relative: str) -> None:
+        """Move ``relative`` from ``source`` to the same place here, by rename through both descriptors (the
+        folders on the way are real folders, created when missing; a link at the name is replaced)."""
+        parent, name = Path(relative).parent, Path(relative).name
+        with source.folder(parent, create=False) as origin, self.folder(parent) as destination:
+            os.replace(name, name, src_dir_fd=origin.fd, dst_dir_fd=destination.fd)
+
     def remove_tree(self, name: str) -> None:
         """Delete a sub-folder and everything in it, through the descriptor (links inside are removed, not
         followed)."""
@@ -264,7 +280,7 @@ class HeldFolder:
         listed = sorted(set(files if files is not None else _relative_files(self.pinned)) - {MARKER})
         record = {"tool": "obsdiff-hub", "kind": kind, "device": info.st_dev, "inode": info.st_ino, "files": listed}
         if kind == "temp":
-            record.update(pid=os.getpid(), host=socket.gethostname())
+            record.update(pid=os.getpid(), host=socket.gethostname(), pid_namespace=pid_namespace())
         self.write(MARKER, json.dumps(record, indent=1) + "\n")
 
 
@@ -344,7 +360,8 @@ def add_owned(folder: Path, names: list[str]) -> None:
 def read_marker(folder: Path) -> dict | None:
     """The marker of ``folder`` if it is genuine (valid JSON naming this folder's inode), else None."""
     path = folder / MARKER
-    if folder.is_symlink() or not folder.is_dir() or path.is_symlink() or not path.is_file():
+    linked = folder.is_symlink() and not is_pinned(folder)  # a pinned path is this process's own held folder
+    if linked or not folder.is_dir() or path.is_symlink() or not path.is_file():
         return None
     try:
         if path.stat().st_size > MAX_MARKER_BYTES:
@@ -368,7 +385,7 @@ def first_foreign_file(folder: Path) -> str | None:
     """The first entry in ``folder`` this tool did not write (None: empty, or all its own). A
     sub-folder is this tool's only if it holds something the marker lists: a folder of empty
     folders is someone's, not an empty output."""
-    if folder.is_symlink():
+    if folder.is_symlink() and not is_pinned(folder):
         return "(the folder itself is a symbolic link)"
     entries = [e for e in _relative_files(folder) if e != MARKER]
     subfolders = sorted(
@@ -446,11 +463,49 @@ def check_writable_target(target: Path, overwrite: bool) -> None:
     probe_writable(target.parent)
 
 
+def pid_namespace() -> int | None:
+    """The identity of this process's pid namespace (containers on one host have their own), where Linux says."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+class Destination:
+    """Where an output will appear, held from the moment it is checked: the nearest existing ancestor of its
+    folder is opened then (links in the path as given are resolved once, now), and the rest of the way is
+    created through that descriptor when the output is written, never through a link. Swapping any folder
+    on the way for a link while the work runs cannot move the output."""
+
+    def __init__(self, target: str | os.PathLike) -> None:
+        self.target = Path(target)
+        ancestor = self.target.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        self.ancestor = HeldFolder.open(ancestor)
+        self.missing = self.target.parent.relative_to(ancestor)
+
+    def parent(self) -> HeldFolder:
+        """The output's folder (a new descriptor the caller closes), created through the held ancestor."""
+        return self.ancestor.folder(self.missing, create=True)
+
+    def close(self) -> None:
+        self.ancestor.close()
+
+    def __enter__(self) -> Destination:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def is_leftover(path: Path) -> bool:
     """A temp folder this tool made on this host for a process that no longer runs: an interrupted run's
     unfinished output, safe to remove."""
     record = read_marker(path)
     if record is None or record.get("kind") != "temp" or record.get("host") != socket.gethostname():
+        return False
+    if record.get("pid_namespace") != pid_namespace():  # another container's process ids mean nothing here
         return False
     pid = record.get("pid")
     if not isinstance(pid, int) or pid <= 0:
@@ -473,22 +528,24 @@ def remove_leftovers(held: HeldFolder, name: str) -> None:
 
 @contextmanager
 def atomic_output(
-    target: str | os.PathLike, *, overwrite: bool = False, parent: HeldFolder | None = None
+    target: str | os.PathLike, *, overwrite: bool = False, parent: HeldFolder | Destination | None = None
 ) -> Iterator[Path]:
     """Yield a folder to write ``target`` into; when the block succeeds it becomes ``target`` in one rename.
 
-    The folder is made inside ``target``'s parent, held open (``parent``, or opened here) for the whole
-    write, and yielded as a path through its own descriptor: nothing written goes elsewhere if a name
-    on the way is swapped for a link, and the final rename refuses if the parent's name no longer leads
-    to the folder opened. Every file is then listed in the marker and given umask modes. An earlier
-    output at ``target`` (only ever an empty folder or this tool's own, see :func:`check_writable_target`)
-    is moved aside first and deleted only after the new one is in place; if the block fails, ``target``
-    is untouched and the temp folder removed. With ``overwrite``, leftovers of interrupted runs of the
-    same target are removed first.
+    The folder is made inside ``target``'s parent (``parent``: held by the caller, or a
+    :class:`Destination` held since the output was checked; else opened now), held open for the whole
+    write and yielded as a path through its own descriptor: nothing written goes elsewhere if a name on
+    the way is swapped for a link, and the final rename refuses if the parent's name no longer leads to
+    the folder opened. Every file is then listed in the marker and given umask modes. An earlier output
+    at ``target`` (only ever an empty folder or this tool's own, see :func:`check_writable_target`) is
+    moved aside first and deleted only after the new one is in place; if the block fails, ``target`` is
+    untouched and the temp folder removed. With ``overwrite``, leftovers of interrupted runs of the same
+    target are removed first.
     """
     target = Path(target)
     check_writable_target(target, overwrite)
-    held = parent if parent is not None else HeldFolder.open(target.parent, create=True)
+    destination = parent if isinstance(parent, Destination) else Destination(target) if parent is None else None
+    held = parent if isinstance(parent, HeldFolder) else destination.parent()  # type: ignore[union-attr]
     name = target.name
     try:
         if overwrite:
@@ -512,5 +569,7 @@ def atomic_output(
                 if held.exists(temp_name):
                     held.remove_tree(temp_name)
     finally:
-        if parent is None:
+        if held is not parent:
             held.close()
+        if destination is not None and parent is None:
+            destination.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -36,7 +37,7 @@ from ..shapes.dataset import evaluation_scenes
 from ..storage.diagnostics import check_pipeline_configs
 from ..storage.files import checkpoint_files, is_regular_file
 from ..storage.manifest import sha256_file
-from ..storage.outputs import HeldFolder
+from ..storage.outputs import Destination, HeldFolder
 from .metrics import METRICS, MetricRow, Samples, check_metrics
 from .metrics.clip import CLIP_MODEL
 from .recipes import EvaluationSpec, RecipeError, load_recipe
@@ -262,7 +263,7 @@ def evaluate_checkpoint(
     model: str | Path,
     base: str,
     spec: EvaluationSpec,
-    out_folder: Path,
+    out_folder: Path | HeldFolder,
     *,
     base_revision: str | None = None,
     prompt_folder: Path | None = None,
@@ -273,36 +274,44 @@ def evaluate_checkpoint(
     """Evaluate the checkpoint ``model`` against ``base``; write ``eval.json`` and the captioned
     grid (dense row on top, pruned below, at most 8 columns) into ``out_folder``. An earlier
     ``eval.json`` there is replaced only with ``overwrite`` (checked before any sampling).
-    ``base_revision``: what the base was (default: found from ``base``). An existing ``out_folder`` is held
-    open from before the sampling: the results go into that folder or nowhere, even if its name is
-    swapped for a link meanwhile."""
-    if (out_folder / EVAL_FILE).exists() and not overwrite:
+    ``base_revision``: what the base was (default: found from ``base``). ``out_folder`` (or, while it
+    does not exist, the folder it will be made in) is held from before the sampling: the results go into
+    that folder or nowhere, even if a name on the way is swapped for a link meanwhile."""
+    path = out_folder.path if isinstance(out_folder, HeldFolder) else out_folder
+    if (path / EVAL_FILE).exists() and not overwrite:
         raise InputError(
-            f"{out_folder / EVAL_FILE} holds an earlier evaluation; pass `overwrite` to replace it, or write "
+            f"{path / EVAL_FILE} holds an earlier evaluation; pass `overwrite` to replace it, or write "
             "elsewhere with `out`"
         )
-    held = HeldFolder.open(out_folder) if out_folder.is_dir() else None
-    try:
-        result = _evaluate_into(model, base, spec, held or out_folder, base_revision, prompt_folder, device, on_image)
-    finally:
-        if held is not None:
-            held.close()
+    with ExitStack() as stack:
+        held = out_folder if isinstance(out_folder, HeldFolder) else None
+        place = None
+        if held is None and path.is_dir():
+            held = stack.enter_context(HeldFolder.open(path, follow_link=False))
+        elif held is None:
+            place = stack.enter_context(Destination(path))
+        result, grid = _evaluate(model, base, spec, path, base_revision, prompt_folder, device, on_image)
+        if held is None:
+            parent = stack.enter_context(place.parent())  # type: ignore[union-attr]
+            held = stack.enter_context(parent.folder(path.name))
+        write_record(held, GRID_FILE, image_bytes(grid))
+        write_record(held, EVAL_FILE, result.to_dict())
     return result
 
 
-def _evaluate_into(
+def _evaluate(
     model: str | Path,
     base: str,
     spec: EvaluationSpec,
-    out_folder: Path | HeldFolder,
+    out_folder: Path,
     base_revision: str | None,
     prompt_folder: Path | None,
     device: torch.device | None,
     on_image: Callable[[str, int, int], None] | None,
-) -> EvalResult:
+) -> tuple[EvalResult, Image.Image]:
+    """Both models' images and the metrics, and the captioned grid: everything but the writing."""
     result, samples = evaluate(str(model), base, spec, folder=prompt_folder, device=device, on_image=on_image)
-    written_to = out_folder.path if isinstance(out_folder, HeldFolder) else out_folder
-    result.model = "this checkpoint" if Path(model) == written_to else str(model)
+    result.model = "this checkpoint" if Path(model) == out_folder else str(model)
     result.base_revision = base_revision or revision_of(base)
     columns = min(8, len(samples.prompts))
     grid = image_grid(
@@ -310,6 +319,4 @@ def _evaluate_into(
         captions=samples.prompts[:columns],
         row_labels=["dense", "pruned"],
     )
-    write_record(out_folder, GRID_FILE, image_bytes(grid))
-    write_record(out_folder, EVAL_FILE, result.to_dict())
-    return result
+    return result, grid

@@ -201,12 +201,20 @@ def check_publishable(members: list[Member], repo_id: str, client: HubClient) ->
         card_for_folder(m.folder, repo_id)
         check_ref_name(m.name, "member (branch)", reserved=RESERVED_REFS)
         tags.append(check_ref_name(load_recipe(m.folder / RECIPE_FILE).tag, f"{m.name}'s tag"))
-    if len(set(tags)) < len(tags):
-        raise InputError(f"two members would get the tag {next(t for t in tags if tags.count(t) > 1)}; rename one")
-    _, existing = client.refs(repo_id)
+    names = [m.name for m in members]
+    refs = tags + names
+    if len(set(refs)) < len(refs):
+        twice = next(r for r in refs if refs.count(r) > 1)
+        raise InputError(f"{twice} would name two refs (members' branches and tags); rename a member")
+    branches, existing = client.refs(repo_id)
     taken = sorted(set(tags) & existing)
     if taken:
         raise HubError(f"tag {taken[0]} already exists on {repo_id}; nothing was pushed (bump the recipe's version)")
+    clash = sorted((set(tags) & branches) | (set(names) & existing))
+    if clash:
+        raise HubError(
+            f"{clash[0]} already names a branch or tag on {repo_id}; nothing was pushed (rename the member)"
+        )
 
 
 def half_published(repo_id: str, pushed: dict[str, PushResult], failed: str, error: Exception) -> str:

@@ -11,8 +11,7 @@ this tool did not write is never touched.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,12 @@ from ..pruning.precision import floating_dtype
 from ..pruning.report import PruneReport
 from ..storage.files import read_json
 from ..storage.outputs import (
+    Destination,
+    HeldFolder,
     OutputError,
     apply_umask_modes,
     first_foreign_file,
-    mark_owned,
     read_marker,
-    remove_owned,
-    write_atomic,
 )
 
 PROGRESS = "progress.json"
@@ -66,6 +64,8 @@ class DiskState:
         self.writer = writer  # under a launcher only rank 0 writes or removes anything
         self.completed = 0
         self.previous_report: PruneReport | None = None
+        self.place: Destination | None = None  # the folder's parent, held from the checks on
+        self.held: HeldFolder | None = None  # the folder itself, once it exists
 
     @property
     def state_dir(self) -> Path:
@@ -76,9 +76,12 @@ class DiskState:
         return read_json(path) if path.is_file() else None
 
     def prepare(self, *, resume: bool, restart: bool) -> None:
-        """Check the partial folder before any work: ours or absent, and resumed only when asked."""
+        """Check the partial folder before any work: ours or absent, and resumed only when asked. From here on
+        the folder (or, while it does not exist, its parent) is held: every write and delete goes through it."""
         if not (self.writer or resume):
             return
+        if self.writer:
+            self.place = Destination(self.directory)
         if not self.directory.exists() and not self.directory.is_symlink():
             if resume:
                 raise ResumeError(f"nothing to resume: {self.directory} does not exist; run without `resume`")
@@ -116,29 +119,40 @@ class DiskState:
             )
         self.clear()
 
+    def _folder(self) -> HeldFolder:
+        """The partial folder, held (created through its held parent, marked, on first use); its name must
+        still lead to it."""
+        if self.held is None:
+            assert self.place is not None, "prepare() comes first"
+            with self.place.parent() as parent:
+                fresh = not parent.exists(self.directory.name)
+                self.held = parent.folder(self.directory.name)
+            if fresh:
+                self.held.mark([], kind="partial")
+        self.held.verify()
+        return self.held
+
     def package_done(self, index: int, model: nn.Module, report: PruneReport) -> None:
-        if not self.directory.exists():
-            self.directory.mkdir(parents=True)
-            mark_owned(self.directory, [], kind="partial")
+        folder = self._folder()
         # A fresh temp folder, owned (by the marker) before anything is written into it, so a
         # crash mid-write leaves nothing that looks foreign; only what this run wrote is listed.
-        tmp = Path(tempfile.mkdtemp(prefix=".state.", dir=self.directory))
-        listed = read_marker(self.directory)["files"]  # type: ignore[index]
-        mark_owned(self.directory, [*listed, f"{tmp.name}/", f".state.old.{tmp.name}/"], kind="partial")
-        write_safetensors(promote(model), tmp, torch_dtype=floating_dtype(model))  # its shapes in its config
-        apply_umask_modes(tmp)
-        old = self.directory / f".state.old.{tmp.name}"
-        if self.state_dir.exists():
-            self.state_dir.rename(old)
-        tmp.rename(self.state_dir)
-        if old.exists():
-            shutil.rmtree(old)
-        write_atomic(
-            self.directory / PROGRESS,
-            json.dumps({"run_id": self.run_id, "completed": index + 1, "report": report.to_dict()}),
-        )
-        written = [f"state/{p.name}" for p in self.state_dir.iterdir()] + [PROGRESS]
-        mark_owned(self.directory, written, kind="partial")
+        record = read_marker(folder.pinned)
+        if record is None:
+            raise OutputError(f"{self.directory}: its ownership marker is gone; the saved progress was tampered with")
+        with folder.make_temp_folder(".state.", mark=False) as tmp:
+            old = f".state.old.{tmp.path.name}"
+            folder.mark([*record["files"], f"{tmp.path.name}/", f"{old}/"], kind="partial")
+            write_safetensors(promote(model), tmp.pinned, torch_dtype=floating_dtype(model))  # shapes in its config
+            apply_umask_modes(tmp.pinned)
+            state = list(os.listdir(tmp.fd))
+        if folder.exists("state"):
+            folder.rename("state", old)
+        folder.rename(tmp.path.name, "state")
+        if folder.exists(old):
+            folder.remove_tree(old)
+        progress = {"run_id": self.run_id, "completed": index + 1, "report": report.to_dict()}
+        folder.write(PROGRESS, json.dumps(progress))
+        folder.mark([f"state/{name}" for name in state] + [PROGRESS], kind="partial")
         self.completed = index + 1
 
     def load(self, model: nn.Module) -> nn.Module:
@@ -155,6 +169,19 @@ class DiskState:
         return restored.eval().requires_grad_(False)
 
     def clear(self) -> None:
-        """Remove the partial folder (only ever this tool's own)."""
-        if self.writer and self.directory.exists():
-            remove_owned(self.directory)
+        """Remove the partial folder (only ever this tool's own, and only the folder held or checked)."""
+        if not self.writer or not self.directory.exists():
+            return
+        if self.held is not None:
+            self.held.verify()
+        foreign = first_foreign_file(self.directory)
+        if foreign is not None:
+            raise OutputError(
+                f"{self.directory} holds {foreign}, which obsdiff-hub did not write; it was left untouched"
+            )
+        assert self.place is not None, "prepare() comes first"
+        with self.place.parent() as parent:
+            parent.remove_tree(self.directory.name)
+        if self.held is not None:
+            self.held.close()
+            self.held = None

@@ -47,7 +47,7 @@ from ..pruning.prompts import PromptSet, resolve_prompts
 from ..resources import data_dir
 from ..storage.diagnostics import check_pipeline_configs, explained_pipeline_failure
 from ..storage.files import stored_dtype
-from ..storage.outputs import HeldFolder, atomic_output, check_writable_target, is_leftover
+from ..storage.outputs import Destination, HeldFolder, atomic_output, check_writable_target, is_leftover
 from . import cards
 from .evaluation import EvalResult, eval_prompts, evaluate_checkpoint
 from .metrics import check_metrics
@@ -198,6 +198,7 @@ class Prepared:
     prompts: PromptSet  # resolved and hashed once, here
     pinned: PromptSource
     out: Path
+    destination: Destination | None = None  # the output's place, held from this check to the write
 
     @property
     def calibration(self) -> Any:
@@ -239,7 +240,7 @@ def prepare(
         check_metrics(
             requested.evaluation, eval_prompts(requested.evaluation, requested.folder or data_dir("recipes"))
         )
-    return Prepared(recipe, requested, prompts, pinned_prompts(source, prompts), out)
+    return Prepared(recipe, requested, prompts, pinned_prompts(source, prompts), out, Destination(out))
 
 
 def write_run(
@@ -285,7 +286,7 @@ def write_run(
     evaluation = None
     if is_main:
         out = prepared.out
-        with atomic_output(out, overwrite=overwrite, parent=parent) as tmp:
+        with atomic_output(out, overwrite=overwrite, parent=parent or prepared.destination) as tmp:
             stamped = write_pruned(
                 pipeline,
                 tmp,
@@ -425,8 +426,8 @@ def run_family(
     held: list[HeldFolder] = []  # the root, opened at the first write and held for every member after it
 
     def finished(index: int, result: PruneResult) -> None:
-        if not held:
-            held.append(HeldFolder.open(root, create=True, follow_link=False))
+        if not held:  # through the folder held since the checks: a link put there since is not followed
+            held.append(members[index].destination.parent())  # type: ignore[union-attr]
         output = write_run(members[index], pipeline, result, overwrite=overwrite, parent=held[0])
         written.append(output.directory)
         if on_output is not None:

@@ -26,7 +26,7 @@ from ..architectures.components import (
 )
 from ..errors import CheckpointError, InputError
 from ..hub import BUILTIN_PREFIX, HubClient, builtin_name, fetch, local_folder_or_repo, resolve_source
-from ..models.loaders import safetensors_adapters
+from ..models.safe_adapters import safetensors_adapters
 from ..pruning.prompts import check_lengths
 from ..shapes.pipeline import load_shapes_pipeline
 from ..storage.diagnostics import check_pipeline_configs, explained_pipeline_failure
