@@ -127,6 +127,12 @@ LONGEST_FIRST = [
     "test_family.py",
     "test_security.py",
     "test_adapters.py",
+    "test_races_and_bounds.py",
+    "test_engine.py",
+    "test_cli_vocabulary.py",
+    "test_gpu_script.py",
+    "test_packaging.py",
+    "test_admm.py",
 ]
 
 
