@@ -8,8 +8,9 @@ Three parts, each side by side in one process:
   (60 fixed captions, same seeds), caption accuracy, the sum of the layers' relative
   reconstruction errors, and the prune time.
 - ``real``: real-shape layers: the public SD3-Medium config with seeded random weights (as
-  ``benchmarks/full_scale.py`` builds it), Hessians from its own activations (1 prompt × 2 steps at
-  256²), ``--block`` only; the sum of relative layer errors per solver at 50% and 2:4.
+  ``benchmarks/full_scale.py`` builds it), Hessians from its own activations (1 prompt × 4 steps at
+  512² by default: 8192 image tokens, more than the widest layer's 6144 columns, so full rank),
+  ``--block`` only; the sum of relative layer errors and the solve time per solver at 50% and 2:4.
 - ``time``: solve time of one layer at 1280×5120 (SDXL FFN out) and 2432×9728 (SD3.5-Large)
   (``--shapes``), 50% and 2:4, on correlated synthetic inputs.
 
@@ -86,7 +87,7 @@ def shapes(seeds: int, device: str) -> None:
             )
 
 
-def real(block: int, device: str) -> None:
+def real(block: int, device: str, steps: int, resolution: int, solvers: list[str]) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from full_scale import build_pipeline
 
@@ -96,17 +97,21 @@ def real(block: int, device: str) -> None:
     calibration = recipe.calibration.model_copy(
         update={
             "prompts": recipe.calibration.prompts.model_copy(update={"count": 1}),
-            "steps": 2,
-            "resolution": 256,
+            "steps": steps,
+            "resolution": resolution,
             "batch_size": 1,
         }
     )
-    print(f"\n## real shapes: SD3-Medium block {block} (random weights, Hessians from 1 prompt × 2 steps at 256²)\n")
+    tokens = 2 * steps * (resolution // 16) ** 2  # image tokens (2×2 patches of 8× latents), CFG doubles them
+    print(
+        f"\n## real shapes: SD3-Medium block {block} (random weights, Hessians from 1 prompt × {steps} steps at "
+        f"{resolution}², {tokens} image tokens per Hessian)\n"
+    )
     print("| setting | solver | Σ layer rel. error | vs obs | layers at most obs's | solve time (s) |")
     print("|---|---|---|---|---|---|")
     for label, setting in (("50%", SETTINGS["50%"]), ("2:4", SETTINGS["2:4"])):
         reference = None
-        for solver in SOLVERS:
+        for solver in solvers:
             pipe = build_pipeline(recipe)
             report = oh.prune(
                 pipe,
@@ -128,9 +133,14 @@ def real(block: int, device: str) -> None:
 def timing(device: str, shapes: list[tuple[int, int]]) -> None:
     print(f"\n## solve time of one layer (correlated synthetic inputs, {device})\n")
     print(
-        "| shape | setting | obs (s) | obs+lsq (s) | admm (s) | admm / obs | error obs+lsq / obs | error admm / obs |"
+        "| shape | setting | obs (s) | admm (s) | admm / obs | admm, fp32 steps (s) | "
+        "error admm / obs | error admm fp32 steps / obs |"
     )
     print("|---|---|---|---|---|---|---|---|")
+    runs = {  # (search, settings); obs+lsq's 100 fp32 re-fit steps cost minutes at 2432×9728, so not here
+        "admm": (True, AdmmSettings()),
+        "admm fp32": (True, AdmmSettings(step_dtype=torch.float32)),
+    }
     for rows, cols in shapes:
         g = torch.Generator().manual_seed(0)
         X = torch.randn(cols, 2 * cols, generator=g)
@@ -139,22 +149,21 @@ def timing(device: str, shapes: list[tuple[int, int]]) -> None:
         W = torch.randn(rows, cols, generator=g).to(device)
         del X
         for label, (sparsity, n, m) in (("50%", (0.5, 0, 0)), ("2:4", (0.5, 2, 4))):
-            row = []
+            obs_prune_shared([W], H, sparsity, n, m)  # warm-up
             start = time.perf_counter()
             ((Wo, mask),) = obs_prune_shared([W], H, sparsity, n, m)
-            row.append(time.perf_counter() - start)
-            results = {}
-            for search in (False, True):
-                start = time.perf_counter()
-                ((results[search], _),) = refine(
-                    [W], H, [Wo], [mask], search=search, n=n, m=m, settings=AdmmSettings()
-                )
-                row.append(time.perf_counter() - start)
+            t_obs = time.perf_counter() - start
             base = float(layer_error(W, Wo, H).sum())
+            seconds, ratios = {}, {}
+            for name, (search, settings) in runs.items():
+                start = time.perf_counter()
+                ((result, _),) = refine([W], H, [Wo], [mask], search=search, n=n, m=m, settings=settings)
+                seconds[name] = time.perf_counter() - start
+                ratios[name] = float(layer_error(W, result, H).sum()) / base
             print(
-                f"| {rows}×{cols} | {label} | {row[0]:.1f} | {row[1]:.1f} | {row[2]:.1f} | {row[2] / row[0]:.1f}× "
-                f"| {float(layer_error(W, results[False], H).sum()) / base:.3f} | "
-                f"{float(layer_error(W, results[True], H).sum()) / base:.3f} |",
+                f"| {rows}×{cols} | {label} | {t_obs:.1f} | {seconds['admm']:.1f} | "
+                f"{seconds['admm'] / t_obs:.1f}× | {seconds['admm fp32']:.1f} | "
+                f"{ratios['admm']:.3f} | {ratios['admm fp32']:.3f} |",
                 flush=True,
             )
 
@@ -164,6 +173,9 @@ def main() -> None:
     parser.add_argument("--parts", default="shapes,real,time")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--block", type=int, default=10)
+    parser.add_argument("--real-steps", type=int, default=4, help="calibration steps of the real part")
+    parser.add_argument("--real-resolution", type=int, default=512, help="more image tokens than columns: full rank")
+    parser.add_argument("--real-solvers", default="obs,admm")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--shapes", default="1280x5120,2432x9728", help="layer shapes of the time part, ROWSxCOLS,...")
     args = parser.parse_args()
@@ -175,7 +187,7 @@ def main() -> None:
     if "shapes" in parts:
         shapes(args.seeds, args.device)
     if "real" in parts:
-        real(args.block, args.device)
+        real(args.block, args.device, args.real_steps, args.real_resolution, args.real_solvers.split(","))
     if "time" in parts:
         timing(args.device, [tuple(int(x) for x in shape.split("x")) for shape in args.shapes.split(",")])  # type: ignore[misc]
 

@@ -41,6 +41,7 @@ _LAZY = {
     "prune_family": "pruning.engine",
     "PlanResult": "pruning.plan",
     "plan": "pruning.plan",
+    "OBSDiffControlNet": "models",
     "OBSDiffFluxTransformer": "models",
     "OBSDiffSD3Transformer": "models",
     "OBSDiffUNet": "models",
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from .checkpoints.legacy import UnsafePickleError, convert_legacy
     from .checkpoints.saving import save_pruned
     from .models import (
+        OBSDiffControlNet,
         OBSDiffFluxTransformer,
         OBSDiffSD3Transformer,
         OBSDiffUNet,
@@ -85,6 +87,7 @@ __all__ = [
     "CheckpointError",
     "HubError",
     "InputError",
+    "OBSDiffControlNet",
     "OBSDiffFluxTransformer",
     "OBSDiffSD3Transformer",
     "OBSDiffUNet",

@@ -154,6 +154,27 @@ def test_dense_lora_maps_onto_the_pruned_pipeline_fused_unfused_and_unloaded(sdx
         torch.testing.assert_close(fused[key], before[f"{path}.weight"] + delta, rtol=1e-5, atol=1e-6)
 
 
+def test_a_training_script_lora_of_mixed_layouts_maps_every_key(sdxl):
+    """diffusers' training scripts save ``convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))``:
+    attention as ``lora.down``/``lora.up``, the FFN as ``lora_A``/``lora_B``, in one file."""
+    mixed = {
+        (k.replace(".lora_A.", ".lora.down.").replace(".lora_B.", ".lora.up.") if ".attn" in k else k): v
+        for k, v in sdxl["lora"].items()
+    }
+    assert any(".lora.down." in k for k in mixed) and any(".lora_A." in k for k in mixed)
+    StableDiffusionXLPipeline.save_lora_weights(sdxl["root"] / "mixed", unet_lora_layers=mixed)
+    pipe = DiffusionPipeline.from_pretrained(sdxl["out"])
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    pipe.load_lora_weights(sdxl["root"] / "mixed")
+    pipe.fuse_lora()
+    fused = pipe.unet.state_dict()
+    for path, delta in fused_delta_matches(
+        pipe.unet, sdxl["dense"].unet, sdxl["lora"], sdxl["scale"], sdxl["structure"]
+    ):
+        key = next(k for k in fused if k in (f"{path}.base_layer.weight", f"{path}.weight"))
+        torch.testing.assert_close(fused[key], before[f"{path}.weight"] + delta, rtol=1e-5, atol=1e-6)
+
+
 def test_lora_fused_into_the_dense_model_agrees_on_the_rows_pruning_kept_unchanged(sdxl):
     """q/k/v rows are not compensated: the dense model with the LoRA fused, restricted to the kept
     heads (decoded from the checkpoint's own record), equals the pruned model with the LoRA fused."""
@@ -323,6 +344,37 @@ def test_controlnet_of_the_dense_base_drives_the_pruned_unet(sdxl):
     )  # zero residuals: exactly the pruned pipeline
     on = latents(pipe, image=image, controlnet_conditioning_scale=1.0)
     assert torch.isfinite(on).all() and not torch.allclose(on, off, atol=1e-4)
+
+
+def test_a_controlnet_made_from_the_pruned_unet_has_its_shapes_and_saves_bit_for_bit(sdxl, tmp_path):
+    pruned = DiffusionPipeline.from_pretrained(sdxl["out"])
+    with pytest.raises(RuntimeError, match="size mismatch"):  # diffusers' own builds the dense shapes
+        ControlNetModel.from_unet(pruned.unet)
+    downsamplings = len(pruned.vae.config.block_out_channels) - 1
+    channels = tuple(16 * 2**i for i in range(downsamplings + 1))
+    controlnet = oh.OBSDiffControlNet.from_unet(pruned.unet, conditioning_embedding_out_channels=channels)
+    unet_state = pruned.unet.state_dict()
+    copied = [k for k in controlnet.state_dict() if k.startswith(("down_blocks.", "mid_block.", "conv_in."))]
+    assert any(".attn1.to_q." in k for k in copied)
+    for key in copied:  # the encoder half is the pruned UNet's, shapes and values
+        assert torch.equal(controlnet.state_dict()[key], unet_state[key]), key
+    shrunk = [r for r in sdxl["structure"] if r["after"] < r["before"] and r["module"].startswith("down_blocks.")]
+    assert shrunk and controlnet.config["obsdiff_structure"]  # some encoder blocks lost heads or neurons
+    with torch.no_grad():  # trained: its zero-initialised output convolutions are not zero any more
+        for p in [*controlnet.controlnet_down_blocks.parameters(), *controlnet.controlnet_mid_block.parameters()]:
+            p.normal_(0, 0.05)
+    controlnet.save_pretrained(tmp_path / "controlnet")
+    reloaded = oh.OBSDiffControlNet.from_pretrained(tmp_path / "controlnet")
+    assert reloaded.state_dict().keys() == controlnet.state_dict().keys()
+    assert all(torch.equal(v, controlnet.state_dict()[k]) for k, v in reloaded.state_dict().items())
+    pipe = StableDiffusionXLControlNetPipeline(
+        **{k: v for k, v in pruned.components.items() if k not in ("image_encoder", "feature_extractor")},
+        controlnet=reloaded,
+    )
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(latents(pipe, image=image, controlnet_conditioning_scale=0.0), latents(pruned))
+    on = latents(pipe, image=image, controlnet_conditioning_scale=1.0)
+    assert torch.isfinite(on).all() and not torch.allclose(on, latents(pruned), atol=1e-4)
 
 
 def test_compile_export_and_int8_quantization_of_a_structured_checkpoint(sdxl):

@@ -69,8 +69,11 @@ def test_flat_settings_land_in_the_chosen_method_and_solver(tmp_path):
         "name": "admm",
         "iterations": 7,
         "rho": 0.3,
+        "rho_growth": 3.0,  # no schema-1 field: the default
+        "rho_every": 5,
         "refit_iterations": 100,
         "refit_tolerance": 1e-6,
+        "step_dtype": "bfloat16",
     }
     assert migrated.method.blocksize == 32 and migrated.damping_fraction == 0.02
     # settings of a solver or method not chosen had no effect in schema 1: dropped, the same recipe

@@ -50,3 +50,10 @@ class UNetArchitecture(Architecture):
             units.append([LinearSite((f"{a}.to_out.0",))])
         ff_in, ff_out = feed_forward_sites([f"{path}.ff"])
         return units + [ff_in, ff_out]
+
+
+class ControlNetArchitecture(UNetArchitecture):
+    """A ControlNet made from a UNet: a copy of its encoder half (down blocks and mid block), with the same
+    blocks and couplings at the same paths. Not a pruning target: it takes the pruned UNet's shapes."""
+
+    model_class_name = "ControlNetModel"

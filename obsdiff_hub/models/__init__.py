@@ -25,7 +25,14 @@ from .building import (
     promote,
     pruned_class_for,
 )
-from .classes import BASE_CLASSES, PRUNED_CLASSES, OBSDiffFluxTransformer, OBSDiffSD3Transformer, OBSDiffUNet
+from .classes import (
+    BASE_CLASSES,
+    PRUNED_CLASSES,
+    OBSDiffControlNet,
+    OBSDiffFluxTransformer,
+    OBSDiffSD3Transformer,
+    OBSDiffUNet,
+)
 from .keys import KEPT_KEY, PROVENANCE_KEY, STRUCTURE_KEY, provenance, stamp_provenance
 from .loaders import DenseAdapterMixin, PrunedLoadingMixin, first_line
 
@@ -37,6 +44,7 @@ __all__ = [
     "STRUCTURE_KEY",
     "DenseAdapterMixin",
     "ModelMixin",
+    "OBSDiffControlNet",
     "OBSDiffFluxTransformer",
     "OBSDiffSD3Transformer",
     "OBSDiffUNet",

@@ -5,10 +5,11 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from diffusers import FluxTransformer2DModel, ModelMixin, SD3Transformer2DModel, UNet2DConditionModel
+from diffusers import ControlNetModel, FluxTransformer2DModel, ModelMixin, SD3Transformer2DModel, UNet2DConditionModel
 
-from ..architectures import architecture_of
+from ..architectures import Architecture, architecture_of
 from ..architectures.surgery import apply_structure
+from ..architectures.unet import ControlNetArchitecture
 from ..storage.files import check_config_bounds
 from .keys import STRUCTURE_KEY
 from .loaders import DenseAdapterMixin, PrunedLoadingMixin
@@ -18,8 +19,9 @@ from .loaders import DenseAdapterMixin, PrunedLoadingMixin
 MODULE = "obsdiff_hub.models"
 
 
-def _pruned_init(base: type[ModelMixin]) -> Callable[..., None]:
-    """An ``__init__`` with the base class's signature plus ``obsdiff_structure``.
+def _pruned_init(base: type[ModelMixin], architecture: Architecture | None = None) -> Callable[..., None]:
+    """An ``__init__`` with the base class's signature plus ``obsdiff_structure`` (``architecture``: the
+    one that reads the shapes, default the model's own).
 
     diffusers reads the accepted config keys from ``inspect.signature(cls.__init__)``; a
     bare ``**kwargs`` would silently build a default-sized model instead.
@@ -35,7 +37,7 @@ def _pruned_init(base: type[ModelMixin]) -> Callable[..., None]:
         base.__init__(self, *args, **kwargs)
         self.register_to_config(obsdiff_structure=obsdiff_structure or {})
         if obsdiff_structure:
-            apply_structure(self, architecture_of(self), dict(obsdiff_structure))
+            apply_structure(self, architecture or architecture_of(self), dict(obsdiff_structure))
 
     base_parameters = list(inspect.signature(base.__init__).parameters.values())
     extra = inspect.Parameter(STRUCTURE_KEY, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=dict | None)
@@ -64,6 +66,57 @@ class OBSDiffFluxTransformer(DenseAdapterMixin, PrunedLoadingMixin, FluxTransfor
     __module__ = MODULE
     __init__ = _pruned_init(FluxTransformer2DModel)
 
+
+class OBSDiffControlNet(ControlNetModel):
+    """``ControlNetModel`` with the pruned head counts and GEGLU widths of the UNet it was made from, for
+    ControlNets trained on (and deployed with) a pruned UNet. Saves and loads like any diffusers model."""
+
+    __module__ = MODULE
+    __init__ = _pruned_init(ControlNetModel, ControlNetArchitecture())
+
+    @classmethod
+    def from_unet(
+        cls,
+        unet: UNet2DConditionModel,
+        controlnet_conditioning_channel_order: str = "rgb",
+        conditioning_embedding_out_channels: tuple[int, ...] | None = (16, 32, 96, 256),
+        load_weights_from_unet: bool = True,
+        conditioning_channels: int = 3,
+    ) -> OBSDiffControlNet:
+        """diffusers' ``ControlNetModel.from_unet`` (same arguments) for a pruned UNet: the copied encoder half
+        has the UNet's pruned shapes, and with ``load_weights_from_unet`` its pruned weights."""
+        controlnet = super().from_unet(
+            unet,
+            controlnet_conditioning_channel_order=controlnet_conditioning_channel_order,
+            conditioning_embedding_out_channels=conditioning_embedding_out_channels,
+            load_weights_from_unet=False,
+            conditioning_channels=conditioning_channels,
+        )
+        structure = {
+            key: count
+            for key, count in (unet.config.get(STRUCTURE_KEY) or {}).items()
+            if key.startswith(("down_blocks.", "mid_block."))
+        }
+        apply_structure(controlnet, ControlNetArchitecture(), structure)
+        controlnet.register_to_config(**{STRUCTURE_KEY: structure})
+        if load_weights_from_unet:
+            for name in ENCODER_HALF:
+                source, target = getattr(unet, name, None), getattr(controlnet, name, None)
+                if source is not None and target is not None:
+                    target.load_state_dict(source.state_dict())
+        return controlnet  # type: ignore[return-value]
+
+
+# What ControlNetModel.from_unet copies from the UNet.
+ENCODER_HALF = (
+    "conv_in",
+    "time_proj",
+    "time_embedding",
+    "class_embedding",
+    "add_embedding",
+    "down_blocks",
+    "mid_block",
+)
 
 PRUNED_CLASSES: dict[type[ModelMixin], type[ModelMixin]] = {
     UNet2DConditionModel: OBSDiffUNet,

@@ -33,6 +33,22 @@ def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+PEFT_PARTS = ("lora_A", "lora_B", ".lokr_")  # anything else goes through the conversion, which keeps peft names
+
+
+def peft_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LoRA state dict in peft key names, decided per key: diffusers' training scripts write mixed files
+    (attention as ``lora.down``/``lora.up``, the FFN as ``lora_A``/``lora_B``), so converting only files with
+    no peft key at all would leave the attention tensors unmapped."""
+    peft = {k: v for k, v in state_dict.items() if any(part in k for part in PEFT_PARTS)}
+    legacy = {k: v for k, v in state_dict.items() if k not in peft}
+    converted = convert_unet_state_dict_to_peft(legacy) if legacy else {}
+    clashes = sorted(set(converted) & set(peft))
+    if clashes:
+        raise InputError(f"LoRA file holds {clashes[0]} twice, in two key layouts; keep one of them")
+    return {**peft, **converted}
+
+
 class PrunedLoadingMixin:
     """``from_pretrained`` of the OBSDiff classes: the base loader plus verification, kernels and diagnostics."""
 
@@ -157,8 +173,7 @@ class DenseAdapterMixin:
             )
             kwargs["metadata"] = metadata
         check_adapter_tensors(state_dict)
-        if state_dict and not any("lora_A" in k or ".lokr_" in k for k in state_dict):
-            state_dict = convert_unet_state_dict_to_peft(state_dict)
+        state_dict = peft_layout(state_dict)
         selections, recorded = self.kept_selections()
         state_dict = map_lora_state_dict(state_dict, self, selections, prefix, recorded)  # type: ignore[arg-type]
         super().load_lora_adapter(state_dict, prefix=prefix, hotswap=hotswap, **kwargs)  # type: ignore[misc]
