@@ -41,3 +41,8 @@ class UnsupportedEnvironmentError(ObsDiffError, RuntimeError):
 
 
 __all__ = ["CheckpointError", "UnsupportedEnvironmentError", "HubError", "InputError", "ObsDiffError"]
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to one line (its type's name when it has none), for one-line errors."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -258,7 +258,8 @@ def test_fusing_into_a_sparse_checkpoint_warns_once_how_to_stay_sparse(tmp_path)
     cal = tiny.toy_calibration([tiny.example_inputs(model, 2)], 2)
     pruned = oh.prune(model, dict(granularity="unstructured", sparsity=0.5), calibration=cal, steps=2).model
     out = oh.save_pruned(pruned, tmp_path / "sparse", record=oh.provenance(granularity="unstructured", sparsity=0.5))
-    loaded = oh.OBSDiffSD3Transformer.from_pretrained(out)
+    assert json.loads((out / "config.json").read_text())["_class_name"] == "OBSDiffSD3Transformer"
+    loaded = oh.OBSDiffSD3Transformer.from_pretrained(out)  # the class its config names
     lora, _ = dense_lora(tiny.tiny_sd3_transformer(), ["to_q"])
     loaded.load_lora_adapter(lora, prefix=None)
     with pytest.warns(UserWarning, match="keep the adapter unfused"):

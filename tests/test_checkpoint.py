@@ -128,13 +128,26 @@ def test_plain_class_on_a_structured_checkpoint_is_explained_by_diffusers_and_in
     assert shown.exit_code == 0 and f"load with obsdiff_hub.{type(model).__name__}" in shown.output
 
 
-def test_unstructured_loads_with_plain_diffusers_class(tmp_path):
+def test_unstructured_is_its_obsdiff_class_and_loads_with_the_plain_diffusers_class_too(tmp_path):
     model = pruned_denoiser("sd3", granularity="unstructured")
     out = oh.save_pruned(model, tmp_path / "u", record=RECORD)
-    assert type(model) is SD3Transformer2DModel
+    assert type(model) is oh.OBSDiffSD3Transformer  # so fuse_lora warns and verify=True applies by default
+    assert json.loads((out / "config.json").read_text())["_class_name"] == "OBSDiffSD3Transformer"
+    assert_same_weights(oh.OBSDiffSD3Transformer.from_pretrained(out).eval(), model)
     loaded = SD3Transformer2DModel.from_pretrained(out).eval()
     assert_same_weights(loaded, model)
     assert loaded.config["_obsdiff_provenance"]["method"] == "obs-diff"
+
+
+def test_an_unstructured_pipeline_names_its_obsdiff_class(tmp_path):
+    pipe = tiny.tiny_sdxl_pipeline()
+    cal = dict(prompts={"count": 2}, batch_size=2, steps=2, resolution=32)
+    oh.prune(pipe, dict(granularity="unstructured", sparsity=0.5, packages=1), calibration=cal)
+    out = oh.save_pruned(pipe, tmp_path / "pruned", record=RECORD)
+    assert json.loads((out / "model_index.json").read_text())["unet"] == ["obsdiff_hub.models", "OBSDiffUNet"]
+    loaded = DiffusionPipeline.from_pretrained(out)
+    assert type(loaded.unet) is oh.OBSDiffUNet
+    assert_same_weights(loaded.unet, pipe.unet)
 
 
 def test_pipeline_reloads_with_diffusion_pipeline_and_as_component(tmp_path):

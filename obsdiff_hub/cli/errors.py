@@ -23,7 +23,7 @@ from typing import Any, Callable
 import typer
 from typer.models import ArgumentInfo, OptionInfo
 
-from ..errors import ObsDiffError
+from ..errors import ObsDiffError, first_line
 from .lazy import library
 
 verbosity = library("verbosity")
@@ -34,10 +34,6 @@ INTERRUPTED = 130
 _PARAMETER = re.compile(r"`([A-Za-z_][A-Za-z0-9_.]*)`")
 
 settings = {"debug": False, "verbose": False}
-
-
-def first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def flags_of(command: Callable[..., Any]) -> dict[str, str]:

@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from .._version import __version__
-from . import bench, convert, evaluate, generate, inspect, prune, publish, recipes
+from . import bench, convert, evaluate, export, generate, inspect, prune, publish, recipes
 from .display import Command
 from .errors import INTERRUPTED, reports_errors, settings
 
@@ -49,6 +49,7 @@ for name, command in (
     ("inspect", inspect.inspect),
     ("generate", generate.generate),
     ("convert-legacy", convert.convert_legacy),
+    ("export", export.export),
     ("push", publish.push),
     ("pull", publish.pull),
     ("card", publish.card),

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from diffusers import ModelMixin
 
+from ..errors import first_line
 from .building import (
     base_class_for,
     build_model,
     dense_structure,
     kept_record,
-    plain_config,
     promote,
     pruned_class_for,
 )
@@ -33,8 +33,8 @@ from .classes import (
     OBSDiffSD3Transformer,
     OBSDiffUNet,
 )
-from .keys import KEPT_KEY, PROVENANCE_KEY, STRUCTURE_KEY, provenance, stamp_provenance
-from .loaders import DenseAdapterMixin, PrunedLoadingMixin, first_line
+from .keys import KEPT_KEY, PROVENANCE_KEY, STRUCTURE_KEY, plain_config, provenance, stamp_provenance
+from .loaders import DenseAdapterMixin, PrunedLoadingMixin
 
 __all__ = [
     "BASE_CLASSES",

@@ -10,11 +10,10 @@ from diffusers import ModelMixin
 from ..architectures import architecture_of
 from ..architectures.kept import compose
 from ..architectures.surgery import structure_of
-from ..errors import CheckpointError, InputError, ObsDiffError
+from ..errors import CheckpointError, InputError, ObsDiffError, first_line
 from ..storage.files import check_config_bounds
 from .classes import BASE_CLASSES, PRUNED_CLASSES
-from .keys import KEPT_KEY, PROVENANCE_KEY, STRUCTURE_KEY
-from .loaders import first_line
+from .keys import KEPT_KEY, PROVENANCE_KEY, STRUCTURE_KEY, plain_config
 
 
 def base_class_for(model_or_name: ModelMixin | type | str) -> type[ModelMixin]:
@@ -38,11 +37,6 @@ def pruned_class_for(model_or_name: ModelMixin | type | str) -> type[ModelMixin]
     return PRUNED_CLASSES[base_class_for(model_or_name)]
 
 
-def plain_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A config without the private (``_``) and obsdiff keys: the base class's arguments."""
-    return {k: v for k, v in config.items() if not k.startswith("_") and k != STRUCTURE_KEY}
-
-
 def build_model(
     config: dict[str, Any],
     *,
@@ -50,15 +44,16 @@ def build_model(
     empty: bool = True,
     base: type[ModelMixin] | None = None,
     source: str | None = None,
+    obsdiff_class: bool = False,
 ) -> ModelMixin:
     """The one place a model is built from a config: the dense base class (``base``, or the one
-    ``_class_name`` names), or its OBSDiff class when ``structure`` prunes anything.
+    ``_class_name`` names), or its OBSDiff class when ``structure`` prunes anything or ``obsdiff_class``.
     ``empty``: parameters on the meta device (no memory). ``source``: the file the config came
     from; a config that does not build is then a :class:`CheckpointError` naming it."""
     check_config_bounds(config, source or f"{config.get('_class_name', 'model')} config")
     if source is not None:
         try:
-            return build_model(config, structure=structure, empty=empty, base=base)
+            return build_model(config, structure=structure, empty=empty, base=base, obsdiff_class=obsdiff_class)
         except ObsDiffError:
             raise
         except (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError) as error:
@@ -66,7 +61,8 @@ def build_model(
                 f"{source}: does not build a model ({type(error).__name__}: {first_line(error)})"
             ) from None
     base = base or base_class_for(str(config.get("_class_name", "")))
-    cls, extra = (PRUNED_CLASSES[base], {STRUCTURE_KEY: dict(structure)}) if structure else (base, {})
+    cls = PRUNED_CLASSES[base] if structure or obsdiff_class else base
+    extra = {STRUCTURE_KEY: dict(structure)} if structure else {}
     if not empty:
         return cls.from_config({**plain_config(config), **extra})
     with init_empty_weights():
@@ -86,10 +82,12 @@ def promote(
 ) -> ModelMixin:
     """``model`` as the class its checkpoint must be loaded with, provenance in its config.
 
-    A model whose shapes were pruned becomes a new instance of its OBSDiff class, built on
-    the meta device from the config plus the pruned structure, that takes over the existing
-    tensors (no copy); others are returned as they are. The config then describes the
-    shapes, so ``save_pretrained`` and ``push_to_hub`` write loadable checkpoints.
+    A pruning result (``provenance`` given, every granularity) or a model whose shapes were pruned
+    becomes a new instance of its OBSDiff class, built on the meta device from the config plus the
+    pruned structure, that takes over the existing tensors (no copy), so loading it by default gives
+    the class that warns on ``fuse_lora`` and offers ``verify=True``; others are returned as they are.
+    The config then describes the shapes, so ``save_pretrained`` and ``push_to_hub`` write loadable
+    checkpoints.
     ``provenance``: this run's record, replacing an earlier run's. ``kept``: per coupling pruned
     by this run, (units before, indices kept), recorded relative to the dense base (through the
     model's own record when it was pruned before). Called once per run, where its result is made.
@@ -100,8 +98,8 @@ def promote(
     base = base_class_for(model)
     known_pruned = isinstance(model, tuple(PRUNED_CLASSES.values())) and bool(config.get(STRUCTURE_KEY))
     pruned = known_pruned or structure != dense_structure(config, base)  # a meta skeleton only when not known
-    if pruned and not isinstance(model, tuple(PRUNED_CLASSES.values())):
-        promoted = build_model(config, structure=structure, base=base)
+    if (pruned or provenance is not None) and not isinstance(model, tuple(PRUNED_CLASSES.values())):
+        promoted = build_model(config, structure=structure if pruned else None, base=base, obsdiff_class=True)
         promoted.load_state_dict(model.state_dict(), strict=True, assign=True)
         for name, buffer in model.named_buffers():  # non-persistent buffers are not in the state dict
             owner, _, leaf = name.rpartition(".")

@@ -14,6 +14,11 @@ PROVENANCE_KEY = "_obsdiff_provenance"
 KEPT_KEY = "_obsdiff_kept"
 
 
+def plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config without the private (``_``) and obsdiff keys: the base class's arguments."""
+    return {k: v for k, v in config.items() if not k.startswith("_") and k != STRUCTURE_KEY}
+
+
 def provenance(**fields: Any) -> dict[str, str]:
     """String → string provenance (safetensors metadata allows nothing else); None fields are dropped."""
     record = {"obsdiff_hub_version": __version__}

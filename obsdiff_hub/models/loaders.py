@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 from typing import Any, Mapping
 
 import diffusers
@@ -22,16 +23,12 @@ from ..architectures.dense_adapters import map_lora_state_dict, slice_ip_adapter
 from ..architectures.kept import Selection, decode, dense_selections
 from ..architectures.sparse_kernels import enable_sparse_kernels
 from ..architectures.surgery import structure_of
-from ..errors import CheckpointError, InputError, ObsDiffError
+from ..errors import CheckpointError, InputError, ObsDiffError, first_line
 from ..hub import HubClient, cached_snapshot, fetch
 from ..storage.diagnostics import diagnose
 from .keys import KEPT_KEY, PROVENANCE_KEY, STRUCTURE_KEY
 from .safe_adapters import check_adapter_tensors, safetensors_only
-
-
-def first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
+from .single_file import exported_config, load_exported
 
 PEFT_PARTS = ("lora_A", "lora_B", ".lokr_")  # anything else goes through the conversion, which keeps peft names
 
@@ -51,6 +48,17 @@ def peft_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 class PrunedLoadingMixin:
     """``from_pretrained`` of the OBSDiff classes: the base loader plus verification, kernels and diagnostics."""
+
+    @classmethod
+    def from_single_file(cls, pretrained_model_link_or_path_or_dict: Any = None, **kwargs: Any) -> Any:
+        """diffusers' ``from_single_file`` (all its arguments); a file exported by ``obsdiff-hub export`` loads
+        from its own metadata (config, pruned shapes, kept indices, provenance): no config folder, no download."""
+        source = pretrained_model_link_or_path_or_dict
+        if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
+            config = exported_config(Path(source))
+            if config is not None:
+                return load_exported(cls, Path(source), config, kwargs.get("torch_dtype"))
+        return super().from_single_file(source, **kwargs)  # type: ignore[misc]
 
     @classmethod
     def from_pretrained(

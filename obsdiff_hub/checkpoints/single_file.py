@@ -1,0 +1,72 @@
+"""``obsdiff-hub export --format single-file``: a pruned UNet as one ``.safetensors`` file in the original (LDM /
+SGM) key layout, for the tools that read one file (ComfyUI, A1111 / Forge, InvokeAI, ``from_single_file``).
+
+The file holds the UNet's tensors under ``model.diffusion_model.`` and, in its metadata, the diffusers config
+with the pruned shapes, kept indices and provenance: ``OBSDiffUNet.from_single_file(FILE)`` rebuilds the pruned
+model from it alone. Unstructured and N:M exports have the base's shapes, so any tool that reads the base's
+single file reads them; a structured export needs a loader that takes the per-block widths from the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..architectures.ldm_keys import unet_to_ldm
+from ..errors import CheckpointError, InputError
+from ..models.building import pruned_class_for
+from ..models.single_file import CONFIG_METADATA, exported_config
+from ..storage.files import read_json, write_safetensors_file
+from ..storage.outputs import OutputError
+
+
+def unet_folder(checkpoint: Path) -> Path:
+    """The UNet's folder of a pipeline checkpoint, or the checkpoint itself when it is a model folder."""
+    if (checkpoint / "model_index.json").is_file():
+        return checkpoint / "unet"
+    return checkpoint
+
+
+def check_replaceable(out: Path, overwrite: bool) -> None:
+    """``out`` may be written: it does not exist, or it is an earlier export of this tool and ``overwrite``."""
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        raise OutputError(f"{out} is a link or not a file; refusing to replace it")
+    if not out.exists():
+        return
+    if not overwrite:
+        raise OutputError(f"{out} exists; pass `overwrite` to replace it")
+    try:
+        ours = exported_config(out) is not None
+    except CheckpointError:
+        ours = False
+    if not ours:
+        raise OutputError(f"{out} is not a file obsdiff-hub exported; refusing to replace it (move it away first)")
+
+
+def export_single_file(
+    checkpoint: str | Path, out: str | Path, *, torch_dtype: torch.dtype | None = None, overwrite: bool = False
+) -> Path:
+    """Write the checkpoint's UNet to ``out`` as one LDM-layout safetensors file (``torch_dtype``: the stored
+    dtype, default the checkpoint's own); returns ``out``."""
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise InputError(f"`out` must name a .safetensors file, got {out}")
+    check_replaceable(out, overwrite)
+    folder = unet_folder(Path(checkpoint))
+    if not (folder / "config.json").is_file():
+        raise InputError(f"{checkpoint}: no UNet config.json there; give a pruned checkpoint folder")
+    name = str(read_json(folder / "config.json").get("_class_name", ""))
+    if name not in ("UNet2DConditionModel", "OBSDiffUNet"):
+        raise InputError(
+            f"{checkpoint}: single-file export covers UNets (SDXL, SD 2.1), not {name or 'this model'}; "
+            "SD3 and Flux checkpoints load from their folders"
+        )
+    model = pruned_class_for(name).from_pretrained(folder, torch_dtype=torch_dtype)
+    config = json.loads(model.to_json_string())
+    tensors = {k: v.contiguous() for k, v in unet_to_ldm(model.state_dict(), config).items()}
+    metadata = {"format": "pt", CONFIG_METADATA: json.dumps(config, sort_keys=True)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_safetensors_file(out, tensors, metadata)
+    return out
