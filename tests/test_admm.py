@@ -9,7 +9,7 @@ import torch
 
 import obsdiff_hub as oh
 from obsdiff_hub import tiny
-from obsdiff_hub.maths.admm import AdmmSettings, layer_error, project, refine, refit
+from obsdiff_hub.maths.admm import THOROUGH, AdmmSettings, layer_error, project, refine, refit
 from obsdiff_hub.maths.factor import damp_hessian
 from obsdiff_hub.maths.obs import obs_prune, obs_prune_shared
 
@@ -94,10 +94,19 @@ def test_the_short_default_schedule_keeps_the_shipped_error(sparsity, n, m):
         start, mask = obs_prune(W, H, sparsity, n, m)
         short, fp32 = (
             error(W, refine([W], H, [start], [mask], n=n, m=m, settings=s)[0][0], H)
-            for s in (AdmmSettings(), AdmmSettings(step_dtype=torch.float32))
+            for s in (AdmmSettings(thorough_below=0), AdmmSettings(thorough_below=0, step_dtype=torch.float32))
         )
         shipped = admm_as_in_0_4(W, H, start, mask, n, m)
         assert short <= 1.02 * shipped and short <= 1.02 * fp32, (seed, short, shipped, fp32)
+
+
+def test_small_layer_groups_run_the_thorough_schedule():
+    W, H = problem(48, 96, 400, seed=0)
+    start, mask = obs_prune(W, H, 0.5, 2, 4)
+    assert AdmmSettings().for_size(W.numel()) is THOROUGH and AdmmSettings().for_size(1 << 19) == AdmmSettings()
+    ((default, _),) = refine([W], H, [start], [mask], n=2, m=4)
+    ((thorough, _),) = refine([W], H, [start], [mask], n=2, m=4, settings=THOROUGH)
+    assert torch.equal(default, thorough)
 
 
 def test_layers_sharing_a_hessian_keep_their_own_counts():
@@ -131,7 +140,9 @@ def test_admm_is_closer_to_the_enumerated_optimum_than_obs():
             if sum(split) == zeros
         )
         start, mask = obs_prune(W, H, zeros / (rows * cols), blocksize=cols)
-        ((refined, _),) = refine([W], H, [start], [mask], settings=AdmmSettings(iterations=200, refit_iterations=100))
+        ((refined, _),) = refine(
+            [W], H, [start], [mask], settings=AdmmSettings(iterations=200, refit_iterations=100, thorough_below=0)
+        )
         assert optimum - 1e-6 <= error(W, refined, H) <= error(W, start, H)
         gaps.append((error(W, start, H) - optimum, error(W, refined, H) - optimum))
         found += error(W, refined, H) <= optimum * (1 + 1e-5)

@@ -74,6 +74,7 @@ def test_flat_settings_land_in_the_chosen_method_and_solver(tmp_path):
         "refit_iterations": 100,
         "refit_tolerance": 1e-6,
         "step_dtype": "bfloat16",
+        "thorough_below": 1 << 19,
     }
     assert migrated.method.blocksize == 32 and migrated.damping_fraction == 0.02
     # settings of a solver or method not chosen had no effect in schema 1: dropped, the same recipe

@@ -40,7 +40,8 @@ class AdmmSettings:
     (bf16 is about 3× faster than fp32 on CPUs with bf16 instructions and on GPUs, and moved the
     layer error by under 0.2% where measured; the factorisation, projection and re-fit stay fp32).
     The defaults are the schedule measured best within 10× the OBS solve at real shapes
-    (BENCHMARKS.md, "ADMM at real scale")."""
+    (BENCHMARKS.md, "ADMM at real scale"); layer groups under ``thorough_below`` weights run
+    :data:`THOROUGH` instead (see :meth:`for_size`)."""
 
     iterations: int = 10
     rho: float = 0.2
@@ -49,6 +50,18 @@ class AdmmSettings:
     refit_iterations: int = 2
     refit_tolerance: float = 1e-6
     step_dtype: torch.dtype = torch.bfloat16
+    thorough_below: int = 1 << 19
+
+    def for_size(self, weights: int) -> AdmmSettings:
+        """The schedule for a group of layers holding ``weights`` weights: below ``thorough_below`` the long
+        schedule (:data:`THOROUGH`), which costs a second or less there (0.9 s at 640×640 on 2 CPU cores) and
+        beats the short one on small trained models (BENCHMARKS.md, "ADMM at real scale"); this one otherwise."""
+        return THOROUGH if weights < self.thorough_below else self
+
+
+THOROUGH = AdmmSettings(
+    iterations=60, rho=0.1, rho_growth=1.2, rho_every=4, refit_iterations=100, step_dtype=torch.float32
+)
 
 
 def layer_error(W: torch.Tensor, W_new: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
@@ -143,10 +156,11 @@ def refine(
     W[:, dead] = 0.0  # inputs that never carry signal: their weights are zeros, pruned first
     if search:
         counts = [int(start_mask[r1:r2].sum()) for r1, r2 in zip(bounds, bounds[1:])]
-        mask, guess = admm_masks(W, Hd, start, start_mask, bounds, counts, n, m, settings)
+        mask, guess = admm_masks(W, Hd, start, start_mask, bounds, counts, n, m, settings.for_size(W.numel()))
     else:
         mask, guess = start_mask, start
-    refined = refit(W, Hd, mask, start=guess, iterations=settings.refit_iterations, tolerance=settings.refit_tolerance)
+    fit = settings.for_size(W.numel()) if search else settings
+    refined = refit(W, Hd, mask, start=guess, iterations=fit.refit_iterations, tolerance=fit.refit_tolerance)
     out = []
     for (r1, r2), w, s, k in zip(zip(bounds, bounds[1:]), weights, starts, masks):
         error = float(layer_error(W[r1:r2], refined[r1:r2], H).sum())

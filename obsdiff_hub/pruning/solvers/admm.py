@@ -28,6 +28,12 @@ class Admm(RefitSolver):
     step_dtype: Literal["bfloat16", "float32"] = Field(
         "bfloat16", description="dtype of the ADMM steps' product (the factorisation and re-fit stay float32)"
     )
+    thorough_below: int = Field(
+        1 << 19,
+        ge=0,
+        le=1 << 40,
+        description="layer groups with fewer weights run the 60-step schedule (a second or less there); 0: never",
+    )
 
     summary: ClassVar[str] = "masks and weights refined by ADMM from the OBS result, then re-fitted"
     granularities: ClassVar[tuple[str, ...]] = ("unstructured", "n:m")  # structured: measured not to win
@@ -47,4 +53,5 @@ class Admm(RefitSolver):
             self.refit_iterations,
             self.refit_tolerance,
             getattr(torch, self.step_dtype),
+            self.thorough_below,
         )
