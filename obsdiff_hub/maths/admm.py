@@ -37,8 +37,8 @@ class AdmmSettings:
     diagonal of the scaled Hessian, multiplied by ``rho_growth`` every ``rho_every`` steps;
     ``refit_iterations`` / ``refit_tolerance``: conjugate-gradient steps at most, and the relative
     residual at which the re-fit stops; ``step_dtype``: the dtype of the ADMM steps' one product
-    (bf16 is about 3× faster than fp32 on CPUs with bf16 instructions and on GPUs, and moved the
-    layer error by under 0.2% where measured; the factorisation, projection and re-fit stay fp32).
+    (bf16 was 3× faster than fp32 on this project's CPU, which has AVX-512 bf16, and moved the layer
+    error by under 0.2%; GPUs are unmeasured; the factorisation, projection and re-fit stay fp32).
     The defaults are the schedule measured best within 10× the OBS solve at real shapes
     (BENCHMARKS.md, "ADMM at real scale"); layer groups under ``thorough_below`` weights run
     :data:`THOROUGH` instead (see :meth:`for_size`)."""
