@@ -175,6 +175,26 @@ def test_a_training_script_lora_of_mixed_layouts_maps_every_key(sdxl):
         torch.testing.assert_close(fused[key], before[f"{path}.weight"] + delta, rtol=1e-5, atol=1e-6)
 
 
+def test_a_kohya_format_lora_maps_onto_the_kept_heads_and_neurons(sdxl):
+    """kohya's names (``lora_unet_…``, ``lora_down``/``lora_up``, ``alpha``): diffusers converts, then the mapping."""
+    from diffusers.utils import convert_state_dict_to_kohya
+    from safetensors.torch import save_file
+
+    kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in sdxl["lora"].items()})
+    assert all(k.startswith("lora_unet_") for k in kohya)
+    save_file({k: v.contiguous() for k, v in kohya.items()}, sdxl["root"] / "kohya.safetensors")
+    pipe = DiffusionPipeline.from_pretrained(sdxl["out"])
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    pipe.load_lora_weights(sdxl["root"], weight_name="kohya.safetensors")
+    pipe.fuse_lora()
+    fused = pipe.unet.state_dict()
+    for path, delta in fused_delta_matches(
+        pipe.unet, sdxl["dense"].unet, sdxl["lora"], sdxl["scale"], sdxl["structure"]
+    ):
+        key = next(k for k in fused if k in (f"{path}.base_layer.weight", f"{path}.weight"))
+        torch.testing.assert_close(fused[key], before[f"{path}.weight"] + delta, rtol=1e-5, atol=1e-6)
+
+
 def test_lora_fused_into_the_dense_model_agrees_on_the_rows_pruning_kept_unchanged(sdxl):
     """q/k/v rows are not compensated: the dense model with the LoRA fused, restricted to the kept
     heads (decoded from the checkpoint's own record), equals the pruned model with the LoRA fused."""
