@@ -88,6 +88,26 @@ def fused_delta_matches(pruned, dense, lora, scale, structure, prefix=""):
     assert checked >= 6
 
 
+def assert_fused_is_pruned_plus_kept_delta(pipe, before, sdxl):
+    """Every LoRA-targeted weight of ``pipe``'s fused UNet equals its pruned weight (``before``) plus the dense
+    LoRA delta at the kept rows and columns."""
+    fused = pipe.unet.state_dict()
+    for path, delta in fused_delta_matches(
+        pipe.unet, sdxl["dense"].unet, sdxl["lora"], sdxl["scale"], sdxl["structure"]
+    ):
+        key = next(k for k in fused if k in (f"{path}.base_layer.weight", f"{path}.weight"))
+        torch.testing.assert_close(fused[key], before[f"{path}.weight"] + delta, rtol=1e-5, atol=1e-6)
+
+
+def fuse_and_compare(sdxl, *source, **options):
+    """The pruned pipeline with the LoRA at ``source`` loaded and fused: the fused weights are exact."""
+    pipe = DiffusionPipeline.from_pretrained(sdxl["out"])
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    pipe.load_lora_weights(*source, **options)
+    pipe.fuse_lora()
+    assert_fused_is_pruned_plus_kept_delta(pipe, before, sdxl)
+
+
 @pytest.fixture(scope="module")
 def sdxl(tmp_path_factory):
     """A structurally pruned tiny SDXL pipeline on disk, its dense twin, and a dense LoRA saved the diffusers way."""
@@ -146,12 +166,7 @@ def test_dense_lora_maps_onto_the_pruned_pipeline_fused_unfused_and_unloaded(sdx
     pipe.set_adapters(["style"], adapter_weights=[1.0])
     pipe.fuse_lora()
     torch.testing.assert_close(latents(pipe), unfused, rtol=1e-4, atol=1e-5)
-    fused = pipe.unet.state_dict()
-    for path, delta in fused_delta_matches(
-        pipe.unet, sdxl["dense"].unet, sdxl["lora"], sdxl["scale"], sdxl["structure"]
-    ):
-        key = next(k for k in fused if k in (f"{path}.base_layer.weight", f"{path}.weight"))
-        torch.testing.assert_close(fused[key], before[f"{path}.weight"] + delta, rtol=1e-5, atol=1e-6)
+    assert_fused_is_pruned_plus_kept_delta(pipe, before, sdxl)
 
 
 def test_a_training_script_lora_of_mixed_layouts_maps_every_key(sdxl):
@@ -163,16 +178,7 @@ def test_a_training_script_lora_of_mixed_layouts_maps_every_key(sdxl):
     }
     assert any(".lora.down." in k for k in mixed) and any(".lora_A." in k for k in mixed)
     StableDiffusionXLPipeline.save_lora_weights(sdxl["root"] / "mixed", unet_lora_layers=mixed)
-    pipe = DiffusionPipeline.from_pretrained(sdxl["out"])
-    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    pipe.load_lora_weights(sdxl["root"] / "mixed")
-    pipe.fuse_lora()
-    fused = pipe.unet.state_dict()
-    for path, delta in fused_delta_matches(
-        pipe.unet, sdxl["dense"].unet, sdxl["lora"], sdxl["scale"], sdxl["structure"]
-    ):
-        key = next(k for k in fused if k in (f"{path}.base_layer.weight", f"{path}.weight"))
-        torch.testing.assert_close(fused[key], before[f"{path}.weight"] + delta, rtol=1e-5, atol=1e-6)
+    fuse_and_compare(sdxl, sdxl["root"] / "mixed")
 
 
 def test_a_kohya_format_lora_maps_onto_the_kept_heads_and_neurons(sdxl):
@@ -183,16 +189,7 @@ def test_a_kohya_format_lora_maps_onto_the_kept_heads_and_neurons(sdxl):
     kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in sdxl["lora"].items()})
     assert all(k.startswith("lora_unet_") for k in kohya)
     save_file({k: v.contiguous() for k, v in kohya.items()}, sdxl["root"] / "kohya.safetensors")
-    pipe = DiffusionPipeline.from_pretrained(sdxl["out"])
-    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    pipe.load_lora_weights(sdxl["root"], weight_name="kohya.safetensors")
-    pipe.fuse_lora()
-    fused = pipe.unet.state_dict()
-    for path, delta in fused_delta_matches(
-        pipe.unet, sdxl["dense"].unet, sdxl["lora"], sdxl["scale"], sdxl["structure"]
-    ):
-        key = next(k for k in fused if k in (f"{path}.base_layer.weight", f"{path}.weight"))
-        torch.testing.assert_close(fused[key], before[f"{path}.weight"] + delta, rtol=1e-5, atol=1e-6)
+    fuse_and_compare(sdxl, sdxl["root"], weight_name="kohya.safetensors")
 
 
 def test_lora_fused_into_the_dense_model_agrees_on_the_rows_pruning_kept_unchanged(sdxl):

@@ -20,13 +20,7 @@ from ..models.building import pruned_class_for
 from ..models.single_file import CONFIG_METADATA, exported_config
 from ..storage.files import read_json, write_safetensors_file
 from ..storage.outputs import OutputError
-
-
-def unet_folder(checkpoint: Path) -> Path:
-    """The UNet's folder of a pipeline checkpoint, or the checkpoint itself when it is a model folder."""
-    if (checkpoint / "model_index.json").is_file():
-        return checkpoint / "unet"
-    return checkpoint
+from .inspection import denoiser_folder
 
 
 def check_replaceable(out: Path, overwrite: bool) -> None:
@@ -54,9 +48,7 @@ def export_single_file(
     if out.suffix != ".safetensors":
         raise InputError(f"`out` must name a .safetensors file, got {out}")
     check_replaceable(out, overwrite)
-    folder = unet_folder(Path(checkpoint))
-    if not (folder / "config.json").is_file():
-        raise InputError(f"{checkpoint}: no UNet config.json there; give a pruned checkpoint folder")
+    folder = denoiser_folder(Path(checkpoint))
     name = str(read_json(folder / "config.json").get("_class_name", ""))
     if name not in ("UNet2DConditionModel", "OBSDiffUNet"):
         raise InputError(

@@ -155,12 +155,12 @@ def refine(
     Hd, dead = damp_hessian(H, damping_fraction, device)
     W[:, dead] = 0.0  # inputs that never carry signal: their weights are zeros, pruned first
     if search:
+        settings = settings.for_size(W.numel())
         counts = [int(start_mask[r1:r2].sum()) for r1, r2 in zip(bounds, bounds[1:])]
-        mask, guess = admm_masks(W, Hd, start, start_mask, bounds, counts, n, m, settings.for_size(W.numel()))
+        mask, guess = admm_masks(W, Hd, start, start_mask, bounds, counts, n, m, settings)
     else:
         mask, guess = start_mask, start
-    fit = settings.for_size(W.numel()) if search else settings
-    refined = refit(W, Hd, mask, start=guess, iterations=fit.refit_iterations, tolerance=fit.refit_tolerance)
+    refined = refit(W, Hd, mask, start=guess, iterations=settings.refit_iterations, tolerance=settings.refit_tolerance)
     out = []
     for (r1, r2), w, s, k in zip(zip(bounds, bounds[1:]), weights, starts, masks):
         error = float(layer_error(W[r1:r2], refined[r1:r2], H).sum())
