@@ -14,10 +14,15 @@ def ruff(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ruff", *args], cwd=ROOT, capture_output=True, text=True)
 
 
+# The project's own files; the root also holds what a user writes there (the README's main job writes
+# `tiny-out/`, whose card is generated, not ours to format).
+PROJECT = ("obsdiff_hub", "tests", "benchmarks", "cli", "model_cards", "recipes", "README.md", "BENCHMARKS.md")
+
+
 def test_the_tree_is_formatted_and_lint_free():
-    formatted = ruff("format", "--check", ".")
+    formatted = ruff("format", "--check", *PROJECT)
     assert formatted.returncode == 0, f"run `ruff format .`:\n{formatted.stdout}{formatted.stderr}"
-    linted = ruff("check", ".")
+    linted = ruff("check", *PROJECT)
     assert linted.returncode == 0, f"run `ruff check .`:\n{linted.stdout}{linted.stderr}"
 
 
