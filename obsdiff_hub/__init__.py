@@ -5,7 +5,8 @@ Layers, bottom up, each importing only from those below it (``tests/test_layers.
 ``architectures`` (what each diffusers family looks like to the engine), ``tiny`` (random-weight
 models of every family), ``storage`` (safe files, owned output folders, manifests, load
 diagnostics), ``hub`` (every Hub request), ``models`` (the pruned classes), ``checkpoints``
-(saving, inspection, legacy conversion), ``pruning`` (the engine and offline plans), ``shapes``
+(saving, inspection, legacy conversion), ``pruning`` (the engine and offline plans), ``recovery`` (the
+heal after pruning), ``shapes``
 (the embedded model), ``zoo`` (recipes, runs, evaluation, cards, publishing), ``cli``.
 
 ``import obsdiff_hub`` registers the pruned classes with diffusers (so ``DiffusionPipeline``
@@ -41,6 +42,8 @@ _LAZY = {
     "prune_family": "pruning.engine",
     "PlanResult": "pruning.plan",
     "plan": "pruning.plan",
+    "RecoverConfig": "recovery.config",
+    "recover": "recovery.heal",
     "OBSDiffControlNet": "models",
     "OBSDiffFluxTransformer": "models",
     "OBSDiffSD3Transformer": "models",
@@ -66,6 +69,8 @@ if TYPE_CHECKING:
     from .pruning.config import CalibrationConfig, PruneConfig
     from .pruning.engine import PruneResult, prune, prune_family
     from .pruning.plan import PlanResult, plan
+    from .recovery.config import RecoverConfig
+    from .recovery.heal import recover
     from .storage.files import read_metadata
     from .zoo.sampling import load_pipeline
 
@@ -95,6 +100,7 @@ __all__ = [
     "PlanResult",
     "PruneConfig",
     "PruneResult",
+    "RecoverConfig",
     "UnsafePickleError",
     "UnsupportedEnvironmentError",
     "__version__",
@@ -105,6 +111,7 @@ __all__ = [
     "prune",
     "prune_family",
     "read_metadata",
+    "recover",
     "register_with_diffusers",
     "save_pruned",
 ]

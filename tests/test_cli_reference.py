@@ -17,6 +17,7 @@ def test_every_command_is_in_the_reference():
     text = reference()
     for command in (
         "prune",
+        "recover",
         "eval",
         "bench",
         "plan",

@@ -22,6 +22,7 @@ LAYERS = [
     ("models", ["models"]),
     ("checkpoints", ["checkpoints"]),
     ("pruning", ["pruning"]),
+    ("recovery", ["recovery"]),
     ("shapes", ["shapes"]),
     ("zoo", ["zoo"]),
     ("cli", ["cli"]),

@@ -20,6 +20,7 @@ from rich.progress import (
     TaskID,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 from rich.table import Table
 from typer.core import TyperCommand
@@ -68,6 +69,7 @@ class Bars:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),
             console=self.console,
         )
         self.started = False
@@ -129,6 +131,15 @@ class PruneProgress(Bars):
             self.drop(self.step)
 
 
+class RecoveryProgress(Bars):
+    """The recovery's optimizer steps, with the last validation loss in a plain line when one is measured."""
+
+    def __call__(self, step: int, total: int, validation: float | None) -> None:
+        self.update("recovery steps", step, total)
+        if validation is not None and not self.console.is_terminal:
+            typer.echo(f"step {step}: validation loss {validation:.4g}", err=True)
+
+
 class ImageProgress(Bars):
     """Image generation progress of ``eval`` on stderr."""
 
@@ -141,6 +152,7 @@ __all__ = [
     "Command",
     "ImageProgress",
     "PruneProgress",
+    "RecoveryProgress",
     "change",
     "console",
     "human",

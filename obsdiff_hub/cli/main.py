@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from .._version import __version__
-from . import bench, convert, evaluate, export, generate, inspect, prune, publish, recipes
+from . import bench, convert, evaluate, export, generate, inspect, prune, publish, recipes, recover
 from .display import Command
 from .errors import INTERRUPTED, reports_errors, settings
 
@@ -43,6 +43,7 @@ app = typer.Typer(
 app.add_typer(recipes.recipes_app, name="recipes")
 for name, command in (
     ("prune", prune.prune),
+    ("recover", recover.recover),
     ("eval", evaluate.evaluate),
     ("bench", bench.bench),
     ("plan", recipes.plan),

@@ -35,6 +35,11 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def launched_processes() -> int:
+    """How many processes a launcher (torchrun, accelerate launch) started for this run; 1 without one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def resolve_device(name: str | None) -> torch.device:
     """``cpu``, ``cuda``, ``cuda:N`` (default: cuda when available; under a launcher each process's
     own GPU), or a one-line error."""

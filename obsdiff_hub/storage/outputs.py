@@ -403,7 +403,7 @@ def first_foreign_file(folder: Path) -> str | None:
         if (entry not in owned and not entry.startswith(folders)) or (folder / entry).is_symlink():
             return entry
     for sub in subfolders:
-        if not any(o.startswith(sub + "/") for o in owned):
+        if not (sub + "/").startswith(folders) and not any(o.startswith(sub + "/") for o in owned):
             return sub + "/"
     return None
 

@@ -153,6 +153,7 @@ def render_card(
     evaluation: EvalResult | None = None,
     bench: BenchResult | None = None,
     base_revision: str | None = None,
+    recovery: dict[str, Any] | None = None,
 ) -> ModelCard:
     """Render and validate the card for one pruned checkpoint from its effective recipe, its
     report and (when measured) its ``eval.json`` and ``bench.json``."""
@@ -176,6 +177,7 @@ def render_card(
         recipe_yaml=recipe.to_yaml(),
         **result_fields(recipe, report),
         **measured_fields(evaluation, bench, plan),
+        **recovery_fields(recipe, recovery, evaluation),
         **usage_fields(recipe, repo_id or f"<namespace>/{recipe.name}"),
     )
     template = str(data_dir("model_cards") / CARD_TEMPLATE)
@@ -278,6 +280,48 @@ def _metric_rows(evaluation: EvalResult | None) -> list[dict[str, str]]:
     return rows
 
 
+def recovery_fields(recipe: Recipe, recovery: dict[str, Any] | None, evaluation: EvalResult | None) -> dict[str, Any]:
+    """The heal, where there was one: what was kept, its validation, cost and settings, and the one-shot and
+    recovered metrics side by side (the one-shot checkpoint measured with the same settings)."""
+    if recovery is None or recipe.recover is None:
+        return {"recovery": None}
+    config = recipe.recover
+    kept, run = recovery["kept_step"], recovery["steps_run"]
+    verdict = (
+        f"the state after step {kept} of {run} was kept (best on the validation prompts)"
+        if kept
+        else f"rejected: none of the {run} steps scored better on the validation prompts than the one-shot "
+        "weights, so this checkpoint holds the one-shot weights"
+    )
+    one_shot = recovery.get("one_shot_evaluation")
+    before = {m["name"]: m for m in one_shot["metrics"]} if one_shot else {}
+    side_by_side = [
+        {
+            "name": m.label,
+            "dense": "–" if m.dense is None else f"{m.dense:.4g}",
+            "one_shot": f"{before[m.name]['pruned']:.4g}" if m.name in before else "not measured",
+            "recovered": f"{m.pruned:.4g}",
+        }
+        for m in (evaluation.metrics if evaluation else [])
+    ]
+    seconds = recovery.get("seconds", {})
+    return {
+        "recovery": {
+            "verdict": verdict,
+            "validation": f"{recovery['one_shot_validation']:.4g} → {recovery['best_validation']:.4g}",
+            "stopped_early": recovery["stopped_early"],
+            "trainable": f"{config.trainable} ({_billions(recovery['trainable_parameters'])} parameters)",
+            "rows": recovery.get("rows", {}),
+            "cost": ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()),
+            "settings": f"{config.trajectories} trajectories of {config.prompts.count} prompts "
+            f"({config.validation_prompts} held out for validation, seeds from {config.seed}), "
+            f"learning rate {config.learning_rate:g} ({config.warmup_steps} warmup steps, then {config.schedule}), "
+            f"batch {config.batch_size} × {config.gradient_accumulation}, at most {config.steps} steps",
+            "metrics": side_by_side,
+        }
+    }
+
+
 def _change(dense: float, pruned: float) -> str:
     return f"{100 * (pruned / dense - 1):+.2f}%"
 
@@ -359,6 +403,7 @@ def card_for_folder(directory: Path, repo_id: str | None = None) -> str:
         evaluation=evaluation,
         bench=bench,
         base_revision=run.provenance.get("base_revision"),
+        recovery=run.recovery,
     )
     return card.content
 

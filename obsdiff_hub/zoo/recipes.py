@@ -24,6 +24,7 @@ from ..dtypes import DtypeName
 from ..errors import InputError
 from ..pruning.config import CalibrationConfig, PruneConfig, migrate_flat_settings, schema_2_path
 from ..pruning.validation import StrictModel, describe_error
+from ..recovery.config import RecoverConfig
 from ..resources import data_dir
 
 SCHEMA_VERSION = 2  # 2: each method's and solver's settings nested under its name (1 is migrated on load)
@@ -88,6 +89,9 @@ class Recipe(StrictModel):
     calibration: CalibrationConfig = CalibrationConfig()
     output: OutputSpec = OutputSpec()
     evaluation: EvaluationSpec | None = None
+    recover: RecoverConfig | None = Field(
+        None, description="heal after pruning: distillation from the dense model (off in the paper's recipes)"
+    )
     derived_from: RecipeIdentity | None = Field(None, description="the recipe this effective recipe was run from")
     _folder: Path | None = PrivateAttr(default=None)
 
@@ -106,8 +110,16 @@ class Recipe(StrictModel):
         """The folder of the recipe file (prompt files are relative to it); None for shipped recipes."""
         return self._folder
 
+    def as_data(self) -> dict[str, Any]:
+        """The recipe as plain data; a recipe without a ``recover`` stage has none (so its identity is what it
+        was before recovery existed)."""
+        data = self.model_dump(mode="json")
+        if data.get("recover") is None:
+            data.pop("recover", None)
+        return data
+
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return json.dumps(self.as_data(), sort_keys=True, separators=(",", ":"))
 
     @property
     def sha256(self) -> str:
@@ -122,7 +134,7 @@ class Recipe(StrictModel):
 
     def to_yaml(self) -> str:
         return f"# obsdiff-hub recipe (schema {SCHEMA_VERSION}). See README.md, 'Recipes'.\n" + yaml.safe_dump(
-            self.model_dump(mode="json"), sort_keys=False
+            self.as_data(), sort_keys=False
         )
 
     def with_changes(self, changes: dict[str, Any]) -> Recipe:

@@ -75,17 +75,21 @@ class RunRecord:
     report: PruneReport
     provenance: dict[str, str]
     plan: dict[str, Any] | None = None
+    recovery: dict[str, Any] | None = None  # a healed checkpoint: the recovery's report and the one-shot evaluation
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.report.to_dict(), "provenance": self.provenance, "plan": self.plan}
+        data = {**self.report.to_dict(), "provenance": self.provenance, "plan": self.plan}
+        return {**data, "recovery": self.recovery} if self.recovery is not None else data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
-        provenance = data.get("provenance")
-        plan = data.get("plan")
-        report = PruneReport.from_dict({k: v for k, v in data.items() if k not in ("provenance", "plan")})
+        provenance, plan, recovery = data.get("provenance"), data.get("plan"), data.get("recovery")
+        report = PruneReport.from_dict({k: v for k, v in data.items() if k not in ("provenance", "plan", "recovery")})
         return cls(
-            report, dict(provenance) if isinstance(provenance, dict) else {}, plan if isinstance(plan, dict) else None
+            report,
+            dict(provenance) if isinstance(provenance, dict) else {},
+            plan if isinstance(plan, dict) else None,
+            recovery if isinstance(recovery, dict) else None,
         )
 
 

@@ -103,19 +103,19 @@ class DiskState:
                 f"{self.directory} holds {foreign}, which obsdiff-hub did not write; move it away, then rerun"
             )
         progress = self._progress()
-        done = int(progress["completed"]) if progress else 0
         if resume:
-            if not done:
+            if not progress:
                 raise ResumeError(f"nothing to resume in {self.directory}; run without `resume`")
             if progress["run_id"] != self.run_id:
                 raise ResumeError(
                     f"{self.directory} holds a run of a different recipe or settings; pass `restart` to discard it"
                 )
             return
-        if done and not restart:
+        if progress and not restart:
+            stage = ", recovery begun" if progress.get("work") else ""
             raise OutputError(
-                f"{self.directory} holds saved progress of an interrupted run ({done} package(s) done); "
-                "pass `resume` to continue or `restart` to discard it"
+                f"{self.directory} holds saved progress of an interrupted run ({progress['completed']} package(s) "
+                f"done{stage}); pass `resume` to continue or `restart` to discard it"
             )
         self.clear()
 
@@ -154,6 +154,23 @@ class DiskState:
         folder.write(PROGRESS, json.dumps(progress))
         folder.mark([f"state/{name}" for name in state] + [PROGRESS], kind="partial")
         self.completed = index + 1
+
+    def claim(self, name: str) -> HeldFolder:
+        """The progress folder, held, with its entry ``name`` (a later stage's folder: the one-shot checkpoint,
+        the recovery's data) listed as this tool's; ``progress.json`` records that the stage began, so ``resume``
+        continues it."""
+        folder = self._folder()
+        record = read_marker(folder.pinned)
+        if record is None:
+            raise OutputError(f"{self.directory}: its ownership marker is gone; the saved progress was tampered with")
+        progress = self._progress() or {"run_id": self.run_id, "completed": self.completed, "report": None}
+        folder.write(PROGRESS, json.dumps({**progress, "work": name}))
+        folder.mark(sorted({*record["files"], PROGRESS, f"{name}/"}), kind="partial")
+        return folder
+
+    def workspace(self, name: str) -> HeldFolder:
+        """Sub-folder ``name`` of the progress folder (see :meth:`claim`), created and held."""
+        return self.claim(name).folder(name)
 
     def load(self, model: nn.Module) -> nn.Module:
         """Restore the denoiser saved after the last finished package; returns the model to use."""

@@ -13,14 +13,12 @@ and dtype actually used, the prompts pinned by count and sha256 (file prompts in
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
-from diffusers import DiffusionPipeline
 
-from ..architectures import architecture_of
 from ..architectures.components import (
     check_resolution,
     default_resolution,
@@ -28,9 +26,8 @@ from ..architectures.components import (
     pipeline_vae_scale,
     resolution_multiple,
 )
-from ..checkpoints.saving import write_pruned
 from ..errors import InputError
-from ..hub import RESERVED_REFS, HubClient, builtin_name, check_ref_name, local_folder_or_repo
+from ..hub import RESERVED_REFS, builtin_name, check_ref_name
 from ..models import provenance
 from ..pruning.config import PromptSource
 from ..pruning.distributed import World, resolve_device
@@ -45,20 +42,19 @@ from ..pruning.plan import PlanResult, plan
 from ..pruning.precision import DTYPES, check_device_dtype
 from ..pruning.prompts import PromptSet, resolve_prompts
 from ..resources import data_dir
-from ..storage.diagnostics import check_pipeline_configs, explained_pipeline_failure
-from ..storage.files import stored_dtype
-from ..storage.outputs import Destination, HeldFolder, atomic_output, check_writable_target, is_leftover
+from ..storage.outputs import Destination, HeldFolder, check_writable_target, is_leftover
 from . import cards
-from .evaluation import EvalResult, eval_prompts, evaluate_checkpoint
+from .bases import load_base_pipeline
+from .evaluation import EvalResult, eval_prompts
 from .metrics import check_metrics
 from .recipes import Recipe, RecipeError
-from .records import CARD_FILE, RECIPE_FILE, REPORT_FILE, RunRecord, write_record
+from .records import RunRecord
+from .recovering import check_recovery, check_single_process, recover_checkpoint, recovery_recipe
 from .resume import DiskState, partial_folder
 from .sampling import load_pipeline
+from .writing import write_checkpoint
 
-
-class ModelMismatchError(InputError):
-    """The model given does not belong to the recipe's family, or cannot run the recipe's settings."""
+ONE_SHOT = "one-shot"  # the pruned checkpoint a recipe's recover stage heals, inside the progress folder
 
 
 @dataclass
@@ -69,39 +65,6 @@ class RunOutput:
     plan: PlanResult | None
     evaluation: EvalResult | None = None
     distinct_prompts: int = 0  # a source with fewer prompts than asked for is cycled
-
-
-def load_base_pipeline(recipe: Recipe) -> Any:
-    """The recipe's base pipeline in its checkpoint's own dtype, checked against the recipe's family."""
-    source = recipe.base_model.repo_id
-    if builtin_name(source) is not None:
-        pipeline = load_pipeline(source)
-    else:
-        # Download exactly the files from_pretrained reads (not every variant), then read the dtype.
-        folder = local_folder_or_repo(source)
-        if folder is None:
-            with HubClient().errors(source, maybe_folder=True):
-                folder = Path(
-                    DiffusionPipeline.download(source, revision=recipe.base_model.revision, use_safetensors=True)
-                )
-        with explained_pipeline_failure(source, folder):
-            check_pipeline_configs(folder)
-            dtype = stored_dtype(folder / recipe.base_model.component)
-            pipeline = DiffusionPipeline.from_pretrained(folder, dtype=dtype, use_safetensors=True)
-    found = architecture_of(denoiser_of(pipeline)).family
-    if found != recipe.base_model.family:
-        raise ModelMismatchError(
-            f"recipe {recipe.name} is for {recipe.base_model.family} models but {source} has a "
-            f"{type(denoiser_of(pipeline)).__name__}; "
-            "pick a recipe of that family (`obsdiff-hub recipes list`)"
-        )
-    resolution = recipe.calibration.resolution
-    multiple = resolution_multiple(denoiser_of(pipeline), pipeline_vae_scale(pipeline))
-    if resolution is not None and resolution % multiple:
-        raise ModelMismatchError(
-            f"calibration resolution {resolution} is not a multiple of {multiple}, which this model needs"
-        )
-    return pipeline
 
 
 def plan_recipe(recipe: Recipe, resolution: int | None = None) -> PlanResult:
@@ -240,6 +203,8 @@ def prepare(
         check_metrics(
             requested.evaluation, eval_prompts(requested.evaluation, requested.folder or data_dir("recipes"))
         )
+    if requested.recover is not None:  # the recover stage's settings and prompts, before the pruning
+        check_recovery(recovery_recipe(requested, folder=requested.folder))
     return Prepared(recipe, requested, prompts, pinned_prompts(source, prompts), out, Destination(out))
 
 
@@ -285,36 +250,16 @@ def write_run(
     )
     evaluation = None
     if is_main:
-        out = prepared.out
-        with atomic_output(out, overwrite=overwrite, parent=parent or prepared.destination) as tmp:
-            stamped = write_pruned(
-                pipeline,
-                tmp,
-                record=record,
-                variant=effective.output.variant,
-                torch_dtype=DTYPES[effective.output.dtype],
-            )
-            if effective.evaluation is not None:
-                evaluation = evaluate_checkpoint(
-                    tmp,
-                    requested.base_model.repo_id,
-                    effective.evaluation,
-                    tmp,
-                    base_revision=base_revision,
-                    prompt_folder=requested.folder or data_dir("recipes"),
-                )
-            card = cards.render_card(
-                effective,
-                report,
-                plan=plan_info.to_dict() if plan_info else None,
-                evaluation=evaluation,
-                base_revision=base_revision,
-            )
-            write_record(tmp, RECIPE_FILE, effective.to_yaml())
-            write_record(
-                tmp, REPORT_FILE, RunRecord(report, stamped, plan_info.to_dict() if plan_info else None).to_dict()
-            )
-            write_record(tmp, CARD_FILE, card.content)
+        _, evaluation = write_checkpoint(
+            prepared.out,
+            pipeline,
+            effective,
+            RunRecord(report, record, plan_info.to_dict() if plan_info else None),
+            base_revision=base_revision,
+            prompt_folder=requested.folder or data_dir("recipes"),
+            parent=parent or prepared.destination,
+            overwrite=overwrite,
+        )
     return RunOutput(prepared.out, result, effective, plan_info, evaluation, len(set(prepared.prompts.texts)))
 
 
@@ -343,6 +288,8 @@ def run_recipe(
             raise InputError(
                 f"`{name}` ({store}) and `out` ({prepared.out}) overlap; keep the Hessian store in its own folder"
             )
+    if prepared.requested.recover is not None:
+        check_single_process()
     world = World.from_environment(run_device)
     run_id = hashlib.sha256(f"{prepared.requested.sha256}:{prepared.pinned.sha256}".encode()).hexdigest()
     state = DiskState(partial_folder(prepared.out), run_id, writer=world.is_main)
@@ -364,11 +311,43 @@ def run_recipe(
         world=world,
         prompts=prepared.prompts,
     )
-    output = write_run(prepared, pipeline, result, overwrite=overwrite, is_main=world.is_main)
+    if prepared.requested.recover is None:
+        output = write_run(prepared, pipeline, result, overwrite=overwrite, is_main=world.is_main)
+    else:
+        output = write_recovered(prepared, pipeline, result, state, device=device, resume=resume, overwrite=overwrite)
     if world.is_main:
         state.clear()
     world.close()
     return output
+
+
+def write_recovered(
+    prepared: Prepared,
+    pipeline: Any,
+    result: PruneResult,
+    state: DiskState,
+    *,
+    device: str | None,
+    resume: bool,
+    overwrite: bool,
+) -> RunOutput:
+    """A recipe's ``recover`` stage: the one-shot checkpoint (evaluated) is written into the progress folder,
+    then healed into ``prepared.out`` exactly as ``obsdiff-hub recover`` heals a saved checkpoint, so
+    ``prune`` of a ``*-recovered`` recipe equals ``prune`` of its one-shot recipe followed by ``recover``."""
+    config = recovery_recipe(prepared.requested, folder=prepared.requested.folder).recover
+    one_shot = replace(prepared, requested=prepared.requested.model_copy(update={"recover": None}))
+    one_shot.out, one_shot.destination = state.directory / ONE_SHOT, None
+    written = write_run(one_shot, pipeline, result, overwrite=True, parent=state.claim(ONE_SHOT))
+    healed = recover_checkpoint(
+        written.directory,
+        prepared.out,
+        changes={"recover": config.model_dump(mode="json")},
+        device=device,
+        resume=resume,
+        overwrite=overwrite,
+        state=state,
+    )
+    return replace(written, directory=healed.directory, recipe=healed.recipe, evaluation=healed.evaluation)
 
 
 def overlaps(a: Path, b: Path) -> bool:
