@@ -3,10 +3,12 @@
     python benchmarks/recovery.py [--seeds 3]
 
 Every setting is pruned once (its one-shot result does not depend on the recovery seed), then healed
-from a copy with each seed: the seed moves the recovery's trajectories (prompt i sampled with seed + i)
+from a copy with each seed: the seed moves the recovery's trajectories (trajectory t sampled with seed + t)
 and the rows each step draws. Training prompts are the 90 shapes captions outside the 60 evaluation
-scenes (10 held out for validation); evaluation as in ``shapes_quality.py`` (60 scenes, seeds 0-59,
-PSNR against the dense model's image of the same scene and seed). Times are this process's wall clock.
+scenes (10 held out for validation), each sampled 3 times (the default ``samples_per_prompt``); the "fast"
+row heals 40 of them on 10-step trajectories for 60 steps. Evaluation as in ``shapes_quality.py`` (60
+scenes, seeds 0-59, PSNR against the dense model's image of the same scene and seed). Times are this
+process's wall clock.
 """
 
 from __future__ import annotations
