@@ -149,6 +149,11 @@ def resolve_prompts(source: PromptSource, base_dir: Path | None = None) -> list[
     relative to it and may not leave it. ``None`` (a path given directly by the user):
     the path is used as given.
     """
+    return counted_prompts(source, source_prompts(source, base_dir))
+
+
+def source_prompts(source: PromptSource, base_dir: Path | None = None) -> list[str]:
+    """Every prompt ``source`` holds, once, in its order (``base_dir`` as for :func:`resolve_prompts`)."""
     if source.source == "builtin":
         prompts = builtin_prompts(source.path or "captions")
     elif source.source == "inline":
@@ -163,6 +168,11 @@ def resolve_prompts(source: PromptSource, base_dir: Path | None = None) -> list[
         prompts = read_prompt_file(local, source.column)
     if not prompts:
         raise PromptError("the calibration prompt list is empty")
+    return prompts
+
+
+def counted_prompts(source: PromptSource, prompts: list[str]) -> list[str]:
+    """``source.count`` of ``prompts`` (the source's own, cycled if it has fewer), checked against its sha256."""
     chosen = [prompts[i % len(prompts)] for i in range(source.count)]
     if source.sha256 is not None and prompts_sha256(chosen) != source.sha256:
         raise PromptError(

@@ -112,9 +112,9 @@ class Recorder:
                 per_row[key] = value
             else:
                 shared[key] = value
+        call_bytes = sum(v.numel() * v.element_size() for v in per_row.values())
         if self.shared is None:
             self.shared, self.plain = {k: v.detach().cpu().clone() for k, v in shared.items()}, plain
-            call_bytes = sum(v.numel() * v.element_size() for v in per_row.values())
             if call_bytes * self.calls > self.max_bytes:
                 raise InputError(
                     f"the teacher's data would take {call_bytes * self.calls / 1e9:.1f} GB, over cache_max_gb "
@@ -123,7 +123,7 @@ class Recorder:
         elif plain != self.plain or set(shared) != set(self.shared):
             raise InputError("the denoiser was called with different settings within one recording")
         self.rows.append({k: v.detach().cpu().contiguous() for k, v in per_row.items()})
-        self.buffered += sum(v.numel() * v.element_size() for v in per_row.values())
+        self.buffered += call_bytes
         if self.buffered >= SHARD_BYTES:
             self.flush()
 
@@ -177,11 +177,12 @@ class TeacherCache:
         with safe_open(str(folder / SHARED_FILE), framework="pt") as f:
             self.shared = {k: f.get_tensor(k) for k in f.keys()}
         self.handles = [safe_open(str(folder / e["file"]), framework="pt") for e in manifest["shards"]]
-        counts = [int(e["rows"]) for e in manifest["shards"]]
-        self.index = [(s, r) for s, count in enumerate(counts) for r in range(count)]
-        self.prompt_of = torch.cat([h.get_tensor(PROMPT_KEY) for h in self.handles])
-        if len(self.prompt_of) != len(self.index):
+        prompts = [h.get_tensor(PROMPT_KEY) for h in self.handles]
+        counts = [len(p) for p in prompts]  # from the shards themselves, not from what the manifest claims
+        if counts != [e["rows"] for e in manifest["shards"]] or sum(counts) != manifest["rows"]:
             raise CacheError(f"{folder}: its manifest and its shards disagree; pass `restart` to record anew")
+        self.index = [(s, r) for s, count in enumerate(counts) for r in range(count)]
+        self.prompt_of = torch.cat(prompts)
 
     def rows_of(self, prompts: set[int]) -> list[int]:
         """The rows recorded for these prompt indices, in recording order."""

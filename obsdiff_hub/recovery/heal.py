@@ -14,7 +14,7 @@ from ..errors import InputError
 from ..models import PROVENANCE_KEY
 from ..pruning.config import CalibrationConfig, PromptSource
 from ..pruning.precision import default_compute_dtype, floating_dtype
-from ..pruning.prompts import prompts_sha256, resolve_prompts
+from ..pruning.prompts import counted_prompts, prompts_sha256, source_prompts
 from .cache import TeacherCache, cache_identity
 from .config import RecoverConfig
 from .recording import record_teacher
@@ -28,9 +28,9 @@ def recovery_prompts(config: RecoverConfig, exclude: Sequence[str] = (), folder:
     """The recovery's prompts, with every prompt of ``exclude`` (the evaluation's) left out; the last
     ``config.validation_prompts`` of them are the validation prompts."""
     excluded = set(exclude)
-    source = config.prompts
-    texts = [t for t in resolve_prompts(source.model_copy(update={"count": 1_000_000}), folder) if t not in excluded]
-    texts = list(dict.fromkeys(texts))  # a cycled source repeats itself; each prompt once
+    every = source_prompts(config.prompts, folder)
+    counted_prompts(config.prompts, every)  # a pinned sha256 names the source's first count prompts
+    texts = list(dict.fromkeys(t for t in every if t not in excluded))  # each prompt once
     if len(texts) < config.prompts.count:
         raise InputError(
             f"recover.prompts gives {len(texts)} distinct prompts outside the evaluation's, fewer than "

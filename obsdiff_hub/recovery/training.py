@@ -81,6 +81,11 @@ def trainable_parameters(model: nn.Module, which: str) -> dict[str, nn.Parameter
     return chosen
 
 
+def snapshot(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+    """A copy of the trainable weights in host memory (the best state, or the weights to save)."""
+    return {n: p.detach().cpu().clone() for n, p in params.items()}
+
+
 def zero_masks(parameters: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
     """Where each pruned weight matrix is zero (what an unstructured or N:M heal must keep zero)."""
     return {n: p.detach() != 0 for n, p in parameters.items() if p.dim() >= 2 and bool((p == 0).any())}
@@ -123,7 +128,7 @@ class TrainingState:
         for p, values in optimizer.state.items():
             for key, value in values.items():
                 moments[f"{names[id(p)]}/{key}"] = value.detach().cpu().contiguous()
-        write_safetensors_file(target / WEIGHTS, {n: p.detach().cpu().contiguous() for n, p in params.items()})
+        write_safetensors_file(target / WEIGHTS, snapshot(params))
         write_safetensors_file(target / OPTIMIZER, moments)
         write_safetensors_file(target / BEST, best)
         write_atomic(
@@ -145,12 +150,15 @@ class TrainingState:
         best = load_file(saved / BEST)
         if set(weights) != set(params) or set(best) != set(params):
             raise InputError(f"{self.folder}: saved progress of other trainable weights; pass `restart`")
+        grouped: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in moments.items():
+            name, part = key.split("/", 1)
+            grouped.setdefault(name, {})[part] = value
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(weights[name])
-                state = {k.split("/", 1)[1]: v.to(p.device) for k, v in moments.items() if k.split("/", 1)[0] == name}
-                if state:
-                    optimizer.state[p] = state
+                if name in grouped:
+                    optimizer.state[p] = {k: v.to(p.device) for k, v in grouped[name].items()}
         data = {k: v for k, v in progress["report"].items() if k != "rejected"}
         data["validation"] = [tuple(v) for v in data["validation"]]
         data["training_loss"] = [tuple(v) for v in data["training_loss"]]
@@ -269,7 +277,7 @@ def distill(
             wrapped, cache, validation_rows, config, accelerator
         )
         report.validation.append((0, report.one_shot_validation))
-        best = {n: p.detach().cpu().clone() for n, p in params.items()}
+        best = snapshot(params)
     started = time.perf_counter()
     running, seen = 0.0, 0
     wrapped.train()
@@ -290,7 +298,7 @@ def distill(
             report.validation.append((report.steps_run, last))
             if last < report.best_validation:
                 report.best_validation, report.kept_step, bad = last, report.steps_run, 0
-                best = {n: p.detach().cpu().clone() for n, p in params.items()}
+                best = snapshot(params)
             else:
                 bad += 1
         if state is not None and accelerator.is_main_process and report.steps_run % config.save_every == 0:

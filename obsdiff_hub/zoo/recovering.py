@@ -165,7 +165,7 @@ def recover_checkpoint(
     check_single_process()
     check_checkpoint_folder(source)
     record = read_run_record(source)
-    if "recovery" in read_record(source / "report.json", dict):
+    if record.recovery is not None:
         raise InputError(f"{source} is already recovered; recover the one-shot checkpoint it came from")
     recipe = load_recipe(source / RECIPE_FILE)
     if base is not None:
