@@ -245,6 +245,35 @@ def test_dense_lora_on_pruned_transformers(family, targets):
         )
 
 
+@pytest.mark.parametrize("family,targets", [("sd3", MMDIT_TARGETS), ("flux", FLUX_TARGETS)])
+def test_a_dense_lora_file_through_the_pipeline_of_a_pruned_transformer(family, targets, tmp_path):
+    """``load_lora_weights`` on the pipeline ``load_pipeline`` returns: diffusers' Flux loader compares the LoRA
+    with the layers (and widens them) before the model's own loader runs, so the mapping comes first there."""
+    pipe = tiny.tiny_sd3_pipeline() if family == "sd3" else tiny.tiny_flux_pipeline()
+    result = oh.prune(pipe, dict(granularity="structured", sparsity=0.4, packages=1), calibration=CAL)
+    out = oh.save_pruned(pipe, tmp_path / "pruned", record=RECORD)
+    dense = tiny.tiny_sd3_pipeline() if family == "sd3" else tiny.tiny_flux_pipeline()
+    lora, scale = dense_lora(dense.transformer, targets)
+    type(dense).save_lora_weights(tmp_path / "lora", transformer_lora_layers=lora)
+    structure = [dict(module=r.module, before=r.before, after=r.after, kept=r.kept) for r in result.report.structure]
+    loaded = oh.load_pipeline(str(out))
+    before = {k: v.clone() for k, v in loaded.transformer.state_dict().items()}
+    loaded.load_lora_weights(tmp_path / "lora")
+    loaded.fuse_lora()
+    fused = loaded.transformer.state_dict()
+    for path, delta in fused_delta_matches(loaded.transformer, dense.transformer, lora, scale, structure):
+        key = next(k for k in fused if k in (f"{path}.base_layer.weight", f"{path}.weight"))
+        torch.testing.assert_close(fused[key], before[f"{path}.weight"] + delta, rtol=1e-5, atol=1e-6)
+    if family == "flux":  # diffusers' own pipeline class: its Flux loader widens the pruned layers and fails
+        with pytest.raises(RuntimeError, match="size mismatch"):
+            DiffusionPipeline.from_pretrained(out).load_lora_weights(tmp_path / "lora")
+    else:
+        plain = DiffusionPipeline.from_pretrained(out)
+        plain.load_lora_weights(tmp_path / "lora")
+        plain.fuse_lora()
+        assert all(torch.equal(v, fused[k]) for k, v in plain.transformer.state_dict().items())
+
+
 def test_a_lora_for_another_base_is_one_error_naming_a_tensor(sdxl):
     unet = oh.OBSDiffUNet.from_pretrained(sdxl["out"], subfolder="unet")
     key = next(k for k in sdxl["lora"] if k.endswith("attn1.to_q.lora_B.weight"))

@@ -4,7 +4,8 @@ Per family (``unet``, ``mmdit``, ``flux``): which linear layers OBS-Diff targets
 into basic units, which heads and FFN neurons couple which rows and columns (``base``); how to
 remove heads and neurons physically and rebuild pruned shapes (``surgery``); seeded forward
 inputs (``inputs``); which pipeline component is the denoiser (``components``); 2:4 sparse
-kernels (``sparse_kernels``). The engine, the model classes and the loaders all read models
+kernels (``sparse_kernels``); the original single-file key layouts (``ldm_keys``,
+``original_keys``). The engine, the model classes and the loaders all read models
 through this description.
 """
 

@@ -1,8 +1,9 @@
-"""``obsdiff-hub export --format single-file``: a pruned UNet as one ``.safetensors`` file in the original (LDM /
-SGM) key layout, for the tools that read one file (ComfyUI, A1111 / Forge, InvokeAI, ``from_single_file``).
+"""``obsdiff-hub export --format single-file``: a pruned denoiser as one ``.safetensors`` file in its original key
+layout (LDM / SGM for UNets, Stability's for SD3 / SD3.5, Black Forest Labs' for Flux), for the tools that read one
+file (ComfyUI, A1111 / Forge, InvokeAI, ``from_single_file``).
 
-The file holds the UNet's tensors under ``model.diffusion_model.`` and, in its metadata, the diffusers config
-with the pruned shapes, kept indices and provenance: ``OBSDiffUNet.from_single_file(FILE)`` rebuilds the pruned
+The file holds the denoiser's tensors and, in its metadata, the diffusers config with the pruned shapes, kept
+indices and provenance: ``OBSDiffUNet.from_single_file(FILE)`` (and the MMDiT / Flux twins) rebuilds the pruned
 model from it alone. Unstructured and N:M exports have the base's shapes, so any tool that reads the base's
 single file reads them; a structured export needs a loader that takes the per-block widths from the metadata.
 """
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import torch
 
+from ..architectures import architecture_of
 from ..architectures.ldm_keys import unet_to_ldm
+from ..architectures.original_keys import LAYOUTS, to_original
 from ..errors import CheckpointError, InputError
 from ..models.building import pruned_class_for
 from ..models.single_file import CONFIG_METADATA, exported_config
@@ -42,22 +45,29 @@ def check_replaceable(out: Path, overwrite: bool) -> None:
 def export_single_file(
     checkpoint: str | Path, out: str | Path, *, torch_dtype: torch.dtype | None = None, overwrite: bool = False
 ) -> Path:
-    """Write the checkpoint's UNet to ``out`` as one LDM-layout safetensors file (``torch_dtype``: the stored
-    dtype, default the checkpoint's own); returns ``out``."""
+    """Write the checkpoint's denoiser (UNet, SD3 or Flux transformer) to ``out`` as one original-layout safetensors
+    file (``torch_dtype``: the stored dtype, default the checkpoint's own); returns ``out``."""
     out = Path(out)
     if out.suffix != ".safetensors":
         raise InputError(f"`out` must name a .safetensors file, got {out}")
     check_replaceable(out, overwrite)
     folder = denoiser_folder(Path(checkpoint))
     name = str(read_json(folder / "config.json").get("_class_name", ""))
-    if name not in ("UNet2DConditionModel", "OBSDiffUNet"):
+    try:
+        cls = pruned_class_for(name)
+    except InputError:
         raise InputError(
-            f"{checkpoint}: single-file export covers UNets (SDXL, SD 2.1), not {name or 'this model'}; "
-            "SD3 and Flux checkpoints load from their folders"
-        )
-    model = pruned_class_for(name).from_pretrained(folder, torch_dtype=torch_dtype)
+            f"{checkpoint}: single-file export covers SDXL / SD 2.1 UNets and SD3 / Flux transformers, "
+            f"not {name or 'this model'}"
+        ) from None
+    model = cls.from_pretrained(folder, torch_dtype=torch_dtype)
     config = json.loads(model.to_json_string())
-    tensors = {k: v.contiguous() for k, v in unet_to_ldm(model.state_dict(), config).items()}
+    layout = LAYOUTS.get(architecture_of(model).model_class_name)
+    tensors = (
+        to_original(model, layout)
+        if layout is not None
+        else {k: v.contiguous() for k, v in unet_to_ldm(model.state_dict(), config).items()}
+    )
     metadata = {"format": "pt", CONFIG_METADATA: json.dumps(config, sort_keys=True)}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors_file(out, tensors, metadata)

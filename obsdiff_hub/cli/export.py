@@ -17,17 +17,19 @@ precision = library("pruning.precision")
 
 
 def export(
-    checkpoint: Annotated[Path, typer.Argument(metavar="CKPT", help="A pruned checkpoint folder (pipeline or UNet).")],
+    checkpoint: Annotated[
+        Path, typer.Argument(metavar="CKPT", help="A pruned checkpoint folder (pipeline or denoiser).")
+    ],
     out: Annotated[Path, typer.Option("--out", metavar="FILE", help="The .safetensors file to write.")],
     format: Annotated[
         str,
-        typer.Option("--format", metavar="FORMAT", help="single-file: the UNet in the original (LDM/SGM) key layout."),
+        typer.Option("--format", metavar="FORMAT", help="single-file: the original key layout (LDM/SGM, SD3, Flux)."),
     ] = "single-file",
     dtype: DtypeOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Export a pruned UNet as one .safetensors file (ComfyUI, A1111/Forge, InvokeAI, from_single_file).
+    """Export a pruned denoiser as one .safetensors file (ComfyUI, A1111/Forge, InvokeAI, from_single_file).
 
     \b
     Example: obsdiff-hub export sdxl-30/ --out sdxl-30.safetensors --dtype float16

@@ -181,10 +181,14 @@ class DenseAdapterMixin:
             )
             kwargs["metadata"] = metadata
         check_adapter_tensors(state_dict)
-        state_dict = peft_layout(state_dict)
-        selections, recorded = self.kept_selections()
-        state_dict = map_lora_state_dict(state_dict, self, selections, prefix, recorded)  # type: ignore[arg-type]
+        state_dict = self.mapped_lora(peft_layout(state_dict), prefix)
         super().load_lora_adapter(state_dict, prefix=prefix, hotswap=hotswap, **kwargs)  # type: ignore[misc]
+
+    def mapped_lora(self, state_dict: Mapping[str, torch.Tensor], prefix: str | None) -> dict[str, torch.Tensor]:
+        """``state_dict`` with this model's LoRA tensors (peft names, under ``prefix.``) made for the dense base
+        cut to the kept rows and columns; tensors that already fit, and other keys, as they are."""
+        selections, recorded = self.kept_selections()
+        return map_lora_state_dict(state_dict, self, selections, prefix, recorded)  # type: ignore[arg-type]
 
     def load_attn_procs(self, pretrained_model_name_or_path_or_dict: Any, **kwargs: Any) -> Any:
         """diffusers' ``load_attn_procs``, from safetensors files only."""

@@ -1,9 +1,10 @@
-"""Adapters (LoRA, IP-Adapter) read from safetensors files only, their tensors finite floating point.
+"""The adapter loaders (LoRA, IP-Adapter) of a loaded pipeline: safetensors files only, tensors finite floating
+point, a dense LoRA mapped onto the pruned denoiser.
 
 diffusers' adapter loaders fall back to ``torch.load`` for a ``.bin`` file (pickles can run code), and
 take NaN or integer tensors as they come. The ``OBSDiff*`` classes check in their own loaders; a
 pipeline from :func:`obsdiff_hub.load_pipeline` gets guards set on its instance and on its components'
-instances (:func:`safetensors_adapters`), so diffusers' classes stay as diffusers ships them.
+instances (:func:`guard_adapter_loaders`), so diffusers' classes stay as diffusers ships them.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ def check_adapter_tensors(state_dict: Mapping[str, Any], where: str = "") -> Non
             raise InputError(f"adapter tensor {name[:120]} holds NaN or Inf; the adapter file is damaged")
 
 
-def _guard(owner: Any, name: str, check: Callable[[Any, inspect.BoundArguments], None], after: bool = False) -> None:
+def _guard(owner: Any, name: str, check: Callable[[Any, Any], Any], after: bool = False) -> None:
     """Replace ``owner.name`` on the instance by a version that runs ``check`` on its bound arguments first (or,
-    ``after``, on its result)."""
+    ``after``, on its result, which ``check`` returns, checked or replaced)."""
     method = getattr(owner, name, None)
     if method is None or getattr(method, "obsdiff_guarded", False):
         return
@@ -61,9 +62,7 @@ def _guard(owner: Any, name: str, check: Callable[[Any, inspect.BoundArguments],
         if not after:
             check(owner, bound)
         result = method(*bound.args, **bound.kwargs)
-        if after:
-            check(owner, result)
-        return result
+        return check(owner, result) if after else result
 
     guarded.obsdiff_guarded = True  # type: ignore[attr-defined]
     setattr(owner, name, functools.wraps(method)(guarded))
@@ -88,8 +87,17 @@ def _files_only(owner: Any, bound: inspect.BoundArguments) -> None:
         arguments.setdefault(variadic, {})["use_safetensors"] = True
 
 
-def _state_dict_result(owner: Any, result: Any) -> None:
-    check_adapter_tensors(result[0] if isinstance(result, tuple) else result)
+def _checked_and_mapped(pipeline: Any, result: Any) -> Any:
+    """``lora_state_dict``'s result with its tensors checked and the denoiser's LoRA tensors made for the dense
+    base already cut to the pruned shapes: diffusers' Flux loader compares them with the layers (and widens the
+    layers, for Flux Control LoRAs) before the pruned model's own ``load_lora_adapter`` can map them."""
+    state_dict = result[0] if isinstance(result, tuple) else result
+    check_adapter_tensors(state_dict)
+    for prefix in ("unet", "transformer"):
+        mapped_lora = getattr(getattr(pipeline, prefix, None), "mapped_lora", None)
+        if mapped_lora is not None:
+            state_dict = mapped_lora(state_dict, prefix)
+    return (state_dict, *result[1:]) if isinstance(result, tuple) else state_dict
 
 
 def _image_encoder_from_safetensors(pipeline: Any, bound: inspect.BoundArguments) -> None:
@@ -112,10 +120,10 @@ def _image_encoder_from_safetensors(pipeline: Any, bound: inspect.BoundArguments
     pipeline.register_modules(image_encoder=encoder.to(pipeline.device))
 
 
-def safetensors_adapters(pipeline: Any) -> Any:
+def guard_adapter_loaders(pipeline: Any) -> Any:
     """``pipeline`` with every adapter loader of it and of its components guarded (see the module docstring)."""
     _guard(pipeline, "load_lora_weights", _files_only)
-    _guard(pipeline, "lora_state_dict", _state_dict_result, after=True)  # text encoders' LoRAs too
+    _guard(pipeline, "lora_state_dict", _checked_and_mapped, after=True)  # text encoders' LoRAs too
     _guard(pipeline, "load_ip_adapter", _image_encoder_from_safetensors)  # names its weight file: no flag
     for component in getattr(pipeline, "components", {}).values():
         for name in COMPONENT_LOADERS:

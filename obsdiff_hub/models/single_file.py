@@ -1,6 +1,7 @@
 """Loading a single ``.safetensors`` file that obsdiff-hub exported (``obsdiff-hub export --format single-file``):
-the original (LDM) key layout, with the model's config, pruned shapes, kept indices and provenance in the
-file's metadata, so no config folder and no download is needed."""
+the original key layout (LDM for UNets, Stability's and Black Forest Labs' for the transformers), with the
+model's config, pruned shapes, kept indices and provenance in the file's metadata, so no config folder and no
+download is needed."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from accelerate import init_empty_weights
 from diffusers import UNet2DConditionModel
 from diffusers.loaders.single_file_utils import LDM_UNET_KEY, convert_ldm_unet_checkpoint
 from safetensors.torch import load_file
+from torch import nn
 
+from ..architectures import architecture_of
+from ..architectures.original_keys import LAYOUTS, from_original
 from ..errors import CheckpointError, ObsDiffError, first_line
 from ..storage import jsonio
 from ..storage.files import read_metadata
@@ -39,21 +43,22 @@ def exported_config(path: Path) -> dict[str, Any] | None:
 
 
 def load_exported(cls: type, path: Path, config: dict[str, Any], torch_dtype: torch.dtype | None = None) -> Any:
-    """The model of an obsdiff-hub single-file export, as ``cls`` (the OBSDiff UNet), weights bit for bit."""
-    if not issubclass(cls, UNet2DConditionModel):
-        raise CheckpointError(f"{path}: single-file exports are UNets; {cls.__name__} cannot load one")
+    """The model of an obsdiff-hub single-file export, as ``cls`` (an OBSDiff class), weights bit for bit."""
+    name = str(config.get("_class_name", ""))[:80]
+    if name not in {c.__name__ for c in cls.__mro__}:
+        raise CheckpointError(f"{path}: holds a {name or 'model of no class'}, which {cls.__name__} cannot load")
     try:  # the class's own __init__ bounds the config and applies the pruned shapes
         with init_empty_weights():
             model = cls.from_config({**plain_config(config), STRUCTURE_KEY: config.get(STRUCTURE_KEY) or {}})
     except ObsDiffError:
         raise
     except (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError) as error:
-        raise CheckpointError(f"{path}: its config does not build a UNet ({first_line(error)})") from None
+        raise CheckpointError(f"{path}: its config does not build a {cls.__name__} ({first_line(error)})") from None
     tensors = load_file(path)
-    foreign = sorted(k for k in tensors if not k.startswith(LDM_UNET_KEY))
-    if foreign:
-        raise CheckpointError(f"{path}: holds {foreign[0]}, not a UNet weight; export the UNet alone")
-    state = convert_ldm_unet_checkpoint(tensors, plain_config(config))
+    try:
+        state = _diffusers_state(model, tensors, config)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as error:  # torch lists the mismatches from its second line on
@@ -63,3 +68,17 @@ def load_exported(cls: type, path: Path, config: dict[str, Any], torch_dtype: to
         ) from None
     model.register_to_config(**{k: config[k] for k in (KEPT_KEY, PROVENANCE_KEY) if k in config})
     return model.to(torch_dtype) if torch_dtype is not None else model
+
+
+def _diffusers_state(model: nn.Module, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, Any]:
+    """The exported ``tensors`` under ``model``'s diffusers names: diffusers' own LDM reader for a UNet, the
+    inverse of the export's layout for a transformer (split by the pruned model's row counts)."""
+    layout = LAYOUTS.get(architecture_of(model).model_class_name)
+    if layout is not None:
+        return from_original(tensors, model, layout)
+    if not isinstance(model, UNet2DConditionModel):
+        raise CheckpointError(f"{type(model).__name__} has no single-file layout")
+    foreign = sorted(k for k in tensors if not k.startswith(LDM_UNET_KEY))
+    if foreign:
+        raise CheckpointError(f"holds {foreign[0]}, not a UNet weight; export the UNet alone")
+    return convert_ldm_unet_checkpoint(tensors, plain_config(config))

@@ -26,7 +26,7 @@ from ..architectures.components import (
 )
 from ..errors import CheckpointError, InputError
 from ..hub import BUILTIN_PREFIX, HubClient, builtin_name, fetch, local_folder_or_repo, resolve_source
-from ..models.safe_adapters import safetensors_adapters
+from ..models.safe_adapters import guard_adapter_loaders
 from ..pruning.prompts import check_lengths
 from ..shapes.pipeline import load_shapes_pipeline
 from ..storage.diagnostics import check_pipeline_configs, explained_pipeline_failure
@@ -64,7 +64,8 @@ def load_pipeline(
 
     ``verify``: check the snapshot against its ``obsdiff-manifest.json`` before loading
     (a mismatching file is deleted and the load refused), as ``OBSDiff*.from_pretrained`` does.
-    The pipeline's ``load_lora_weights`` and ``load_ip_adapter`` then read safetensors files only.
+    The pipeline's ``load_lora_weights`` and ``load_ip_adapter`` then read safetensors files only, and map
+    a dense LoRA onto a pruned denoiser before diffusers' loaders compare shapes (Flux's widens layers).
     """
     if not isinstance(source, str):
         pipeline = source
@@ -106,7 +107,7 @@ def load_pipeline(
         torch_dtype = None  # loaded in it
     if torch_dtype is not None:
         pipeline.to(dtype=torch_dtype)
-    return safetensors_adapters(pipeline.to(device) if device is not None else pipeline)
+    return guard_adapter_loaders(pipeline.to(device) if device is not None else pipeline)
 
 
 @dataclass(frozen=True)
