@@ -13,7 +13,7 @@ PACKAGE = ROOT / "obsdiff_hub"
 
 # Bottom up. A module may import from its own layer and the layers below it.
 LAYERS = [
-    ("errors", ["_version", "errors", "dtypes", "units", "resources", "registration", "verbosity"]),
+    ("errors", ["_version", "errors", "dtypes", "units", "resources", "registration", "verbosity", "memory"]),
     ("maths", ["maths"]),
     ("architectures", ["architectures"]),
     ("tiny", ["tiny"]),

@@ -18,15 +18,18 @@ from typing import Any, Callable
 import torch
 from diffusers import ModelMixin
 from huggingface_hub import split_torch_state_dict_into_shards
+from huggingface_hub.serialization._base import parse_size_to_int
 
 from ..architectures.components import denoiser_name
 from ..errors import InputError
 from ..models import PROVENANCE_KEY, PRUNED_CLASSES, promote, provenance, stamp_provenance
+from ..models.offload import offload_of
 from ..storage.files import write_safetensors_file
 from ..storage.outputs import atomic_output, write_atomic
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+OFFLOADED_SHARD_SIZE = 2 * 1024**3  # an offloaded model is written at most this much at a time
 
 
 def with_variant(name: str, variant: str | None) -> str:
@@ -48,11 +51,16 @@ def write_safetensors(
 ) -> None:
     """Write ``config.json`` and safetensors shards (+ index), ``metadata`` in every shard header.
     ``model`` must be promoted (:func:`obsdiff_hub.models.promote`: its config describes its shapes).
-    Floating tensors are cast to ``torch_dtype`` one shard at a time; the model itself is not changed."""
+    Floating tensors are cast to ``torch_dtype`` one shard at a time; the model itself is not changed.
+    An offloaded model's blocks are read from their stores shard by shard (shards of at most
+    ``OFFLOADED_SHARD_SIZE``), so the whole model is never in memory at once."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_config(directory)
     state = model.state_dict()
+    offloaded = offload_of(model)
+    if offloaded is not None:
+        max_shard_size = min(parse_size_to_int(max_shard_size), OFFLOADED_SHARD_SIZE)
     pattern = with_variant(WEIGHTS_NAME, variant).replace(".safetensors", "{suffix}.safetensors")
     split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size, filename_pattern=pattern)
     header = {"format": "pt", **(metadata or {})}
@@ -62,7 +70,9 @@ def write_safetensors(
         return cast.detach().to("cpu").contiguous()
 
     for filename, names in split.filename_to_tensors.items():
-        write_safetensors_file(directory / filename, {n: stored(state[n]) for n in names}, header)
+        values = offloaded.read(model, names) if offloaded is not None else state
+        write_safetensors_file(directory / filename, {n: stored(values[n]) for n in names}, header)
+        del values
     if split.is_sharded:
         index = {"metadata": dict(split.metadata), "weight_map": split.tensor_to_filename}
         write_atomic(directory / with_variant(INDEX_NAME, variant), json.dumps(index, indent=2, sort_keys=True) + "\n")

@@ -82,6 +82,14 @@ PackagesOpt = Annotated[
         "--packages", metavar="P|auto", help="Module packages: a count, or auto (the fewest that fit in memory)."
     ),
 ]
+OffloadOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--offload",
+        metavar="none|blocks|blocks-to-disk",
+        help="Keep the blocks off the device: in host memory (blocks) or in files on disk (blocks-to-disk).",
+    ),
+]
 SetOpt = Annotated[
     Optional[list[str]],
     typer.Option(
@@ -124,6 +132,7 @@ def prune(
     prompt_column: PromptColumnOpt = None,
     num_prompts: NumPromptsOpt = None,
     packages: PackagesOpt = None,
+    offload: OffloadOpt = None,
     set_: SetOpt = None,
     resume: ResumeOpt = False,
     restart: RestartOpt = False,
@@ -140,7 +149,14 @@ def prune(
     Family:  obsdiff-hub prune -r sdxl-10 -r sdxl-20 -r sdxl-30 --out zoo
     """
     options = overrides(
-        renamed(base, model, "--base", "--model"), revision, dtype, prompts, prompt_column, num_prompts, packages, set_
+        renamed(base, model, "--base", "--model"),
+        revision,
+        dtype,
+        prompts,
+        prompt_column,
+        num_prompts,
+        packages,
+        [*(set_ or []), *([f"prune.offload={offload}"] if offload else [])],
     )
     if len(recipe) > 1:
         if save_hessians or hessians:

@@ -14,6 +14,7 @@ from ..errors import CheckpointError, InputError, ObsDiffError, first_line
 from ..storage.files import check_config_bounds
 from .classes import BASE_CLASSES, PRUNED_CLASSES
 from .keys import KEPT_KEY, PROVENANCE_KEY, STRUCTURE_KEY, plain_config
+from .offload import offload_of
 
 
 def base_class_for(model_or_name: ModelMixin | type | str) -> type[ModelMixin]:
@@ -110,6 +111,9 @@ def promote(
             k: v for k, v in config.items() if k.startswith("_") and k not in ("_class_name", "_diffusers_version")
         }
         promoted.register_to_config(**private)
+        offloaded = offload_of(model)
+        if offloaded is not None:  # the new instance's blocks read the same stored weights
+            offloaded.attach(promoted)
         model = promoted.train(model.training)
     elif pruned:
         model.register_to_config(**{STRUCTURE_KEY: structure})

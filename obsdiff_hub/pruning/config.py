@@ -134,6 +134,11 @@ class PruneConfig(StrictModel):
         description="cpu: keep the Hessian sums in host memory (products still computed on the accelerator): "
         "more blocks per package on a full GPU",
     )
+    offload: Literal["none", "blocks", "blocks-to-disk"] = Field(
+        "none",
+        description="blocks: the blocks' weights in host memory, one block on the device at a time (a package's "
+        "while it is solved); blocks-to-disk: in one safetensors file per block, read as the block runs",
+    )
     calibration_target: Literal["self", "dense"] = Field(
         "self",
         description="dense: fit the dense network's outputs from the drifted inputs (asymmetric; a dense copy "
@@ -191,6 +196,8 @@ class PruneConfig(StrictModel):
         self.solver.check(self)
         if self.alpha_min > self.alpha_max:
             raise ValueError(f"alpha_min ({self.alpha_min}) must not exceed alpha_max ({self.alpha_max})")
+        if self.offload != "none" and self.calibration_target == "dense":
+            raise ValueError("offload works with calibration_target 'self' (a dense copy alongside would be resident)")
         if self.calibration_target == "dense" and not self.method.compensates:
             raise ValueError("calibration_target 'dense' applies to method obs-diff (the baselines do not compensate)")
         if self.allocation == "error" and (not self.method.compensates or self.granularity == "n:m"):

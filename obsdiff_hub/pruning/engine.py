@@ -30,7 +30,9 @@ from ..architectures import Architecture, BlockUnit, architecture_of, surgery
 from ..architectures.components import denoiser_name, denoiser_of, pipeline_vae_scale
 from ..errors import InputError
 from ..maths.hessian import HessianAccumulator, timestep_weights
+from ..memory import release_freed_memory
 from ..models import PRUNED_CLASSES, promote, provenance
+from ..models.offload import BlockOffload, offload_of
 from .allocation import allocate_package
 from .asymmetric import dense_targets
 from .calibration import Calibration, PipelineCalibration, unconditional_input
@@ -39,12 +41,13 @@ from .distributed import World
 from .hessian_store import HessianStore, state_sha256
 from .hooks import collect_hessians
 from .packages import PackageLayout, activation_bytes, hessian_layers, plan_packages
-from .precision import DTYPES, Precision, check_device_dtype, release_freed_memory
+from .precision import DTYPES, Precision, check_device_dtype, floating_dtype
 from .prompts import PromptSet, resolve_prompts
 from .report import (
     PackageRecord,
     PruneReport,
     count_parameters,
+    peak_host_bytes,
     peak_memory_bytes,
     reset_peak_memory,
 )
@@ -110,6 +113,7 @@ class Run:
     progress: ProgressCallback | None = None
     state: PackageState | None = None
     store: HessianStore | None = None  # packages' Hessians saved to, or read from, a folder
+    offload: BlockOffload | None = None  # the blocks kept off the device (``prune.offload``)
 
     @property
     def model(self) -> nn.Module:
@@ -135,6 +139,7 @@ def prune(
     hessians: str | Path | None = None,
     world: World | None = None,
     prompts: PromptSet | None = None,
+    offload_folder: str | Path | None = None,
 ) -> PruneResult:
     """Prune a diffusers pipeline or a bare denoiser with OBS-Diff (or a baseline).
 
@@ -152,7 +157,8 @@ def prune(
     to take them from instead of running trajectories (same base, calibration and earlier
     packages only, see :mod:`.hessian_store`). ``world``: the processes of the run (default: joined
     from the launcher's environment); ``prompts``: the calibration prompts already resolved from
-    ``calibration``'s source (default: resolved here).
+    ``calibration``'s source (default: resolved here). ``offload_folder``: where ``offload:
+    blocks-to-disk`` keeps the blocks' files (the result reads its blocks from there: keep it until saved).
 
     Returns the pruned model (structured results as their ``OBSDiff*`` class, with the
     pruned shapes and provenance in the config; the pipeline, if any, holds it).
@@ -168,6 +174,7 @@ def prune(
         state=state,
         world=world,
         prompts=prompts,
+        offload_folder=offload_folder,
     )
     run.store = open_store(run, calibration, save_hessians, hessians)
     first = state.completed if state is not None else 0
@@ -202,6 +209,8 @@ def check_family(configs: list[PruneConfig]) -> None:
     dense trajectories); anything else is an :class:`InputError` naming the first difference."""
     if not configs:
         raise InputError("a family needs at least one member")
+    if configs[0].offload != "none":
+        raise InputError("prune.offload applies to single runs (each family member starts from a copy of the base)")
     first = configs[0].model_dump()
     for i, cfg in enumerate(configs[1:], 2):
         for key, value in cfg.model_dump().items():
@@ -307,9 +316,11 @@ def setup(
     state: PackageState | None = None,
     world: World | None = None,
     prompts: PromptSet | None = None,
+    offload_folder: str | Path | None = None,
 ) -> Run:
     """Everything before the first trajectory: settings checked, the model in its compute dtype
-    on the run device, the processes joined, prompts encoded, units packed into packages."""
+    on the run device (its blocks offloaded, when asked), the processes joined, prompts encoded,
+    units packed into packages."""
     cfg = PruneConfig.coerce(config)
     pipeline = None if isinstance(target, nn.Module) else target
     model = target if pipeline is None else denoiser_of(pipeline)
@@ -320,7 +331,8 @@ def setup(
     settings, num_steps, compute = _calibration_settings(pipeline, calibration, steps, dtype)
     check_device_dtype(run_device, compute or torch.float32)
     world = world or World.from_environment(run_device)
-    precision = Precision(model, compute, run_device)
+    offloaded = _offload(model, cfg, architecture, run_device, world, offload_folder)
+    precision = Precision(model, compute, run_device, offloaded=offloaded is not None)
     model = precision.working.eval()  # calibration is inference: no dropout in the trajectories
     report = (state.previous_report if state is not None else None) or PruneReport(
         family=architecture.family,
@@ -343,7 +355,7 @@ def setup(
         latent = settings.resolution // pipeline_vae_scale(pipeline) if settings.resolution else None
 
     units = architecture.units(model, cfg.block_ids(len(architecture.blocks(model))), cfg.granularity == "structured")
-    plan = _plan(model, units, cfg, run_device, report, batch, latent)
+    plan = _plan(model, units, cfg, run_device, report, batch, latent, offloaded)
     run = Run(
         config=cfg,
         pipeline=pipeline,
@@ -359,6 +371,7 @@ def setup(
         dense=copy.deepcopy(model).eval() if cfg.calibration_target == "dense" else None,
         progress=progress,
         state=state,
+        offload=offloaded,
     )
     if isinstance(calibrate, PipelineCalibration):
         t0 = time.perf_counter()
@@ -395,9 +408,37 @@ def _pipeline_calibration(
     return calibrate
 
 
-def hessian_home(cfg: PruneConfig) -> torch.device | None:
-    """Where the Hessian sums live: host memory with ``hessian_device: cpu``, else (None) beside each layer."""
-    return torch.device("cpu") if cfg.hessian_device == "cpu" else None
+def _offload(
+    model: nn.Module,
+    cfg: PruneConfig,
+    architecture: Architecture,
+    device: torch.device,
+    world: World,
+    folder: str | Path | None,
+) -> BlockOffload | None:
+    """The model's blocks offloaded as ``cfg.offload`` asks (before any dtype or device change, so what is
+    stored is the checkpoint); a model loaded lazily arrives offloaded already."""
+    offloaded = offload_of(model)
+    if offloaded is None and cfg.offload == "none":
+        return None
+    if world.size > 1:
+        raise InputError("offload runs in one process; launch without a launcher, or set prune.offload: none")
+    if offloaded is None:
+        offloaded = BlockOffload.from_model(
+            model,
+            architecture.blocks(model),
+            device,
+            floating_dtype(model),
+            cfg.offload,  # type: ignore[arg-type]
+            Path(folder) if folder is not None else None,
+        )
+    offloaded.device = device
+    return offloaded
+
+
+def hessian_home(cfg: PruneConfig, device: torch.device) -> torch.device:
+    """Where the Hessian sums live: host memory with ``hessian_device: cpu``, else on the run device."""
+    return torch.device("cpu") if cfg.hessian_device == "cpu" else device
 
 
 def _plan(
@@ -408,11 +449,14 @@ def _plan(
     report: PruneReport,
     batch: int,
     latent: int | None,
+    offloaded: BlockOffload | None,
 ) -> PackageLayout:
     """Units packed into packages (by count, or the fewest that fit the memory), and the peak the
-    run should reach on the device: the model (twice when asymmetric), a calibration forward, the plan's needs."""
+    run should reach on the device: the model (twice when asymmetric; offloaded, what stays resident and one
+    block), a calibration forward, the plan's needs (offloaded, a package's blocks resident while it is solved)."""
     asymmetric = cfg.calibration_target == "dense"  # a cross term per Hessian, and a dense copy alongside
     activations = activation_bytes(model, device, batch, latent) if cfg.packages == "auto" else 0
+    block_bytes = _block_bytes(model, units, offloaded)
     plan = plan_packages(
         model,
         units,
@@ -421,14 +465,39 @@ def _plan(
         device,
         activations,
         hessian_factor=2 if asymmetric else 1,
-        hessian_device=hessian_home(cfg),
+        hessian_device=hessian_home(cfg, device),
+        resident_bytes=block_bytes,
     )
     report.package_plan = plan.summary()
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if offloaded is not None:  # resident: what is not in a block, and the one block running
+        blocks = [_tensor_bytes(model.get_submodule(path)) for path in offloaded.paths]
+        model_bytes -= sum(blocks) - max(blocks, default=0)
+        report.package_plan["offload"] = offloaded.mode
     report.package_plan["predicted_peak_bytes"] = (
         model_bytes * (2 if asymmetric else 1) + activations + plan.extra_bytes()
     )
     return plan
+
+
+def _block_bytes(model: nn.Module, units: list[BlockUnit], offloaded: BlockOffload | None) -> list[int] | None:
+    """Offloaded: per unit, the compute-dtype bytes of its block when the unit is its block's first (a package
+    holds its blocks on the device while it is solved), else 0; None when nothing is offloaded."""
+    if offloaded is None:
+        return None
+    seen: set[int] = set()
+    sizes = []
+    for unit in units:
+        path = offloaded.paths[unit.block]
+        first = unit.block not in seen
+        seen.add(unit.block)
+        sizes.append(_tensor_bytes(model.get_submodule(path)) if first else 0)
+    return sizes
+
+
+def _tensor_bytes(module: nn.Module) -> int:
+    """Bytes of a module's stored tensors in their current dtype (placeholders on the meta device included)."""
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
 def open_store(run: Run, calibration: Any, save: str | Path | None, load: str | Path | None) -> HessianStore | None:
@@ -445,6 +514,11 @@ def open_store(run: Run, calibration: Any, save: str | Path | None, load: str | 
         )
     if cfg.calibration_target == "dense" or run.world.size > 1:
         raise InputError("a Hessian store works with calibration_target: network in one process")
+    if run.offload is not None:
+        raise InputError(
+            "a Hessian store identifies the base by its weights, which offloading keeps off the device; "
+            "set prune.offload: none to save or read one"
+        )
     settings = CalibrationConfig.coerce(calibration)
     layout = [[p for unit in package for p in hessian_layers(unit)] for package in run.plan.packages]
     identity = {
@@ -470,7 +544,7 @@ def calibrate_package(
     layers = [p for unit in package for p in hessian_layers(unit)]
     clock = StepClock(run.alphas)
     hook_time = [0.0]
-    home = hessian_home(cfg)
+    home = hessian_home(cfg, run.device)
     t0 = time.perf_counter()
     network = ""  # the digest of the network this package calibrates on (only a store needs it)
     if (
@@ -529,8 +603,29 @@ def solve_package(
     record: PackageRecord,
 ) -> None:
     """Solve every unit of the package on the rank that owns it, apply the results on every rank,
-    free the Hessians, and record the package (and save it, when the run is resumable)."""
+    free the Hessians, and record the package (and save it, when the run is resumable). Offloaded
+    blocks are on the device meanwhile, and written back before the next package calibrates."""
     t0 = time.perf_counter()
+    resident = (
+        run.offload.resident(run.model, [run.offload.paths[unit.block] for unit in package])
+        if run.offload is not None
+        else nullcontext()
+    )
+    with resident:
+        _solve_units(run, index, package, hessians, crosses)
+    hessians.clear()
+    crosses.clear()
+    release_freed_memory()
+    record.solve_s = time.perf_counter() - t0
+    run.report.packages.append(record)
+    if run.state is not None and run.world.is_main:
+        run.state.package_done(index, run.precision.models[-1], run.report)
+
+
+def _solve_units(
+    run: Run, index: int, package: list[BlockUnit], hessians: dict[str, HessianAccumulator], crosses: dict[str, Any]
+) -> None:
+    """The solves of one package and their application to the model (see :func:`solve_package`)."""
     world, pruner = run.world, run.pruner
     if run.config.allocation == "error":  # the same on every rank: same Hessians, same weights
         pruner.counts = allocate_package(
@@ -557,13 +652,6 @@ def solve_package(
             run.tell("solve", index, position + 1, len(package))
     for position, result in pending:
         pruner.apply(package[position], share_result(world, result, owners[position], run.device), run.report)
-    hessians.clear()
-    crosses.clear()
-    release_freed_memory()
-    record.solve_s = time.perf_counter() - t0
-    run.report.packages.append(record)
-    if run.state is not None and world.is_main:
-        run.state.package_done(index, run.precision.models[-1], run.report)
 
 
 def finish(run: Run) -> PruneResult:
@@ -577,9 +665,16 @@ def finish(run: Run) -> PruneResult:
         "prompt_encoding_s", 0.0
     )
     report.peak_memory_bytes = peak_memory_bytes(run.device)
+    report.peak_host_bytes = peak_host_bytes()
     kept = {r.module: (r.before, r.kept) for r in report.structure}
+    result = run.precision.result()
+    if run.offload is not None:
+        report.stages["offload_s"] = run.offload.seconds
+        if run.offload.mode == "blocks":  # the weights lived in host memory: the result does too
+            run.offload.materialize(result, torch.device("cpu"))
+            result = result.to("cpu")
     pruned = promote(
-        run.precision.result(),
+        result,
         provenance(method=cfg.method.name, granularity=cfg.granularity, sparsity=cfg.ratio_label),
         kept,
     )

@@ -43,6 +43,7 @@ class PackageLayout:
     budget_bytes: int | None
     workspace_bytes: int  # the largest single solve's temporaries
     hessians_on_device: bool = True  # False: the sums are kept in host memory
+    block_bytes: list[int] | None = None  # offloaded: each package's blocks, resident while it is solved
 
     def summary(self) -> dict[str, object]:
         return {
@@ -53,12 +54,17 @@ class PackageLayout:
             "hessian_bytes_largest_package": max(self.package_bytes),
             "solve_workspace_bytes": self.workspace_bytes,
             "hessians_on": "device" if self.hessians_on_device else "host",
+            **({"block_bytes_largest_package": max(self.block_bytes)} if self.block_bytes else {}),
         }
 
     def extra_bytes(self) -> int:
         """Device memory a run needs beyond the model: the largest package's Hessians (unless they
-        are kept in host memory), then the largest solve."""
-        return (max(self.package_bytes) if self.hessians_on_device else 0) + self.workspace_bytes
+        are kept in host memory) and, offloaded, its blocks; then the largest solve."""
+        per_package = [
+            (hessians if self.hessians_on_device else 0) + (self.block_bytes[i] if self.block_bytes else 0)
+            for i, hessians in enumerate(self.package_bytes)
+        ]
+        return max(per_package) + self.workspace_bytes
 
 
 def solve_workspace_bytes(model: nn.Module, units: list[BlockUnit]) -> int:
@@ -127,6 +133,7 @@ def plan_packages(
     activation_bytes: int = 0,
     hessian_factor: int = 1,
     hessian_device: torch.device | None = None,
+    resident_bytes: list[int] | None = None,
 ) -> PackageLayout:
     """Contiguous packages: a fixed count, or (``"auto"``) the fewest within a memory budget.
 
@@ -134,6 +141,8 @@ def plan_packages(
     kept (``hessian_device``, default ``device``) less a 10% margin and, when that is the run
     device, ``activation_bytes`` (the calibration forward's peak) and the largest solve's
     workspace. ``hessian_factor``: d×d buffers per Hessian (2 with asymmetric cross terms).
+    ``resident_bytes``: offloaded runs, per unit, the device bytes of the block it brings (a package's blocks
+    are on the device while it is solved), budgeted with the Hessians when those are on the device too.
     """
     home = hessian_device or device
     if not units:
@@ -151,7 +160,9 @@ def plan_packages(
         beside = activation_bytes + solve_workspace_bytes(model, units) if home == device else 0
         free = free_memory_bytes(home) - beside
         budget = int(memory_budget_gb * GiB) if memory_budget_gb is not None else max(int(0.9 * free), 1)
-        groups, mode = split_by_budget(sizes, budget), "auto"
+        beside_hessians = resident_bytes if resident_bytes is not None and home == device else [0] * len(sizes)
+        groups = split_by_budget([a + b for a, b in zip(sizes, beside_hessians)], budget)
+        mode = "auto"
     return PackageLayout(
         [[units[i] for i in g] for g in groups],
         [sum(sizes[i] for i in g) for g in groups],
@@ -159,4 +170,5 @@ def plan_packages(
         budget,
         solve_workspace_bytes(model, units),
         hessians_on_device=home == device,
+        block_bytes=[sum(resident_bytes[i] for i in g) for g in groups] if resident_bytes is not None else None,
     )

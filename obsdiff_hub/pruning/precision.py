@@ -13,13 +13,14 @@ checkpoint dtype is kept on the CPU and becomes the result.
 from __future__ import annotations
 
 import copy
-import ctypes
 
 import torch
+from accelerate.utils import named_module_tensors, set_module_tensor_to_device
 from torch import nn
 
 from ..dtypes import DTYPE_NAMES
 from ..errors import InputError, UnsupportedEnvironmentError
+from ..memory import release_freed_memory
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 _WIDENS_EXACTLY = {
@@ -29,15 +30,6 @@ _WIDENS_EXACTLY = {
     (torch.bfloat16, torch.float64),
     (torch.float32, torch.float64),
 }
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed by large tensors back to the system (glibc keeps it resident otherwise:
-    a 2 GB fp16 model widened to fp32 measured 5.3 GB resident instead of 3.9). No-op elsewhere."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def floating_dtype(model: nn.Module) -> torch.dtype:
@@ -77,19 +69,38 @@ def check_device_dtype(device: torch.device, dtype: torch.dtype) -> None:
         raise InputError(f"unsupported device {device}; use cpu or cuda[:N]")
 
 
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def resident_to(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` on ``device``, except its offloaded tensors (on the meta device until their block runs)."""
+    for name, tensor in named_module_tensors(model, include_buffers=True, recurse=True):
+        if not tensor.is_meta and tensor.device != device:
+            set_module_tensor_to_device(model, name, device, clear_cache=False)
+    return model
+
+
 class Precision:
     """Carries one run's weights: ``working`` (compute dtype, on the device) and the result."""
 
-    def __init__(self, model: nn.Module, compute: torch.dtype | None, device: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, compute: torch.dtype | None, device: torch.device, offloaded: bool = False
+    ) -> None:
         self.checkpoint = floating_dtype(model)
         self.compute = compute or default_compute_dtype(self.checkpoint, device)
         exact = self.compute == self.checkpoint or (self.checkpoint, self.compute) in _WIDENS_EXACTLY
+        if offloaded and not exact:  # the stored blocks are the checkpoint: onloading must not round them
+            raise InputError(
+                f"offloading computes in a dtype that holds the {_name(self.checkpoint)} checkpoint's values; "
+                f"set `dtype` to {_name(self.checkpoint)} or float32, not {_name(self.compute)}"
+            )
         # Lossy compute: keep the checkpoint values (whole model, checkpoint dtype) on the CPU.
         self.master: nn.Module | None = None if exact else copy.deepcopy(model).to("cpu")
         if self.compute != self.checkpoint:
             model.to(dtype=self.compute)
             release_freed_memory()
-        self.working = model.to(device)
+        self.working = resident_to(model, device) if offloaded else model.to(device)
         self.device = device
 
     @property

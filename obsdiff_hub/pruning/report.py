@@ -58,6 +58,7 @@ class PruneReport:
     packages: list[PackageRecord] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)
     peak_memory_bytes: int = 0
+    peak_host_bytes: int = 0  # peak resident set size of the process (what offloading bounds)
     package_plan: dict[str, Any] = field(default_factory=dict)  # mode, count, budget, Hessian bytes
     precision: dict[str, str] = field(default_factory=dict)  # checkpoint and compute dtypes
     calibration: dict[str, Any] = field(default_factory=dict)  # prompts, trajectories, unconditional input
@@ -123,5 +124,10 @@ def peak_memory_bytes(device: torch.device) -> int:
     """Peak accelerator memory on CUDA; peak resident set size of the process on CPU."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    return peak_host_bytes()
+
+
+def peak_host_bytes() -> int:
+    """Peak resident set size of this process so far."""
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)

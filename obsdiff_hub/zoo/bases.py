@@ -11,6 +11,7 @@ from ..architectures import architecture_of
 from ..architectures.components import denoiser_of, pipeline_vae_scale, resolution_multiple
 from ..errors import InputError
 from ..hub import HubClient, builtin_name, local_folder_or_repo
+from ..models.lazy import open_offloaded
 from ..storage.diagnostics import check_pipeline_configs, explained_pipeline_failure
 from ..storage.files import stored_dtype
 from .recipes import Recipe
@@ -21,8 +22,10 @@ class ModelMismatchError(InputError):
     """The model given does not belong to the recipe's family, or cannot run the recipe's settings."""
 
 
-def load_base_pipeline(recipe: Recipe) -> Any:
-    """The recipe's base pipeline in its checkpoint's own dtype, checked against the recipe's family."""
+def load_base_pipeline(recipe: Recipe, offload_folder: Path | None = None) -> Any:
+    """The recipe's base pipeline in its checkpoint's own dtype, checked against the recipe's family. With
+    ``prune.offload: blocks-to-disk`` a base on disk is opened lazily: its denoiser's blocks stay in their
+    files (their solved versions go to ``offload_folder``), so the base never has to fit in memory."""
     source = recipe.base_model.repo_id
     if builtin_name(source) is not None:
         pipeline = load_pipeline(source)
@@ -36,8 +39,14 @@ def load_base_pipeline(recipe: Recipe) -> Any:
                 )
         with explained_pipeline_failure(source, folder):
             check_pipeline_configs(folder)
-            dtype = stored_dtype(folder / recipe.base_model.component)
-            pipeline = DiffusionPipeline.from_pretrained(folder, dtype=dtype, use_safetensors=True)
+            component = recipe.base_model.component
+            dtype = stored_dtype(folder / component)
+            lazy = (
+                {component: open_offloaded(folder / component, "blocks-to-disk", offload_folder)}
+                if recipe.prune.offload == "blocks-to-disk"
+                else {}
+            )
+            pipeline = DiffusionPipeline.from_pretrained(folder, dtype=dtype, use_safetensors=True, **lazy)
     found = architecture_of(denoiser_of(pipeline)).family
     if found != recipe.base_model.family:
         raise ModelMismatchError(

@@ -20,6 +20,8 @@ from torch import nn
 from ..checkpoints.saving import write_safetensors
 from ..errors import InputError
 from ..models import STRUCTURE_KEY, promote, pruned_class_for
+from ..models.lazy import open_offloaded
+from ..models.offload import OffloadMode
 from ..pruning.precision import floating_dtype
 from ..pruning.report import PruneReport
 from ..storage.files import read_json
@@ -152,7 +154,8 @@ class DiskState:
             folder.remove_tree(old)
         progress = {"run_id": self.run_id, "completed": index + 1, "report": report.to_dict()}
         folder.write(PROGRESS, json.dumps(progress))
-        folder.mark([f"state/{name}" for name in state] + [PROGRESS], kind="partial")
+        others = [f for f in record["files"] if f.endswith("/") and not f.startswith((".state", "state/"))]
+        folder.mark([*others, *(f"state/{name}" for name in state), PROGRESS], kind="partial")
         self.completed = index + 1
 
     def claim(self, name: str) -> HeldFolder:
@@ -172,15 +175,30 @@ class DiskState:
         """Sub-folder ``name`` of the progress folder (see :meth:`claim`), created and held."""
         return self.claim(name).folder(name)
 
-    def load(self, model: nn.Module) -> nn.Module:
-        """Restore the denoiser saved after the last finished package; returns the model to use."""
+    def scratch(self, name: str) -> HeldFolder:
+        """Sub-folder ``name`` of the progress folder for the run's own working files (offloaded blocks), listed
+        as this tool's, created and held; unlike :meth:`claim` it records no stage."""
+        folder = self._folder()
+        record = read_marker(folder.pinned)
+        if record is None:
+            raise OutputError(f"{self.directory}: its ownership marker is gone; the saved progress was tampered with")
+        folder.mark(sorted({*record["files"], f"{name}/"}), kind="partial")
+        return folder.folder(name)
+
+    def load(self, model: nn.Module, offload: OffloadMode = "none", offload_folder: Path | None = None) -> nn.Module:
+        """Restore the denoiser saved after the last finished package; returns the model to use. ``offload``:
+        opened with its blocks offloaded (copied out of the saved progress, which the next package replaces)."""
         progress = self._progress()
         if progress is None:
             raise ResumeError(f"nothing to resume in {self.directory}; run without `resume`")
         config = read_json(self.state_dir / "config.json")
         cls = pruned_class_for(model) if config.get(STRUCTURE_KEY) else type(model)
         parameter = next(model.parameters())
-        restored = cls.from_pretrained(self.state_dir, dtype=parameter.dtype).to(parameter.device)
+        restored = (
+            open_offloaded(self.state_dir, offload, offload_folder, own=True)
+            if offload != "none"
+            else cls.from_pretrained(self.state_dir, dtype=parameter.dtype).to(parameter.device)
+        )
         self.completed = int(progress["completed"])
         self.previous_report = PruneReport.from_dict(progress["report"])
         return restored.eval().requires_grad_(False)

@@ -55,6 +55,7 @@ from .sampling import load_pipeline
 from .writing import write_checkpoint
 
 ONE_SHOT = "one-shot"  # the pruned checkpoint a recipe's recover stage heals, inside the progress folder
+OFFLOADED = "offload"  # prune.offload blocks-to-disk: the blocks' files, inside the progress folder
 
 
 @dataclass
@@ -291,14 +292,20 @@ def run_recipe(
     if prepared.requested.recover is not None:
         check_single_process()
     world = World.from_environment(run_device)
+    offload = prepared.requested.prune.offload
+    if offload != "none" and world.size > 1:
+        raise InputError("prune.offload runs in one process; launch without a launcher, or set prune.offload: none")
     run_id = hashlib.sha256(f"{prepared.requested.sha256}:{prepared.pinned.sha256}".encode()).hexdigest()
     state = DiskState(partial_folder(prepared.out), run_id, writer=world.is_main)
     with world.together("checking the run's inputs"):
         state.prepare(resume=resume, restart=restart)
-        pipeline = load_base_pipeline(prepared.requested)
+        scratch = state.scratch(OFFLOADED) if offload == "blocks-to-disk" else None  # held until the run ends
+        offload_folder = scratch.pinned if scratch is not None else None
+        pipeline = load_base_pipeline(prepared.requested, offload_folder)
         component = prepared.requested.base_model.component
         if resume:
-            pipeline.register_modules(**{component: state.load(getattr(pipeline, component))})
+            restored = state.load(getattr(pipeline, component), offload, offload_folder)
+            pipeline.register_modules(**{component: restored})
     result = prune(
         pipeline,
         prepared.requested.prune,
@@ -310,6 +317,7 @@ def run_recipe(
         hessians=hessians,
         world=world,
         prompts=prepared.prompts,
+        offload_folder=offload_folder,
     )
     if prepared.requested.recover is None:
         output = write_run(prepared, pipeline, result, overwrite=overwrite, is_main=world.is_main)
