@@ -363,6 +363,7 @@ def test_every_prune_config_field_round_trips_through_a_recipe_file(tmp_path):
         damping_fraction=0.05,
         hessian_precision="tf32",
         hessian_device="cpu",
+        offload="blocks-to-disk",
     )
     refined = dict(  # obs-diff only, with every setting of its own
         method={"name": "obs-diff", "blocksize": 64, "head_saliency": "exact", "rrf_k": 30, "neuron_batch": 8},

@@ -133,12 +133,12 @@ def test_the_cli_prunes_a_base_folder_offloaded_to_disk_and_resumes(tmp_path, mo
     assert report["config"]["offload"] == "blocks-to-disk" and report["peak_host_bytes"] > 0
 
 
-WIDE = dict(  # an SD3-shaped model of 32 blocks at width 768: 640 M parameters, 1.28 GB in bf16
+WIDE = dict(  # an SD3-shaped model of 40 blocks at width 768: 845 M parameters, 1.69 GB in bf16
     _class_name="SD3Transformer2DModel",
     sample_size=16,
     patch_size=2,
     in_channels=4,
-    num_layers=32,
+    num_layers=40,
     attention_head_dim=64,
     num_attention_heads=12,
     joint_attention_dim=64,
@@ -188,7 +188,7 @@ def test_blocks_to_disk_prunes_a_model_in_half_its_size_of_memory(tmp_path):
         weights += sum(t.numel() * 2 for t in tensors.values())
         save_file(tensors, base / f"diffusion_pytorch_model-{i:05d}-of-{len(shards):05d}.safetensors")
         del tensors
-    assert weights > 1.2e9
+    assert weights > 1.6e9
     done = subprocess.run([sys.executable, "-c", MEASURE, str(tmp_path)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     measured = json.loads(done.stdout.strip().splitlines()[-1])
