@@ -17,6 +17,10 @@ Checks, in order, each recorded as passed / failed / skipped with its numbers an
   time per stage and peak device memory against the plan's prediction.
 - ``block_speed``: the SD3.5-Large transformer dense against a 30%-per-coupling structured one,
   per block and whole, fp16 at 1024².
+- ``offload``: ``prune.offload`` on the device. Tiny: blocks and blocks-to-disk against the resident
+  run, bit for bit. Real (``benchmarks/offload.py``): Flux.1-dev (random bf16 weights) structured 30%
+  with ``blocks`` under a 24 GB device cap, peak device memory; SD3.5-Large resident against ``blocks``,
+  the time offloading costs.
 
 ``--quick`` shrinks the solver shapes and the real run (under 3 minutes on an H100-class GPU);
 ``--tiny`` runs everything at tiny sizes (the CPU run the test suite makes, under 2 minutes).
@@ -308,6 +312,58 @@ def block_speed(device: torch.device, tiny_run: bool, quick: bool) -> dict[str, 
     }
 
 
+def offload(device: torch.device, tiny_run: bool, quick: bool, folder: Path) -> dict[str, Any]:
+    if tiny_run:
+        results = {}
+        for mode in ("none", "blocks", "blocks-to-disk"):
+            torch.manual_seed(0)
+            model = tiny.tiny_sd3_transformer().eval()
+            cal = tiny.toy_calibration([on(device, tiny.example_inputs(model, 2))], 2)
+            settings = dict(granularity="structured", sparsity=0.4, packages=2, offload=mode)
+            result = oh.prune(model, settings, calibration=cal, steps=2, device=device, offload_folder=folder / mode)
+            offloaded = getattr(result.model, "_obsdiff_offload", None)
+            names = list(result.model.state_dict())
+            state = offloaded.read(result.model, names) if offloaded else result.model.state_dict()
+            results[mode] = {k: v.detach().cpu() for k, v in state.items()}
+        equal = all(
+            all(torch.equal(results[mode][k], results["none"][k]) for k in results["none"])
+            for mode in ("blocks", "blocks-to-disk")
+        )
+        return {"bit_identical": equal, "passed": equal}
+    from offload import run as offloaded_run  # benchmarks/offload.py
+
+    def args(config: str, **changes: Any) -> argparse.Namespace:
+        settings = dict(
+            config=config,
+            out=folder / config,
+            mode="blocks",
+            resident=False,
+            granularity="structured",
+            sparsity=0.3,
+            blocks="0:1",
+            resolution=512 if quick else 1024,
+            steps=2,
+            device=str(device),
+            cap_gb=None,
+        )
+        return argparse.Namespace(**{**settings, **changes})
+
+    flux = offloaded_run(args("flux1-dev.transformer", cap_gb=24))
+    sd35 = {
+        which: offloaded_run(args("sd35-large.transformer", granularity="unstructured", resident=which == "resident"))
+        for which in ("resident", "blocks")
+    }
+    return {
+        "flux_peak_device_gb": flux["peak_device_bytes"] / 1024**3,
+        "flux_prune_s": flux["prune_s"],
+        "flux_shapes_match_plan": flux["saved_shapes_match_plan"],
+        "sd35_resident_s": sd35["resident"]["prune_s"],
+        "sd35_blocks_s": sd35["blocks"]["prune_s"],
+        "sd35_offload_cost": sd35["blocks"]["prune_s"] / sd35["resident"]["prune_s"],
+        "passed": flux["peak_device_bytes"] <= 24 * 1024**3 and flux["saved_shapes_match_plan"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
@@ -342,6 +398,7 @@ def main() -> None:
             "solvers": lambda: solvers(device, args.tiny, args.quick),
             "real_run": lambda: real_run(device, args.tiny, args.quick),
             "block_speed": lambda: block_speed(device, args.tiny, args.quick),
+            "offload": lambda: offload(device, args.tiny, args.quick, folder),
         }
         chosen = [c for c in args.only.split(",") if c] or list(checks)
         for name in chosen:

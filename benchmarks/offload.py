@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "prune_s": pruned_s,
         "stages_s": report.stages,
         "save_s": saved_s,
-        "packages": report.package_plan.get("packages"),
+        "package_plan": report.package_plan,
         "peak_rss_above_start_bytes": peak - start_rss,
         "peak_rss_over_weights": (peak - start_rss) / weights,
         "peak_rss_by_stage": {k: v - start_rss for k, v in memory.items()},

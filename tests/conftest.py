@@ -45,6 +45,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 os.environ.pop("HF_HUB_OFFLINE", None)
 
 
+def pytest_generate_tests(metafunc):
+    """A test that takes ``device`` runs on the CPU, and on CUDA too where a GPU is (marked ``cuda``: ``pytest -m
+    cuda`` runs only those); a machine without one has no CUDA case at all, rather than a skipped one."""
+    if "device" in metafunc.fixturenames:
+        import torch
+
+        params = [pytest.param("cpu", id="cpu")]
+        if torch.cuda.is_available():
+            params.append(pytest.param("cuda", id="cuda", marks=pytest.mark.cuda))
+        metafunc.parametrize("device", params)
+
+
 def invoke(*args, **env):
     """The command line, in process: ``invoke("prune", "-r", name, "--out", path)`` (arguments become strings)."""
     from typer.testing import CliRunner

@@ -40,23 +40,30 @@ def same(a, b):
         assert a[key].dtype == b[key].dtype and torch.equal(a[key].cpu(), b[key].cpu()), key
 
 
-def pruned(family, settings, mode, folder, model=None):
+def on(device, inputs):
+    return {
+        k: v.to(device) if isinstance(v, torch.Tensor) else {kk: vv.to(device) for kk, vv in v.items()}
+        for k, v in inputs.items()
+    }
+
+
+def pruned(family, settings, mode, folder, device="cpu"):
     torch.manual_seed(0)
-    model = model if model is not None else tiny.TINY_DENOISERS[family]().eval()
-    calibration = tiny.toy_calibration([tiny.example_inputs(model, 2, seed=1)], 2)
+    model = tiny.TINY_DENOISERS[family]().eval()
+    calibration = tiny.toy_calibration([on(device, tiny.example_inputs(model, 2, seed=1))], 2)
     config = {**settings, "packages": 2, "offload": mode}
-    return oh.prune(model, config, calibration=calibration, steps=2, offload_folder=folder)
+    return oh.prune(model, config, calibration=calibration, steps=2, device=device, offload_folder=folder)
 
 
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 @pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
-def test_offloaded_runs_equal_the_resident_run_bit_for_bit(family, granularity, tmp_path):
+def test_offloaded_runs_equal_the_resident_run_bit_for_bit(family, granularity, device, tmp_path):
     settings = GRANULARITIES[granularity]
-    resident = pruned(family, settings, "none", None)
+    resident = pruned(family, settings, "none", None, device)
     reference = stored_state(resident.model)
     results = {}
     for mode in ("blocks", "blocks-to-disk"):
-        result = results[mode] = pruned(family, settings, mode, tmp_path / mode)
+        result = results[mode] = pruned(family, settings, mode, tmp_path / mode, device)
         same(stored_state(result.model), reference)
         assert [r.kept for r in result.report.structure] == [r.kept for r in resident.report.structure]
         assert result.report.stages["offload_s"] > 0 and result.report.package_plan["offload"] == mode

@@ -138,3 +138,13 @@ def checkpoint(argument: str | None, alias: str | None, command: str) -> str:
     if argument is None:
         raise InputError(f"give the checkpoint: obsdiff-hub {command} MODEL (a folder or a Hub repo id)")
     return argument
+
+
+OffloadOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--offload",
+        metavar="none|blocks|blocks-to-disk",
+        help="Keep the blocks off the device: in host memory (blocks) or in files on disk (blocks-to-disk).",
+    ),
+]

@@ -17,6 +17,7 @@ from .lazy import library
 from .options import (
     DeviceOpt,
     JsonOpt,
+    OffloadOpt,
     OverwriteOpt,
     QuietOpt,
     RevisionOpt,
@@ -80,14 +81,6 @@ PackagesOpt = Annotated[
     Optional[str],
     typer.Option(
         "--packages", metavar="P|auto", help="Module packages: a count, or auto (the fewest that fit in memory)."
-    ),
-]
-OffloadOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--offload",
-        metavar="none|blocks|blocks-to-disk",
-        help="Keep the blocks off the device: in host memory (blocks) or in files on disk (blocks-to-disk).",
     ),
 ]
 SetOpt = Annotated[
@@ -331,8 +324,10 @@ def print_summary(result: RunOutput) -> None:
     )
     for stage, seconds in report.stages.items():
         table.add_row(stage.removesuffix("_s").replace("_", " "), f"{seconds:.2f} s")
-    on_gpu = next(result.result.model.parameters()).is_cuda
+    on_gpu = report.device.startswith("cuda")
     table.add_row("peak GPU memory" if on_gpu else "peak memory (process RSS)", human(report.peak_memory_bytes, "B"))
+    if on_gpu and report.peak_host_bytes:
+        table.add_row("peak host memory (process RSS)", human(report.peak_host_bytes, "B"))
     print_table(table)
     if result.evaluation:
         print_metrics(result.evaluation)

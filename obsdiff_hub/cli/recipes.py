@@ -10,7 +10,7 @@ from rich.table import Table
 from .display import Command, change, human, print_json, print_table
 from .errors import reports_errors
 from .lazy import library
-from .options import JsonOpt, ResolutionOpt, positive
+from .options import JsonOpt, OffloadOpt, ResolutionOpt, positive
 
 recipes = library("zoo.recipes")
 runs = library("zoo.runs")
@@ -123,14 +123,19 @@ def list_methods(as_json: JsonOpt = False) -> None:
         print_table(table)
 
 
-def plan(recipe: RecipeOpt, resolution: ResolutionOpt = None, as_json: JsonOpt = False) -> None:
+def plan(
+    recipe: RecipeOpt, resolution: ResolutionOpt = None, offload: OffloadOpt = None, as_json: JsonOpt = False
+) -> None:
     """Parameters and FLOPs before and after a recipe, offline (from the shipped public config).
 
     \b
     Example: obsdiff-hub plan -r sdxl-30
     """
     positive(resolution, "--resolution")
-    result = runs.plan_recipe(recipes.load_recipe(recipe), resolution)
+    loaded = recipes.load_recipe(recipe)
+    if offload is not None:
+        loaded = loaded.with_changes({"prune.offload": offload})
+    result = runs.plan_recipe(loaded, resolution)
     if as_json:
         print_json(result.to_dict())
         return
@@ -157,4 +162,11 @@ def plan(recipe: RecipeOpt, resolution: ResolutionOpt = None, as_json: JsonOpt =
     )
     table.add_row("heads removed", "", str(result.heads_removed), "")
     table.add_row("FFN neurons removed", "", str(result.neurons_removed), "")
+    if result.offload != "none":
+        table.add_row(
+            f"parameters on the device while calibrating (offload {result.offload})",
+            human(result.resident_params),
+            "",
+            change(result.params_before, result.resident_params),
+        )
     print_table(table)

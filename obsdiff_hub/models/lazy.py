@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_module_tensor_to_device
 from diffusers import ModelMixin
+from torch import nn
 
 from ..architectures import architecture_of
 from ..errors import CheckpointError
@@ -53,7 +54,7 @@ def open_offloaded(
     config = read_json(folder / "config.json")
     model = build_model(config, structure=config.get(STRUCTURE_KEY) or None, source=str(folder / "config.json"))
     dtype = stored_dtype(folder)
-    model.to(dtype)  # the placeholders carry the stored dtype, which onloading casts to
+    nn.Module.to(model, dtype)  # the placeholders carry the stored dtype, which onloading casts to
     files = weight_files(folder)
     expected = set(stored_tensors(model))
     if set(files) != expected:

@@ -345,6 +345,7 @@ def setup(
         "compute": str(precision.compute).removeprefix("torch."),
     }
     report.world_size = world.size
+    report.device = str(run_device)
     reset_peak_memory(run_device)
 
     calibrate: Calibration = calibration

@@ -41,6 +41,8 @@ class PlanResult:
     neurons_removed: int
     resolution: int | None
     zeroed_weights: int = 0  # unstructured / N:M: targeted weights set to zero (shapes unchanged)
+    resident_params: int = 0  # on the device while calibrating: all, or (offloaded) the rest and one block
+    offload: str = "none"
     convention: str = "torch.utils.flop_counter, one denoiser forward, batch 1, multiply-add = 2 FLOPs"
 
     @property
@@ -124,6 +126,7 @@ def plan(
     with FakeTensorMode(allow_non_fake_inputs=True):
         model = build_model(_model_config(config), empty=False, source="the model config").eval()
         params_before = sum(p.numel() for p in model.parameters())
+        resident = resident_params(model, prune.offload)
         flops_before = _flops(model, latent) if latent else None
         heads = neurons = zeroed = 0
         if prune.granularity == "structured":
@@ -142,7 +145,30 @@ def plan(
             zeroed = zeroed_weights(model, prune)
             flops_after = flops_before
         params_after = sum(p.numel() for p in model.parameters())
-    return PlanResult(params_before, params_after, flops_before, flops_after, heads, neurons, resolution, zeroed)
+    return PlanResult(
+        params_before,
+        params_after,
+        flops_before,
+        flops_after,
+        heads,
+        neurons,
+        resolution,
+        zeroed,
+        resident,
+        prune.offload,
+    )
+
+
+def resident_params(model: torch.nn.Module, offload: str) -> int:
+    """Parameters on the device during calibration: every one, or with ``offload`` those outside the blocks plus
+    the largest block (one block runs at a time)."""
+    total = sum(p.numel() for p in model.parameters())
+    if offload == "none":
+        return total
+    blocks = [
+        sum(p.numel() for p in model.get_submodule(b).parameters()) for b in architecture_of(model).blocks(model)
+    ]
+    return total - sum(blocks) + max(blocks, default=0)
 
 
 def costs(config: dict[str, Any], latent_size: int, batch: int = 1) -> tuple[int, float]:

@@ -59,6 +59,7 @@ class PruneReport:
     stages: dict[str, float] = field(default_factory=dict)
     peak_memory_bytes: int = 0
     peak_host_bytes: int = 0  # peak resident set size of the process (what offloading bounds)
+    device: str = ""  # where calibration and solves ran
     package_plan: dict[str, Any] = field(default_factory=dict)  # mode, count, budget, Hessian bytes
     precision: dict[str, str] = field(default_factory=dict)  # checkpoint and compute dtypes
     calibration: dict[str, Any] = field(default_factory=dict)  # prompts, trajectories, unconditional input
