@@ -156,23 +156,23 @@ WIDE = dict(  # an SD3-shaped model of 40 blocks at width 768: 845 M parameters,
 )
 
 MEASURE = """
-import json, resource, sys, torch
+import json, sys, torch
 from pathlib import Path
 import obsdiff_hub as oh
 from obsdiff_hub import tiny
 from obsdiff_hub.models import build_model
 from obsdiff_hub.models.lazy import open_offloaded
 folder = Path(sys.argv[1])
-def rss():
-    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) * 1024
+def status(field):  # VmHWM, not ru_maxrss: that starts from the parent's size at fork
+    return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1]) * 1024
 inputs = tiny.example_inputs(build_model(json.loads((folder / "base" / "config.json").read_text())), 2, seed=1)
-start = rss()
+start = status("VmRSS")
 model = open_offloaded(folder / "base", "blocks-to-disk", folder / "off")
 calibration = tiny.toy_calibration([inputs], 2)
 settings = dict(granularity="unstructured", sparsity=0.5, blocks=[0], offload="blocks-to-disk")
 result = oh.prune(model, settings, calibration=calibration, steps=2, offload_folder=folder / "off")
 oh.save_pruned(result.model, folder / "pruned", max_shard_size="200MB")
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = status("VmHWM")
 plan = result.report.package_plan["predicted_peak_bytes"]
 print(json.dumps({"start": start, "peak": peak, "reported": result.report.peak_host_bytes, "plan": plan}))
 """
@@ -200,7 +200,7 @@ def test_blocks_to_disk_prunes_a_model_in_half_its_size_of_memory(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     assert measured["peak"] - measured["start"] < 0.5 * weights, (measured, weights)
-    assert measured["reported"] == measured["peak"]  # report.json's peak_host_bytes is the process's
+    assert measured["start"] < measured["reported"] <= measured["peak"]  # report.json's peak_host_bytes: the run's
     saved, seen = {}, 0
     for file in sorted((tmp_path / "pruned").glob("*.safetensors")):  # one shard at a time
         for key, tensor in load_file(file).items():

@@ -12,10 +12,10 @@ package's trajectories read exactly what the solve wrote and nothing stale.
 The stored copy is the checkpoint: always in the checkpoint dtype, on the CPU or in the block's file (rewritten
 atomically). Onloading widens it to the compute dtype, and writing back narrows it again; both are exact only
 when the compute dtype holds every checkpoint value (the checkpoint's own dtype, or fp32 for half
-checkpoints), which :func:`check_offload_dtype` requires. A block's file is opened only while the block is
-read, so its pages do not stay mapped into the process (peak RSS: the resident modules, one block, the
-Hessians). A base on disk is not copied: blocks read from the base's own safetensors files until a solve
-rewrites them (:func:`lazy_sources`).
+checkpoints), which the run's dtype policy (``pruning.precision.Precision``) requires. A block's file is mapped
+only while the tensors read from it live, so an offloaded block's pages leave the process with it (peak RSS: the
+resident modules, one block, the Hessians). A base on disk is not copied: blocks read from the base's own
+safetensors files until a solve rewrites them (:func:`lazy_sources`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def stored_tensors(module: nn.Module) -> list[str]:
 
 
 def read_entries(entries: dict[str, Entry]) -> dict[str, torch.Tensor]:
-    """The tensors ``entries`` name, each file opened once and closed again (its pages unmapped)."""
+    """The tensors ``entries`` name, each file opened once (safetensors maps it; the mapping lives as long as
+    the tensors read from it)."""
     out = {name: entry for name, entry in entries.items() if isinstance(entry, torch.Tensor)}
     by_file: dict[Path, list[tuple[str, str]]] = {}
     for name, entry in entries.items():

@@ -129,6 +129,11 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def peak_host_bytes() -> int:
-    """Peak resident set size of this process so far."""
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)
+    """Peak resident set size of this process so far: Linux's ``VmHWM`` (``ru_maxrss`` starts from the parent's
+    size at fork, so a process started by a large one reports that instead), ``ru_maxrss`` elsewhere."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)
