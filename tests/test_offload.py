@@ -104,8 +104,13 @@ def test_a_lazily_opened_base_prunes_saves_and_reloads_exactly(tmp_path):
 def test_offload_refuses_what_it_cannot_keep_exact_in_one_line(tmp_path):
     model = tiny.tiny_sd3_transformer().to(torch.float16)
     calibration = tiny.toy_calibration([tiny.example_inputs(model, 2)], 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(oh.InputError, match="holds the float16 checkpoint's values"):
         oh.prune(model, dict(offload="blocks"), calibration=calibration, steps=2, dtype="bfloat16")
+    assert offload_of(model) is None  # refused before anything was moved
+    same(model.state_dict(), before)
+    with pytest.raises(oh.InputError, match="Hessian store"):
+        oh.prune(model, dict(offload="blocks"), calibration=calibration, steps=2, save_hessians=tmp_path / "h")
     with pytest.raises(oh.InputError, match="needs a folder"):
         oh.prune(tiny.tiny_sd3_transformer(), dict(offload="blocks-to-disk"), calibration=calibration, steps=2)
     with pytest.raises(Exception, match="calibration_target 'self'"):

@@ -41,7 +41,7 @@ from .distributed import World
 from .hessian_store import HessianStore, state_sha256
 from .hooks import collect_hessians
 from .packages import PackageLayout, activation_bytes, hessian_layers, plan_packages
-from .precision import DTYPES, Precision, check_device_dtype, floating_dtype
+from .precision import DTYPES, Precision, check_device_dtype, check_offload_dtype
 from .prompts import PromptSet, resolve_prompts
 from .report import (
     PackageRecord,
@@ -163,6 +163,11 @@ def prune(
     Returns the pruned model (structured results as their ``OBSDiff*`` class, with the
     pruned shapes and provenance in the config; the pipeline, if any, holds it).
     """
+    if (save_hessians is not None or hessians is not None) and PruneConfig.coerce(config).offload != "none":
+        raise InputError(
+            "a Hessian store identifies the base by its weights, which offloading keeps off the device; "
+            "set prune.offload: none to save or read one"
+        )
     run = setup(
         target,
         config,
@@ -331,7 +336,7 @@ def setup(
     settings, num_steps, compute = _calibration_settings(pipeline, calibration, steps, dtype)
     check_device_dtype(run_device, compute or torch.float32)
     world = world or World.from_environment(run_device)
-    offloaded = _offload(model, cfg, architecture, run_device, world, offload_folder)
+    offloaded = _offload(model, cfg, architecture, run_device, world, offload_folder, compute)
     precision = Precision(model, compute, run_device, offloaded=offloaded is not None)
     model = precision.working.eval()  # calibration is inference: no dropout in the trajectories
     report = (state.previous_report if state is not None else None) or PruneReport(
@@ -416,20 +421,23 @@ def _offload(
     device: torch.device,
     world: World,
     folder: str | Path | None,
+    compute: torch.dtype | None,
 ) -> BlockOffload | None:
     """The model's blocks offloaded as ``cfg.offload`` asks (before any dtype or device change, so what is
-    stored is the checkpoint); a model loaded lazily arrives offloaded already."""
+    stored is the checkpoint; every check first, so a refused run leaves the model as it was); a model loaded
+    lazily arrives offloaded already."""
     offloaded = offload_of(model)
     if offloaded is None and cfg.offload == "none":
         return None
     if world.size > 1:
         raise InputError("offload runs in one process; launch without a launcher, or set prune.offload: none")
+    checkpoint = check_offload_dtype(model, compute, device)
     if offloaded is None:
         offloaded = BlockOffload.from_model(
             model,
             architecture.blocks(model),
             device,
-            floating_dtype(model),
+            checkpoint,
             cfg.offload,  # type: ignore[arg-type]
             Path(folder) if folder is not None else None,
         )
@@ -515,11 +523,6 @@ def open_store(run: Run, calibration: Any, save: str | Path | None, load: str | 
         )
     if cfg.calibration_target == "dense" or run.world.size > 1:
         raise InputError("a Hessian store works with calibration_target: network in one process")
-    if run.offload is not None:
-        raise InputError(
-            "a Hessian store identifies the base by its weights, which offloading keeps off the device; "
-            "set prune.offload: none to save or read one"
-        )
     settings = CalibrationConfig.coerce(calibration)
     layout = [[p for unit in package for p in hessian_layers(unit)] for package in run.plan.packages]
     identity = {

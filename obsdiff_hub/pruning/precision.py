@@ -69,8 +69,23 @@ def check_device_dtype(device: torch.device, dtype: torch.dtype) -> None:
         raise InputError(f"unsupported device {device}; use cpu or cuda[:N]")
 
 
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+def holds_exactly(compute: torch.dtype, checkpoint: torch.dtype) -> bool:
+    """Whether every ``checkpoint`` value is exactly a ``compute`` value (the same dtype, or a wider one)."""
+    return compute == checkpoint or (checkpoint, compute) in _WIDENS_EXACTLY
+
+
+def check_offload_dtype(model: nn.Module, compute: torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The checkpoint dtype of ``model``, or a one-line error when ``compute`` cannot hold its values: offloaded
+    blocks are stored as the checkpoint, and onloading must not round them."""
+    checkpoint = floating_dtype(model)
+    compute = compute or default_compute_dtype(checkpoint, device)
+    if not holds_exactly(compute, checkpoint):
+        name = str(checkpoint).removeprefix("torch.")
+        raise InputError(
+            f"offloading computes in a dtype that holds the {name} checkpoint's values; set `dtype` to {name} or "
+            f"float32, not {str(compute).removeprefix('torch.')}"
+        )
+    return checkpoint
 
 
 def resident_to(model: nn.Module, device: torch.device) -> nn.Module:
@@ -89,12 +104,7 @@ class Precision:
     ) -> None:
         self.checkpoint = floating_dtype(model)
         self.compute = compute or default_compute_dtype(self.checkpoint, device)
-        exact = self.compute == self.checkpoint or (self.checkpoint, self.compute) in _WIDENS_EXACTLY
-        if offloaded and not exact:  # the stored blocks are the checkpoint: onloading must not round them
-            raise InputError(
-                f"offloading computes in a dtype that holds the {_name(self.checkpoint)} checkpoint's values; "
-                f"set `dtype` to {_name(self.checkpoint)} or float32, not {_name(self.compute)}"
-            )
+        exact = holds_exactly(self.compute, self.checkpoint)
         # Lossy compute: keep the checkpoint values (whole model, checkpoint dtype) on the CPU.
         self.master: nn.Module | None = None if exact else copy.deepcopy(model).to("cpu")
         if self.compute != self.checkpoint:
