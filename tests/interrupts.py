@@ -11,3 +11,18 @@ def interrupted_after_pruning(render_card):
         return render_card(recipe, report, *args, **kwargs)
 
     return render
+
+
+def interrupt_after_first_package(monkeypatch):
+    """``DiskState.package_done`` saves the first package's progress, then the run is interrupted (Ctrl-C);
+    returns the original method, to put back with ``monkeypatch.setattr`` before resuming."""
+    from obsdiff_hub.zoo import resume
+
+    original = resume.DiskState.package_done
+
+    def crash_after_first(self, index, model, report):
+        original(self, index, model, report)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(resume.DiskState, "package_done", crash_after_first)
+    return original

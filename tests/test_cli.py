@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from diffusers import DiffusionPipeline, SD3Transformer2DModel
-from interrupts import interrupted_after_pruning
+from interrupts import interrupt_after_first_package, interrupted_after_pruning
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -73,14 +73,7 @@ def test_tiny_recipe_end_to_end_loads_with_from_pretrained(name, tmp_path):
 def test_resume_after_interruption_equals_straight_run(tmp_path, monkeypatch):
     straight = invoke("prune", "--recipe", "tiny-sdxl-structured-30", "--out", tmp_path / "straight", "--quiet")
     assert straight.exit_code == 0, straight.output
-
-    original = resume.DiskState.package_done
-
-    def crash_after_first(self, index, model, report):
-        original(self, index, model, report)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(resume.DiskState, "package_done", crash_after_first)
+    original = interrupt_after_first_package(monkeypatch)
     crashed = invoke("prune", "--recipe", "tiny-sdxl-structured-30", "--out", tmp_path / "resumed", "--quiet")
     assert (
         crashed.exit_code == 130

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 from conftest import invoke
+from interrupts import interrupt_after_first_package
 from safetensors.torch import load_file, save_file
 
 import obsdiff_hub as oh
@@ -124,14 +125,7 @@ def test_the_cli_prunes_a_base_folder_offloaded_to_disk_and_resumes(tmp_path, mo
     common = ("prune", "-r", "tiny-sdxl-structured-30", "--base", base, "--quiet")
     straight = invoke(*common, "--out", tmp_path / "straight")
     assert straight.exit_code == 0, straight.output
-
-    original = resume.DiskState.package_done
-
-    def crash_after_first(self, index, model, report):
-        original(self, index, model, report)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(resume.DiskState, "package_done", crash_after_first)
+    original = interrupt_after_first_package(monkeypatch)
     crashed = invoke(*common, "--out", tmp_path / "off", "--offload", "blocks-to-disk")
     assert crashed.exit_code == 130, crashed.output
     assert list((tmp_path / "off.partial" / "offload").glob("block-*.safetensors"))
