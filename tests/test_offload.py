@@ -213,3 +213,67 @@ def test_blocks_to_disk_prunes_a_model_in_half_its_size_of_memory(tmp_path):
     pruned_files = {k: f for f in sorted((tmp_path / "pruned").glob("*.safetensors")) for k in load_file(f)}
     for key in untouched[:4]:  # a block the run did not prune is stored exactly as the base had it
         assert torch.equal(load_file(pruned_files[key])[key], base_tensors[key])
+
+
+def test_runs_sharing_an_offload_folder_keep_their_own_blocks(tmp_path):
+    first = pruned("sd3", GRANULARITIES["unstructured"], "blocks-to-disk", tmp_path / "shared").model
+    kept = {k: v.clone() for k, v in stored_state(first).items()}
+    pruned("sd3", GRANULARITIES["structured"], "blocks-to-disk", tmp_path / "shared")  # the same folder again
+    same(stored_state(first), kept)
+    first.to(torch.float16)  # a dtype change reaches the blocks when they are read (saved, or run)
+    assert {v.dtype for v in stored_state(first).values() if v.is_floating_point()} == {torch.float16}
+
+
+def test_a_lazily_opened_base_is_checked_whole_before_any_work(tmp_path):
+    """Shapes are read from every header at open (a wrong block is one line then, not mid-calibration); a tensor
+    stored in another dtype outside the blocks is cast to the checkpoint's, as a resident load does."""
+    torch.manual_seed(0)
+    model = tiny.tiny_sd3_transformer().eval()
+    calibration = tiny.toy_calibration([tiny.example_inputs(model, 2, seed=1)], 2)
+    model.save_pretrained(tmp_path / "base")
+    tensors = load_file(tmp_path / "base" / "diffusion_pytorch_model.safetensors")
+    tensors["pos_embed.proj.weight"] = tensors["pos_embed.proj.weight"].half()
+    save_file(tensors, tmp_path / "base" / "diffusion_pytorch_model.safetensors")
+    settings = dict(granularity="unstructured", sparsity=0.5, offload="blocks-to-disk")
+    lazy = open_offloaded(tmp_path / "base", "blocks-to-disk", tmp_path / "off")
+    assert lazy.pos_embed.proj.weight.dtype == torch.float32
+    result = oh.prune(lazy, settings, calibration=calibration, steps=2, offload_folder=tmp_path / "off").model
+    model.pos_embed.proj.weight.data = model.pos_embed.proj.weight.data.half().float()
+    resident = oh.prune(model, {**settings, "offload": "none"}, calibration=calibration, steps=2).model
+    same(stored_state(result), resident.state_dict())
+    tensors["transformer_blocks.1.attn.to_q.weight"] = torch.zeros(65, 32)
+    save_file(tensors, tmp_path / "base" / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(oh.CheckpointError, match=r"to_q.weight has shape \[65, 32\], its config builds \[32, 32\]"):
+        open_offloaded(tmp_path / "base", "blocks-to-disk", tmp_path / "off2")
+
+
+def test_a_refused_offloaded_run_leaves_the_model_and_the_output_folder_as_they_were(tmp_path):
+    model = tiny.tiny_sd3_transformer()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calibration = tiny.toy_calibration([tiny.example_inputs(model, 2)], 2)
+    with pytest.raises(oh.InputError, match="block 99 is out of range"):
+        oh.prune(
+            model,
+            dict(blocks=[99], offload="blocks-to-disk"),
+            calibration=calibration,
+            steps=2,
+            offload_folder=tmp_path / "off",
+        )
+    assert offload_of(model) is None and not (tmp_path / "off").exists()
+    same(model.state_dict(), before)
+    base = tiny.save_tiny_pipeline("sdxl", tmp_path / "base")
+    refused = invoke(
+        "prune",
+        "-r",
+        "tiny-sdxl-structured-30",
+        "--base",
+        base,
+        "--offload",
+        "blocks-to-disk",
+        "--set",
+        "prune.blocks=[99]",
+        "--out",
+        tmp_path / "out",
+    )
+    assert refused.exit_code == 2 and "block 99 is out of range" in refused.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

@@ -175,3 +175,14 @@ def test_the_real_transformer_configs_round_trip_through_diffusers_conversion(na
     back = convert(dict(exported))
     assert back.keys() == state.keys()
     assert all(back[k].shape == state[k].shape for k in state)
+
+
+def test_export_never_reads_through_a_link_out_of_the_checkpoint(tmp_path):
+    folder, _ = _pruned_transformer("sd3", "unstructured", tmp_path)
+    outside = tmp_path / "outside.safetensors"
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    weights.rename(outside)
+    weights.symlink_to(outside)
+    refused = invoke("export", folder, "--out", tmp_path / "x.safetensors")
+    assert refused.exit_code != 0 and "outside" in refused.output and "refusing to read it" in refused.output
+    assert not (tmp_path / "x.safetensors").exists()

@@ -21,7 +21,7 @@ from ..architectures.original_keys import LAYOUTS, to_original
 from ..errors import CheckpointError, InputError
 from ..models.building import pruned_class_for
 from ..models.single_file import CONFIG_METADATA, exported_config
-from ..storage.files import read_json, write_safetensors_file
+from ..storage.files import checkpoint_files, read_json, write_safetensors_file
 from ..storage.outputs import OutputError
 from .inspection import denoiser_folder
 
@@ -60,6 +60,7 @@ def export_single_file(
             f"{checkpoint}: single-file export covers SDXL / SD 2.1 UNets and SD3 / Flux transformers, "
             f"not {name or 'this model'}"
         ) from None
+    checkpoint_files(folder)  # a link out of the checkpoint, or a special file, is refused before anything is read
     model = cls.from_pretrained(folder, torch_dtype=torch_dtype)
     config = json.loads(model.to_json_string())
     layout = LAYOUTS.get(architecture_of(model).model_class_name)

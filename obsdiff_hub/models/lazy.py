@@ -23,18 +23,18 @@ from .offload import BlockOffload, OffloadMode, lazy_sources, read_entries, stor
 WEIGHT_FILE = re.compile(r"diffusion_pytorch_model(-\d{5}-of-\d{5})?\.safetensors")
 
 
-def weight_files(folder: Path) -> dict[str, Path]:
-    """Which file of ``folder`` holds each tensor (the default variant's weights, read from the headers; no
-    index file is trusted); a tensor stored twice, or no weights at all, is a :class:`CheckpointError`."""
-    where: dict[str, Path] = {}
+def weight_files(folder: Path) -> dict[str, tuple[Path, tuple[int, ...]]]:
+    """Which file of ``folder`` holds each tensor, and its shape (the default variant's weights, read from the
+    headers; no index file is trusted); a tensor stored twice, or no weights at all, is a :class:`CheckpointError`."""
+    where: dict[str, tuple[Path, tuple[int, ...]]] = {}
     for path in checkpoint_files(folder, (".safetensors",), recursive=False):
         if not WEIGHT_FILE.fullmatch(path.name):
             continue
         with safetensors_header(path) as handle:
             for key in handle.keys():
                 if key in where:
-                    raise CheckpointError(f"{folder}: {key[:120]} is stored in {where[key].name} and {path.name}")
-                where[key] = path
+                    raise CheckpointError(f"{folder}: {key[:120]} is stored in {where[key][0].name} and {path.name}")
+                where[key] = (path, tuple(handle.get_slice(key).get_shape()))
     if not where:
         raise CheckpointError(f"{folder}: no diffusion_pytorch_model safetensors weights to open")
     return where
@@ -55,17 +55,24 @@ def open_offloaded(
     model = build_model(config, structure=config.get(STRUCTURE_KEY) or None, source=str(folder / "config.json"))
     dtype = stored_dtype(folder)
     nn.Module.to(model, dtype)  # the placeholders carry the stored dtype, which onloading casts to
-    files = weight_files(folder)
+    stored = weight_files(folder)
+    state = model.state_dict()
     expected = set(stored_tensors(model))
-    if set(files) != expected:
-        missing, extra = sorted(expected - set(files)), sorted(set(files) - expected)
+    if set(stored) != expected:
+        missing, extra = sorted(expected - set(stored)), sorted(set(stored) - expected)
         what = f"lacks {missing[0]}" if missing else f"holds {extra[0]}, which the config does not build"
         raise CheckpointError(f"{folder}: {what[:200]}")
+    for name, (file, shape) in stored.items():  # every block's shapes checked now, not when the block first runs
+        if shape != tuple(state[name].shape):
+            raise CheckpointError(
+                f"{file}: {name[:120]} has shape {list(shape)}, its config builds {list(state[name].shape)}"
+            )
     paths = architecture_of(model).blocks(model)
-    blocks, rest = lazy_sources(files, paths)
+    blocks, rest = lazy_sources({name: file for name, (file, _) in stored.items()}, paths)
     device = device or torch.device("cpu")
-    for name, tensor in read_entries(rest).items():
-        set_module_tensor_to_device(model, name, device, value=tensor, dtype=tensor.dtype, clear_cache=False)
+    for name, tensor in read_entries(rest).items():  # the checkpoint's one dtype, as a resident load casts it
+        cast = dtype if tensor.is_floating_point() else tensor.dtype
+        set_module_tensor_to_device(model, name, device, value=tensor, dtype=cast, clear_cache=False)
     offloaded = BlockOffload.from_model(model, paths, device, dtype, mode, offload_folder, sources=blocks)
     if own:
         for path in paths:

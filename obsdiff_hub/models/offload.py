@@ -21,6 +21,7 @@ safetensors files until a solve rewrites them (:func:`lazy_sources`).
 from __future__ import annotations
 
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
@@ -142,11 +143,14 @@ class BlockOffload:
         if mode == "blocks-to-disk" and folder is None:
             raise InputError("offload blocks-to-disk needs a folder for the blocks' files (`offload_folder`)")
         if mode == "blocks-to-disk" and folder is not None:
+            if folder.exists() and not folder.is_dir():
+                raise InputError(f"offload_folder {folder} is a file; give a folder for the blocks' files")
             folder.mkdir(parents=True, exist_ok=True)
+        run = uuid.uuid4().hex[:12]  # runs sharing a folder never share (or overwrite) each other's blocks
         weights = {}
         for index, path in enumerate(paths):
             block = model.get_submodule(path)
-            file = folder / f"block-{index:04d}.safetensors" if mode == "blocks-to-disk" and folder else None
+            file = folder / f"block-{run}-{index:04d}.safetensors" if mode == "blocks-to-disk" and folder else None
             if sources is not None:
                 weights[path] = BlockWeights(dict(sources[path]), file)
             else:
@@ -211,8 +215,8 @@ class BlockOffload:
                 out[name] = state[name]
             else:
                 wanted.setdefault(block, {})[name] = self.weights[block].entries[name[len(block) + 1 :]]
-        for entries in wanted.values():
-            out.update(read_entries(entries))
+        for entries in wanted.values():  # in the model's dtype now (stored: the checkpoint's), as state_dict() gives
+            out.update({k: v.to(state[k].dtype) for k, v in read_entries(entries).items()})
         return out
 
     def materialize(self, model: nn.Module, device: torch.device) -> None:

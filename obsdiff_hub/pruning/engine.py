@@ -336,6 +336,7 @@ def setup(
     settings, num_steps, compute = _calibration_settings(pipeline, calibration, steps, dtype)
     check_device_dtype(run_device, compute or torch.float32)
     world = world or World.from_environment(run_device)
+    units = architecture.units(model, cfg.block_ids(len(architecture.blocks(model))), cfg.granularity == "structured")
     offloaded = _offload(model, cfg, architecture, run_device, world, offload_folder, compute)
     precision = Precision(model, compute, run_device, offloaded=offloaded is not None)
     model = precision.working.eval()  # calibration is inference: no dropout in the trajectories
@@ -360,7 +361,6 @@ def setup(
         batch = settings.batch_size * (2 if calibrate.uses_cfg else 1)
         latent = settings.resolution // pipeline_vae_scale(pipeline) if settings.resolution else None
 
-    units = architecture.units(model, cfg.block_ids(len(architecture.blocks(model))), cfg.granularity == "structured")
     plan = _plan(model, units, cfg, run_device, report, batch, latent, offloaded)
     run = Run(
         config=cfg,

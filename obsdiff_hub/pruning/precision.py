@@ -81,9 +81,10 @@ def check_offload_dtype(model: nn.Module, compute: torch.dtype | None, device: t
     compute = compute or default_compute_dtype(checkpoint, device)
     if not holds_exactly(compute, checkpoint):
         name = str(checkpoint).removeprefix("torch.")
+        allowed = name if checkpoint == torch.float32 else f"{name} or float32"
         raise InputError(
-            f"offloading computes in a dtype that holds the {name} checkpoint's values; set `dtype` to {name} or "
-            f"float32, not {str(compute).removeprefix('torch.')}"
+            f"offloading computes in a dtype that holds the {name} checkpoint's values; set `dtype` to {allowed}, "
+            f"not {str(compute).removeprefix('torch.')}"
         )
     return checkpoint
 

@@ -300,13 +300,46 @@ def run_recipe(
     with world.together("checking the run's inputs"):
         state.prepare(resume=resume, restart=restart)
         scratch = state.scratch(OFFLOADED) if offload == "blocks-to-disk" else None  # held until the run ends
-        offload_folder = scratch.pinned if scratch is not None else None
+    try:
+        result = _load_and_prune(
+            prepared, state, world, run_device, resume, progress, save_hessians, hessians, scratch
+        )
+    except BaseException:
+        if scratch is not None and state.completed == 0 and not resume and world.is_main:
+            state.clear()  # no package was saved: the blocks' files go, as a resident run leaves nothing
+        raise
+    if prepared.requested.recover is None:
+        output = write_run(prepared, result.pipeline, result, overwrite=overwrite, is_main=world.is_main)
+    else:
+        output = write_recovered(
+            prepared, result.pipeline, result, state, device=device, resume=resume, overwrite=overwrite
+        )
+    if world.is_main:
+        state.clear()
+    world.close()
+    return output
+
+
+def _load_and_prune(
+    prepared: Prepared,
+    state: DiskState,
+    world: World,
+    run_device: torch.device,
+    resume: bool,
+    progress: ProgressCallback | None,
+    save_hessians: str | Path | None,
+    hessians: str | Path | None,
+    scratch: HeldFolder | None,
+) -> PruneResult:
+    """The base (or the saved progress) loaded, offloaded into ``scratch`` when asked, and pruned."""
+    offload, offload_folder = prepared.requested.prune.offload, scratch.pinned if scratch is not None else None
+    with world.together("loading the base"):
         pipeline = load_base_pipeline(prepared.requested, offload_folder)
         component = prepared.requested.base_model.component
         if resume:
             restored = state.load(getattr(pipeline, component), offload, offload_folder)
             pipeline.register_modules(**{component: restored})
-    result = prune(
+    return prune(
         pipeline,
         prepared.requested.prune,
         calibration=prepared.calibration,
@@ -319,14 +352,6 @@ def run_recipe(
         prompts=prepared.prompts,
         offload_folder=offload_folder,
     )
-    if prepared.requested.recover is None:
-        output = write_run(prepared, pipeline, result, overwrite=overwrite, is_main=world.is_main)
-    else:
-        output = write_recovered(prepared, pipeline, result, state, device=device, resume=resume, overwrite=overwrite)
-    if world.is_main:
-        state.clear()
-    world.close()
-    return output
 
 
 def write_recovered(
