@@ -88,6 +88,10 @@ def test_a_lazily_opened_base_prunes_saves_and_reloads_exactly(tmp_path):
     lazy = open_offloaded(tmp_path / "base", "blocks-to-disk", tmp_path / "off")
     assert all(p.is_meta for p in lazy.transformer_blocks.parameters())
     assert not list((tmp_path / "off").glob("*"))  # nothing copied: the blocks read the base's own files
+    for shard in (tmp_path / "base").glob("*.safetensors"):  # swapped under the run: it reads what it checked
+        shard.unlink()
+        (tmp_path / "outside.safetensors").write_bytes(b"")
+        shard.symlink_to(tmp_path / "outside.safetensors")
     result = oh.prune(lazy, {**settings, "offload": "blocks-to-disk"}, calibration=calibration, steps=2).model
     same(stored_state(result), resident.state_dict())
     out = oh.save_pruned(result, tmp_path / "saved")

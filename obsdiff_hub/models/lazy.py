@@ -5,7 +5,9 @@ a model never needs its size in memory. Used for the base of a CLI run and for i
 
 from __future__ import annotations
 
+import os
 import re
+import weakref
 from pathlib import Path
 
 import torch
@@ -40,6 +42,21 @@ def weight_files(folder: Path) -> dict[str, tuple[Path, tuple[int, ...]]]:
     return where
 
 
+def pinned(files: set[Path]) -> tuple[dict[Path, Path], list[int]]:
+    """Each file opened once (its checked target) and read through that descriptor from then on (Linux's
+    ``/proc/self/fd``), so a file swapped or replaced by a link during a long run is never read: the run keeps
+    reading what was checked. Elsewhere the paths themselves."""
+    if not Path("/proc/self/fd").is_dir():
+        return {file: file for file in files}, []
+    descriptors = {file: os.open(file.resolve(), os.O_RDONLY) for file in files}
+    return {file: Path(f"/proc/self/fd/{fd}") for file, fd in descriptors.items()}, list(descriptors.values())
+
+
+def _close(descriptors: list[int]) -> None:
+    for fd in descriptors:
+        os.close(fd)
+
+
 def open_offloaded(
     folder: Path,
     mode: OffloadMode,
@@ -68,12 +85,14 @@ def open_offloaded(
                 f"{file}: {name[:120]} has shape {list(shape)}, its config builds {list(state[name].shape)}"
             )
     paths = architecture_of(model).blocks(model)
-    blocks, rest = lazy_sources({name: file for name, (file, _) in stored.items()}, paths)
+    through, descriptors = pinned({file for file, _ in stored.values()})
+    blocks, rest = lazy_sources({name: through[file] for name, (file, _) in stored.items()}, paths)
     device = device or torch.device("cpu")
     for name, tensor in read_entries(rest).items():  # the checkpoint's one dtype, as a resident load casts it
         cast = dtype if tensor.is_floating_point() else tensor.dtype
         set_module_tensor_to_device(model, name, device, value=tensor, dtype=cast, clear_cache=False)
     offloaded = BlockOffload.from_model(model, paths, device, dtype, mode, offload_folder, sources=blocks)
+    weakref.finalize(offloaded, _close, descriptors)  # the files stay pinned while the blocks may read them
     if own:
         for path in paths:
             offloaded.weights[path].replace(offloaded.weights[path].read(), dtype)
