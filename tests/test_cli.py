@@ -96,6 +96,8 @@ def test_resume_after_interruption_equals_straight_run(tmp_path, monkeypatch):
     a, b = denoiser_weights(tmp_path / "straight"), denoiser_weights(tmp_path / "resumed")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    configs = [json.loads((tmp_path / n / "unet" / "config.json").read_text()) for n in ("straight", "resumed")]
+    assert configs[0]["_obsdiff_kept"] and configs[1]["_obsdiff_kept"] == configs[0]["_obsdiff_kept"]
     report = json.loads((tmp_path / "resumed" / "report.json").read_text())
     assert len(report["packages"]) == 2
 

@@ -139,6 +139,8 @@ def test_the_cli_prunes_a_base_folder_offloaded_to_disk_and_resumes(tmp_path, mo
     assert not (tmp_path / "off.partial").exists()
     a, b = (load_file(tmp_path / n / "unet" / "diffusion_pytorch_model.safetensors") for n in ("straight", "off"))
     same(a, b)
+    configs = [json.loads((tmp_path / n / "unet" / "config.json").read_text()) for n in ("straight", "off")]
+    assert configs[0]["_obsdiff_kept"] and configs[1]["_obsdiff_kept"] == configs[0]["_obsdiff_kept"]
     report = json.loads((tmp_path / "off" / "report.json").read_text())
     assert report["config"]["offload"] == "blocks-to-disk" and report["peak_host_bytes"] > 0
 

@@ -71,10 +71,12 @@ ProgressCallback = Callable[[ProgressEvent], None]
 
 
 class PackageState(Protocol):
-    """Where a run resumes: packages already applied to the model, and a callback after each one."""
+    """Where a run resumes: packages already applied to the model (whose kept-indices record holds the first
+    ``restored_records`` structure records of ``previous_report``), and a callback after each package."""
 
     completed: int
     previous_report: PruneReport | None
+    restored_records: int
 
     def package_done(self, index: int, model: nn.Module, report: PruneReport) -> None: ...
 
@@ -670,7 +672,8 @@ def finish(run: Run) -> PruneResult:
     )
     report.peak_memory_bytes = peak_memory_bytes(run.device)
     report.peak_host_bytes = peak_host_bytes()
-    kept = {r.module: (r.before, r.kept) for r in report.structure}
+    restored = run.state.restored_records if run.state is not None else 0  # already in a resumed model's record
+    kept = {r.module: (r.before, r.kept) for r in report.structure[restored:]}
     result = run.precision.result()
     if run.offload is not None:
         report.stages["offload_s"] = run.offload.seconds

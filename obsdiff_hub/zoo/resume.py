@@ -19,7 +19,7 @@ from torch import nn
 
 from ..checkpoints.saving import write_safetensors
 from ..errors import InputError
-from ..models import STRUCTURE_KEY, promote, pruned_class_for
+from ..models import KEPT_KEY, STRUCTURE_KEY, kept_record, promote, pruned_class_for
 from ..models.lazy import open_offloaded
 from ..models.offload import OffloadMode
 from ..pruning.precision import floating_dtype
@@ -66,6 +66,7 @@ class DiskState:
         self.writer = writer  # under a launcher only rank 0 writes or removes anything
         self.completed = 0
         self.previous_report: PruneReport | None = None
+        self.restored_records = 0  # structure records of the packages before a resume (the restored model has them)
         self.place: Destination | None = None  # the folder's parent, held from the checks on
         self.held: HeldFolder | None = None  # the folder itself, once it exists
 
@@ -201,6 +202,12 @@ class DiskState:
         )
         self.completed = int(progress["completed"])
         self.previous_report = PruneReport.from_dict(progress["report"])
+        self.restored_records = len(self.previous_report.structure)
+        # the heads and neurons the saved packages kept, relative to the base as the run's end records them
+        kept = {r.module: (r.before, r.kept) for r in self.previous_report.structure}
+        record = kept_record(model.config, kept)
+        if record is not None:
+            restored.register_to_config(**{KEPT_KEY: record})
         return restored.eval().requires_grad_(False)
 
     def clear(self) -> None:
