@@ -88,10 +88,14 @@ def open_offloaded(
     through, descriptors = pinned({file for file, _ in stored.values()})
     blocks, rest = lazy_sources({name: through[file] for name, (file, _) in stored.items()}, paths)
     device = device or torch.device("cpu")
-    for name, tensor in read_entries(rest).items():  # the checkpoint's one dtype, as a resident load casts it
-        cast = dtype if tensor.is_floating_point() else tensor.dtype
-        set_module_tensor_to_device(model, name, device, value=tensor, dtype=cast, clear_cache=False)
-    offloaded = BlockOffload.from_model(model, paths, device, dtype, mode, offload_folder, sources=blocks)
+    try:
+        for name, tensor in read_entries(rest).items():  # the checkpoint's one dtype, as a resident load casts it
+            cast = dtype if tensor.is_floating_point() else tensor.dtype
+            set_module_tensor_to_device(model, name, device, value=tensor, dtype=cast, clear_cache=False)
+        offloaded = BlockOffload.from_model(model, paths, device, dtype, mode, offload_folder, sources=blocks)
+    except BaseException:
+        _close(descriptors)
+        raise
     weakref.finalize(offloaded, _close, descriptors)  # the files stay pinned while the blocks may read them
     if own:
         for path in paths:
