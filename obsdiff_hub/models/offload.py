@@ -199,10 +199,6 @@ class BlockOffload:
                 self.seconds += time.perf_counter() - start
                 self.offload(block)
 
-    def block_of(self, name: str) -> str | None:
-        """The offloaded block a parameter name lies in, or None."""
-        return next((path for path in self.paths if name.startswith(f"{path}.")), None)
-
     def read(self, model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
         """The checkpoint values of ``names`` (full parameter names of ``model``): offloaded ones from their
         blocks' stores (one block file open at a time), the others from the model."""
@@ -210,7 +206,7 @@ class BlockOffload:
         out: dict[str, torch.Tensor] = {}
         wanted: dict[str, dict[str, Entry]] = {}
         for name in names:
-            block = self.block_of(name)
+            block = block_of(name, self.paths)
             if block is None:
                 out[name] = state[name]
             else:
@@ -231,6 +227,11 @@ class BlockOffload:
             delattr(model, ATTRIBUTE)
 
 
+def block_of(name: str, paths: list[str]) -> str | None:
+    """The block (of ``paths``, none inside another) a parameter name lies in, or None."""
+    return next((path for path in paths if name.startswith(f"{path}.")), None)
+
+
 def offload_of(model: nn.Module) -> BlockOffload | None:
     """The model's offloaded blocks, when it has any."""
     return getattr(model, ATTRIBUTE, None)
@@ -241,9 +242,8 @@ def lazy_sources(files: dict[str, Path], paths: list[str]) -> tuple[dict[str, di
     blocks' tensors (per block, names relative to it) and the rest (loaded resident)."""
     blocks: dict[str, dict[str, Entry]] = {p: {} for p in paths}
     rest: dict[str, Entry] = {}
-    ordered = sorted(paths, key=len, reverse=True)
     for name, file in files.items():
-        block = next((p for p in ordered if name.startswith(f"{p}.")), None)
+        block = block_of(name, paths)
         if block is None:
             rest[name] = (file, name)
         else:

@@ -672,8 +672,7 @@ def finish(run: Run) -> PruneResult:
     )
     report.peak_memory_bytes = peak_memory_bytes(run.device)
     report.peak_host_bytes = peak_host_bytes()
-    restored = run.state.restored_records if run.state is not None else 0  # already in a resumed model's record
-    kept = {r.module: (r.before, r.kept) for r in report.structure[restored:]}
+    kept = report.kept(run.state.restored_records if run.state is not None else 0)  # earlier: the model's record
     result = run.precision.result()
     if run.offload is not None:
         report.stages["offload_s"] = run.offload.seconds
@@ -681,9 +680,7 @@ def finish(run: Run) -> PruneResult:
             run.offload.materialize(result, torch.device("cpu"))
             result = result.to("cpu")
     pruned = promote(
-        result,
-        provenance(method=cfg.method.name, granularity=cfg.granularity, sparsity=cfg.ratio_label),
-        kept,
+        result, provenance(method=cfg.method.name, granularity=cfg.granularity, sparsity=cfg.ratio_label), kept
     )
     report.params_after = count_parameters(pruned)
     if isinstance(run.calibrate, PipelineCalibration):

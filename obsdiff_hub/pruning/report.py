@@ -89,6 +89,11 @@ class PruneReport:
         """Heads (``kind="heads"``) or FFN neurons (``"neurons"``) a structured run removed."""
         return sum(r.before - r.after for r in self.structure if r.kind == kind)
 
+    def kept(self, start: int = 0) -> dict[str, tuple[int, list[int]]]:
+        """Per pruned coupling from structure record ``start`` on, (units before, indices kept): what
+        ``models.promote`` records as the kept indices."""
+        return {r.module: (r.before, r.kept) for r in self.structure[start:]}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruneReport:
         fields = {k: v for k, v in data.items() if k not in ("mean_sparsity", "mean_relative_error")}

@@ -139,9 +139,7 @@ class DiskState:
         folder = self._folder()
         # A fresh temp folder, owned (by the marker) before anything is written into it, so a
         # crash mid-write leaves nothing that looks foreign; only what this run wrote is listed.
-        record = read_marker(folder.pinned)
-        if record is None:
-            raise OutputError(f"{self.directory}: its ownership marker is gone; the saved progress was tampered with")
+        record = self._marker(folder)
         with folder.make_temp_folder(".state.", mark=False) as tmp:
             old = f".state.old.{tmp.path.name}"
             folder.mark([*record["files"], f"{tmp.path.name}/", f"{old}/"], kind="partial")
@@ -159,14 +157,19 @@ class DiskState:
         folder.mark([*others, *(f"state/{name}" for name in state), PROGRESS], kind="partial")
         self.completed = index + 1
 
+    def _marker(self, folder: HeldFolder) -> dict[str, Any]:
+        """The progress folder's ownership record, or an error: without it nothing in the folder is provably ours."""
+        record = read_marker(folder.pinned)
+        if record is None:
+            raise OutputError(f"{self.directory}: its ownership marker is gone; the saved progress was tampered with")
+        return record
+
     def claim(self, name: str) -> HeldFolder:
         """The progress folder, held, with its entry ``name`` (a later stage's folder: the one-shot checkpoint,
         the recovery's data) listed as this tool's; ``progress.json`` records that the stage began, so ``resume``
         continues it."""
         folder = self._folder()
-        record = read_marker(folder.pinned)
-        if record is None:
-            raise OutputError(f"{self.directory}: its ownership marker is gone; the saved progress was tampered with")
+        record = self._marker(folder)
         progress = self._progress() or {"run_id": self.run_id, "completed": self.completed, "report": None}
         folder.write(PROGRESS, json.dumps({**progress, "work": name}))
         folder.mark(sorted({*record["files"], PROGRESS, f"{name}/"}), kind="partial")
@@ -180,9 +183,7 @@ class DiskState:
         """Sub-folder ``name`` of the progress folder for the run's own working files (offloaded blocks), listed
         as this tool's, created and held; unlike :meth:`claim` it records no stage."""
         folder = self._folder()
-        record = read_marker(folder.pinned)
-        if record is None:
-            raise OutputError(f"{self.directory}: its ownership marker is gone; the saved progress was tampered with")
+        record = self._marker(folder)
         folder.mark(sorted({*record["files"], f"{name}/"}), kind="partial")
         return folder.folder(name)
 
@@ -204,8 +205,7 @@ class DiskState:
         self.previous_report = PruneReport.from_dict(progress["report"])
         self.restored_records = len(self.previous_report.structure)
         # the heads and neurons the saved packages kept, relative to the base as the run's end records them
-        kept = {r.module: (r.before, r.kept) for r in self.previous_report.structure}
-        record = kept_record(model.config, kept)
+        record = kept_record(model.config, self.previous_report.kept())
         if record is not None:
             restored.register_to_config(**{KEPT_KEY: record})
         return restored.eval().requires_grad_(False)
